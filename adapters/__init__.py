@@ -1,0 +1,1 @@
+"""The shared domain of skillserve: manifests, templates, datasets, the object store and the registry."""

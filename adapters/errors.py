@@ -1,0 +1,72 @@
+"""One exception hierarchy for the adapter domain; the gateway maps it to OpenAI error bodies at the edge."""
+
+from __future__ import annotations
+
+
+class SkillserveError(Exception):
+    """Base of every error skillserve raises on purpose."""
+
+    code = "skillserve_error"
+
+
+class InvalidName(SkillserveError, ValueError):
+    """An adapter name, version, job id or store URI that could escape its place in the store."""
+
+    code = "invalid_name"
+
+
+class NotFound(SkillserveError, KeyError):
+    """A key, adapter, version or job that does not exist."""
+
+    code = "not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExists(SkillserveError):
+    """A conditional write lost: the object is already there."""
+
+    code = "already_exists"
+
+
+class StoreUnavailable(SkillserveError):
+    """The object store cannot be reached; the caller may retry later."""
+
+    code = "store_unavailable"
+
+
+class ChecksumMismatch(SkillserveError):
+    """A downloaded file does not match the sha256 its manifest records."""
+
+    code = "checksum_mismatch"
+
+
+class InvalidAdapter(SkillserveError, ValueError):
+    """An adapter that must not reach the engine: wrong base, rank too large, unsafe files, bad manifest."""
+
+    code = "invalid_adapter"
+
+
+class TemplateError(SkillserveError, ValueError):
+    """An unknown template or one that cannot render a conversation."""
+
+    code = "invalid_template"
+
+
+class ModelError(SkillserveError):
+    """The base model cannot be found, fetched or built."""
+
+    code = "model_error"
+
+
+class DatasetError(SkillserveError, ValueError):
+    """A dataset with bad lines; `errors` lists each one with its 1-based line number."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, errors: list[tuple[int, str]]):
+        self.errors = errors
+        shown = "; ".join(f"line {line}: {reason}" if line else reason for line, reason in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        super().__init__(f"dataset has {len(errors)} bad line(s): {shown}{more}")

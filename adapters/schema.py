@@ -1,0 +1,180 @@
+"""Every record skillserve stores: the adapter manifest, training hyperparameters, the job spec and job record."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adapters.errors import InvalidName
+
+# Names and versions become path segments in the store: a strict alphabet keeps them there.
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}$")
+JOB_ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+
+
+def check_name(value: str, what: str = "adapter name") -> str:
+    """Return `value` if it is a safe store path segment, else raise InvalidName (before any I/O)."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value.endswith("."):
+        raise InvalidName(
+            f"invalid {what} {value!r}: use 1-63 characters of a-z, 0-9, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def check_job_id(value: str) -> str:
+    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value):
+        raise InvalidName(f"invalid job id {value!r}")
+    return value
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_version() -> str:
+    """Versions sort by creation time: v<utc timestamp>-<4 random hex digits>."""
+    return time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
+
+
+class Hyperparameters(BaseModel):
+    """LoRA and optimisation settings of one training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, le=256, description="LoRA rank r")
+    alpha: int = Field(16, ge=1, le=1024, description="LoRA alpha (scale = alpha / rank)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="modules that get LoRA weights; 'all-linear' = every linear layer but the head"
+    )
+    epochs: float = Field(4.0, gt=0, le=100, description="passes over the training split (ignored if max_steps > 0)")
+    max_steps: int = Field(0, ge=0, le=100_000, description="total optimizer steps; 0 = use epochs")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, le=1024, description="examples per optimizer step")
+    warmup_ratio: float = Field(0.0, ge=0, le=0.5, description="share of steps spent warming up the learning rate")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay")
+    max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
+    eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
+    seed: int = Field(42, description="seed for the split, initialisation and data order")
+    padding_free: bool = Field(False, description="pack examples without padding (flash-style position ids)")
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobSpec(BaseModel):
+    """What the trainer needs to run one job; stored in the job record, so any process can pick it up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str = Field(default_factory=new_version)
+    base_model: str = Field(description="model directory or hub id the adapter is trained on")
+    base_model_id: str = Field(description="the id the gateway serves the base model under")
+    template: str = Field("chatml", description="built-in template name")
+    dataset_uri: str = Field(description="store key of the validated JSONL dataset")
+    dataset_sha256: str
+    dataset_rows: int
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return check_name(value, "version")
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobRecord(BaseModel):
+    """The state of one training job, stored at jobs/<id>.json and updated by the trainer as it runs."""
+
+    id: str = Field(default_factory=new_job_id)
+    status: JobStatus = JobStatus.queued
+    spec: JobSpec
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress = Field(default_factory=Progress)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    runner: str = "local"
+    runner_ref: str | None = Field(None, description="the runner's handle: a pid or a Kubernetes Job name")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_job_id(value)
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class LoraInfo(BaseModel):
+    rank: int
+    alpha: int
+    dropout: float = 0.0
+    target_modules: list[str]
+
+
+class Manifest(BaseModel):
+    """What an adapter is: written last when publishing, so its presence means the adapter is complete."""
+
+    name: str
+    version: str
+    base_model: str = Field(description="the id the base model is served under")
+    base_model_sha256: str = Field(description="hash of the base model's weights the adapter was trained on")
+    template_name: str
+    template: str = Field(description="the full jinja text the adapter was trained with")
+    stop: list[str] = Field(default_factory=list, description="the template's stop sequences")
+    lora: LoraInfo
+    dataset_sha256: str | None = None
+    dataset_rows: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, FileEntry]
+    created_at: float = Field(default_factory=time.time)
+    job_id: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return check_name(value, "version")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"

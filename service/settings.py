@@ -1,0 +1,76 @@
+"""Every knob of the gateway, as one typed object read from the environment (prefix SKILLSERVE_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.models import DEFAULT_MODEL, home
+
+
+class Settings(BaseSettings):
+    """Gateway settings; each field is also the environment variable SKILLSERVE_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="SKILLSERVE_", env_file=None, extra="ignore")
+
+    # Serving
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, description="port to listen on")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="inference keys (JSON list); empty with no admin keys = auth off"
+    )
+    admin_keys: list[SecretStr] = Field(
+        default_factory=list, description="admin keys (JSON list): may also train, import and delete"
+    )
+    log_level: str = Field("info", description="log level")
+
+    # Storage
+    store_uri: str = Field(
+        default_factory=lambda: f"file://{home() / 'store'}", description="object store: file://<dir> or s3://bucket/prefix"
+    )
+    cache_dir: Path = Field(default_factory=lambda: home() / "cache", description="local disk cache for adapters")
+    cache_max_bytes: int = Field(10 * 2**30, description="disk cache size before least-recently-used eviction")
+
+    # Engine
+    model: str = Field(DEFAULT_MODEL, description="base model: the embedded default, a local directory or a hub id")
+    served_model_name: str | None = Field(None, description="id of the base model in the API (default: model's name)")
+    dtype: str = Field("auto", description="weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    max_model_len: int = Field(2048, description="longest prompt + completion, in tokens")
+    max_num_seqs: int = Field(64, description="most sequences the engine batches at once")
+    max_loras: int = Field(4, description="adapters resident in one batch (vLLM's GPU LoRA slots)")
+    max_cpu_loras: int = Field(16, description="adapters kept loaded in host memory (vLLM's CPU LoRA cache)")
+    max_lora_rank: int = Field(64, description="largest LoRA rank the engine accepts")
+    gpu_memory_utilization: float = Field(
+        0.2, description="share of accelerator memory (on CPU: of one NUMA node's memory) vLLM reserves"
+    )
+    kv_cache_space_gb: int | None = Field(None, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    tensor_parallel_size: int = Field(1, description="GPUs to shard the model over")
+    enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode on GPU)")
+    max_queue: int = Field(256, description="requests waiting or running before new ones get 429")
+
+    # Training
+    runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
+    train_concurrency: int = Field(1, description="local runner: training processes at once")
+    max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
+    max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
+    max_row_tokens: int = Field(2048, description="longest dataset row, in tokens, after templating")
+
+    # Kubernetes runner
+    k8s_namespace: str | None = Field(None, description="namespace for training Jobs (default: the gateway's own)")
+    k8s_trainer_image: str = Field("skillserve:cpu", description="image the training Jobs run")
+    k8s_job_template: str | None = Field(
+        None, description="path to a YAML/JSON file with Job overrides (resources, nodeSelector, tolerations, ...)"
+    )
+
+    @property
+    def base_model_id(self) -> str:
+        return self.served_model_name or Path(self.model.rstrip("/")).name
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
