@@ -1,0 +1,35 @@
+"""What a job runner does: launch the trainer for a queued job, cancel it, and keep job records truthful."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from adapters.schema import JobRecord
+
+
+class Runner(Protocol):
+    """A place where training runs: local subprocesses or Kubernetes Jobs.
+
+    The gateway stores the JobRecord (status queued) before calling `submit`. The trainer itself
+    (`python -m trainer run <store-uri>/jobs/<id>.json`) moves it to running and then to succeeded or
+    failed; the runner marks jobs failed when the trainer dies without saying so, and cancelled on cancel.
+    """
+
+    name: str
+
+    def start(self) -> None:
+        """Begin work: resume queued jobs, mark jobs interrupted by a restart as failed, start watching."""
+
+    def submit(self, job: JobRecord) -> None:
+        """Run (or queue) the trainer for a job whose record is already stored."""
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a queued or running job and mark it cancelled; nothing is published."""
+
+    def stop(self) -> None:
+        """Stop watching; running trainers are left to finish or be marked failed on the next start."""
+
+
+def job_spec_uri(store_uri: str, job_id: str) -> str:
+    """The URI the trainer is launched with: the job record inside the store."""
+    return f"{store_uri.rstrip('/')}/jobs/{job_id}.json"
