@@ -62,7 +62,6 @@ class Hyperparameters(BaseModel):
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
     seed: int = Field(42, description="seed for the split, initialisation and data order")
-    padding_free: bool = Field(False, description="pack examples without padding (flash-style position ids)")
 
 
 class JobStatus(str, Enum):
