@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     k8s_job_template: str | None = Field(
         None, description="path to a YAML/JSON file with Job overrides (resources, nodeSelector, tolerations, ...)"
     )
+    k8s_poll_seconds: float = Field(10.0, description="how often the Kubernetes runner reflects Job status into records")
 
     @property
     def base_model_id(self) -> str:
