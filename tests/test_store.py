@@ -62,7 +62,13 @@ def test_missing_keys_raise_not_found(store: ObjectStore, tmp_path: Path) -> Non
 
 def test_list_is_recursive_sorted_and_bounded_by_prefix(store: ObjectStore) -> None:
     assert store.list("") == []
-    for key in ["adapters/b/v1/x", "adapters/a/v2/manifest.json", "adapters/a/v1/x", "jobs/1.json", "adaptersx"]:
+    for key in [
+        "adapters/b/v1/x",
+        "adapters/a/v2/manifest.json",
+        "adapters/a/v1/x",
+        "jobs/1.json",
+        "adaptersx",
+    ]:
         store.put_bytes(key, b".")
     assert store.list("adapters/") == ["adapters/a/v1/x", "adapters/a/v2/manifest.json", "adapters/b/v1/x"]
     assert store.list("adapters/a/") == ["adapters/a/v1/x", "adapters/a/v2/manifest.json"]
@@ -141,7 +147,9 @@ HOSTILE_KEYS = [
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
-def test_hostile_keys_are_refused_before_any_io(key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_keys_are_refused_before_any_io(
+    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Stores that would fail on any I/O: a root that must not be created and an endpoint nobody serves.
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed_loopback_endpoint())
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -175,7 +183,11 @@ def test_hostile_list_prefixes_are_refused(store: ObjectStore, prefix: str) -> N
 
 
 def test_ordinary_keys_are_accepted() -> None:
-    for key in ["adapters/shout/v20250101-ab12/adapter_model.safetensors", "jobs/0f.json", "datasets/ab.jsonl"]:
+    for key in [
+        "adapters/shout/v20250101-ab12/adapter_model.safetensors",
+        "jobs/0f.json",
+        "datasets/ab.jsonl",
+    ]:
         assert check_key(key) == key
 
 
