@@ -1,0 +1,271 @@
+"""The registry: adapters, jobs and datasets laid out in the object store.
+
+    adapters/<name>/<version>/adapter_config.json, adapter_model.safetensors, ..., manifest.json (last)
+    jobs/<job-id>.json
+    datasets/<sha256>.jsonl
+
+A version is published when, and only when, its manifest.json exists: files go up first, the manifest
+last with a conditional write, so a crash in between leaves nothing visible and two publishers of one
+version cannot both win.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
+from adapters.models import sha256_file
+from adapters.schema import FileEntry, JobRecord, Manifest, check_job_id, check_name
+from adapters.store import ObjectStore, check_key
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_DATASET_KEY_RE = re.compile(r"datasets/[0-9a-f]{64}\.jsonl")
+
+
+def adapter_prefix(name: str, version: str | None = None) -> str:
+    """The store prefix of an adapter (or of one version), ending in '/'."""
+    check_name(name)
+    if version is None:
+        return f"adapters/{name}/"
+    return f"adapters/{name}/{check_name(version, 'version')}/"
+
+
+def manifest_key(name: str, version: str) -> str:
+    return adapter_prefix(name, version) + MANIFEST
+
+
+def job_key(job_id: str) -> str:
+    return f"jobs/{check_job_id(job_id)}.json"
+
+
+class Registry:
+    """Publish, find, fetch and delete adapters; keep job records and datasets. No state but the store."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    # Adapters
+
+    def publish(self, manifest: Manifest, directory: Path) -> Manifest:
+        """Upload the files in `directory`, then the manifest last; AlreadyExists if the version exists."""
+        key = manifest_key(manifest.name, manifest.version)
+        files = _adapter_files(directory)
+        if self.store.exists(key):
+            raise AlreadyExists(f"adapter {manifest.ref} is already published")
+        entries = {path.name: FileEntry(sha256=sha256_file(path), size=path.stat().st_size) for path in files}
+        completed = manifest.model_copy(update={"files": entries})
+        prefix = adapter_prefix(manifest.name, manifest.version)
+        for path in files:
+            self.store.put_file(prefix + path.name, path)
+        try:
+            self.store.put_bytes(key, completed.model_dump_json(indent=2).encode(), if_absent=True)
+        except AlreadyExists:
+            raise AlreadyExists(f"adapter {manifest.ref} was published by another writer meanwhile") from None
+        return completed
+
+    def manifest(self, name: str, version: str | None = None) -> Manifest:
+        """One version's manifest, or the newest version's if `version` is None; NotFound if unpublished."""
+        if version is None:
+            published = self.versions(name)
+            if not published:
+                raise NotFound(f"adapter {name!r} not found")
+            return published[-1]
+        try:
+            data = self.store.get_bytes(manifest_key(name, version))
+        except NotFound:
+            raise NotFound(f"adapter {name}@{version} not found") from None
+        return _parse_manifest(data, name, version)
+
+    def versions(self, name: str) -> list[Manifest]:
+        """Every published version of `name`, oldest first."""
+        prefix = adapter_prefix(name)
+        keys = [k for k in self.store.list(prefix) if _is_manifest_key(k)]
+        return _oldest_first(self._load_manifests(keys))
+
+    def adapters(self) -> list[Manifest]:
+        """The newest published version of every adapter, by name."""
+        newest: dict[str, Manifest] = {}
+        for manifest in _oldest_first(
+            self._load_manifests(k for k in self.store.list("adapters/") if _is_manifest_key(k))
+        ):
+            newest[manifest.name] = manifest
+        return [newest[name] for name in sorted(newest)]
+
+    def _load_manifests(self, keys: Iterable[str]) -> list[Manifest]:
+        manifests = []
+        for key in keys:
+            _, name, version, _ = key.split("/")
+            try:
+                manifests.append(_parse_manifest(self.store.get_bytes(key), name, version))
+            except NotFound:
+                continue  # deleted between list and get
+            except InvalidAdapter as exc:
+                # One bad manifest must not hide every other adapter.
+                log.warning("skipping unreadable manifest: %s", exc)
+        return manifests
+
+    def fetch(self, manifest: Manifest, dest: Path) -> Path:
+        """Download and verify an adapter into `dest` (atomically: all of it or nothing); returns `dest`."""
+        dest = Path(dest)
+        if dest.exists():
+            return dest
+        prefix = adapter_prefix(manifest.name, manifest.version)
+        for filename in manifest.files:
+            _check_filename(filename)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.fetch-"))
+        try:
+            for filename, entry in manifest.files.items():
+                target = temp / filename
+                self.store.get_file(prefix + filename, target)
+                size = target.stat().st_size
+                if size != entry.size:
+                    raise ChecksumMismatch(
+                        f"adapter {manifest.ref}: {filename} is {size} bytes, the manifest says {entry.size}"
+                    )
+                digest = sha256_file(target)
+                if digest != entry.sha256:
+                    raise ChecksumMismatch(
+                        f"adapter {manifest.ref}: {filename} has sha256 {digest}, "
+                        f"the manifest says {entry.sha256}"
+                    )
+            (temp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            try:
+                os.rename(temp, dest)
+            except OSError:
+                if not dest.exists():
+                    raise
+                # Another fetch of the same adapter finished first: its copy is as good as ours.
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        return dest
+
+    def delete(self, name: str, version: str | None = None) -> list[str]:
+        """Unpublish one version (every version if None): manifest first, then files; NotFound if none."""
+        if version is None:
+            versions = [m.version for m in self.versions(name)]
+            if not versions:
+                raise NotFound(f"adapter {name!r} not found")
+        else:
+            if not self.store.exists(manifest_key(name, version)):
+                raise NotFound(f"adapter {name}@{version} not found")
+            versions = [version]
+        for each in versions:
+            # The manifest goes first so no reader ever sees a published version with missing files.
+            self.store.delete(manifest_key(name, each))
+            for key in self.store.list(adapter_prefix(name, each)):
+                self.store.delete(key)
+        return versions
+
+    # Jobs
+
+    def put_job(self, record: JobRecord) -> None:
+        self.store.put_bytes(job_key(record.id), record.model_dump_json(indent=2).encode())
+
+    def get_job(self, job_id: str) -> JobRecord:
+        try:
+            data = self.store.get_bytes(job_key(job_id))
+        except NotFound:
+            raise NotFound(f"job {job_id} not found") from None
+        return JobRecord.model_validate_json(data)
+
+    def list_jobs(self) -> list[JobRecord]:
+        """Every job record, newest first."""
+        records = []
+        for key in self.store.list("jobs/"):
+            if not key.endswith(".json") or key.count("/") != 1:
+                continue
+            try:
+                records.append(JobRecord.model_validate_json(self.store.get_bytes(key)))
+            except NotFound:
+                continue
+            except ValidationError as exc:
+                log.warning("skipping unreadable job record %s: %s", key, exc)
+        return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+
+    # Datasets
+
+    def put_dataset(self, data: bytes) -> tuple[str, str]:
+        """Store a dataset under its sha256 (idempotent); returns (key, sha256)."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"datasets/{digest}.jsonl"
+        if not self.store.exists(key):
+            # Content-addressed: whoever wins a race wrote the same bytes.
+            with contextlib.suppress(AlreadyExists):
+                self.store.put_bytes(key, data, if_absent=True)
+        return key, digest
+
+    def get_dataset(self, key: str) -> bytes:
+        """The dataset stored at `key` (a "datasets/<sha256>.jsonl" key), verified against its hash."""
+        if not _DATASET_KEY_RE.fullmatch(check_key(key)):
+            raise InvalidName(f"invalid dataset key {key!r}: expected datasets/<sha256>.jsonl")
+        try:
+            data = self.store.get_bytes(key)
+        except NotFound:
+            raise NotFound(f"dataset {key} not found") from None
+        expected = key.removeprefix("datasets/").removesuffix(".jsonl")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ChecksumMismatch(f"dataset {key} does not match its sha256")
+        return data
+
+
+def _adapter_files(directory: Path) -> list[Path]:
+    """The regular files to publish from an adapter directory (all but manifest.json), checked."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidAdapter(f"adapter directory {directory} does not exist")
+    files = []
+    for path in sorted(directory.iterdir()):
+        if path.name == MANIFEST:
+            continue
+        if path.is_symlink() or not path.is_file():
+            # peft writes a flat directory; anything else is not ours to upload.
+            raise InvalidAdapter(f"adapter directory {directory} holds {path.name!r}, not a regular file")
+        _check_filename(path.name)
+        files.append(path)
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise InvalidAdapter(f"adapter directory {directory} lacks {', '.join(missing)}")
+    return files
+
+
+def _check_filename(filename: str) -> str:
+    if "/" in filename or filename == MANIFEST:
+        raise InvalidAdapter(f"invalid adapter file name {filename!r}")
+    try:
+        return check_key(filename)
+    except InvalidName as exc:
+        raise InvalidAdapter(f"invalid adapter file name {filename!r}: {exc}") from None
+
+
+def _is_manifest_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 4 and parts[0] == "adapters" and parts[3] == MANIFEST
+
+
+def _parse_manifest(data: bytes, name: str, version: str) -> Manifest:
+    """A stored manifest, which must describe the very name and version whose place it holds."""
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise InvalidAdapter(f"manifest of {name}@{version} is unreadable: {exc}") from None
+    if (manifest.name, manifest.version) != (name, version):
+        raise InvalidAdapter(f"manifest stored for {name}@{version} describes {manifest.ref}")
+    return manifest
+
+
+def _oldest_first(manifests: list[Manifest]) -> list[Manifest]:
+    return sorted(manifests, key=lambda m: (m.created_at, m.version))

@@ -1,0 +1,251 @@
+"""The registry over both store backends: publish, read back, fetch verified, delete, jobs and datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
+from adapters.registry import Registry
+from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
+from adapters.store import ObjectStore
+
+
+@pytest.fixture
+def registry(store: ObjectStore) -> Registry:
+    return Registry(store)
+
+
+def unpublished(name: str, version: str, created_at: float = 1000.0) -> Manifest:
+    """A manifest as the trainer hands it over: everything but the files."""
+    return Manifest(
+        name=name,
+        version=version,
+        base_model="SmolLM2-135M-Instruct",
+        base_model_sha256="0" * 64,
+        template_name="chatml",
+        template="{% for m in messages %}{{ m.content }}{% endfor %}",
+        stop=["<|im_end|>"],
+        lora=LoraInfo(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"]),
+        dataset_sha256="1" * 64,
+        dataset_rows=80,
+        metrics={"train_loss": 0.01},
+        files={},
+        created_at=created_at,
+    )
+
+
+def adapter_dir(root: Path, seed: str = "a") -> Path:
+    """An adapter directory as peft writes it (contents are opaque bytes to the registry)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "adapter_config.json").write_text(f'{{"r": 8, "seed": "{seed}"}}')
+    (root / "adapter_model.safetensors").write_bytes(os.urandom(64 * 1024))
+    (root / "README.md").write_text("# an adapter\n")
+    return root
+
+
+def test_published_adapter_reads_back_with_every_file_hashed(registry: Registry, tmp_path: Path) -> None:
+    directory = adapter_dir(tmp_path / "out")
+    published = registry.publish(unpublished("shout", "v1"), directory)
+    assert sorted(published.files) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    weights = directory / "adapter_model.safetensors"
+    entry = published.files["adapter_model.safetensors"]
+    assert entry.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert entry.size == weights.stat().st_size
+    assert registry.manifest("shout", "v1") == published
+    assert registry.manifest("shout") == published
+    assert registry.store.list("adapters/shout/v1/")[-1] == "adapters/shout/v1/manifest.json"
+
+
+def test_versions_oldest_first_and_adapters_list_the_newest(registry: Registry, tmp_path: Path) -> None:
+    registry.publish(unpublished("shout", "v2", created_at=2000), adapter_dir(tmp_path / "s2"))
+    registry.publish(unpublished("shout", "v1", created_at=1000), adapter_dir(tmp_path / "s1"))
+    registry.publish(unpublished("calm", "v1", created_at=1500), adapter_dir(tmp_path / "c1"))
+    assert [m.version for m in registry.versions("shout")] == ["v1", "v2"]
+    assert registry.manifest("shout").version == "v2"
+    assert [m.ref for m in registry.adapters()] == ["calm@v1", "shout@v2"]
+    assert registry.versions("nobody") == []
+    with pytest.raises(NotFound, match="nobody"):
+        registry.manifest("nobody")
+    with pytest.raises(NotFound, match="shout@v9"):
+        registry.manifest("shout", "v9")
+
+
+def test_publishing_the_same_version_twice_is_refused(registry: Registry, tmp_path: Path) -> None:
+    first = registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "a", "first"))
+    with pytest.raises(AlreadyExists, match="shout@v1"):
+        registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "b", "second"))
+    assert registry.manifest("shout", "v1") == first
+
+
+def test_conditional_manifest_write_catches_a_publisher_that_raced_past_the_check(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "a"))
+    # The other writer checked before this one's manifest landed: its exists() said no.
+    monkeypatch.setattr(registry.store, "exists", lambda key: False)
+    with pytest.raises(AlreadyExists, match="another writer"):
+        registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "b"))
+
+
+def test_racing_publishers_of_one_version_exactly_one_wins(registry: Registry, tmp_path: Path) -> None:
+    directory = adapter_dir(tmp_path / "a")
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def publish() -> None:
+        barrier.wait()
+        try:
+            registry.publish(unpublished("shout", "v1"), directory)
+            outcomes.append("won")
+        except AlreadyExists:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused", "refused", "refused", "won"]
+    assert [m.ref for m in registry.versions("shout")] == ["shout@v1"]
+
+
+def test_crash_between_files_and_manifest_leaves_nothing_visible(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_put_bytes = registry.store.put_bytes
+
+    def crash_on_manifest(key: str, data: bytes, *, if_absent: bool = False) -> None:
+        if key.endswith("/manifest.json"):
+            raise OSError("process killed")
+        real_put_bytes(key, data, if_absent=if_absent)
+
+    monkeypatch.setattr(registry.store, "put_bytes", crash_on_manifest)
+    with pytest.raises(OSError, match="killed"):
+        registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "a"))
+    assert "adapters/shout/v1/adapter_model.safetensors" in registry.store.list("adapters/")
+    assert registry.versions("shout") == []
+    assert registry.adapters() == []
+    with pytest.raises(NotFound):
+        registry.manifest("shout", "v1")
+    with pytest.raises(NotFound):
+        registry.delete("shout")
+    # After the crash, publishing the same version again succeeds.
+    monkeypatch.setattr(registry.store, "put_bytes", real_put_bytes)
+    registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "b"))
+    assert [m.ref for m in registry.adapters()] == ["shout@v1"]
+
+
+def test_files_uploaded_without_manifest_are_invisible(registry: Registry, store: ObjectStore) -> None:
+    store.put_bytes("adapters/ghost/v1/adapter_config.json", b"{}")
+    store.put_bytes("adapters/ghost/v1/adapter_model.safetensors", b"weights")
+    assert registry.adapters() == []
+    assert registry.versions("ghost") == []
+
+
+def test_fetch_downloads_verified_files_and_the_manifest(registry: Registry, tmp_path: Path) -> None:
+    directory = adapter_dir(tmp_path / "out")
+    manifest = registry.publish(unpublished("shout", "v1"), directory)
+    dest = tmp_path / "cache" / "shout@v1"
+    assert registry.fetch(manifest, dest) == dest
+    for name in manifest.files:
+        assert (dest / name).read_bytes() == (directory / name).read_bytes()
+    assert Manifest.model_validate_json((dest / "manifest.json").read_text()) == manifest
+    # Already there: returned as is, without touching the store.
+    assert registry.fetch(manifest, dest) == dest
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["shout@v1"]
+
+
+@pytest.mark.parametrize("corruption", [b"tampered weights", None])
+def test_fetch_refuses_a_corrupted_file_and_leaves_nothing(
+    registry: Registry, store: ObjectStore, tmp_path: Path, corruption: bytes | None
+) -> None:
+    manifest = registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "out"))
+    key = "adapters/shout/v1/adapter_model.safetensors"
+    original = store.get_bytes(key)
+    # Same size, one byte flipped (None) catches the hash check; other bytes catch the size check.
+    store.put_bytes(key, corruption or bytes([original[0] ^ 1]) + original[1:])
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumMismatch, match="adapter_model.safetensors"):
+        registry.fetch(manifest, cache / "shout@v1")
+    assert list(cache.iterdir()) == []
+
+
+def test_delete_unpublishes_one_version_or_all(
+    registry: Registry, store: ObjectStore, tmp_path: Path
+) -> None:
+    for n in (1, 2, 3):
+        registry.publish(unpublished("shout", f"v{n}", created_at=n), adapter_dir(tmp_path / f"v{n}"))
+    assert registry.delete("shout", "v2") == ["v2"]
+    assert [m.version for m in registry.versions("shout")] == ["v1", "v3"]
+    assert store.list("adapters/shout/v2/") == []
+    with pytest.raises(NotFound):
+        registry.delete("shout", "v2")
+    assert registry.delete("shout") == ["v1", "v3"]
+    assert store.list("adapters/") == []
+    with pytest.raises(NotFound):
+        registry.delete("shout")
+
+
+def test_hostile_names_are_refused(registry: Registry, tmp_path: Path) -> None:
+    for call in (
+        lambda: registry.manifest("../jobs"),
+        lambda: registry.manifest("shout", "v1/../../x"),
+        lambda: registry.versions("Shout"),
+        lambda: registry.delete("a/b"),
+        lambda: registry.get_job("../x"),
+        lambda: registry.get_dataset("jobs/x.json"),
+        lambda: registry.get_dataset("datasets/../jobs/x.jsonl"),
+    ):
+        with pytest.raises(InvalidName):
+            call()
+
+
+def test_publish_refuses_a_directory_without_adapter_weights(registry: Registry, tmp_path: Path) -> None:
+    directory = adapter_dir(tmp_path / "out")
+    (directory / "adapter_model.safetensors").unlink()
+    with pytest.raises(InvalidAdapter, match="adapter_model.safetensors"):
+        registry.publish(unpublished("shout", "v1"), directory)
+    assert registry.store.list("") == []
+
+
+def job(name: str, created_at: float) -> JobRecord:
+    spec = JobSpec(
+        name=name,
+        base_model="SmolLM2-135M-Instruct",
+        base_model_id="SmolLM2-135M-Instruct",
+        dataset_uri="datasets/" + "a" * 64 + ".jsonl",
+        dataset_sha256="a" * 64,
+        dataset_rows=80,
+    )
+    return JobRecord(spec=spec, created_at=created_at)
+
+
+def test_jobs_are_stored_updated_and_listed_newest_first(registry: Registry) -> None:
+    old, new = job("shout", 100.0), job("calm", 200.0)
+    registry.put_job(old)
+    registry.put_job(new)
+    assert registry.get_job(old.id) == old
+    running = old.model_copy(update={"status": JobStatus.running})
+    registry.put_job(running)
+    assert registry.get_job(old.id).status is JobStatus.running
+    assert [r.id for r in registry.list_jobs()] == [new.id, old.id]
+    with pytest.raises(NotFound, match="job"):
+        registry.get_job("0" * 32)
+
+
+def test_datasets_are_content_addressed_and_verified(registry: Registry, store: ObjectStore) -> None:
+    data = b'{"messages": []}\n'
+    key, sha = registry.put_dataset(data)
+    assert sha == hashlib.sha256(data).hexdigest() and key == f"datasets/{sha}.jsonl"
+    assert registry.put_dataset(data) == (key, sha)
+    assert registry.get_dataset(key) == data
+    with pytest.raises(NotFound):
+        registry.get_dataset("datasets/" + "f" * 64 + ".jsonl")
+    store.put_bytes(key, b"changed behind our back")
+    with pytest.raises(ChecksumMismatch):
+        registry.get_dataset(key)
