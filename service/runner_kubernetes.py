@@ -1,0 +1,386 @@
+"""Training as Kubernetes Jobs: one `batch/v1` Job per training request, created by the gateway's account.
+
+The trainer in the Job reads its spec from the object store and writes its progress, result and adapter back
+there, so any gateway replica can report on any job. This runner only creates Jobs, reflects what Kubernetes
+knows (a Job that failed for good, a Job that vanished) into the job record, and deletes Jobs on cancel.
+Retries are Kubernetes' business (the Job's backoffLimit), not ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from adapters.errors import NotFound, SkillserveError
+from adapters.schema import JobRecord, JobStatus
+from service.runner import job_spec_uri
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+MANAGED_BY = "skillserve"
+COMPONENT = "trainer"
+JOB_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT}"
+JOB_ID_LABEL = "skillserve.io/job-id"
+ADAPTER_LABEL = "skillserve.io/adapter"
+TRAINER_UID = 10001  # the image's non-root user (Dockerfile)
+CACHE_DIR = "/var/lib/skillserve"
+# Not secret, and the trainer needs the same store endpoint the gateway uses (MinIO, Ceph, R2, ...).
+PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+# Keys a job template file may hold (Helm writes it from `trainer:` values); anything else is a typo.
+TEMPLATE_KEYS = {
+    "image": "trainer image (default: the k8s_trainer_image setting)",
+    "imagePullPolicy": "IfNotPresent, Always or Never",
+    "imagePullSecrets": "list of {name: ...}",
+    "resources": "container resources: {requests: ..., limits: ...}, e.g. limits nvidia.com/gpu",
+    "nodeSelector": "node labels the trainer pod must match",
+    "tolerations": "list of pod tolerations",
+    "affinity": "pod affinity",
+    "priorityClassName": "priority class of trainer pods",
+    "runtimeClassName": "runtime class (e.g. nvidia)",
+    "serviceAccountName": "service account of trainer pods (they need no API access)",
+    "backoffLimit": "pod retries before the Job fails",
+    "activeDeadlineSeconds": "wall-clock limit of the whole Job",
+    "ttlSecondsAfterFinished": "seconds before Kubernetes deletes a finished Job",
+    "env": "extra container env (list of EnvVar)",
+    "envFrom": "extra container envFrom (list of EnvFromSource)",
+    "s3Secret": "{name, accessKeyIdKey, secretAccessKeyKey}: the Secret with the store's AWS credentials",
+    "cacheVolume": "volume source for the model cache (default: {emptyDir: {}})",
+    "podLabels": "extra labels on trainer pods",
+    "podAnnotations": "annotations on trainer pods",
+}
+
+
+class KubernetesRunnerError(SkillserveError):
+    """The Kubernetes runner cannot be configured or the API refused a request."""
+
+    code = "kubernetes_error"
+
+
+class JobRegistry(Protocol):
+    """What the runner needs of adapters.registry.Registry."""
+
+    def get_job(self, job_id: str) -> JobRecord: ...
+
+    def put_job(self, record: JobRecord) -> None: ...
+
+    def list_jobs(self) -> list[JobRecord]: ...
+
+
+def load_job_template(path: str | None) -> dict[str, Any]:
+    """Read the Job overrides file (YAML or JSON); unknown keys fail loudly instead of being ignored."""
+    if not path:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise KubernetesRunnerError(f"cannot read Kubernetes job template {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise KubernetesRunnerError(
+            f"Kubernetes job template {path} must be a mapping, not {type(data).__name__}"
+        )
+    unknown = sorted(set(data) - set(TEMPLATE_KEYS))
+    if unknown:
+        raise KubernetesRunnerError(
+            f"unknown key(s) {unknown} in Kubernetes job template {path}; allowed: {sorted(TEMPLATE_KEYS)}"
+        )
+    return data
+
+
+def job_name(job_id: str) -> str:
+    """The Job's name: a DNS label derived from the job id, so a record always finds its Job."""
+    return f"skillserve-train-{job_id}"[:63]
+
+
+def label_value(text: str) -> str:
+    """A label value (<= 63 chars, alphanumeric at both ends) carrying as much of `text` as fits."""
+    value = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63]
+    return value.strip("._-")
+
+
+def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
+    # Quantities are strings in the API (values files often say `nvidia.com/gpu: 1`).
+    return {
+        section: {name: str(amount) for name, amount in (amounts or {}).items()}
+        for section, amounts in resources.items()
+    }
+
+
+def build_job(
+    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str
+) -> dict[str, Any]:
+    """The `batch/v1` Job manifest that trains `record`, as a plain dict (what the API server receives)."""
+    name = job_name(record.id)
+    labels = {
+        "app.kubernetes.io/name": "skillserve",
+        "app.kubernetes.io/component": COMPONENT,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        JOB_ID_LABEL: record.id,
+        ADAPTER_LABEL: label_value(record.spec.name),
+    }
+    annotations = {"skillserve.io/adapter": record.spec.name, "skillserve.io/version": record.spec.version}
+
+    env: list[dict[str, Any]] = [
+        {"name": "SKILLSERVE_STORE_URI", "value": settings.store_uri},
+        {"name": "SKILLSERVE_HOME", "value": CACHE_DIR},
+        {"name": "HOME", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+    ]
+    env += [{"name": key, "value": os.environ[key]} for key in PASSTHROUGH_ENV if os.environ.get(key)]
+    secret = template.get("s3Secret") or {}
+    if secret.get("name"):
+        for var, key_field in (
+            ("AWS_ACCESS_KEY_ID", "accessKeyIdKey"),
+            ("AWS_SECRET_ACCESS_KEY", "secretAccessKeyKey"),
+        ):
+            ref = {"name": secret["name"], "key": secret.get(key_field) or var}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
+    env += list(template.get("env") or [])
+
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": template.get("image") or settings.k8s_trainer_image,
+        "imagePullPolicy": template.get("imagePullPolicy", "IfNotPresent"),
+        "command": ["python", "-m", "trainer", "run", job_spec_uri(settings.store_uri, record.id)],
+        "env": env,
+        "resources": _quantities(template.get("resources") or {}),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # Everything the trainer writes goes to the cache volume or /tmp; the image stays read-only.
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if template.get("envFrom"):
+        container["envFrom"] = list(template["envFrom"])
+
+    pod_spec: dict[str, Any] = {
+        # A failed pod is replaced by the Job controller, counted against backoffLimit.
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the trainer talks to the store, never to the API server
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "cache", **(template.get("cacheVolume") or {"emptyDir": {}})},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    for key in (
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "imagePullSecrets",
+        "priorityClassName",
+        "runtimeClassName",
+        "serviceAccountName",
+    ):
+        if template.get(key):
+            pod_spec[key] = template[key]
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
+        "spec": {
+            "backoffLimit": int(template.get("backoffLimit", 2)),
+            "activeDeadlineSeconds": int(template.get("activeDeadlineSeconds", 6 * 3600)),
+            "ttlSecondsAfterFinished": int(template.get("ttlSecondsAfterFinished", 3600)),
+            "template": {
+                "metadata": {
+                    "labels": {**labels, **(template.get("podLabels") or {})},
+                    "annotations": {**annotations, **(template.get("podAnnotations") or {})},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def job_failure(job: k8s.V1Job) -> str | None:
+    """The reason a Job failed for good (e.g. 'BackoffLimitExceeded: ...'), or None while it has not."""
+    for condition in (job.status.conditions if job.status else None) or []:
+        if condition.type in ("Failed", "FailureTarget") and condition.status == "True":
+            return f"{condition.reason or 'Failed'}: {condition.message or 'no message'}"
+    return None
+
+
+def job_complete(job: k8s.V1Job) -> bool:
+    return any(
+        c.type in ("Complete", "SuccessCriteriaMet") and c.status == "True"
+        for c in (job.status.conditions if job.status else None) or []
+    )
+
+
+def default_namespace(settings: Settings) -> str:
+    """The configured namespace, else the pod's own (in-cluster), else 'default'."""
+    if settings.k8s_namespace:
+        return settings.k8s_namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def connect_batch_api() -> k8s.BatchV1Api:
+    """The BatchV1 API: in-cluster config (the gateway's service account) first, kubeconfig for local use."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise KubernetesRunnerError(
+                "runner=kubernetes needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
+            ) from exc
+    return k8s.BatchV1Api()
+
+
+class KubernetesRunner:
+    """Runs each training job as a Kubernetes Job and keeps job records in step with the Jobs."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: JobRegistry,
+        batch_api: Any | None = None,
+        poll_seconds: float | None = None,
+    ):
+        self.settings = settings
+        self.registry = registry
+        self.template = load_job_template(settings.k8s_job_template)
+        self.namespace = default_namespace(settings)
+        self.api = batch_api if batch_api is not None else connect_batch_api()
+        self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Reconcile once (Jobs that failed or vanished while no gateway watched), then keep watching."""
+        self.reconcile()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="k8s-job-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, job: JobRecord) -> None:
+        """Create the Job, then record its name: the record is the source of truth for any replica."""
+        body = k8s.V1Job.from_dict(build_job(job, self.settings, self.template, self.namespace))
+        assert body is not None
+        try:
+            self.api.create_namespaced_job(namespace=self.namespace, body=body)
+        except ApiException as exc:
+            raise KubernetesRunnerError(
+                f"Kubernetes refused the training Job for {job.id}: {exc.status} {exc.reason}"
+            ) from exc
+        record = self.registry.get_job(job.id)
+        record.runner = self.name
+        record.runner_ref = job_name(job.id)
+        self.registry.put_job(record)
+
+    def cancel(self, job_id: str) -> None:
+        """Delete the Job (its pods go with it) and mark the record cancelled, unless it already finished."""
+        record = self.registry.get_job(job_id)
+        if record.status.finished:
+            return
+        try:
+            self.api.delete_namespaced_job(
+                name=record.runner_ref or job_name(job_id),
+                namespace=self.namespace,
+                propagation_policy="Background",
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise KubernetesRunnerError(
+                    f"cannot delete the Job of {job_id}: {exc.status} {exc.reason}"
+                ) from exc
+        record = self.registry.get_job(job_id)  # the trainer may have written progress meanwhile
+        if record.status.finished:
+            return
+        record.status = JobStatus.cancelled
+        record.finished_at = time.time()
+        record.error = record.error or "cancelled"
+        self.registry.put_job(record)
+
+    def reconcile(self) -> None:
+        """One pass: fail unfinished records whose Job failed for good, completed silently, or vanished."""
+        try:
+            listed = self.api.list_namespaced_job(namespace=self.namespace, label_selector=JOB_SELECTOR)
+        except ApiException as exc:
+            log.warning("cannot list training Jobs in %s: %s %s", self.namespace, exc.status, exc.reason)
+            return
+        jobs = {
+            item.metadata.labels.get(JOB_ID_LABEL): item
+            for item in listed.items or []
+            if item.metadata and item.metadata.labels
+        }
+        for record in self.registry.list_jobs():
+            if record.runner != self.name or record.status.finished or not record.runner_ref:
+                continue
+            job = jobs.get(record.id)
+            if job is None:
+                if not self._exists(record.runner_ref):  # it may have been created after the list
+                    self._fail(record.id, f"Kubernetes Job {record.runner_ref} no longer exists")
+            elif reason := job_failure(job):
+                self._fail(record.id, f"Kubernetes Job {record.runner_ref} failed: {reason}")
+            elif job_complete(job):
+                error = f"Kubernetes Job {record.runner_ref} completed but the trainer recorded no result"
+                self._fail(record.id, error)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.api.read_namespaced_job(name=name, namespace=self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _fail(self, job_id: str, error: str) -> None:
+        # Re-read right before writing: the trainer's own verdict wins over ours.
+        try:
+            record = self.registry.get_job(job_id)
+        except NotFound:
+            return
+        if record.status.finished:
+            return
+        record.status = JobStatus.failed
+        record.error = error
+        record.finished_at = time.time()
+        self.registry.put_job(record)
+        log.info("job %s failed: %s", job_id, error)
+
+    def _watch(self) -> None:
+        # Polling a labelled list is enough at training time scales and survives API server restarts.
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.reconcile()
+            except Exception:  # keep watching: one bad pass must not end status reporting
+                log.exception("reconciling training Jobs failed")
