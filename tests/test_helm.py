@@ -1,0 +1,215 @@
+"""The Helm chart: lint-clean, renders for the default and a GPU/S3/ingress/HPA values file, and every
+manifest validates against the Kubernetes schemas. Helm's own Go engine renders (helm-python-sdk), offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.runner_kubernetes import build_job, load_job_template
+from service.settings import Settings
+
+helm = pytest.importorskip(
+    "helm_python", reason="helm-python-sdk (dev extra) bundles Helm; pip install -e '.[dev]'"
+)
+
+CHART = Path(__file__).resolve().parents[1] / "helm" / "skillserve"
+GPU_VALUES = yaml.safe_load((CHART / "ci" / "gpu-s3-values.yaml").read_text())
+K8S_VERSION = (
+    "1.30.0"  # the chart's kubeVersion floor is 1.27; validate against a current-but-conservative one
+)
+CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas: checked by hand below
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """What `helm install` would apply: schema-checked values, then every rendered manifest."""
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values or {})
+        files = chart.render(values or {}, name="demo", namespace="ml", is_install=True)
+    return [
+        doc
+        for path, text in sorted(files.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@pytest.fixture(scope="module")
+def default_manifests() -> list[dict[str, Any]]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def gpu_manifests() -> list[dict[str, Any]]:
+    return render(GPU_VALUES)
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in manifests if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", [None, GPU_VALUES], ids=["default", "gpu-s3"])
+def test_helm_lint_is_clean(values: dict[str, Any] | None) -> None:
+    report = helm.lint(str(CHART), values, strict=True, namespace="ml", kube_version=f"v{K8S_VERSION}")
+    assert report["errors"] == [] and report["messages"] == [], report
+
+
+@pytest.mark.parametrize("fixture", ["default_manifests", "gpu_manifests"])
+def test_every_rendered_manifest_validates_against_kubernetes_schemas(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    manifests = request.getfixturevalue(fixture)
+    for doc in manifests:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_default_install_is_one_cpu_gateway_with_a_local_store(
+    default_manifests: list[dict[str, Any]],
+) -> None:
+    kinds = sorted(doc["kind"] for doc in default_manifests)
+    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    (deployment,) = by_kind(default_manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # the local runner never calls the API server
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one writer for a file:// store
+    (container,) = pod["containers"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    (config,) = by_kind(default_manifests, "ConfigMap")
+    assert config["data"]["SKILLSERVE_STORE_URI"] == "file:///var/lib/skillserve/store"
+
+
+def test_gpu_s3_gateway_deployment(gpu_manifests: list[dict[str, Any]]) -> None:
+    (deployment,) = by_kind(gpu_manifests, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "podAntiAffinity" in pod["affinity"]
+    # Slow model loads: the startup probe allows 30 minutes before liveness may restart the pod.
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/ready"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["terminationGracePeriodSeconds"] >= 60 and container["lifecycle"]["preStop"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == "demo-skillserve-cache"
+    env = {item["name"]: item for item in container["env"]}
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SKILLSERVE_API_KEYS",
+        "SKILLSERVE_ADMIN_KEYS",
+    ):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"], name
+    assert container["envFrom"] == [{"configMapRef": {"name": "demo-skillserve"}}]
+
+
+def test_gpu_s3_install_has_ingress_hpa_pdb_and_service_monitor(gpu_manifests: list[dict[str, Any]]) -> None:
+    (ingress,) = by_kind(gpu_manifests, "Ingress")
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "demo-skillserve"
+    (hpa,) = by_kind(gpu_manifests, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "demo-skillserve",
+    }
+    assert by_kind(gpu_manifests, "PodDisruptionBudget")
+    (monitor,) = by_kind(gpu_manifests, "ServiceMonitor")
+    (service,) = by_kind(gpu_manifests, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["endpoints"][0] == {
+        "port": "http",
+        "path": "/metrics",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+    }
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+def test_rbac_grants_only_job_verbs_in_the_release_namespace(gpu_manifests: list[dict[str, Any]]) -> None:
+    kinds = {doc["kind"] for doc in gpu_manifests}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    (role,) = by_kind(gpu_manifests, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "delete"]}
+    ]
+    (binding,) = by_kind(gpu_manifests, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-skillserve", "namespace": "ml"}]
+    (deployment,) = by_kind(gpu_manifests, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "demo-skillserve"
+
+
+def test_rendered_job_template_drives_the_runner_to_a_valid_gpu_job(
+    gpu_manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Trainer values travel through the job-template ConfigMap into every Job the gateway creates."""
+    (template_map,) = [
+        d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"].endswith("template")
+    ]
+    path = tmp_path / "job-template.yaml"
+    path.write_text(template_map["data"]["job-template.yaml"])
+    (config,) = [d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"] == "demo-skillserve"]
+    assert config["data"]["SKILLSERVE_K8S_JOB_TEMPLATE"] == f"/etc/skillserve/{path.name}"
+    settings = Settings(store_uri=config["data"]["SKILLSERVE_STORE_URI"], k8s_job_template=str(path))
+
+    from adapters.schema import JobRecord, JobSpec
+
+    spec = JobSpec(
+        name="shout",
+        base_model="m",
+        base_model_id="m",
+        dataset_uri="datasets/d.jsonl",
+        dataset_sha256="0" * 64,
+        dataset_rows=8,
+    )
+    job = build_job(JobRecord(spec=spec), settings, load_job_template(str(path)), "ml")
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (1, 14400)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"] == "registry.example.com/skillserve:0.1.0-gpu"
+    env = {item["name"]: item for item in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "skillserve-s3"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"runner": "docker"}, "runner"),
+        ({"gpus": -1}, "gpus"),
+        ({"config": {"api_keys": '["sk-plaintext"]'}}, "config"),
+        ({"s3": {"accessKey": "AKIA..."}}, "accessKey"),
+        ({"store": {"uri": "s3://Bad_Bucket"}}, "uri"),
+        ({"trainer": {"backoffLimit": -1}}, "backoffLimit"),
+    ],
+)
+def test_bad_values_fail_at_install_time(values: dict[str, Any], complaint: str) -> None:
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError, match=complaint):
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"runner": "kubernetes"}, "needs a store the training Jobs can reach"),
+        ({"replicaCount": 2}, "needs a shared store"),
+    ],
+)
+def test_settings_that_cannot_work_fail_with_a_clear_message(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmError, match=complaint):
+        render(values)
