@@ -179,6 +179,7 @@ def test_rendered_job_template_drives_the_runner_to_a_valid_gpu_job(
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (1, 14400)
     assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "skillserve-trainer"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["image"] == "registry.example.com/skillserve:0.1.0-gpu"
