@@ -51,9 +51,11 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, description="GPUs to shard the model over")
     enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode on GPU)")
     max_queue: int = Field(256, description="requests waiting or running before new ones get 429")
+    load_engine: bool = Field(True, description="start the inference engine (false: a management-only gateway)")
 
     # Training
     runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
+    training_enabled: bool = Field(True, description="accept training jobs and run the job runner in this process")
     train_concurrency: int = Field(1, description="local runner: training processes at once")
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")

@@ -1,0 +1,24 @@
+"""`python -m service`: run the gateway with uvicorn on the configured host and port."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    # access_log off: the gateway logs each request itself, as JSON with its request id.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":  # the engine core is spawned: its children re-import this module
+    main()

@@ -1,0 +1,135 @@
+"""The gateway app: create_app(settings) wires store, registry, engine, adapter cache, runner and routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapters.registry import Registry
+from adapters.store import open_store
+from service import errors, logs
+from service.adapter_cache import AdapterCache
+from service.dependencies import Gateway
+from service.engine import Engine
+from service.metrics import Metrics
+from service.routes import adapters, chat, completions, health, jobs, models
+from service.runner import Runner
+from service.settings import Settings
+
+log = logging.getLogger("skillserve.http")
+
+DESCRIPTION = (
+    "OpenAI-compatible inference over vLLM with LoRA adapters hot-loaded from an object store, "
+    "plus training and management of those adapters."
+)
+
+
+class RequestContext:
+    """Pure ASGI middleware (streams and disconnects pass untouched): request ids, access logs, metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            # The route template keeps label cardinality bounded (no adapter names or job ids in paths).
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(label, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            if label not in ("/health", "/metrics", "/ready"):
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": logs.elapsed_ms(started),
+                    },
+                )
+            logs.request_id.reset(token)
+
+
+def build_runner(settings: Settings, registry: Registry) -> Runner:
+    if settings.runner == "kubernetes":
+        from service.runner_kubernetes import KubernetesRunner
+
+        return KubernetesRunner(settings, registry)
+    from service.runner_local import LocalRunner
+
+    return LocalRunner(registry, settings.store_uri, settings.cache_dir / "jobs", settings.train_concurrency)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway; its lifespan starts the engine (unless disabled) and the job runner."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
+        store = open_store(settings.store_uri)
+        registry = Registry(store)
+        engine = Engine(settings)
+        cache = AdapterCache(
+            registry,
+            settings.cache_dir,
+            settings.cache_max_bytes,
+            engine.base_model_id,
+            settings.max_lora_rank,
+            metrics,
+            unload=engine.remove_lora,
+        )
+        runner = build_runner(settings, registry) if settings.training_enabled else None
+        metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
+        app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics)
+        if runner is not None:
+            runner.start()
+        try:
+            if settings.load_engine:
+                engine.start()
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+            engine.shutdown()
+
+    app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    for module in (chat, completions, models, adapters, jobs, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The served API's OpenAPI document, without starting anything."""
+    return create_app(Settings()).openapi()

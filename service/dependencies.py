@@ -1,0 +1,43 @@
+"""What routes receive through FastAPI `Depends`: the gateway's parts, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from service.adapter_cache import AdapterCache
+from service.engine import Engine
+from service.metrics import Metrics
+from service.runner import Runner
+from service.settings import Settings
+
+
+@dataclass
+class Gateway:
+    """Everything a request may need; one per app."""
+
+    settings: Settings
+    engine: Engine
+    registry: Any
+    store: Any
+    cache: AdapterCache
+    runner: Runner | None
+    metrics: Metrics
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return get_gateway(request).settings
+
+
+def get_engine(request: Request) -> Engine:
+    return get_gateway(request).engine
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,179 @@
+"""vLLM's async engine inside the gateway: one engine, base and adapter requests batched together.
+
+The same code runs on vLLM's CPU build here and on the official CUDA build in production; only the
+settings differ. The gateway renders prompts itself and hands the engine token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapters.models import resolve_model, weights_hash
+from service.errors import APIError, overloaded
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
+    from vllm.outputs import RequestOutput
+    from vllm.sampling_params import SamplingParams
+
+log = logging.getLogger("skillserve.engine")
+
+
+class Engine:
+    """Owns the AsyncLLM, the base model's tokenizer and the count of requests in flight."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.model_dir: Path = resolve_model(settings.model)
+        self.base_model_id = settings.base_model_id
+        self.max_model_len = settings.max_model_len
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self.in_flight = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        """The base model's Hugging Face tokenizer: the one the trainer encodes with."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        return self._tokenizer
+
+    def base_weights_sha256(self) -> str | None:
+        try:
+            return weights_hash(self.model_dir)
+        except Exception:  # a hub snapshot without safetensors: nothing to compare against
+            return None
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        s = self.settings
+        dtype = s.dtype
+        if dtype == "auto":
+            # bf16 dequantized small models answer badly on CPU (NOTES.md); fp32 there, bf16 on accelerators.
+            dtype = "float32" if current_platform.is_cpu() else "bfloat16"
+        return AsyncEngineArgs(
+            model=str(self.model_dir),
+            served_model_name=self.base_model_id,
+            dtype=dtype,
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
+            max_lora_rank=s.max_lora_rank,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            tensor_parallel_size=s.tensor_parallel_size,
+            enforce_eager=s.enforce_eager,
+            disable_log_stats=True,
+        )
+
+    def start(self) -> None:
+        """Start the engine (its core runs in a spawned subprocess); blocks until the model is loaded."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if self.settings.kv_cache_space_gb is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_space_gb)
+        _ = self.tokenizer
+        log.info("starting engine for %s (%s)", self.base_model_id, self.model_dir)
+        self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        log.info("engine ready")
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    def _require(self) -> Any:
+        if not self.ready:
+            raise overloaded("the engine is not ready", retry_after=5, status=503)
+        return self._llm
+
+    def admit(self) -> None:
+        """Refuse new work early when the queue is full, before any adapter is fetched."""
+        self._require()
+        if self.in_flight >= self.settings.max_queue:
+            raise overloaded(f"too many requests in flight ({self.in_flight}); retry shortly")
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARequest | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream RequestOutputs; closing the iterator (a client disconnect) aborts the request in vLLM."""
+        from vllm.inputs import TokensPrompt
+
+        llm = self._require()
+        if len(prompt_ids) >= self.max_model_len:
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        self.in_flight += 1
+        try:
+            # AsyncLLM.generate aborts the request itself when this generator is closed or cancelled.
+            async for out in llm.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids),
+                params,
+                request_id or uuid.uuid4().hex,
+                lora_request=lora,
+            ):
+                yield out
+        finally:
+            self.in_flight -= 1
+
+    async def remove_lora(self, lora_id: int) -> None:
+        if self._llm is not None:
+            await self._llm.remove_lora(lora_id)
+
+    async def loaded_loras(self) -> set[int]:
+        return set(await self._llm.list_loras()) if self._llm is not None else set()
+
+
+def sampling_params(
+    *,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int,
+    stop: list[str],
+    stop_token_ids: list[int],
+    n: int,
+    seed: int | None,
+    presence_penalty: float,
+    frequency_penalty: float,
+    logprobs: int | None,
+    stream: bool,
+) -> SamplingParams:
+    """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise)."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        max_tokens=max_tokens,
+        stop=stop or None,
+        stop_token_ids=stop_token_ids or None,
+        seed=seed,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        logprobs=logprobs,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+    )

@@ -1,0 +1,119 @@
+"""Every failure the gateway reports, mapped once to OpenAI's error body and an HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters import errors as domain
+
+log = logging.getLogger("skillserve.errors")
+
+
+class APIError(Exception):
+    """An error with its HTTP status and OpenAI error fields; raised by routes, rendered by one handler."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: object | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.details = details
+
+    def body(self) -> dict[str, object]:
+        error: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"The model `{model}` does not exist.", code="model_not_found", param="model")
+
+
+def overloaded(message: str, retry_after: int = 1, status: int = 429) -> APIError:
+    kind = "rate_limit_error" if status == 429 else "server_error"
+    return APIError(status, message, type=kind, code="overloaded", headers={"Retry-After": str(retry_after)})
+
+
+def from_domain(exc: domain.SkillserveError) -> APIError:
+    """The one mapping from the adapter domain's exceptions to HTTP."""
+    if isinstance(exc, domain.DatasetError):
+        lines = [{"line": line, "reason": reason} for line, reason in exc.errors]
+        return APIError(400, str(exc), code=exc.code, param="dataset", details=lines)
+    if isinstance(exc, domain.NotFound):
+        return APIError(404, str(exc), code=exc.code)
+    if isinstance(exc, domain.AlreadyExists):
+        return APIError(409, str(exc), code=exc.code)
+    if isinstance(exc, domain.StoreUnavailable):
+        return APIError(503, str(exc), type="server_error", code=exc.code, headers={"Retry-After": "5"})
+    if isinstance(exc, domain.ChecksumMismatch | domain.ModelError):
+        return APIError(500, str(exc), type="server_error", code=exc.code)
+    if isinstance(exc, domain.InvalidAdapter | domain.InvalidName | domain.TemplateError):
+        return APIError(400, str(exc), code=exc.code)
+    return APIError(500, str(exc), type="server_error", code=exc.code)
+
+
+def _render(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into OpenAI's error format."""
+
+    @app.exception_handler(APIError)
+    async def _api(_: Request, exc: APIError) -> JSONResponse:
+        return _render(exc)
+
+    @app.exception_handler(domain.SkillserveError)
+    async def _domain(_: Request, exc: domain.SkillserveError) -> JSONResponse:
+        return _render(from_domain(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
+        return _render(
+            APIError(
+                400,
+                message,
+                param=".".join(loc) or None,
+                code="invalid_parameter",
+                details=jsonable_encoder(errors, custom_encoder={Exception: str}),
+            )
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return _render(APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _render(APIError(500, f"internal error: {type(exc).__name__}", type="server_error"))

@@ -1,0 +1,338 @@
+"""Adapter management: train (POST /adapters), import, list, inspect and delete adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from adapters.dataset import parse_dataset, rows_to_jsonl
+from adapters.errors import InvalidAdapter, InvalidName, NotFound
+from adapters.schema import JobRecord, JobSpec, LoraInfo, Manifest, check_name, new_version
+from adapters.store import check_key
+from adapters.templates import get_template
+from service.adapter_cache import ALLOWED_SUFFIXES, split_model
+from service.auth import require_admin, require_inference
+from service.dependencies import Gateway, GatewayDep
+from service.errors import APIError
+from service.protocol import (
+    AdapterDetail,
+    AdapterList,
+    AdapterSummary,
+    AdapterVersion,
+    CreateAdapterJSON,
+    Deleted,
+    ErrorResponse,
+    ImportAdapterRequest,
+    JobView,
+)
+
+router = APIRouter(tags=["adapters"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
+}
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["name", "dataset"],
+    "properties": {
+        "name": {"type": "string"},
+        "dataset": {"type": "string", "format": "binary", "description": "JSONL file, one row per line"},
+        "template": {"type": "string", "default": "chatml"},
+        "hyperparameters": {"type": "string", "description": "JSON object of Hyperparameters"},
+    },
+}
+
+
+def _store_key(gw: Gateway, uri: str) -> str:
+    """A key inside this gateway's store, from a bare key or a URI under the store's root."""
+    root = gw.settings.store_uri.rstrip("/") + "/"
+    if "://" in uri:
+        if not uri.startswith(root):
+            raise InvalidName(f"{uri!r} is not inside this gateway's store ({root})")
+        uri = uri[len(root) :]
+    return check_key(uri.lstrip("/"))
+
+
+async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSON, bytes | None]:
+    """The create request from JSON or multipart; the dataset bytes when uploaded or inline."""
+    limit = gw.settings.max_dataset_bytes
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=16)
+            upload = form.get("dataset")
+            if not isinstance(upload, UploadFile):
+                raise APIError(400, "multipart requests need a `dataset` file field", param="dataset")
+            data = await upload.read(limit + 1)
+            hyper = form.get("hyperparameters")
+            fields: dict[str, Any] = {
+                "name": form.get("name"),
+                "template": form.get("template") or "chatml",
+                "hyperparameters": json.loads(hyper) if isinstance(hyper, str) and hyper.strip() else {},
+                "rows": [],  # stands for the uploaded file in validation
+            }
+            return CreateAdapterJSON.model_validate(fields), data
+        payload = await request.json()
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"invalid JSON: {exc.msg}", code="invalid_json") from None
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    try:
+        body = CreateAdapterJSON.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    return body, (rows_to_jsonl(body.rows) if body.rows is not None else None)
+
+
+@router.post(
+    "/adapters",
+    status_code=202,
+    response_model=JobView,
+    responses=ERRORS,
+    dependencies=[Depends(require_admin)],
+    summary="Train an adapter: validate the dataset, store it, queue a training job (admin)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CreateAdapterJSON"}},
+                "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+            },
+        }
+    },
+)
+async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
+    if gw.runner is None:
+        raise APIError(
+            503, "training is disabled on this gateway", type="server_error", code="training_disabled"
+        )
+    body, data = await _read_request(request, gw)
+    settings = gw.settings
+    check_name(body.name)
+    tokenizer = gw.engine.tokenizer
+    template = get_template(body.template, tokenizer)
+    hyper = body.hyperparameters
+    if hyper.rank > settings.max_lora_rank:
+        raise APIError(
+            400,
+            f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank "
+            f"{settings.max_lora_rank}",
+            param="hyperparameters.rank",
+        )
+    if data is None:
+        assert body.dataset_uri is not None
+        data = await asyncio.to_thread(gw.store.get_bytes, _store_key(gw, body.dataset_uri))
+    dataset = await asyncio.to_thread(
+        parse_dataset,
+        data,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        tokenizer=tokenizer,
+        template=template,
+        max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
+    )
+    # Only a valid dataset reaches the store.
+    key, sha = await asyncio.to_thread(gw.registry.put_dataset, data)
+    spec = JobSpec(
+        name=body.name,
+        base_model=str(gw.engine.model_dir),
+        base_model_id=gw.engine.base_model_id,
+        template=body.template,
+        dataset_uri=key,
+        dataset_sha256=sha,
+        dataset_rows=len(dataset.rows),
+        hyperparameters=hyper,
+    )
+    job = JobRecord(spec=spec, runner=gw.runner.name)
+    await asyncio.to_thread(gw.registry.put_job, job)
+    await asyncio.to_thread(gw.runner.submit, job)
+    return JSONResponse(
+        JobView.of(job).model_dump(), status_code=202, headers={"Location": f"/jobs/{job.id}"}
+    )
+
+
+def _version(m: Manifest) -> AdapterVersion:
+    return AdapterVersion(
+        version=m.version,
+        created_at=m.created_at,
+        base_model=m.base_model,
+        template=m.template_name,
+        rank=m.lora.rank,
+        metrics=m.metrics,
+    )
+
+
+@router.get(
+    "/adapters",
+    response_model=AdapterList,
+    responses=ERRORS,
+    dependencies=[Depends(require_inference)],
+    summary="Every adapter: published ones and names still in training",
+)
+async def list_adapters(gw: GatewayDep) -> AdapterList:
+    def collect() -> AdapterList:
+        summaries: dict[str, AdapterSummary] = {}
+        for m in gw.registry.adapters():
+            summaries[m.name] = AdapterSummary(
+                name=m.name, latest=m.version, versions=len(gw.registry.versions(m.name)), status="ready"
+            )
+        for job in gw.registry.list_jobs():  # newest first: the first job seen per name is its status
+            if job.spec.name not in summaries:
+                summaries[job.spec.name] = AdapterSummary(
+                    name=job.spec.name, latest=None, versions=0, status=job.status.value
+                )
+        return AdapterList(data=[summaries[n] for n in sorted(summaries)])
+
+    return await asyncio.to_thread(collect)
+
+
+@router.get(
+    "/adapters/{name}",
+    response_model=AdapterDetail,
+    responses=ERRORS,
+    dependencies=[Depends(require_inference)],
+    summary="One adapter: versions, manifest, metrics, jobs",
+)
+async def get_adapter(name: str, gw: GatewayDep) -> AdapterDetail:
+    check_name(name)
+
+    def collect() -> AdapterDetail:
+        versions = gw.registry.versions(name)
+        jobs = [JobView.of(j) for j in gw.registry.list_jobs() if j.spec.name == name]
+        if not versions and not jobs:
+            raise NotFound(f"adapter {name!r} not found")
+        return AdapterDetail(
+            name=name,
+            status="ready" if versions else jobs[0].status,
+            latest=versions[-1].version if versions else None,
+            versions=[_version(m) for m in versions],
+            manifest=versions[-1] if versions else None,
+            jobs=jobs,
+        )
+
+    return await asyncio.to_thread(collect)
+
+
+@router.delete(
+    "/adapters/{model}",
+    response_model=Deleted,
+    responses=ERRORS,
+    dependencies=[Depends(require_admin)],
+    summary="Delete an adapter (every version) or one version `name@version`; unloads it (admin)",
+)
+async def delete_adapter(model: str, gw: GatewayDep) -> Deleted:
+    name, version = split_model(model)
+    check_name(name)
+    if version is not None:
+        check_name(version, "version")
+    await asyncio.to_thread(gw.registry.delete, name, version)
+    await gw.cache.forget(name, version)
+    return Deleted(id=model, object="adapter")
+
+
+def _supported_modules(model_dir: Path) -> set[str]:
+    """Names of the base model's 2-D (linear) weight modules inside its layers: what LoRA may target."""
+    from safetensors import safe_open
+
+    modules: set[str] = set()
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if (
+                    ".layers." in key
+                    and key.endswith(".weight")
+                    and len(handle.get_slice(key).get_shape()) == 2
+                ):
+                    modules.add(key.split(".")[-2])
+    return modules
+
+
+def _check_peft_config(config: dict[str, Any], gw: Gateway) -> LoraInfo:
+    """Validate an adapter_config.json for this gateway; InvalidAdapter (400) says what does not fit."""
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise InvalidAdapter(f"only LoRA adapters can be imported, not {config.get('peft_type')!r}")
+    base = str(config.get("base_model_name_or_path") or "")
+    accepted = {gw.engine.base_model_id, str(gw.engine.model_dir)}
+    if base not in accepted and Path(base.rstrip("/")).name != gw.engine.base_model_id:
+        raise InvalidAdapter(
+            f"adapter trained on another base: {base!r}; this gateway serves {gw.engine.base_model_id!r}"
+        )
+    rank = int(config.get("r") or 0)
+    if not 1 <= rank <= gw.settings.max_lora_rank:
+        raise InvalidAdapter(f"LoRA rank {rank} is outside 1..{gw.settings.max_lora_rank} (max_lora_rank)")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not targets:
+        raise InvalidAdapter("adapter_config.json names no target_modules")
+    supported = _supported_modules(gw.engine.model_dir)
+    unsupported = sorted(set(targets) - supported)
+    if unsupported:
+        raise InvalidAdapter(
+            f"target modules {unsupported} are not linear layers of the base model "
+            f"(supported: {sorted(supported)})"
+        )
+    if config.get("modules_to_save"):
+        raise InvalidAdapter("adapters with modules_to_save are not supported by the engine")
+    return LoraInfo(
+        rank=rank,
+        alpha=int(config.get("lora_alpha") or rank),
+        dropout=float(config.get("lora_dropout") or 0.0),
+        target_modules=sorted(targets),
+    )
+
+
+@router.post(
+    "/adapters/import",
+    response_model=Manifest,
+    status_code=201,
+    responses=ERRORS,
+    dependencies=[Depends(require_admin)],
+    summary="Publish an existing PEFT LoRA directory from the store as a new adapter version (admin)",
+)
+async def import_adapter(body: ImportAdapterRequest, gw: GatewayDep) -> Manifest:
+    check_name(body.name)
+    template = get_template(body.template, gw.engine.tokenizer)
+    prefix = _store_key(gw, body.uri.rstrip("/")) + "/"
+
+    def run() -> Manifest:
+        keys = [k for k in gw.store.list(prefix) if "/" not in k[len(prefix) :]]
+        # PEFT also writes README.md and the like; only weights and JSON are carried over.
+        wanted = [k for k in keys if k.endswith(ALLOWED_SUFFIXES) and not k.endswith("/manifest.json")]
+        names = {k[len(prefix) :] for k in wanted}
+        for required in ("adapter_config.json", "adapter_model.safetensors"):
+            if required not in names:
+                raise InvalidAdapter(f"{body.uri} has no {required}: not a PEFT adapter directory")
+        work = Path(tempfile.mkdtemp(prefix="skillserve-import-"))
+        try:
+            for key in wanted:
+                gw.store.get_file(key, work / key[len(prefix) :])
+            lora = _check_peft_config(json.loads((work / "adapter_config.json").read_text()), gw)
+            manifest = Manifest(
+                name=body.name,
+                version=new_version(),
+                base_model=gw.engine.base_model_id,
+                base_model_sha256=gw.engine.base_weights_sha256() or "",
+                template_name=template.name,
+                template=template.text,
+                stop=list(template.stop),
+                lora=lora,
+                files={},
+                metrics={"imported_from": body.uri},
+            )
+            return gw.registry.publish(manifest, work)  # type: ignore[no-any-return]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return await asyncio.to_thread(run)

@@ -1,0 +1,28 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from service.dependencies import GatewayDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: the engine is loaded (503 until then)")
+async def ready(gw: GatewayDep) -> JSONResponse:
+    if gw.engine.ready:
+        return JSONResponse({"status": "ready", "model": gw.engine.base_model_id})
+    return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(gw: GatewayDep) -> Response:
+    gw.metrics.in_flight.set(gw.engine.in_flight)
+    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

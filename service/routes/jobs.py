@@ -1,0 +1,102 @@
+"""Training jobs: status, live progress (SSE) and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from adapters.schema import check_job_id
+from service.auth import require_admin, require_inference
+from service.dependencies import Gateway, GatewayDep
+from service.errors import APIError
+from service.protocol import ErrorResponse, JobList, JobView
+
+router = APIRouter(tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
+}
+
+
+async def _job(gw: Gateway, job_id: str) -> JobView:
+    check_job_id(job_id)
+    return JobView.of(await asyncio.to_thread(gw.registry.get_job, job_id))
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    responses=ERRORS,
+    dependencies=[Depends(require_inference)],
+    summary="Every training job, newest first",
+)
+async def list_jobs(gw: GatewayDep) -> JobList:
+    return JobList(data=[JobView.of(j) for j in await asyncio.to_thread(gw.registry.list_jobs)])
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    responses=ERRORS,
+    dependencies=[Depends(require_inference)],
+    summary="A job: status, progress (step, loss, ETA), metrics, error",
+)
+async def get_job(job_id: str, gw: GatewayDep) -> JobView:
+    return await _job(gw, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "one `job` event per change"},
+        **ERRORS,
+    },
+    dependencies=[Depends(require_inference)],
+    summary="Follow a job live: Server-Sent Events with the job on every change, ending when it finishes",
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    gw: GatewayDep,
+    interval: float = Query(0.5, ge=0.1, le=10, description="seconds between reads of the job record"),
+) -> StreamingResponse:
+    first = await _job(gw, job_id)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[str]:
+        view, last = first, ""
+        while True:
+            data = view.model_dump_json()
+            if data != last:
+                yield f"event: job\ndata: {data}\n\n"
+                last = data
+            if view.status in ("succeeded", "failed", "cancelled") or await request.is_disconnected():
+                return
+            await asyncio.sleep(interval)
+            view = await _job(gw, job_id)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    responses=ERRORS,
+    dependencies=[Depends(require_admin)],
+    summary="Cancel a queued or running job; nothing is published (admin)",
+)
+async def cancel_job(job_id: str, gw: GatewayDep) -> JobView:
+    job = await _job(gw, job_id)
+    if gw.runner is None:
+        raise APIError(
+            503, "training is disabled on this gateway", type="server_error", code="training_disabled"
+        )
+    if job.runner != gw.runner.name:
+        raise APIError(
+            409, f"job {job_id} runs on the {job.runner} runner, this gateway uses {gw.runner.name}"
+        )
+    await asyncio.to_thread(gw.runner.cancel, job_id)
+    return await _job(gw, job_id)

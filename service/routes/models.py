@@ -1,0 +1,59 @@
+"""GET /v1/models and /v1/models/{id}: the base model plus every published adapter (parent = base)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+
+from adapters.schema import Manifest
+from service.auth import require_inference
+from service.dependencies import Gateway, GatewayDep
+from service.protocol import ModelCard, ModelList
+from service.routes.chat import ERRORS
+
+router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
+
+
+def _base_card(gw: Gateway) -> ModelCard:
+    return ModelCard(
+        id=gw.engine.base_model_id,
+        created=int(gw.engine.model_dir.stat().st_mtime),
+        owned_by="skillserve",
+        root=str(gw.engine.model_dir),
+        max_model_len=gw.engine.max_model_len,
+    )
+
+
+def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str) -> ModelCard:
+    return ModelCard(
+        id=model_id,
+        created=int(manifest.created_at),
+        root=manifest.ref,
+        parent=gw.engine.base_model_id,
+        max_model_len=gw.engine.max_model_len,
+        template=manifest.template_name,
+    )
+
+
+@router.get(
+    "/v1/models", response_model=ModelList, responses=ERRORS, summary="List the base model and adapters"
+)
+async def list_models(gw: GatewayDep) -> ModelList:
+    newest = await asyncio.to_thread(gw.registry.adapters)
+    cards = [_base_card(gw)]
+    cards += [_adapter_card(gw, m, m.name) for m in newest if m.base_model == gw.engine.base_model_id]
+    return ModelList(data=cards)
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    responses=ERRORS,
+    summary="One model: the base id, `adapter` or `adapter@version`",
+)
+async def get_model(model_id: str, gw: GatewayDep) -> ModelCard:
+    if model_id == gw.engine.base_model_id:
+        return _base_card(gw)
+    manifest = await gw.cache.manifest(model_id)
+    return _adapter_card(gw, manifest, model_id)

@@ -1,0 +1,130 @@
+"""What chat and text completions share: the target a model name means, token budgets, streaming, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from adapters.templates import ChatTemplate, get_template, template_from_manifest
+from service.adapter_cache import Lease
+from service.dependencies import Gateway
+from service.errors import APIError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Target:
+    """The base model or one adapter version, with the template its prompts are rendered with."""
+
+    model: str
+    template: ChatTemplate
+    lora: Any = None
+    lease: Lease | None = None
+    metric_model: str = field(default="")
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
+async def resolve_target(gw: Gateway, model: str) -> Target:
+    """Base id -> the base model and its own template; else an adapter, fetched and held for the request."""
+    tokenizer = gw.engine.tokenizer
+    if model == gw.engine.base_model_id:
+        return Target(model, get_template("base", tokenizer), metric_model=model)
+    from vllm.lora.request import LoRARequest
+
+    manifest = await gw.cache.manifest(model)
+    lease = await gw.cache.acquire(manifest)
+    lora = LoRARequest(lora_name=manifest.ref, lora_int_id=lease.lora_id, lora_path=str(lease.path))
+    return Target(model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name)
+
+
+def token_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
+    """Tokens the completion may use: the client's limit if it fits the context, else all that is left."""
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return room
+    if requested > room:
+        raise APIError(
+            400,
+            f"{param}={requested} plus the {prompt_tokens}-token prompt exceeds this model's context of "
+            f"{max_model_len} tokens; ask for at most {room}",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def finish_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"
+
+
+def merge_stops(client: list[str], template: ChatTemplate) -> list[str]:
+    """The template's stop sequences plus the client's, without duplicates."""
+    return list(dict.fromkeys([*template.stop, *client]))
+
+
+def sse(payload: BaseModel | dict[str, Any] | str) -> str:
+    if isinstance(payload, str):
+        return f"data: {payload}\n\n"
+    if isinstance(payload, BaseModel):
+        return f"data: {payload.model_dump_json(exclude_none=False)}\n\n"
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so aborting its vLLM requests) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "client disconnected", code="client_closed_request")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[], None]) -> AsyncIterator[str]:
+    """Stream events; a mid-stream error becomes an error event then [DONE] (the 200 is already sent)."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as exc:
+        yield sse(exc.body())
+        yield sse("[DONE]")
+    except Exception as exc:  # the 200 is sent; all that is left is to tell the client in-band
+        yield sse(
+            {
+                "error": {
+                    "message": f"generation failed: {type(exc).__name__}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
+        yield sse("[DONE]")
+    finally:
+        on_close()
