@@ -139,6 +139,10 @@ class Engine:
         finally:
             self.in_flight -= 1
 
+    def unfinished(self) -> int:
+        """Requests vLLM itself still tracks (an aborted request leaves at once)."""
+        return int(self._llm.get_num_unfinished_requests()) if self._llm is not None else 0
+
     async def remove_lora(self, lora_id: int) -> None:
         if self._llm is not None:
             await self._llm.remove_lora(lora_id)

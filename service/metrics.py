@@ -56,6 +56,9 @@ class Metrics:
         self.adapter_cache_hits = Counter(
             "skillserve_adapter_cache_hits", "adapter requests served from the disk cache", registry=r
         )
+        self.engine_unfinished = Gauge(
+            "skillserve_engine_unfinished_requests", "requests vLLM is still working on", registry=r
+        )
         self.in_flight = Gauge(
             "skillserve_requests_in_flight", "generation requests in the engine", registry=r
         )

@@ -58,3 +58,4 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "file":
         return FileStore(tmp_path / "store")
     return S3Store(request.getfixturevalue("s3_store_uri"))
+from tests.gateway_fixtures import gateway, peft_adapter_dir  # noqa: E402,F401  (gateway fixtures)

@@ -25,4 +25,5 @@ async def ready(gw: GatewayDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(gw: GatewayDep) -> Response:
     gw.metrics.in_flight.set(gw.engine.in_flight)
+    gw.metrics.engine_unfinished.set(gw.engine.unfinished())
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

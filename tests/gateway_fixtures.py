@@ -1,0 +1,160 @@
+"""Gateway fixtures: one real gateway (real vLLM engine, real model) per test session, on loopback.
+
+The gateway runs as `python -m service` in a subprocess on a tmp file store, exactly as `make run`
+starts it, with small engine limits so it starts fast and fits beside other work on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
+from adapters.registry import Registry
+from adapters.schema import LoraInfo, Manifest, new_version
+from adapters.store import open_store
+from adapters.templates import get_template
+
+API_KEY = "test-inference-key"
+ADMIN_KEY = "test-admin-key"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GatewayServer:
+    """A running gateway: its URL, its store, and keys for each role."""
+
+    url: str
+    store_uri: str
+    registry: Registry
+    log_path: Path
+
+    def client(self, key: str | None = ADMIN_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=300)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def gateway_env(store_uri: str, cache_dir: Path, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "SKILLSERVE_STORE_URI": store_uri,
+            "SKILLSERVE_CACHE_DIR": str(cache_dir),
+            "SKILLSERVE_PORT": str(port),
+            "SKILLSERVE_MAX_MODEL_LEN": "1024",
+            "SKILLSERVE_MAX_NUM_SEQS": "8",
+            "SKILLSERVE_MAX_LORAS": "2",
+            "SKILLSERVE_MAX_CPU_LORAS": "4",
+            "SKILLSERVE_MAX_LORA_RANK": "16",
+            "SKILLSERVE_KV_CACHE_SPACE_GB": "1",
+            "SKILLSERVE_API_KEYS": json.dumps([API_KEY]),
+            "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """The session's one gateway; started on first use (about 20-40 s), stopped at the end."""
+    root = tmp_path_factory.mktemp("gateway")
+    store_uri = f"file://{root / 'store'}"
+    port = free_port()
+    log_path = root / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=gateway_env(store_uri, root / "cache", port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = GatewayServer(f"http://127.0.0.1:{port}", store_uri, Registry(open_store(store_uri)), log_path)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the gateway exited with {proc.returncode}:\n{server.log_tail()}")
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the gateway was not ready within 240 s:\n{server.log_tail()}")
+            time.sleep(1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def peft_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PEFT LoRA adapter on the served base, randomly initialised so it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL), dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("peft-adapter")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+PublishAdapter = Callable[..., Manifest]
+
+
+def publish_adapter(
+    registry: Registry,
+    directory: Path,
+    name: str,
+    template: str = "chatml",
+    base_model: str = DEFAULT_MODEL,
+    rank: int = 8,
+) -> Manifest:
+    """Publish `directory` (a PEFT adapter) as a new version of `name`, as the trainer would."""
+    tpl = get_template(template, None)
+    manifest = Manifest(
+        name=name,
+        version=new_version(),
+        base_model=base_model,
+        base_model_sha256=weights_hash(resolve_model(DEFAULT_MODEL)),
+        template_name=tpl.name,
+        template=tpl.text,
+        stop=list(tpl.stop),
+        lora=LoraInfo(rank=rank, alpha=16, target_modules=["q_proj", "v_proj"]),
+        files={},
+    )
+    return registry.publish(manifest, directory)
+
+
+def temp_store_uri() -> str:
+    return f"file://{tempfile.mkdtemp(prefix='skillserve-store-')}"

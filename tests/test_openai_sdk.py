@@ -1,0 +1,234 @@
+"""The OpenAI API of a real gateway (real vLLM on CPU, real model), driven by the official openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from adapters.masking import encode
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.templates import get_template
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, publish_adapter
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="module")
+def noise(gateway: GatewayServer, peft_adapter_dir: Path) -> str:
+    """An adapter published after the gateway started (alpaca template): servable without a restart."""
+    publish_adapter(gateway.registry, peft_adapter_dir, "noise", template="alpaca")
+    return "noise"
+
+
+def test_base_model_answers_through_the_sdk(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, temperature=0, max_tokens=20
+    )
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_streaming_and_non_streaming_give_the_same_greedy_text_and_usage(
+    client: openai.OpenAI,
+    tokenizer,
+    noise: str,  # type: ignore[no-untyped-def]
+) -> None:
+    for model in (DEFAULT_MODEL, noise):
+        whole = client.chat.completions.create(
+            model=model, messages=QUESTION, temperature=0, max_tokens=24, logprobs=True
+        )
+        stream = client.chat.completions.create(
+            model=model,
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert text == whole.choices[0].message.content, model
+        assert reasons == [whole.choices[0].finish_reason]
+        usage = chunks[-1].usage
+        assert usage is not None and usage == whole.usage
+        # Usage counts what the tokenizer counts: the rendered prompt and one logprob per generated token.
+        template = get_template("base", tokenizer) if model == DEFAULT_MODEL else None
+        if template is not None:
+            prompt = encode(tokenizer, template, QUESTION, add_generation_prompt=True).input_ids
+            assert whole.usage.prompt_tokens == len(prompt)
+        assert whole.usage.completion_tokens == len(whole.choices[0].logprobs.content)
+        assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+
+def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, temperature=0, max_completion_tokens=3
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 3
+
+
+def test_adapter_published_after_start_is_served_at_once_and_listed(
+    client: openai.OpenAI, gateway: GatewayServer, noise: str
+) -> None:
+    base = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, temperature=0, max_tokens=16
+    )
+    tuned = client.chat.completions.create(model=noise, messages=QUESTION, temperature=0, max_tokens=16)
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    version = gateway.registry.manifest(noise).version
+    pinned = client.chat.completions.create(
+        model=f"{noise}@{version}", messages=QUESTION, temperature=0, max_tokens=16
+    )
+    assert pinned.choices[0].message.content == tuned.choices[0].message.content
+    models = {m.id: m for m in client.models.list().data}
+    assert DEFAULT_MODEL in models and noise in models
+    assert models[noise].parent == DEFAULT_MODEL  # type: ignore[attr-defined]
+    assert client.models.retrieve(f"{noise}@{version}").id == f"{noise}@{version}"
+
+
+def test_text_completions_take_a_prompt_list(client: openai.OpenAI, noise: str) -> None:
+    reply = client.completions.create(
+        model=noise, prompt=["The sky is", "One, two, three,"], max_tokens=5, temperature=0, logprobs=1
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.text for c in reply.choices)
+    assert reply.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in reply.choices)
+
+
+def test_base_and_adapters_run_concurrently_with_the_async_client(gateway: GatewayServer, noise: str) -> None:
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+        calls = [
+            client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12)
+            for model in (DEFAULT_MODEL, noise, DEFAULT_MODEL, noise)
+        ]
+        replies = await asyncio.gather(*calls)
+        await client.close()
+        return [r.choices[0].message.content or "" for r in replies]
+
+    texts = asyncio.run(main())
+    assert texts[0] == texts[2] and texts[1] == texts[3]  # greedy: batching changes nothing
+    assert texts[0] != texts[1]
+
+
+def test_unknown_model_is_404_in_openai_format(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-skill", messages=QUESTION)
+    assert caught.value.status_code == 404
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-skill")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"temperature": 3},
+        {"n": 0},
+        {"max_tokens": 100_000},
+        {"top_logprobs": 3},
+        {"stop": ["a", "b", "c", "d", "e"]},
+    ],
+)
+def test_bad_parameters_are_400(client: openai.OpenAI, extra: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION, **extra)
+    assert caught.value.status_code == 400
+    assert caught.value.body["message"]  # type: ignore[index]
+
+
+def test_adapter_trained_on_another_base_is_400(
+    client: openai.OpenAI, gateway: GatewayServer, peft_adapter_dir: Path
+) -> None:
+    publish_adapter(gateway.registry, peft_adapter_dir, "foreign", base_model="Llama-3-8B")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="foreign", messages=QUESTION)
+    assert "another base" in caught.value.message
+
+
+def test_deleted_adapter_is_404(
+    client: openai.OpenAI, gateway: GatewayServer, peft_adapter_dir: Path
+) -> None:
+    publish_adapter(gateway.registry, peft_adapter_dir, "ephemeral")
+    assert client.chat.completions.create(model="ephemeral", messages=QUESTION, max_tokens=2).choices
+    with gateway.client(API_KEY) as http:
+        assert http.delete("/adapters/ephemeral").status_code == 403  # inference keys may not delete
+    with gateway.client(ADMIN_KEY) as http:
+        assert http.delete("/adapters/ephemeral").status_code == 200
+        assert http.delete("/adapters/ephemeral").status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="ephemeral", messages=QUESTION, max_tokens=2)
+
+
+def test_auth_is_enforced_when_keys_are_set(gateway: GatewayServer) -> None:
+    anonymous = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+    with gateway.client(None) as http:
+        reply = http.get("/v1/models")
+        assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
+        assert http.get("/health").status_code == 200  # probes need no key
+    with gateway.client(API_KEY) as http:
+        assert (
+            http.post(
+                "/adapters", json={"name": "x", "rows": [{"prompt": "a", "completion": "b"}]}
+            ).status_code
+            == 403
+        )
+
+
+def test_client_disconnect_aborts_generation(gateway: GatewayServer) -> None:
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "max_tokens": 900,
+        "temperature": 1.0,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+    ) as r:
+        for line in r.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # generation is under way; hang up
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        idle = re.search(r"^skillserve_requests_in_flight 0\.0$", metrics, re.M)
+        if idle and re.search(r"^skillserve_engine_unfinished_requests 0\.0$", metrics, re.M):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the generation kept running in vLLM after the client went away")
+
+
+def test_metrics_count_requests_tokens_and_adapter_loads(gateway: GatewayServer, noise: str) -> None:
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert re.search(
+        r'skillserve_requests_total\{method="POST",route="/v1/chat/completions",status="200"\}', metrics
+    )
+    assert re.search(r'skillserve_tokens_total\{kind="completion",model="noise"\} [1-9]', metrics)
+    assert re.search(r"^skillserve_adapter_loads_total [1-9]", metrics, re.M)
+    assert 'skillserve_jobs{status="queued"}' in metrics
