@@ -1,0 +1,263 @@
+"""Fast gateway tests without the engine: adapter checks, the disk cache, auth, dataset errors, the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from adapters.errors import InvalidAdapter
+from adapters.models import DEFAULT_MODEL
+from adapters.registry import Registry
+from adapters.schema import JobRecord, JobSpec, JobStatus, Manifest
+from adapters.store import FileStore
+from service.adapter_cache import AdapterCache, validate_manifest
+from service.app import create_app
+from service.metrics import Metrics
+from service.openapi import render
+from service.runner_local import LocalRunner
+from service.settings import Settings
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, publish_adapter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(FileStore(tmp_path / "store"))
+
+
+@pytest.fixture
+def published(registry: Registry, peft_adapter_dir: Path) -> Manifest:
+    return publish_adapter(registry, peft_adapter_dir, "noise")
+
+
+def test_openapi_yaml_matches_the_app() -> None:
+    committed = (REPO / "openapi.yaml").read_text()
+    assert committed == render(), "openapi.yaml is stale: run `make openapi`"
+
+
+def test_manifest_checks_refuse_what_must_not_reach_the_engine(published: Manifest) -> None:
+    validate_manifest(published, DEFAULT_MODEL, 16)
+    with pytest.raises(InvalidAdapter, match="another base"):
+        validate_manifest(published, "Llama-3-8B", 16)
+    with pytest.raises(InvalidAdapter, match="rank 8"):
+        validate_manifest(published, DEFAULT_MODEL, 4)
+    pickled = published.model_copy(
+        update={"files": {**published.files, "weights.bin": published.files["adapter_config.json"]}}
+    )
+    with pytest.raises(InvalidAdapter, match="not allowed"):
+        validate_manifest(pickled, DEFAULT_MODEL, 16)
+
+
+def test_cache_downloads_once_for_concurrent_first_requests_and_evicts_lru(
+    registry: Registry, published: Manifest, peft_adapter_dir: Path, tmp_path: Path
+) -> None:
+    other = publish_adapter(registry, peft_adapter_dir, "other")
+    size = sum(f.size for f in published.files.values())
+    metrics = Metrics()
+    cache = AdapterCache(registry, tmp_path / "cache", int(size * 1.5), DEFAULT_MODEL, 16, metrics)
+
+    async def scenario() -> None:
+        manifest = await cache.manifest("noise")
+        leases = await asyncio.gather(*(cache.acquire(manifest) for _ in range(5)))
+        assert len({lease.path for lease in leases}) == 1 and len({lease.lora_id for lease in leases}) == 1
+        assert metrics.adapter_loads._value.get() == 1  # single-flight: one download for five requests
+        assert (leases[0].path / "adapter_model.safetensors").exists()
+        for lease in leases:
+            lease.release()
+        second = await cache.acquire(await cache.manifest(f"other@{other.version}"))
+        assert second.lora_id != leases[0].lora_id
+        # Both do not fit: the least recently used one, no longer held, left the disk.
+        assert cache.cached() == [other.ref] and not leases[0].path.exists()
+        assert metrics.adapter_evictions._value.get() == 1
+        again = await cache.acquire(manifest)
+        assert again.lora_id == leases[0].lora_id  # stable id per version
+        assert published.ref in cache.cached() and second.path.exists()  # a held version is never evicted
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def management(tmp_path: Path) -> Iterator[tuple[TestClient, FileStore]]:
+    """A management-only gateway (no engine) with keys, on a tmp store."""
+    settings = Settings(
+        store_uri=f"file://{tmp_path / 'store'}",
+        cache_dir=tmp_path / "cache",
+        load_engine=False,
+        api_keys=[API_KEY],
+        admin_keys=[ADMIN_KEY],
+    )  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        yield client, FileStore(tmp_path / "store")
+
+
+def test_bad_dataset_is_400_with_line_numbers_and_nothing_is_stored(
+    management: tuple[TestClient, FileStore],
+) -> None:
+    client, store = management
+    jsonl = b'{"instruction": "Shout: a", "output": "A!"}\nnot json\n{"foo": 1}\n'
+    reply = client.post(
+        "/adapters",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        data={"name": "shout", "template": "alpaca"},
+        files={"dataset": ("d.jsonl", jsonl, "application/jsonl")},
+    )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_dataset"
+    assert [d["line"] for d in error["details"]] == [2, 3]
+    assert store.list("datasets/") == [] and store.list("jobs/") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"name": "Bad Name!", "rows": [{"prompt": "a", "completion": "b"}]}, None),
+        ({"name": "ok", "template": "nope", "rows": [{"prompt": "a", "completion": "b"}]}, None),
+        (
+            {"name": "ok", "rows": [{"prompt": "a", "completion": "b"}], "hyperparameters": {"rank": 0}},
+            "hyperparameters.rank",
+        ),
+        ({"name": "ok"}, None),
+    ],
+)
+def test_bad_training_requests_are_400(
+    management: tuple[TestClient, FileStore], body: dict, param: str | None
+) -> None:  # type: ignore[type-arg]
+    client, store = management
+    reply = client.post("/adapters", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["message"]
+    if param:
+        assert reply.json()["error"]["param"] == param
+    assert store.list("jobs/") == []
+
+
+def test_keys_gate_each_role(management: tuple[TestClient, FileStore]) -> None:
+    client, _ = management
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    inference = {"Authorization": f"Bearer {API_KEY}"}
+    assert client.get("/adapters", headers=inference).status_code == 200
+    denied = client.delete("/adapters/x", headers=inference)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_key_required"
+    assert client.delete("/adapters/x", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
+    assert client.get("/health").status_code == 200
+
+
+def test_without_engine_inference_is_503_with_retry_after(management: tuple[TestClient, FileStore]) -> None:
+    client, _ = management
+    assert client.get("/ready").status_code == 503
+    reply = client.post(
+        "/v1/chat/completions",
+        json={"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert reply.status_code == 503 and reply.headers["retry-after"]
+    assert reply.json()["error"]["type"] == "server_error"
+
+
+# A stand-in for `python -m trainer run <uri>` (test double): it only does what the runner relies on,
+# moving the job record in the file store, so restart and cancel semantics are tested in seconds.
+STAND_IN_TRAINER = """
+import json, sys, time
+path = sys.argv[1].removeprefix("file://")
+record = json.load(open(path))
+record["status"] = "running"; json.dump(record, open(path, "w"))
+time.sleep(float(record["spec"]["hyperparameters"]["seed"]) / 1000)
+if record["spec"]["name"] == "crash":
+    print("trainer blew up", flush=True); sys.exit(3)
+record["status"] = "succeeded"; json.dump(record, open(path, "w"))
+"""
+
+
+def _job(registry: Registry, name: str, status: JobStatus = JobStatus.queued, sleep_ms: int = 0) -> JobRecord:
+    spec = JobSpec(
+        name=name,
+        base_model="m",
+        base_model_id="m",
+        dataset_uri="datasets/x.jsonl",
+        dataset_sha256="0",
+        dataset_rows=1,
+        hyperparameters={"seed": sleep_ms},  # type: ignore[arg-type]
+    )
+    job = JobRecord(spec=spec, status=status)
+    registry.put_job(job)
+    return job
+
+
+def _wait(registry: Registry, job_id: str, timeout: float = 30) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = registry.get_job(job_id)
+        if record.status.finished:
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {registry.get_job(job_id).status}")
+
+
+def test_local_runner_resumes_queued_jobs_and_fails_interrupted_ones(
+    registry: Registry, tmp_path: Path
+) -> None:
+    interrupted = _job(registry, "interrupted", JobStatus.running)
+    queued = _job(registry, "queued")
+    crash = _job(registry, "crash")
+    runner = LocalRunner(
+        registry,
+        f"file://{tmp_path / 'store'}",
+        tmp_path / "logs",
+        command=[sys.executable, "-c", STAND_IN_TRAINER],
+    )
+    runner.start()
+    try:
+        assert _wait(registry, queued.id).status is JobStatus.succeeded
+        failed = _wait(registry, crash.id)
+        assert failed.status is JobStatus.failed and "code 3" in (failed.error or "")
+        assert "trainer blew up" in (failed.error or "")
+        record = registry.get_job(interrupted.id)
+        assert record.status is JobStatus.failed and "interrupted" in (record.error or "")
+    finally:
+        runner.stop()
+
+
+def test_local_runner_cancels_a_running_job(registry: Registry, tmp_path: Path) -> None:
+    runner = LocalRunner(
+        registry,
+        f"file://{tmp_path / 'store'}",
+        tmp_path / "logs",
+        command=[sys.executable, "-c", STAND_IN_TRAINER],
+    )
+    runner.start()
+    try:
+        slow = _job(registry, "slow", sleep_ms=60_000)
+        waiting = _job(registry, "waiting")
+        runner.submit(slow)
+        runner.submit(waiting)
+        deadline = time.monotonic() + 20
+        while registry.get_job(slow.id).status is not JobStatus.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        runner.cancel(waiting.id)  # still queued behind the slow one
+        started = time.monotonic()
+        runner.cancel(slow.id)
+        assert _wait(registry, slow.id).status is JobStatus.cancelled
+        assert time.monotonic() - started < 15
+        assert registry.get_job(waiting.id).status is JobStatus.cancelled
+        time.sleep(0.5)
+        assert (
+            registry.get_job(slow.id).status is JobStatus.cancelled
+        )  # the killed trainer wrote nothing after
+    finally:
+        runner.stop()
+
+
+def test_json_and_multipart_requests_share_one_schema() -> None:
+    schema = json.loads(json.dumps(create_app(Settings(load_engine=False)).openapi()))  # type: ignore[call-arg]
+    content = schema["paths"]["/adapters"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "multipart/form-data"}
