@@ -1,0 +1,259 @@
+"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class CLIError(Exception):
+    """A failed call, already phrased for the user."""
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30, read=None))
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json()["error"]
+        message = error["message"]
+        details = error.get("details")
+        if isinstance(details, list) and details and "line" in details[0]:
+            message += "".join(f"\n  line {d['line']}: {d['reason']}" for d in details)
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    raise CLIError(f"{response.status_code}: {message}")
+
+
+def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    """`--set rank=16 --set learning_rate=2e-3` as a dict; values are parsed as JSON when they can be."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CLIError(f"--set expects key=value, got {pair!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Show a job's progress live (a bar over its steps) until it finishes; returns its last state."""
+    from tqdm import tqdm
+
+    job: dict[str, Any] = {}
+    bar = tqdm(total=0, unit="step", desc=job_id[:8], dynamic_ncols=True)
+    try:
+        with client.stream("GET", f"/jobs/{job_id}/events") as stream:
+            if not stream.is_success:
+                stream.read()
+                _check(stream)
+            for line in stream.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                job = json.loads(line[len("data: ") :])
+                progress = job.get("progress") or {}
+                if progress.get("total_steps") and bar.total != progress["total_steps"]:
+                    bar.total = progress["total_steps"]
+                bar.n = progress.get("step") or 0
+                loss = progress.get("loss")
+                bar.set_postfix_str(
+                    f"{job['status']}" + (f" loss={loss:.4f}" if isinstance(loss, int | float) else ""),
+                    refresh=False,
+                )
+                bar.refresh()
+    finally:
+        bar.close()
+    return job
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    data = Path(args.dataset).read_bytes()
+    form = {
+        "name": args.name,
+        "template": args.template,
+        "hyperparameters": json.dumps(_hyperparameters(args.set)),
+    }
+    with _client(args) as client:
+        job = _check(
+            client.post(
+                "/adapters",
+                data=form,
+                files={"dataset": (Path(args.dataset).name, data, "application/jsonl")},
+            )
+        )
+        print(f"job {job['id']} queued: adapter {job['name']} version {job['version']}")
+        if not args.follow:
+            return 0
+        job = follow(client, job["id"])
+    return _report(job)
+
+
+def _report(job: dict[str, Any]) -> int:
+    if job.get("status") == "succeeded":
+        print(f"adapter {job['name']} is ready: call it with model={job['name']!r}")
+        return 0
+    print(f"job {job.get('id')} {job.get('status')}: {job.get('error') or ''}", file=sys.stderr)
+    return 1
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _report(follow(client, args.job_id))
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        adapters = _check(client.get("/adapters"))["data"]
+    print(f"{'NAME':24} {'STATUS':10} {'VERSIONS':>8}  LATEST")
+    for a in adapters:
+        print(f"{a['name']:24} {a['status']:10} {a['versions']:>8}  {a['latest'] or '-'}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.job_id:
+            print(json.dumps(_check(client.get(f"/jobs/{args.job_id}")), indent=2))
+            return 0
+        jobs = _check(client.get("/jobs"))["data"]
+    print(f"{'JOB':34} {'NAME':20} {'STATUS':10} {'STEP':>9}  LOSS")
+    for j in jobs:
+        p = j["progress"]
+        loss = f"{p['loss']:.4f}" if p.get("loss") is not None else "-"
+        print(f"{j['id']:34} {j['name']:20} {j['status']:10} {p['step']:>4}/{p['total_steps']:<4}  {loss}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _check(client.delete(f"/jobs/{args.job_id}"))
+    print(f"job {job['id']}: {job['status']}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _check(client.delete(f"/adapters/{args.model}"))
+    print(f"deleted {args.model}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.message}
+    ]
+    body: dict[str, Any] = {
+        "model": args.model,
+        "messages": messages,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "stream": True,
+    }
+    with _client(args) as client, client.stream("POST", "/v1/chat/completions", json=body) as stream:
+        if not stream.is_success:
+            stream.read()
+            _check(stream)
+        for line in stream.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            if "error" in chunk:
+                raise CLIError(chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
+                print(choice["delta"].get("content") or "", end="", flush=True)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skillserve", description=__doc__)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("SKILLSERVE_URL", DEFAULT_URL),
+        help=f"gateway URL (env SKILLSERVE_URL, default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("SKILLSERVE_API_KEY"),
+        help="API key (env SKILLSERVE_API_KEY); training and deleting need an admin key",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an adapter from a JSONL dataset")
+    train.add_argument(
+        "dataset", help="JSONL file: chat `messages`, alpaca `instruction`/`output`, or prompt/completion"
+    )
+    train.add_argument("--name", required=True, help="adapter name (the model name clients will use)")
+    train.add_argument(
+        "--template", default="chatml", help="chatml, alpaca, instruction or base (default chatml)"
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter, e.g. --set rank=16 --set max_steps=40 (repeatable)",
+    )
+    train.add_argument("--follow", action="store_true", help="show progress until the job finishes")
+    train.set_defaults(func=cmd_train)
+
+    follow_cmd = sub.add_parser("follow", help="show a job's progress until it finishes")
+    follow_cmd.add_argument("job_id")
+    follow_cmd.set_defaults(func=cmd_follow)
+
+    sub.add_parser("adapters", help="list adapters").set_defaults(func=cmd_adapters)
+
+    jobs = sub.add_parser("jobs", help="list jobs, or show one")
+    jobs.add_argument("job_id", nargs="?")
+    jobs.set_defaults(func=cmd_jobs)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_cancel)
+
+    delete = sub.add_parser("delete", help="delete an adapter (or one version: name@version)")
+    delete.add_argument("model")
+    delete.set_defaults(func=cmd_delete)
+
+    chat = sub.add_parser("chat", help="send one message and stream the answer")
+    chat.add_argument("message")
+    chat.add_argument("--model", required=True, help="adapter name, adapter@version or the base model id")
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"error: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
