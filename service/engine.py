@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from adapters.models import resolve_model, weights_hash
 from service.errors import APIError, overloaded
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams
 
 log = logging.getLogger("skillserve.engine")
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class Engine:
@@ -61,16 +63,18 @@ class Engine:
         if dtype == "auto":
             # bf16 dequantized small models answer badly on CPU (NOTES.md); fp32 there, bf16 on accelerators.
             dtype = "float32" if current_platform.is_cpu() else "bfloat16"
+        # vLLM sizes its LoRA buffers in fixed steps; the gateway itself still enforces the exact setting.
+        lora_rank = next((r for r in VLLM_LORA_RANKS if r >= s.max_lora_rank), VLLM_LORA_RANKS[-1])
         return AsyncEngineArgs(
             model=str(self.model_dir),
             served_model_name=self.base_model_id,
-            dtype=dtype,
+            dtype=cast(Any, dtype),
             max_model_len=s.max_model_len,
             max_num_seqs=s.max_num_seqs,
             enable_lora=True,
             max_loras=s.max_loras,
             max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
-            max_lora_rank=s.max_lora_rank,
+            max_lora_rank=cast(Any, lora_rank),
             gpu_memory_utilization=s.gpu_memory_utilization,
             tensor_parallel_size=s.tensor_parallel_size,
             enforce_eager=s.enforce_eager,

@@ -133,6 +133,7 @@ async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
     if data is None:
         assert body.dataset_uri is not None
         data = await asyncio.to_thread(gw.store.get_bytes, _store_key(gw, body.dataset_uri))
+    assert data is not None
     dataset = await asyncio.to_thread(
         parse_dataset,
         data,
