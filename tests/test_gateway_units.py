@@ -261,3 +261,13 @@ def test_json_and_multipart_requests_share_one_schema() -> None:
     schema = json.loads(json.dumps(create_app(Settings(load_engine=False)).openapi()))  # type: ignore[call-arg]
     content = schema["paths"]["/adapters"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}
+
+
+def test_engine_args_carry_the_settings() -> None:
+    from service.engine import Engine
+
+    settings = Settings(max_lora_rank=24, max_loras=3, max_cpu_loras=2, max_model_len=512, max_num_seqs=4)  # type: ignore[call-arg]
+    args = Engine(settings).engine_args()
+    assert args.max_lora_rank == 32  # vLLM's next bucket; the gateway itself still refuses rank > 24
+    assert (args.max_loras, args.max_cpu_loras, args.max_model_len, args.max_num_seqs) == (3, 3, 512, 4)
+    assert args.enable_lora and args.dtype == "float32"  # fp32 on CPU: bf16 answers badly with this model
