@@ -11,12 +11,14 @@ from service.settings import Settings
 def main() -> None:
     settings = Settings()
     # access_log off: the gateway logs each request itself, as JSON with its request id.
+    # A bounded grace period: job event streams stay open for minutes and would otherwise hold shutdown.
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 

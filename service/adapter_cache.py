@@ -106,8 +106,7 @@ class AdapterCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._ids: dict[str, int] = {}
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Leftover partial downloads from a crash are not trusted; finished ones are re-verified on fetch.
+        # Each process starts with an empty cache: files a crashed process left behind are not trusted.
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -130,13 +129,14 @@ class AdapterCache:
             raise model_not_found(model) from None
         key = (name, version)
         cached = self._manifests.get(key)
-        # Pinned versions never change once published; the newest-version alias is re-read after a short TTL.
-        if cached and (version is not None or time.monotonic() - cached.fetched_at < MANIFEST_TTL_S):
+        # Re-read after a short TTL: the newest version may change, and another replica may have deleted it.
+        if cached and time.monotonic() - cached.fetched_at < MANIFEST_TTL_S:
             return cached.manifest
         try:
             manifest: Manifest = await asyncio.to_thread(self.registry.manifest, name, version)
         except NotFound:
-            self._manifests.pop(key, None)
+            if self._manifests.pop(key, None) is not None:
+                await self.forget(name, version)  # deleted elsewhere: unload it here too
             raise model_not_found(model) from None
         self._manifests[key] = _CachedManifest(manifest, time.monotonic())
         return manifest

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
         default_factory=list, description="admin keys (JSON list): may also train, import and delete"
     )
     log_level: str = Field("info", description="log level")
+    shutdown_grace_s: int = Field(10, description="seconds open requests (e.g. SSE job streams) get at shutdown")
 
     # Storage
     store_uri: str = Field(
