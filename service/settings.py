@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         default_factory=list, description="admin keys (JSON list): may also train, import and delete"
     )
     log_level: str = Field("info", description="log level")
-    shutdown_grace_s: int = Field(10, description="seconds open requests (e.g. SSE job streams) get at shutdown")
+    shutdown_grace_s: int = Field(10, description="seconds open requests (SSE job streams) get at shutdown")
 
     # Storage
     store_uri: str = Field(
@@ -52,11 +52,11 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, description="GPUs to shard the model over")
     enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode on GPU)")
     max_queue: int = Field(256, description="requests waiting or running before new ones get 429")
-    load_engine: bool = Field(True, description="start the inference engine (false: a management-only gateway)")
+    load_engine: bool = Field(True, description="start the engine (false: a management-only gateway)")
 
     # Training
     runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
-    training_enabled: bool = Field(True, description="accept training jobs and run the job runner in this process")
+    training_enabled: bool = Field(True, description="accept training jobs and run the job runner here")
     train_concurrency: int = Field(1, description="local runner: training processes at once")
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
