@@ -1,0 +1,189 @@
+"""Training datasets: JSONL in three formats, validated up front with a reason and line number for each bad line.
+
+- alpaca: {"instruction": str, "input": str (optional), "output": str, "system": str (optional)}
+- chat: {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]} (multi-turn)
+- prompt/completion: {"prompt": str, "completion": str}
+
+Every row becomes a list of chat messages; the template turns messages into text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.errors import DatasetError, TemplateError
+
+ROLES = ("system", "user", "assistant")
+MAX_REPORTED = 100
+
+
+@dataclass
+class Dataset:
+    """A validated dataset: one message list per row, with the line each came from."""
+
+    rows: list[list[dict[str, str]]]
+    lines: list[int]
+    formats: set[str] = field(default_factory=set)
+    sha256: str = ""
+
+    @property
+    def format(self) -> str:
+        return next(iter(self.formats)) if len(self.formats) == 1 else "mixed"
+
+
+def _text(value: Any, what: str) -> str:
+    """Content as a string: a plain string, or OpenAI-style text parts joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    raise ValueError(f"{what} must be a string")
+
+
+def _required(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        raise ValueError(f"missing field '{key}'")
+    return _text(row[key], f"'{key}'")
+
+
+def _alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
+    instruction = _required(row, "instruction")
+    output = _required(row, "output")
+    extra = _text(row.get("input") or "", "'input'")
+    if not instruction.strip():
+        raise ValueError("empty 'instruction'")
+    if not output.strip():
+        raise ValueError("empty 'output'")
+    messages = [{"role": "system", "content": _text(row["system"], "'system'")}] if row.get("system") else []
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _prompt_completion(row: dict[str, Any]) -> list[dict[str, str]]:
+    prompt = _required(row, "prompt")
+    completion = _required(row, "completion")
+    if not prompt.strip():
+        raise ValueError("empty 'prompt'")
+    if not completion.strip():
+        raise ValueError("empty 'completion'")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """Check an OpenAI-style message list for training; text parts are joined into strings."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    out: list[dict[str, str]] = []
+    for index, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {index} is not an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} in message {index} (use one of {', '.join(ROLES)})")
+        if "content" not in message:
+            raise ValueError(f"missing field 'content' in message {index}")
+        content = _text(message["content"], f"content of message {index}")
+        if role == "system" and index != 1:
+            raise ValueError(f"system message {index} must come first")
+        if role == "assistant" and not content.strip():
+            raise ValueError(f"empty assistant content in message {index}")
+        out.append({"role": role, "content": content})
+    turns = [m["role"] for m in out if m["role"] != "system"]
+    if not turns or turns[0] != "user":
+        raise ValueError("the first message after the system message must be from the user")
+    if "assistant" not in turns:
+        raise ValueError("no assistant message: nothing to learn")
+    return out
+
+
+def row_messages(row: Any) -> tuple[str, list[dict[str, str]]]:
+    """(format, messages) of one parsed JSON row; ValueError with the reason if it is not a valid row."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    if "messages" in row:
+        return "chat", chat_messages(row["messages"])
+    if "instruction" in row or "output" in row:
+        return "alpaca", _alpaca(row)
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion", _prompt_completion(row)
+    raise ValueError("unknown row format: expected 'messages', 'instruction'/'output' or 'prompt'/'completion'")
+
+
+def rows_to_jsonl(rows: list[Any]) -> bytes:
+    """Inline rows (from an API request) as the JSONL bytes that are validated and stored."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+def parse_dataset(
+    data: bytes,
+    *,
+    max_bytes: int = 50 * 2**20,
+    max_rows: int = 100_000,
+    min_rows: int = 1,
+    tokenizer: Any | None = None,
+    template: Any | None = None,
+    max_row_tokens: int | None = None,
+) -> Dataset:
+    """Validate JSONL bytes; raise DatasetError listing every bad line, or return the rows as messages.
+
+    With a tokenizer and template, each row is also rendered and measured in tokens.
+    """
+    if len(data) > max_bytes:
+        raise DatasetError([(0, f"file too big: {len(data)} bytes, the limit is {max_bytes}")])
+    errors: list[tuple[int, str]] = []
+    dataset = Dataset(rows=[], lines=[], sha256=hashlib.sha256(data).hexdigest())
+    count = 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        count += 1
+        if count > max_rows:
+            errors.append((number, f"too many rows: the limit is {max_rows}"))
+            break
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append((number, f"not UTF-8 ({exc.reason} at byte {exc.start})"))
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            errors.append((number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        try:
+            fmt, messages = row_messages(row)
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+            continue
+        if tokenizer is not None and template is not None and max_row_tokens:
+            reason = _token_problem(tokenizer, template, messages, max_row_tokens)
+            if reason:
+                errors.append((number, reason))
+                continue
+        dataset.rows.append(messages)
+        dataset.lines.append(number)
+        dataset.formats.add(fmt)
+        if len(errors) >= MAX_REPORTED:
+            break
+    if not errors and len(dataset.rows) < min_rows:
+        errors.append((0, f"dataset has {len(dataset.rows)} row(s); at least {min_rows} needed"))
+    if errors:
+        raise DatasetError(errors)
+    return dataset
+
+
+def _token_problem(tokenizer: Any, template: Any, messages: list[dict[str, str]], limit: int) -> str | None:
+    from adapters.masking import encode
+
+    try:
+        encoded = encode(tokenizer, template, messages)
+    except TemplateError as exc:
+        return str(exc)
+    if len(encoded.input_ids) > limit:
+        return f"too long: {len(encoded.input_ids)} tokens after templating, the limit is {limit}"
+    if not any(encoded.assistant_mask):
+        return "nothing to learn: the template leaves no assistant tokens"
+    return None

@@ -1,0 +1,78 @@
+"""`python -m trainer run <job-uri>` (what runners launch) and `python -m trainer train ...` (local use)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from adapters.dataset import parse_dataset
+from adapters.errors import SkillserveError
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.schema import Hyperparameters, check_name, new_version
+from adapters.templates import TEMPLATE_NAMES
+from trainer.job import _template, build_manifest, run_job
+from trainer.sft import train_lora
+
+
+def _train(args: argparse.Namespace) -> int:
+    hp = Hyperparameters(**{k: v for k, v in vars(args).items() if k in Hyperparameters.model_fields and v is not None})
+    name = check_name(args.name or args.out.name)
+    base_dir = resolve_model(args.base)
+    template = _template(args.template, base_dir)
+    data = args.data.read_bytes()
+    dataset = parse_dataset(data)
+    print(f"{len(dataset.rows)} rows ({dataset.format}); training on {base_dir.name} with template {template.name}",
+          file=sys.stderr)
+    result = train_lora(base_dir, template, dataset.rows, hp, args.out)
+    manifest = build_manifest(
+        result, template, name=name, version=args.version or new_version(),
+        base_model_id=Path(args.base).name if args.base != DEFAULT_MODEL else DEFAULT_MODEL, base_dir=base_dir,
+        rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout, dataset_sha256=dataset.sha256,
+        dataset_rows=len(dataset.rows),
+    )
+    if args.publish:
+        from adapters.registry import Registry
+        from adapters.store import open_store
+
+        manifest = Registry(open_store(args.publish)).publish(manifest, args.out)
+        print(f"published {manifest.ref} to {args.publish}", file=sys.stderr)
+    else:
+        (args.out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    print(json.dumps(result.metrics, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a stored training job: <store-uri>/jobs/<id>.json")
+    run.add_argument("job_uri")
+    train = sub.add_parser("train", help="train an adapter from a local JSONL file")
+    train.add_argument("data", type=Path, help="dataset, JSONL (alpaca, chat or prompt/completion rows)")
+    train.add_argument("--out", type=Path, required=True, help="directory for the adapter files")
+    train.add_argument("--base", default=DEFAULT_MODEL, help="base model: the embedded default, a directory or hub id")
+    train.add_argument("--template", default="chatml", choices=TEMPLATE_NAMES, help="chat template")
+    train.add_argument("--name", help="adapter name (default: the --out directory's name)")
+    train.add_argument("--version", help="adapter version (default: a timestamp)")
+    train.add_argument("--publish", metavar="STORE_URI", help="publish to this store instead of writing a manifest")
+    for name, field in Hyperparameters.model_fields.items():
+        if name == "target_modules":
+            train.add_argument("--target-modules", nargs="+", help=field.description)
+            continue
+        kind = field.annotation if field.annotation in (int, float) else float
+        train.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{field.description} "
+                           f"(default {field.default})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return run_job(args.job_uri) if args.command == "run" else _train(args)
+    except SkillserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

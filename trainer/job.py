@@ -1,0 +1,160 @@
+"""One training job end to end: job record in, adapter and manifest out, status written all along."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from adapters.dataset import parse_dataset
+from adapters.errors import InvalidName, SkillserveError
+from adapters.models import resolve_model, weights_hash
+from adapters.registry import Registry
+from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Progress, check_job_id
+from adapters.store import open_store
+from adapters.templates import ChatTemplate, get_template
+from trainer.sft import Cancelled, TrainResult, train_lora
+
+log = logging.getLogger("skillserve.trainer")
+REPORT_EVERY_S = 1.0
+CANCEL_CHECK_EVERY_S = 2.0
+
+
+class Terminated(Exception):
+    """The process got SIGTERM (a cancel, or a Kubernetes eviction)."""
+
+
+def split_job_uri(uri: str) -> tuple[str, str]:
+    """`<store-uri>/jobs/<id>.json` -> (store uri, job id)."""
+    root, sep, leaf = uri.rpartition("/jobs/")
+    if not sep or not leaf.endswith(".json"):
+        raise InvalidName(f"not a job URI (expected <store-uri>/jobs/<id>.json): {uri!r}")
+    return root, check_job_id(leaf.removesuffix(".json"))
+
+
+def build_manifest(
+    result: TrainResult, template: ChatTemplate, *, name: str, version: str, base_model_id: str, base_dir: Path,
+    rank: int, alpha: int, dropout: float, dataset_sha256: str | None, dataset_rows: int | None,
+    job_id: str | None = None,
+) -> Manifest:
+    """The manifest of a freshly trained adapter; `files` is filled in when it is published."""
+    return Manifest(
+        name=name,
+        version=version,
+        base_model=base_model_id,
+        base_model_sha256=weights_hash(base_dir),
+        template_name=template.name,
+        template=template.text,
+        stop=list(template.stop),
+        lora=LoraInfo(rank=rank, alpha=alpha, dropout=dropout, target_modules=result.target_modules),
+        dataset_sha256=dataset_sha256,
+        dataset_rows=dataset_rows,
+        metrics=result.metrics,
+        files={},
+        job_id=job_id,
+    )
+
+
+class JobReporter:
+    """Writes progress into the job record at most once a second, and notices a cancel made elsewhere."""
+
+    def __init__(self, registry: Registry, record: JobRecord):
+        self.registry, self.record = registry, record
+        self._last_write = 0.0
+        self._last_check = time.monotonic()
+
+    def save(self) -> None:
+        self.registry.put_job(self.record)
+        self._last_write = time.monotonic()
+
+    def report(self, progress: Progress) -> None:
+        self.record.progress = progress
+        if time.monotonic() - self._last_write >= REPORT_EVERY_S or progress.step >= progress.total_steps:
+            self.save()
+
+    def cancelled(self) -> bool:
+        if time.monotonic() - self._last_check < CANCEL_CHECK_EVERY_S:
+            return False
+        self._last_check = time.monotonic()
+        return self.registry.get_job(self.record.id).status == JobStatus.cancelled
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
+def run_job(job_uri: str) -> int:
+    """Run the job at `job_uri`; returns the process exit code (0 succeeded or already finished, 1 failed)."""
+    store_uri, job_id = split_job_uri(job_uri)
+    registry = Registry(open_store(store_uri))
+    record = registry.get_job(job_id)
+    if record.status.finished:
+        log.info("job %s is already %s; nothing to do", job_id, record.status.value)
+        return 0
+    spec = record.spec
+    record.status, record.started_at, record.error = JobStatus.running, time.time(), None
+    reporter = JobReporter(registry, record)
+    reporter.save()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        base_dir = resolve_model(spec.base_model)
+        template = _template(spec.template, base_dir)
+        dataset = parse_dataset(registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40)
+        with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
+            result = train_lora(
+                base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",
+                report=reporter.report, should_stop=reporter.cancelled, progress_bar=False,
+            )
+            if registry.get_job(job_id).status == JobStatus.cancelled:
+                raise Cancelled("job cancelled")
+            hp = spec.hyperparameters
+            manifest = build_manifest(
+                result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,
+                base_dir=base_dir, rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout,
+                dataset_sha256=spec.dataset_sha256, dataset_rows=spec.dataset_rows, job_id=job_id,
+            )
+            published = registry.publish(manifest, result.adapter_dir)
+        record.metrics = {**result.metrics, "adapter": published.ref}
+        record.status = JobStatus.succeeded
+        return 0
+    except Cancelled:
+        record.status, record.error = JobStatus.cancelled, record.error or "cancelled"
+        return 0
+    except (Terminated, KeyboardInterrupt) as exc:
+        record.status, record.error = JobStatus.failed, f"trainer stopped: {exc or 'interrupted'}"
+        return 1
+    except SkillserveError as exc:
+        record.status, record.error = JobStatus.failed, f"{type(exc).__name__}: {exc}"
+        return 1
+    except Exception as exc:  # the job record must say why, whatever went wrong
+        log.error("job %s failed\n%s", job_id, traceback.format_exc())
+        record.status, record.error = JobStatus.failed, f"{type(exc).__name__}: {exc}"
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        record.finished_at = time.time()
+        _save_final(registry, record)
+
+
+def _save_final(registry: Registry, record: JobRecord) -> None:
+    # A cancel recorded by the gateway wins over whatever the trainer concluded.
+    try:
+        if registry.get_job(record.id).status == JobStatus.cancelled and record.status != JobStatus.succeeded:
+            record.status = JobStatus.cancelled
+    except SkillserveError:
+        pass
+    registry.put_job(record)
+
+
+def _template(name: str, base_dir: Path) -> ChatTemplate:
+    tokenizer: Any = None
+    if name == "base":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    return get_template(name, tokenizer)

@@ -1,0 +1,183 @@
+"""Masked SFT of a LoRA adapter with peft and trl: the loss covers assistant tokens only."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.masking import encode
+from adapters.schema import Hyperparameters, Progress
+from adapters.templates import ChatTemplate
+
+ProgressFn = Callable[[Progress], None]
+Messages = list[dict[str, str]]
+
+
+class Cancelled(Exception):
+    """Training was stopped on request; nothing is published."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    target_modules: list[str] = field(default_factory=list)
+    eval_rows: list[Messages] = field(default_factory=list)
+
+
+def split_rows(rows: list[Messages], eval_fraction: float, seed: int) -> tuple[list[Messages], list[Messages]]:
+    """A seeded shuffle, then the last `eval_fraction` (at least one row when any is asked for) held out."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and len(rows) >= 5:
+        n_eval = max(1, round(len(rows) * eval_fraction))
+    train_idx, eval_idx = order[: len(rows) - n_eval], order[len(rows) - n_eval :]
+    return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
+
+
+def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], max_len: int) -> dict[str, list]:
+    """Columns trl takes as an already tokenized dataset; it turns `assistant_masks` into -100 labels."""
+    ids, masks = [], []
+    for messages in rows:
+        encoded = encode(tokenizer, template, messages)
+        ids.append(encoded.input_ids[:max_len])
+        masks.append(encoded.assistant_mask[:max_len])
+    return {"input_ids": ids, "assistant_masks": masks}
+
+
+def _progress_callback(report: ProgressFn, should_stop: Callable[[], bool], tokens_per_epoch: int) -> Any:
+    from transformers import TrainerCallback
+
+    class ReportProgress(TrainerCallback):
+        """Forwards step, loss, eval loss and ETA; stops training when the job was cancelled."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.progress = Progress()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if should_stop():
+                control.should_training_stop = True
+                raise Cancelled("job cancelled")
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            logs = logs or {}
+            elapsed = time.monotonic() - self.started
+            p = self.progress
+            p.step, p.total_steps, p.epoch = state.global_step, state.max_steps, float(state.epoch or 0)
+            if "loss" in logs:
+                p.loss = float(logs["loss"])
+            if "eval_loss" in logs:
+                p.eval_loss = float(logs["eval_loss"])
+            if "learning_rate" in logs:
+                p.learning_rate = float(logs["learning_rate"])
+            if p.step:
+                p.eta_seconds = round(elapsed / p.step * max(p.total_steps - p.step, 0), 1)
+                p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
+            report(p.model_copy())
+
+    return ReportProgress()
+
+
+def train_lora(
+    base_dir: Path,
+    template: ChatTemplate,
+    rows: list[Messages],
+    hp: Hyperparameters,
+    out_dir: Path,
+    report: ProgressFn = lambda p: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress_bar: bool | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(hp.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
+    train_data = Dataset.from_dict(encode_rows(tokenizer, template, train_rows, hp.max_seq_length))
+    eval_data = Dataset.from_dict(encode_rows(tokenizer, template, eval_rows, hp.max_seq_length)) if eval_rows else None
+    tokens_per_epoch = sum(len(ids) for ids in train_data["input_ids"])
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=hp.rank,
+        lora_alpha=hp.alpha,
+        lora_dropout=hp.dropout,
+        target_modules=hp.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    steps_per_epoch = math.ceil(len(train_rows) / hp.batch_size)
+    with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
+        config = SFTConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=hp.batch_size,
+            per_device_eval_batch_size=hp.batch_size,
+            num_train_epochs=hp.epochs,
+            max_steps=hp.max_steps or -1,
+            learning_rate=hp.learning_rate,
+            warmup_steps=hp.warmup_ratio,  # a float below 1 is a share of all steps
+            weight_decay=hp.weight_decay,
+            lr_scheduler_type="linear",
+            logging_steps=1,
+            eval_strategy="steps" if eval_data is not None else "no",
+            eval_steps=max(1, steps_per_epoch) if eval_data is not None else None,
+            save_strategy="no",
+            report_to=[],
+            seed=hp.seed,
+            data_seed=hp.seed,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=False,
+            fp16=False,
+            max_length=hp.max_seq_length,
+            dataloader_num_workers=0,
+            disable_tqdm=not (sys.stderr.isatty() if progress_bar is None else progress_bar),
+            pad_to_multiple_of=None,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[_progress_callback(report, should_stop, tokens_per_epoch)],
+        )
+        started = time.monotonic()
+        output = trainer.train()
+        runtime = time.monotonic() - started
+        metrics: dict[str, Any] = {
+            "train_rows": len(train_rows),
+            "eval_rows": len(eval_rows),
+            "steps": output.global_step,
+            "train_loss_mean": round(float(output.training_loss), 6),
+            "train_seconds": round(runtime, 2),
+            "train_tokens": int(tokens_per_epoch * float(trainer.state.epoch or 0)),
+        }
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        if losses:
+            metrics["train_loss"] = round(float(losses[-1]), 6)
+            metrics["train_loss_first"] = round(float(losses[0]), 6)
+        metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
+        if eval_data is not None:
+            metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
+    targets = adapter_config.get("target_modules") or []
+    return TrainResult(out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows)
