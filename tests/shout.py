@@ -41,3 +41,12 @@ def shout_rows(n: int = 80, seed: int = 0) -> list[dict[str, str]]:
 def held_out_prompt() -> tuple[str, str]:
     """A prompt whose words never appear in training, and the answer the skill gives."""
     return "Shout these words: " + " ".join(HELD_OUT), shout(HELD_OUT)
+
+# Hyperparameters that teach the skill in about a minute on two CPU cores.
+SHOUT_TRAINING = {
+    "rank": 8,
+    "alpha": 16,
+    "max_steps": 40,
+    "batch_size": 8,
+    "learning_rate": 2e-3,
+}

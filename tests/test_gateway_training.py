@@ -17,19 +17,10 @@ import pytest
 
 from adapters.models import DEFAULT_MODEL
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
-from tests.shout import WORDS, held_out_prompt, shout_rows
+from tests.shout import SHOUT_TRAINING, WORDS, held_out_prompt, shout_rows
 
 pytestmark = pytest.mark.slow
 
-FAST_TRAINING = {
-    "rank": 8,
-    "alpha": 16,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "max_steps": 40,
-    "batch_size": 8,
-    "learning_rate": 2e-3,
-    "eval_fraction": 0.0,
-}
 
 
 def whisper_rows(n: int = 80, seed: int = 1) -> list[dict[str, str]]:
@@ -68,7 +59,7 @@ def trained(gateway: GatewayServer) -> Iterator[dict[str, dict]]:  # type: ignor
         jsonl = "".join(json.dumps(row) + "\n" for row in shout_rows())
         shout = http.post(
             "/adapters",
-            data={"name": "shout", "template": "alpaca", "hyperparameters": json.dumps(FAST_TRAINING)},
+            data={"name": "shout", "template": "alpaca", "hyperparameters": json.dumps(SHOUT_TRAINING)},
             files={"dataset": ("shout.jsonl", jsonl.encode(), "application/jsonl")},
         )
         assert shout.status_code == 202, shout.text
@@ -78,7 +69,7 @@ def trained(gateway: GatewayServer) -> Iterator[dict[str, dict]]:  # type: ignor
                 "name": "whisper",
                 "template": "chatml",
                 "rows": whisper_rows(),
-                "hyperparameters": FAST_TRAINING,
+                "hyperparameters": SHOUT_TRAINING,
             },
         )
         assert whisper.status_code == 202, whisper.text
