@@ -168,6 +168,7 @@ def sampling_params(
     frequency_penalty: float,
     logprobs: int | None,
     stream: bool,
+    ignore_eos: bool = False,
 ) -> SamplingParams:
     """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise)."""
     from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -183,5 +184,6 @@ def sampling_params(
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
         logprobs=logprobs,
+        ignore_eos=ignore_eos,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )

@@ -59,6 +59,11 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = Field(
+        False,
+        description="vLLM extension: generate max_tokens tokens, ignoring end-of-sequence and the template's "
+        "stop sequences (the client's own `stop` still applies); for benchmarks of equal work",
+    )
 
     @field_validator("stop")
     @classmethod

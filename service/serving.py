@@ -77,9 +77,13 @@ def finish_reason(reason: str | None) -> str | None:
     return "length" if reason == "length" else "stop"
 
 
-def merge_stops(client: list[str], template: ChatTemplate) -> list[str]:
-    """The template's stop sequences plus the client's, without duplicates."""
-    return list(dict.fromkeys([*template.stop, *client]))
+def merge_stops(client: list[str], template: ChatTemplate, ignore_eos: bool = False) -> list[str]:
+    """The template's stop sequences plus the client's, without duplicates.
+
+    With ignore_eos (vLLM's extension) the template's end-of-turn marks count as end-of-sequence and are
+    dropped, as vLLM's own server drops the model's eos ids: the client's own stops still apply.
+    """
+    return list(dict.fromkeys([*([] if ignore_eos else template.stop), *client]))
 
 
 def sse(payload: BaseModel | dict[str, Any] | str) -> str:

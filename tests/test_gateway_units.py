@@ -271,3 +271,12 @@ def test_engine_args_carry_the_settings() -> None:
     assert args.max_lora_rank == 32  # vLLM's next bucket; the gateway itself still refuses rank > 24
     assert (args.max_loras, args.max_cpu_loras, args.max_model_len, args.max_num_seqs) == (3, 3, 512, 4)
     assert args.enable_lora and args.dtype == "float32"  # fp32 on CPU: bf16 answers badly with this model
+
+
+def test_ignore_eos_drops_the_template_stops_but_keeps_the_clients() -> None:
+    from adapters.templates import get_template
+    from service.serving import merge_stops
+
+    chatml = get_template("chatml", None)
+    assert set(chatml.stop) <= set(merge_stops(["END"], chatml))
+    assert merge_stops(["END"], chatml, ignore_eos=True) == ["END"]

@@ -103,14 +103,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
             temperature=body.temperature,
             top_p=body.top_p,
             max_tokens=max_tokens,
-            stop=merge_stops(body.stop or [], target.template),  # type: ignore[arg-type]
-            stop_token_ids=target.template.stop_token_ids(tokenizer),
+            stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
+            stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),
             n=body.n,
             seed=body.seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             logprobs=top if body.logprobs else None,
             stream=body.stream,
+            ignore_eos=body.ignore_eos,
         )
     except BaseException:
         target.release()

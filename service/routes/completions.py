@@ -67,14 +67,15 @@ async def completions(body: CompletionRequest, request: Request, gw: GatewayDep)
                 top_p=body.top_p,
                 max_tokens=token_budget(body.max_tokens, len(ids), gw.engine.max_model_len, "max_tokens"),
                 # An adapter speaks its template's format even on raw prompts, so its stops still end a turn.
-                stop=merge_stops(body.stop or [], target.template),  # type: ignore[arg-type]
-                stop_token_ids=target.template.stop_token_ids(tokenizer),
+                stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
+                stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),
                 n=body.n,
                 seed=body.seed,
                 presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty,
                 logprobs=body.logprobs,
                 stream=body.stream,
+                ignore_eos=body.ignore_eos,
             )
             for ids in prompts
         ]
