@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.registry import Registry
@@ -78,6 +80,42 @@ class RequestContext:
             logs.request_id.reset(token)
 
 
+class BodyLimit:
+    """Pure ASGI middleware: refuse request bodies over `limit` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            # Refused before a byte of the body is read.
+            await self._too_large()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body that lied by omission: stop reading it
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body too large: the limit is {self.limit} bytes (max_request_bytes)"
+
+    def _too_large(self) -> JSONResponse:
+        body = errors.APIError(413, self._message(), code="request_too_large").body()
+        return JSONResponse(body, status_code=413)
+
+
 def build_runner(settings: Settings, registry: Registry) -> Runner:
     if settings.runner == "kubernetes":
         from service.runner_kubernetes import KubernetesRunner
@@ -126,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (chat, completions, models, adapters, jobs, health):
         app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
     return app
 

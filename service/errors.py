@@ -104,7 +104,11 @@ def install(app: FastAPI) -> None:
                 message,
                 param=".".join(loc) or None,
                 code="invalid_parameter",
-                details=jsonable_encoder(errors, custom_encoder={Exception: str}),
+                # Without `input`: it would echo what was sent (dataset rows, prompts) into the error.
+                details=jsonable_encoder(
+                    [{k: v for k, v in e.items() if k != "input"} for e in errors],
+                    custom_encoder={Exception: str},
+                ),
             )
         )
 

@@ -48,6 +48,17 @@ async def resolve_target(gw: Gateway, model: str) -> Target:
     return Target(model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name)
 
 
+def check_count(count: int, limit: int, param: str) -> None:
+    """400 when a request carries more items (messages, prompts) than the gateway takes (max_messages)."""
+    if count > limit:
+        raise APIError(
+            400,
+            f"{param} has {count} items; this gateway takes at most {limit} (max_messages)",
+            param=param,
+            code="too_many_items",
+        )
+
+
 def token_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
     """Tokens the completion may use: the client's limit if it fits the context, else all that is left."""
     room = max_model_len - prompt_tokens

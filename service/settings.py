@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="log level")
     shutdown_grace_s: int = Field(10, description="seconds open requests (SSE job streams) get at shutdown")
+    max_request_bytes: int = Field(
+        64 * 2**20, description="largest request body (413 beyond); keep above max_dataset_bytes"
+    )
+    max_messages: int = Field(
+        512, description="most messages in a chat request, or prompts in a completion request"
+    )
 
     # Storage
     store_uri: str = Field(
@@ -58,6 +64,9 @@ class Settings(BaseSettings):
     runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
     training_enabled: bool = Field(True, description="accept training jobs and run the job runner here")
     train_concurrency: int = Field(1, description="local runner: training processes at once")
+    max_pending_jobs: int = Field(
+        32, description="training jobs queued or running (store-wide) before new ones get 429"
+    )
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
     max_row_tokens: int = Field(2048, description="longest dataset row, in tokens, after templating")

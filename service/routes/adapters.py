@@ -23,7 +23,7 @@ from adapters.templates import get_template
 from service.adapter_cache import ALLOWED_SUFFIXES, split_model
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
-from service.errors import APIError
+from service.errors import APIError, overloaded
 from service.protocol import (
     AdapterDetail,
     AdapterList,
@@ -41,6 +41,8 @@ router = APIRouter(tags=["adapters"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
 }
+# Bodies may be too large (413) and training may be at its max_pending_jobs (429).
+CREATE_ERRORS = {**ERRORS, **{code: {"model": ErrorResponse} for code in (413, 429)}}
 
 MULTIPART_SCHEMA = {
     "type": "object",
@@ -61,7 +63,7 @@ def _store_key(gw: Gateway, uri: str) -> str:
         if not uri.startswith(root):
             raise InvalidName(f"{uri!r} is not inside this gateway's store ({root})")
         uri = uri[len(root) :]
-    return check_key(uri.lstrip("/"))
+    return check_key(uri)  # an absolute path is refused, not read as a key
 
 
 async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSON, bytes | None]:
@@ -99,7 +101,7 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
     "/adapters",
     status_code=202,
     response_model=JobView,
-    responses=ERRORS,
+    responses=CREATE_ERRORS,
     dependencies=[Depends(require_admin)],
     summary="Train an adapter: validate the dataset, store it, queue a training job (admin)",
     openapi_extra={
@@ -143,6 +145,12 @@ async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
         template=template,
         max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
     )
+    pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
+    if pending >= settings.max_pending_jobs:
+        raise overloaded(
+            f"{pending} training jobs are queued or running (max_pending_jobs); retry when one finishes",
+            retry_after=60,
+        )
     # Only a valid dataset reaches the store.
     key, sha = await asyncio.to_thread(gw.registry.put_dataset, data)
     spec = JobSpec(
@@ -298,7 +306,7 @@ def _check_peft_config(config: dict[str, Any], gw: Gateway) -> LoraInfo:
     "/adapters/import",
     response_model=Manifest,
     status_code=201,
-    responses=ERRORS,
+    responses=CREATE_ERRORS,
     dependencies=[Depends(require_admin)],
     summary="Publish an existing PEFT LoRA directory from the store as a new adapter version (admin)",
 )

@@ -31,6 +31,7 @@ from service.protocol import (
 )
 from service.serving import (
     Target,
+    check_count,
     finish_reason,
     guarded_stream,
     merge_stops,
@@ -43,7 +44,7 @@ from service.serving import (
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
 }
 
 
@@ -86,6 +87,7 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
     summary="Create a chat completion (OpenAI-compatible); `stream: true` returns SSE chunks",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Any:
+    check_count(len(body.messages), gw.settings.max_messages, "messages")
     gw.engine.admit()
     target = await resolve_target(gw, body.model)
     try:

@@ -19,6 +19,7 @@ from service.protocol import Completion, CompletionChoice, CompletionLogprobs, C
 from service.routes.chat import ERRORS
 from service.serving import (
     Target,
+    check_count,
     finish_reason,
     guarded_stream,
     merge_stops,
@@ -54,6 +55,7 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
     summary="Create a text completion (OpenAI-compatible); the template's stop sequences still apply",
 )
 async def completions(body: CompletionRequest, request: Request, gw: GatewayDep) -> Any:
+    check_count(len(body.prompts), gw.settings.max_messages, "prompt")
     gw.engine.admit()
     target = await resolve_target(gw, body.model)
     try:
