@@ -8,11 +8,14 @@ vLLM's own LoRA slots, addressed by a stable integer id per adapter version.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,97 @@ def validate_manifest(manifest: Manifest, base_model_id: str, max_lora_rank: int
         raise InvalidAdapter(f"adapter {manifest.ref} has no adapter_config.json")
 
 
+@lru_cache(maxsize=4)
+def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the base model's 2-D weights in its layers (what LoRA may adapt), read from headers only."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shape = tuple(handle.get_slice(key).get_shape())
+                if ".layers." in key and key.endswith(".weight") and len(shape) == 2:
+                    shapes[key] = shape
+    return shapes
+
+
+def supported_modules(shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """Module names (q_proj, down_proj, ...) LoRA may target, from base_linear_shapes."""
+    return {key.split(".")[-2] for key in shapes}
+
+
+_LORA_TENSOR = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight")
+
+
+def check_adapter_dir(
+    path: Path, manifest: Manifest, max_lora_rank: int, base_shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Refuse downloaded adapter files the engine must not load (raises InvalidAdapter, a 400).
+
+    The manifest is checked before the download; this checks what the files themselves say, so a
+    manifest that lies about rank or targets, or weights that are not safetensors or do not fit the
+    base model's layers, never reach vLLM. An empty `base_shapes` (no local base weights) skips the
+    comparison with the base.
+    """
+    from safetensors import safe_open
+
+    ref = manifest.ref
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidAdapter(f"adapter {ref}: adapter_config.json is unreadable: {exc}") from None
+    if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
+        raise InvalidAdapter(f"adapter {ref}: adapter_config.json does not describe a LoRA adapter")
+    rank = config.get("r")
+    if not isinstance(rank, int) or not 1 <= rank <= max_lora_rank:
+        raise InvalidAdapter(
+            f"adapter {ref}: LoRA rank {rank!r} is outside 1..{max_lora_rank} (max_lora_rank)"
+        )
+    if rank != manifest.lora.rank:
+        raise InvalidAdapter(
+            f"adapter {ref}: adapter_config.json has r={rank}, its manifest {manifest.lora.rank}"
+        )
+    if config.get("modules_to_save") or config.get("use_dora"):
+        raise InvalidAdapter(f"adapter {ref}: modules_to_save and DoRA are not supported by the engine")
+    targets = config.get("target_modules")
+    supported = supported_modules(base_shapes)
+    if isinstance(targets, list) and supported and not set(targets) <= supported:
+        raise InvalidAdapter(
+            f"adapter {ref}: target modules {sorted(set(targets) - supported)} are not linear layers of the "
+            f"base model (supported: {sorted(supported)})"
+        )
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InvalidAdapter(f"adapter {ref} has no adapter_model.safetensors")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            tensors = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error type for every malformed file
+        raise InvalidAdapter(
+            f"adapter {ref}: adapter_model.safetensors is not a valid safetensors file: {exc}"
+        ) from None
+    if not tensors:
+        raise InvalidAdapter(f"adapter {ref}: adapter_model.safetensors holds no tensors")
+    for key, shape in tensors.items():
+        match = _LORA_TENSOR.fullmatch(key)
+        if match is None or len(shape) != 2:
+            raise InvalidAdapter(f"adapter {ref}: unexpected tensor {key!r} {list(shape)} in its weights")
+        is_a = match["ab"] == "A"
+        tensor_rank, features = (shape[0], shape[1]) if is_a else (shape[1], shape[0])
+        if tensor_rank > max_lora_rank:
+            raise InvalidAdapter(f"adapter {ref}: tensor {key} has rank {tensor_rank} > {max_lora_rank}")
+        if not base_shapes:
+            continue
+        base = base_shapes.get(match["module"] + ".weight")
+        if base is None:
+            raise InvalidAdapter(f"adapter {ref}: tensor {key} adapts no linear layer of the base model")
+        if features != (base[1] if is_a else base[0]):
+            raise InvalidAdapter(
+                f"adapter {ref}: tensor {key} {list(shape)} does not fit the base layer {list(base)}"
+            )
+
+
 @dataclass
 class _Entry:
     path: Path
@@ -94,6 +188,7 @@ class AdapterCache:
         max_lora_rank: int,
         metrics: Metrics,
         unload: Callable[[int], Awaitable[None]] | None = None,
+        base_dir: Path | None = None,
     ):
         self.registry = registry
         self.root = cache_dir / "adapters"
@@ -102,6 +197,7 @@ class AdapterCache:
         self.max_lora_rank = max_lora_rank
         self.metrics = metrics
         self.unload = unload
+        self.base_dir = base_dir
         self._manifests: dict[tuple[str, str | None], _CachedManifest] = {}
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Path]] = {}
@@ -176,7 +272,14 @@ class AdapterCache:
         try:
             dest = self.root / manifest.name / manifest.version
             started = time.monotonic()
-            path = await asyncio.to_thread(self.registry.fetch, manifest, dest)
+            path = Path(await asyncio.to_thread(self.registry.fetch, manifest, dest))
+            try:
+                await asyncio.to_thread(
+                    check_adapter_dir, path, manifest, self.max_lora_rank, self._base_shapes()
+                )
+            except InvalidAdapter:
+                shutil.rmtree(path, ignore_errors=True)  # never served, and fetched afresh if fixed
+                raise
             self.metrics.adapter_loads.inc()
             log.info("fetched adapter %s in %.2fs", ref, time.monotonic() - started)
             future.set_result(Path(path))
@@ -187,6 +290,9 @@ class AdapterCache:
         finally:
             del self._inflight[ref]
         return Path(path)
+
+    def _base_shapes(self) -> dict[str, tuple[int, ...]]:
+        return base_linear_shapes(self.base_dir) if self.base_dir is not None else {}
 
     def _evict(self, keep: str) -> None:
         """Drop least-recently-used versions not in use until the cache fits its size."""

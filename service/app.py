@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_lora_rank,
             metrics,
             unload=engine.remove_lora,
+            base_dir=engine.model_dir,
         )
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))

@@ -20,7 +20,7 @@ from adapters.errors import InvalidAdapter, InvalidName, NotFound
 from adapters.schema import JobRecord, JobSpec, LoraInfo, Manifest, check_name, new_version
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.adapter_cache import ALLOWED_SUFFIXES, split_model
+from service.adapter_cache import ALLOWED_SUFFIXES, base_linear_shapes, split_model, supported_modules
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError, overloaded
@@ -250,23 +250,6 @@ async def delete_adapter(model: str, gw: GatewayDep) -> Deleted:
     return Deleted(id=model, object="adapter")
 
 
-def _supported_modules(model_dir: Path) -> set[str]:
-    """Names of the base model's 2-D (linear) weight modules inside its layers: what LoRA may target."""
-    from safetensors import safe_open
-
-    modules: set[str] = set()
-    for path in model_dir.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if (
-                    ".layers." in key
-                    and key.endswith(".weight")
-                    and len(handle.get_slice(key).get_shape()) == 2
-                ):
-                    modules.add(key.split(".")[-2])
-    return modules
-
-
 def _check_peft_config(config: dict[str, Any], gw: Gateway) -> LoraInfo:
     """Validate an adapter_config.json for this gateway; InvalidAdapter (400) says what does not fit."""
     if str(config.get("peft_type", "")).upper() != "LORA":
@@ -285,7 +268,7 @@ def _check_peft_config(config: dict[str, Any], gw: Gateway) -> LoraInfo:
         targets = [targets]
     if not targets:
         raise InvalidAdapter("adapter_config.json names no target_modules")
-    supported = _supported_modules(gw.engine.model_dir)
+    supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
     unsupported = sorted(set(targets) - supported)
     if unsupported:
         raise InvalidAdapter(
