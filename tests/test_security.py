@@ -31,7 +31,7 @@ from service.adapter_cache import AdapterCache
 from service.app import create_app
 from service.metrics import Metrics
 from service.settings import Settings
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, publish_adapter
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -459,9 +459,120 @@ def test_prompt_longer_than_the_context_is_400_and_hostile_models_404(gateway: G
         assert secret not in log, f"{secret!r} in the gateway log"
 
 
-def _hostile_copy(source: Path, dest: Path, **config: Any) -> Path:
-    shutil.copytree(source, dest)
-    if config:
-        path = dest / "adapter_config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
-    return dest
+# ---------------------------------------------------------------------------------- hostile adapters
+
+
+def _rewrite_config(directory: Path, **changes: Any) -> None:
+    path = directory / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _wrong_shape(directory: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{prefix}.lora_A.weight": torch.zeros(8, 100), f"{prefix}.lora_B.weight": torch.zeros(576, 8)}
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+
+
+def _pickle(directory: Path) -> None:
+    import torch
+
+    torch.save({"weights": torch.zeros(2)}, directory / "adapter_model.bin")  # a pickle: code on load
+
+
+HOSTILE_ADAPTERS: dict[str, tuple[Any, int, str]] = {
+    # name: (how the PEFT directory is spoiled, manifest rank, what the error says)
+    "rank-too-large": (None, 32, "rank 32"),
+    "lying-rank": (lambda d: _rewrite_config(d, r=32), 8, "rank 32"),
+    "unknown-targets": (
+        lambda d: _rewrite_config(d, target_modules=["q_proj", "v_proj", "evil_proj"]),
+        8,
+        "evil_proj",
+    ),
+    "bad-safetensors": (
+        lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 64 + b"not safetensors" * 99),
+        8,
+        "not a valid safetensors file",
+    ),
+    "truncated": (
+        lambda d: (d / "adapter_model.safetensors").write_bytes(
+            (d / "adapter_model.safetensors").read_bytes()[:100_000]
+        ),
+        8,
+        "not a valid safetensors file",
+    ),
+    "wrong-shape": (_wrong_shape, 8, "does not fit the base layer"),
+    "pickled": (_pickle, 8, "not allowed"),
+    "sha-mismatch": (None, 8, "sha256"),
+}
+
+
+def _publish_hostile(registry: Registry, source: Path, work: Path, name: str) -> None:
+    spoil, rank, _ = HOSTILE_ADAPTERS[name]
+    directory = work / name
+    shutil.copytree(source, directory)
+    if spoil is not None:
+        spoil(directory)
+    manifest = publish_adapter(registry, directory, name, rank=rank)
+    if name == "sha-mismatch":  # the store's copy changes after publishing: same size, other bytes
+        key = f"adapters/{name}/{manifest.version}/adapter_model.safetensors"
+        data = bytearray(registry.store.get_bytes(key))
+        data[-1] ^= 0xFF
+        registry.store.put_bytes(key, bytes(data))
+
+
+def test_hostile_adapters_are_refused_before_the_engine_and_leave_nothing_cached(
+    peft_adapter_dir: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from adapters.errors import ChecksumMismatch, InvalidAdapter
+    from adapters.models import resolve_model
+
+    registry = Registry(FileStore(tmp_path / "store"))
+    publish_adapter(registry, peft_adapter_dir, "steady")
+    for name in HOSTILE_ADAPTERS:
+        _publish_hostile(registry, peft_adapter_dir, tmp_path / "work", name)
+    base_dir = resolve_model(DEFAULT_MODEL)
+    cache = AdapterCache(
+        registry, tmp_path / "cache", 1 << 30, DEFAULT_MODEL, 16, Metrics(), base_dir=base_dir
+    )
+
+    async def scenario() -> None:
+        for name, (_, _, message) in HOSTILE_ADAPTERS.items():
+            with pytest.raises((InvalidAdapter, ChecksumMismatch), match=message):
+                await cache.acquire(await cache.manifest(name))
+            assert not (cache.root / name).exists() or not any((cache.root / name).iterdir()), name
+        lease = await cache.acquire(await cache.manifest("steady"))
+        assert (lease.path / "adapter_model.safetensors").is_file()
+        assert cache.cached() == [lease.manifest.ref]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_hostile_adapters_get_clear_errors_and_others_keep_serving(
+    gateway: GatewayServer, peft_adapter_dir: Path, tmp_path: Path
+) -> None:
+    publish_adapter(gateway.registry, peft_adapter_dir, "steady")
+    for name in HOSTILE_ADAPTERS:
+        _publish_hostile(gateway.registry, peft_adapter_dir, tmp_path, name)
+    question = [{"role": "user", "content": "Say hi."}]
+    with gateway.client(API_KEY) as http:
+        for name, (_, _, message) in HOSTILE_ADAPTERS.items():
+            reply = http.post(
+                "/v1/chat/completions", json={"model": name, "messages": question, "max_tokens": 4}
+            )
+            error = reply.json()["error"]
+            expected = 500 if name == "sha-mismatch" else 400  # a corrupted store is the server's fault
+            assert reply.status_code == expected and message in error["message"], (name, reply.text)
+            assert error["code"] in ("invalid_adapter", "checksum_mismatch")
+        # The engine never saw them: base and a good adapter still answer, and the gateway is ready.
+        for model in (DEFAULT_MODEL, "steady"):
+            reply = http.post(
+                "/v1/chat/completions", json={"model": model, "messages": question, "max_tokens": 4}
+            )
+            assert reply.status_code == 200, reply.text
+        assert http.get("/ready").status_code == 200
