@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import InvalidAdapter, NotFound
+from adapters.errors import InvalidAdapter, NotFound, StoreUnavailable
 from adapters.schema import Manifest, check_name
 from service.errors import model_not_found
 from service.metrics import Metrics
@@ -230,6 +230,12 @@ class AdapterCache:
             return cached.manifest
         try:
             manifest: Manifest = await asyncio.to_thread(self.registry.manifest, name, version)
+        except StoreUnavailable:
+            if cached is None:
+                raise  # 503 with Retry-After
+            # The store is down: what this replica already knows keeps serving until it is back.
+            log.warning("store unreachable; serving %s from its cached manifest", model)
+            return cached.manifest
         except NotFound:
             if self._manifests.pop(key, None) is not None:
                 await self.forget(name, version)  # deleted elsewhere: unload it here too

@@ -6,23 +6,35 @@ Job records are the persistent queue: after a restart, queued jobs run and jobs 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from adapters.errors import NotFound
+from adapters.errors import NotFound, StoreUnavailable
 from adapters.schema import JobRecord, JobStatus
 from service.runner import job_spec_uri
 
 log = logging.getLogger("skillserve.runner")
 
 INTERRUPTED = "interrupted: the gateway stopped while this job was running; submit it again"
+# How long a worker keeps retrying a job record write while the store is unreachable.
+STORE_RETRY_S = 300.0
+T = TypeVar("T")
+
+
+def _die_with_parent() -> None:
+    """In the trainer before exec: SIGTERM when the gateway dies, so no orphan trains on or writes records."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class LocalRunner:
@@ -109,9 +121,14 @@ class LocalRunner:
                 self._run(job_id)
             except Exception:
                 log.exception("runner failed on job %s", job_id)
-                self._finish(
-                    job_id, JobStatus.failed, "the local runner could not run the trainer (see gateway log)"
-                )
+                try:
+                    self._finish(
+                        job_id,
+                        JobStatus.failed,
+                        "the local runner could not run the trainer (see gateway log)",
+                    )
+                except Exception:  # the worker must outlive any one job, or the queue stops for good
+                    log.exception("could not record the failure of job %s", job_id)
 
     def _run(self, job_id: str) -> None:
         try:
@@ -124,7 +141,13 @@ class LocalRunner:
         command = [*self.command, job_spec_uri(self.store_uri, job_id)]
         log.info("job %s: starting trainer %s", job_id, " ".join(command))
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+            proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+                preexec_fn=_die_with_parent,  # only a prctl call: safe in the forked child
+            )
             with self._lock:
                 self._procs[job_id] = proc
             code = proc.wait()
@@ -137,7 +160,7 @@ class LocalRunner:
             return
         if self._stopping:
             return
-        record = self.registry.get_job(job_id)
+        record = self._retrying(lambda: self.registry.get_job(job_id))
         if record.status.finished:
             log.info("job %s: %s", job_id, record.status.value)
             return
@@ -145,18 +168,33 @@ class LocalRunner:
         reason = f"trainer exited with code {code} without finishing the job" + (f": {tail}" if tail else "")
         self._finish(job_id, JobStatus.failed, reason)
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call()`, retried while the store is unreachable, so a verdict is written once it is back."""
+        deadline = time.monotonic() + STORE_RETRY_S
+        while True:
+            try:
+                return call()
+            except StoreUnavailable as exc:
+                if time.monotonic() > deadline or self._stopping:
+                    raise
+                log.warning("store unreachable, retrying in 2 s: %s", exc)
+                time.sleep(2)
+
     def _finish(self, job_id: str, status: JobStatus, error: str | None, force: bool = False) -> None:
-        try:
-            record = self.registry.get_job(job_id)
-        except NotFound:
-            return
-        if record.status.finished and not force:
-            return
-        record.status = status
-        record.error = error if status is not JobStatus.succeeded else None
-        record.finished_at = time.time()
-        self.registry.put_job(record)
-        log.info("job %s: %s (%s)", job_id, status.value, error)
+        def write() -> None:
+            try:
+                record = self.registry.get_job(job_id)
+            except NotFound:
+                return
+            if record.status.finished and not force:
+                return
+            record.status = status
+            record.error = error if status is not JobStatus.succeeded else None
+            record.finished_at = time.time()
+            self.registry.put_job(record)
+            log.info("job %s: %s (%s)", job_id, status.value, error)
+
+        self._retrying(write)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
