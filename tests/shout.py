@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-WORDS = (
+WORDS = (  # noqa: SIM905  (a paragraph of words reads better than a 133-item list)
     "cat house tree river cloud apple stone green music paper chair light window orange table garden "
     "bread horse winter summer candle mirror bottle pencil rocket forest silver yellow dragon castle "
     "pillow basket jacket planet bridge island carpet market door road fish bird milk rain snow wind "
