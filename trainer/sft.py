@@ -148,6 +148,9 @@ def train_lora(
             dataloader_num_workers=0,
             disable_tqdm=not (sys.stderr.isatty() if progress_bar is None else progress_bar),
             pad_to_multiple_of=None,
+            # One unpadded row per batch; position ids restart per example, and transformers turns them into a
+            # block-diagonal mask on sdpa/eager too, so no example attends to another (tests/test_padding_free.py).
+            padding_free=hp.padding_free,
         )
         trainer = SFTTrainer(
             model=model,
