@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from adapters.masking import encode
+from adapters.templates import ChatTemplate
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.engine import sampling_params
@@ -21,6 +22,7 @@ from service.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessage,
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
@@ -46,11 +48,22 @@ router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
 }
+# With `stream: true` the 200 is Server-Sent Events: chunks as `data: {json}` lines, then `data: [DONE]`.
+STREAMING: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **ERRORS,
+}
 
 
 def _role(role: str) -> str:
     # OpenAI's newer "developer" role plays the part the templates know as "system".
     return "system" if role == "developer" else role
+
+
+def chat_prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[ChatMessage]) -> list[int]:
+    """The token ids a chat request sends to the engine: encoded as the trainer encodes, up to the answer."""
+    turns = [{"role": _role(m.role), "content": m.text()} for m in messages]
+    return encode(tokenizer, template, turns, add_generation_prompt=True).input_ids
 
 
 def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | None:
@@ -83,7 +96,7 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses=ERRORS,
+    responses=STREAMING,
     summary="Create a chat completion (OpenAI-compatible); `stream: true` returns SSE chunks",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Any:
@@ -91,9 +104,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
     gw.engine.admit()
     target = await resolve_target(gw, body.model)
     try:
-        messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
         tokenizer = gw.engine.tokenizer
-        prompt_ids = encode(tokenizer, target.template, messages, add_generation_prompt=True).input_ids
+        prompt_ids = chat_prompt_ids(tokenizer, target.template, body.messages)
         max_tokens = token_budget(
             body.token_limit,
             len(prompt_ids),

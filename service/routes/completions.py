@@ -16,7 +16,7 @@ from service.dependencies import Gateway, GatewayDep
 from service.engine import sampling_params
 from service.errors import APIError
 from service.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
-from service.routes.chat import ERRORS
+from service.routes.chat import STREAMING
 from service.serving import (
     Target,
     check_count,
@@ -51,7 +51,7 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
 @router.post(
     "/v1/completions",
     response_model=Completion,
-    responses=ERRORS,
+    responses=STREAMING,
     summary="Create a text completion (OpenAI-compatible); the template's stop sequences still apply",
 )
 async def completions(body: CompletionRequest, request: Request, gw: GatewayDep) -> Any:
