@@ -50,7 +50,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # With `stream: true` the 200 is Server-Sent Events: chunks as `data: {json}` lines, then `data: [DONE]`.
 STREAMING: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    200: {
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+            }
+        }
+    },
     **ERRORS,
 }
 
