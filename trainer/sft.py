@@ -144,7 +144,8 @@ def train_lora(
             use_cpu=not torch.cuda.is_available(),
             bf16=False,
             fp16=False,
-            max_length=hp.max_seq_length,
+            # encode_rows truncates already; trl refuses a max_length it cannot enforce without packing.
+            max_length=None if hp.padding_free else hp.max_seq_length,
             dataloader_num_workers=0,
             disable_tqdm=not (sys.stderr.isatty() if progress_bar is None else progress_bar),
             pad_to_multiple_of=None,
