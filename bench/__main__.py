@@ -1,0 +1,71 @@
+"""`python -m bench [--size tiny|full] [--only serving,loading,training]`: run, write JSON, write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import environment, report
+from bench.servers import REPO
+
+BENCHMARKS = ("serving", "loading", "training")
+
+
+def _runner(name: str) -> Callable[[str, Path], dict[str, Any]]:
+    # Imported on use: each module pulls in heavy libraries only its benchmark needs.
+    if name == "serving":
+        from bench.serving import run
+    elif name == "loading":
+        from bench.loading import run
+    else:
+        from bench.training import run
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--size", choices=("tiny", "full"), default="full", help="tiny: a smoke run in minutes")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS)
+    )
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="skillserve-bench-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        for name in names:
+            print(f"[bench] {name} ({args.size}) ...", file=sys.stderr, flush=True)
+            machine = environment.machine()
+            started = time.monotonic()
+            try:
+                result = _runner(name)(args.size, workdir / name)
+            except Exception as exc:
+                traceback.print_exc()
+                failed.append(name)
+                result = {"benchmark": name, "size": args.size, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            result["machine"] = machine
+            result["seconds"] = round(time.monotonic() - started, 1)
+            path = args.results_dir / f"{name}.json"
+            path.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"[bench] {name}: {result['seconds']} s -> {path}", file=sys.stderr, flush=True)
+    report.write(args.results_dir, args.markdown)
+    print(f"[bench] table -> {args.markdown}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""BENCHMARKS.md from bench/results/*.json: one table per benchmark, every figure as ours / theirs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ORDER = ("serving", "loading", "training")
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _met(target: dict[str, Any]) -> str:
+    return "**met**" if target.get("met") else "**missed**"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def machine_section(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Machine", ""]
+    rows = []
+    for r in results:
+        m = r.get("machine") or {}
+        rows.append(
+            [
+                r["benchmark"],
+                m.get("date", "-"),
+                str(m.get("nproc", "-")),
+                m.get("cpu_model", "-"),
+                _f(m.get("memory_gib"), 1),
+                " ".join(_f(x) for x in m.get("load_average_at_start", [])),
+                r.get("size", "-"),
+                m.get("commit") or "-",
+            ]
+        )
+    header = ["benchmark", "date (UTC)", "nproc", "CPU", "GiB", "load avg at start", "size", "commit"]
+    lines += _table(header, rows)
+    versions = next((r["machine"].get("versions") for r in results if r.get("machine")), {}) or {}
+    python = next((r["machine"].get("python") for r in results if r.get("machine")), "-")
+    lines += ["", f"Python {python}; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
+    return lines
+
+
+def serving_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    lines = [
+        "## Serving: our gateway / `vllm serve`",
+        "",
+        f"Client: {s['client']}. Prompt {s['input_len']} tokens, output {s['output_len']} tokens, "
+        f"rank-{s['lora_rank']} adapters on {s['lora_targets']}; {s['order']}. Engine: "
+        + ", ".join(f"{k}={v}" for k, v in s["engine"].items())
+        + f". Start-up: gateway {r['startup']['gateway_s']} s, vllm serve {r['startup']['vllm_serve_s']} s.",
+        "",
+        "Each ratio is ours / vLLM's: above 1 is better for throughput, below 1 is better for latency.",
+        "",
+    ]
+    rows = []
+    for c in r["cases"]:
+        o, v, q = c["ours"], c["vllm"], c["ratio"]
+        rows.append(
+            [
+                c["mix"],
+                str(c["concurrency"]),
+                str(c["requests"]),
+                f"{_f(o['output_tok_s'], 1)} / {_f(v['output_tok_s'], 1)}",
+                _f(q["output_tok_s"], 3),
+                _f(q["requests_s"], 3),
+                f"{_f(o['ttft_p50_ms'], 1)} / {_f(v['ttft_p50_ms'], 1)}",
+                _f(c["ttft_p50_overhead_ms"], 1),
+                _f(q["ttft_p99_ms"], 3),
+                _f(q["itl_p50_ms"], 3),
+                _f(q["e2e_p50_ms"], 3),
+                _f(q["e2e_p99_ms"], 3),
+            ]
+        )
+    header = [
+        "mix", "conc.", "requests", "output tok/s (ours / vLLM)", "tok/s ratio", "req/s ratio",
+        "TTFT p50 ms (ours / vLLM)", "TTFT p50 overhead ms", "TTFT p99 ratio", "ITL p50 ratio",
+        "E2E p50 ratio", "E2E p99 ratio",
+    ]  # fmt: skip
+    lines += _table(header, rows)
+    t = r["targets"]
+    mix = t["mixed_vs_one_adapter_throughput"]
+    by_c = ", ".join(
+        f"c={c}: ours {_f(x['ours'], 3)}, vLLM {_f(x['vllm'], 3)}" for c, x in mix["by_concurrency"].items()
+    )
+    lines += [
+        "",
+        "Targets:",
+        f"- throughput >= 0.97x vLLM's server: worst case {_f(t['throughput_ratio_min']['value'], 3)}, "
+        f"median {_f(t['throughput_ratio_min']['median'], 3)}: {_met(t['throughput_ratio_min'])}",
+        f"- TTFT p50 overhead <= 5 ms: worst case {_f(t['ttft_p50_overhead_ms_max']['value'], 1)} ms, "
+        f"median {_f(t['ttft_p50_overhead_ms_max']['median'], 1)} ms: {_met(t['ttft_p50_overhead_ms_max'])}",
+        f"- mixed adapters >= 0.9x one adapter (ours): worst {_f(mix['value'], 3)} ({by_c}): {_met(mix)}",
+        "",
+    ]
+    return lines
+
+
+def loading_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    lines = [
+        "## Adapter loading: manifest published -> first token",
+        "",
+        f"Request: {s['request']}. Cold: a name never seen (store -> disk -> engine); warm: {s['warm']}; "
+        f"hot: in the engine. Medians of {s['repeats']} run(s); S3 is {s['s3']}. The base floor is the same "
+        "request to the base model.",
+        "",
+    ]
+    rows = [
+        [t["store"], str(t["rank"]), _f(t["cold_s"], 3), _f(t["warm_s"], 3), _f(t["hot_s"], 3),
+         _f(t["base_floor_s"], 3)]
+        for t in r["tiers"]
+    ]  # fmt: skip
+    lines += _table(["store", "rank", "cold s", "warm s", "hot s", "base floor s"], rows)
+    target = r["targets"]["cold_rank16_file_s"]
+    lines += ["", f"Target: cold under 2 s for rank 16 (file store): {_f(target['value'], 3)} s: {_met(target)}", ""]
+    many = r.get("many_adapters")
+    if many:
+        m, one = many["many"], many["one"]
+        lines += [
+            f"Many adapters: {many['adapters']} distinct rank-8 adapters requested round-robin by vLLM's client "
+            f"({many['requests']} requests, concurrency {many['concurrency']}, {many['input_len']} -> "
+            f"{many['output_len']} tokens) with {many['engine_slots']} engine slots, vs the same load on one "
+            "adapter.",
+            "",
+        ]
+        lines += _table(
+            ["load", "output tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms"],
+            [
+                [f"{many['adapters']} adapters", _f(m.get("output_throughput"), 1),
+                 _f(m.get("request_throughput"), 2), _f(m.get("median_ttft_ms"), 1), _f(m.get("p99_ttft_ms"), 1)],
+                ["1 adapter", _f(one.get("output_throughput"), 1), _f(one.get("request_throughput"), 2),
+                 _f(one.get("median_ttft_ms"), 1), _f(one.get("p99_ttft_ms"), 1)],
+            ],
+        )  # fmt: skip
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in many["counts"].items())
+        lines += [
+            "",
+            f"Ratio many / one (output tok/s): {_f(many['ratio_many_over_one']['output_tok_s'], 3)}. "
+            f"Counts: {counts} (engine loads are implied by round-robin over more adapters than slots; "
+            "vLLM does not report them).",
+            "",
+        ]
+    return lines
+
+
+def training_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    hp = s["hyperparameters"]
+    lines = [
+        "## Training: our trainer / a plain trl script",
+        "",
+        f"{s['train_rows']} train + {s['eval_rows']} eval rows of mixed length (row chars min/median/max "
+        f"{'/'.join(map(str, s['row_chars_min_median_max']))}); LoRA r={hp['rank']} alpha={hp['alpha']} on "
+        f"{s['lora_targets']}, {hp['max_steps']} steps, batch {hp['batch_size']}, lr {hp['learning_rate']}, seed "
+        f"{hp['seed']}, fp32. Baseline: {s['baseline']}. {s['eval'].capitalize()}.",
+        "",
+    ]
+    header = ["run", "trained tok/s", "train s", "wall s", "peak RSS MiB", "final train loss", "eval loss"]
+    rows = []
+    for label, run in r["runs"].items():
+        rows.append(
+            [
+                label,
+                _f(run.get("tokens_per_second"), 1),
+                _f(run.get("train_seconds"), 1),
+                _f(run.get("wall_seconds"), 1),
+                _f(run.get("peak_rss_mib"), 0),
+                _f(run.get("train_loss"), 4),
+                _f(run.get("eval_loss"), 4),
+            ]
+        )
+    for label, ratio in r["ratio"].items():
+        rows.append(
+            [
+                f"{label} / baseline",
+                *(
+                    _f(ratio.get(k), 3)
+                    for k in (
+                        "tokens_per_second", "train_seconds", "wall_seconds", "peak_rss_mib", "train_loss",
+                        "eval_loss",
+                    )
+                ),
+            ]
+        )  # fmt: skip
+    lines += _table(header, rows)
+    t = r["targets"]
+    lines += [
+        "",
+        "Targets:",
+        f"- tokens/s >= 1.0x baseline: {_f(t['tokens_per_second_ratio']['value'], 3)}: "
+        f"{_met(t['tokens_per_second_ratio'])}",
+        f"- train loss within 2%: {_f(t['train_loss_within_2pct']['value'], 3)}: {_met(t['train_loss_within_2pct'])}",
+        f"- eval loss within 2%: {_f(t['eval_loss_within_2pct']['value'], 3)}: {_met(t['eval_loss_within_2pct'])}",
+        f"- padding_free >= 1.3x baseline tokens/s: {_f(t['padding_free_tokens_per_second_ratio']['value'], 3)}: "
+        f"{_met(t['padding_free_tokens_per_second_ratio'])}",
+        "",
+    ]
+    return lines
+
+
+SECTIONS = {"serving": serving_section, "loading": loading_section, "training": training_section}
+
+
+def render(results_dir: Path) -> str:
+    results = []
+    for name in ORDER:
+        path = results_dir / f"{name}.json"
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m bench`) from `bench/results/*.json`; do not edit by hand.",
+        "Every figure is a ratio of two things measured side by side in one run, on the offline model",
+        "(SmolLM2-135M-Instruct, fp32) and on the CPUs below. A shared machine is noisy: read ratios, and",
+        "the load average at start, before absolute numbers.",
+        "",
+        *machine_section(results),
+    ]
+    for r in results:
+        if "error" in r:
+            lines += [f"## {r['benchmark']}", "", f"Failed: `{r['error']}`", ""]
+            continue
+        lines += SECTIONS[r["benchmark"]](r)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(results_dir: Path, markdown: Path) -> None:
+    markdown.write_text(render(results_dir))

@@ -1,0 +1,216 @@
+"""Serving: our gateway vs `vllm serve`, same engine settings, adapters and request mix, vLLM's own client.
+
+Both servers stay up side by side; each case runs on one then the other, in alternating order, so slow
+drift of a shared machine does not favour either. The load generator is `vllm bench serve` (its
+`main`, called in this process so vLLM is imported once), on the completions endpoint with a random
+fixed-length prompt and `ignore_eos`, so every request does the same work on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.registry import Registry
+from adapters.store import FileStore
+from bench.lora_files import make_adapters, publish
+from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, Server, start_gateway, start_vllm_serve
+
+# vLLM bench result keys -> our figure names; each is reported as ours / vLLM's.
+FIGURES = {
+    "output_throughput": "output_tok_s",
+    "request_throughput": "requests_s",
+    "p50_ttft_ms": "ttft_p50_ms",
+    "p99_ttft_ms": "ttft_p99_ms",
+    "p50_itl_ms": "itl_p50_ms",
+    "p50_e2el_ms": "e2e_p50_ms",
+    "p99_e2el_ms": "e2e_p99_ms",
+}
+MIXES = ("base", "one-adapter", "mixed-adapters")
+RANK = 16
+
+
+@dataclass(frozen=True)
+class ServingSize:
+    concurrencies: tuple[int, ...]
+    requests_per_case: int
+    input_len: int
+    output_len: int
+    adapters: int
+
+    def requests(self, concurrency: int) -> int:
+        # At least four full rounds at every concurrency, so steady state dominates ramp-up and drain.
+        return max(self.requests_per_case, 4 * concurrency)
+
+
+SIZES = {
+    "tiny": ServingSize(concurrencies=(1, 4), requests_per_case=4, input_len=32, output_len=8, adapters=2),
+    "full": ServingSize(concurrencies=(1, 4, 16), requests_per_case=32, input_len=128, output_len=32, adapters=8),
+}
+
+
+def vllm_bench(url: str, size: ServingSize, concurrency: int, loras: list[str], log: Path) -> dict[str, Any]:
+    """One `vllm bench serve` run against `url`; returns vLLM's result dict."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    argv = [
+        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", BASE_MODEL_ID, "--tokenizer", str(resolve_model(DEFAULT_MODEL)),
+        "--dataset-name", "random", "--random-range-ratio", "0",
+        "--random-input-len", str(size.input_len), "--random-output-len", str(size.output_len),
+        "--num-prompts", str(size.requests(concurrency)), "--max-concurrency", str(concurrency),
+        "--request-rate", "inf", "--ignore-eos", "--temperature", "0", "--seed", "0",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--num-warmups", "0", "--disable-tqdm",
+    ]  # fmt: skip
+    if loras:
+        argv += ["--lora-modules", *loras, "--lora-assignment", "round-robin"]
+    args = parser.parse_args(argv)
+    os.environ["OPENAI_API_KEY"] = API_KEY  # vLLM's client sends it as the bearer token
+    with log.open("a") as out, contextlib.redirect_stdout(out):
+        return dict(main(args))
+
+
+def warm(server: Server, models: list[str]) -> None:
+    """One short request per model, so adapter loading is out of the steady-state figures on both sides."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=300) as client:
+        for model in models:
+            r = client.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 2})
+            r.raise_for_status()
+
+
+def figures(result: dict[str, Any], size: ServingSize, concurrency: int) -> dict[str, Any]:
+    out = {ours: round(float(result[key]), 3) for key, ours in FIGURES.items()}
+    out["completed"] = int(result["completed"])
+    out["failed"] = int(result.get("failed") or 0)
+    out["output_tokens"] = int(result["total_output_tokens"])
+    out["expected_output_tokens"] = size.requests(concurrency) * size.output_len
+    return out
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
+    return {name: (round(ours[name] / theirs[name], 3) if theirs.get(name) else None) for name in FIGURES.values()}
+
+
+def run(size_name: str, workdir: Path) -> dict[str, Any]:
+    size = SIZES[size_name]
+    shape = EngineShape(
+        max_num_seqs=max(size.concurrencies),
+        max_loras=size.adapters,
+        max_cpu_loras=size.adapters,
+        max_lora_rank=RANK,
+        max_model_len=1024,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    dirs = make_adapters(workdir / "loras", RANK, size.adapters)
+    names = [f"bench-{i}" for i in range(size.adapters)]
+    store = FileStore(workdir / "store")
+    registry = Registry(store)
+    for name, d in zip(names, dirs, strict=True):
+        publish(registry, d, name, RANK)
+    log = workdir / "vllm-bench.log"
+    mixes = {"base": [], "one-adapter": names[:1], "mixed-adapters": names}
+    cases: list[dict[str, Any]] = []
+    with (
+        start_gateway(shape, f"file://{workdir / 'store'}", workdir) as ours,
+        start_vllm_serve(shape, dict(zip(names, dirs, strict=True)), workdir) as theirs,
+    ):
+        for server in (ours, theirs):
+            warm(server, [BASE_MODEL_ID, *names])
+        flip = False
+        for mix, loras in mixes.items():
+            for concurrency in size.concurrencies:
+                order = [theirs, ours] if flip else [ours, theirs]
+                flip = not flip
+                measured: dict[str, dict[str, Any]] = {}
+                for server in order:
+                    started = time.monotonic()
+                    result = vllm_bench(server.url, size, concurrency, loras, log)
+                    measured[server.label] = figures(result, size, concurrency)
+                    measured[server.label]["wall_s"] = round(time.monotonic() - started, 2)
+                g, v = measured["gateway"], measured["vllm serve"]
+                cases.append(
+                    {
+                        "mix": mix,
+                        "adapters": len(loras),
+                        "concurrency": concurrency,
+                        "requests": size.requests(concurrency),
+                        "first": order[0].label,
+                        "ours": g,
+                        "vllm": v,
+                        "ratio": ratios(g, v),
+                        "ttft_p50_overhead_ms": round(g["ttft_p50_ms"] - v["ttft_p50_ms"], 2),
+                    }
+                )
+        startup = {"gateway_s": ours.started_s, "vllm_serve_s": theirs.started_s}
+    return {
+        "benchmark": "serving",
+        "size": size_name,
+        "settings": {
+            **asdict(size),
+            "engine": asdict(shape),
+            "lora_rank": RANK,
+            "lora_targets": "q,k,v,o",
+            "endpoint": "/v1/completions (streamed)",
+            "client": "vllm bench serve (backend openai, random dataset, ignore_eos, temperature 0, "
+            "round-robin adapters)",
+            "order": "both servers up; each case runs on both, first server alternating case by case",
+        },
+        "startup": startup,
+        "cases": cases,
+        "targets": targets(cases),
+    }
+
+
+def _case(cases: list[dict[str, Any]], mix: str, concurrency: int) -> dict[str, Any] | None:
+    return next((c for c in cases if c["mix"] == mix and c["concurrency"] == concurrency), None)
+
+
+def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, each with the figure it is judged on and whether it was met."""
+    throughput = [c["ratio"]["output_tok_s"] for c in cases if c["ratio"]["output_tok_s"] is not None]
+    overheads = [c["ttft_p50_overhead_ms"] for c in cases]
+    mix_vs_one: dict[str, dict[str, float]] = {}
+    for c in cases:
+        if c["mix"] != "mixed-adapters":
+            continue
+        one = _case(cases, "one-adapter", c["concurrency"])
+        if one is None:
+            continue
+        mix_vs_one[str(c["concurrency"])] = {
+            "ours": round(c["ours"]["output_tok_s"] / one["ours"]["output_tok_s"], 3),
+            "vllm": round(c["vllm"]["output_tok_s"] / one["vllm"]["output_tok_s"], 3),
+        }
+    worst_mix = min((v["ours"] for v in mix_vs_one.values()), default=None)
+    return {
+        "throughput_ratio_min": {
+            "value": min(throughput, default=None),
+            "median": round(statistics.median(throughput), 3) if throughput else None,
+            "target": ">= 0.97",
+            "met": bool(throughput) and min(throughput) >= 0.97,
+        },
+        "ttft_p50_overhead_ms_max": {
+            "value": max(overheads, default=None),
+            "median": round(statistics.median(overheads), 2) if overheads else None,
+            "target": "<= 5",
+            "met": bool(overheads) and max(overheads) <= 5,
+        },
+        "mixed_vs_one_adapter_throughput": {
+            "by_concurrency": mix_vs_one,
+            "value": worst_mix,
+            "target": ">= 0.9 (ours)",
+            "met": worst_mix is not None and worst_mix >= 0.9,
+        },
+    }

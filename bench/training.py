@@ -1,0 +1,170 @@
+"""Training: our trainer vs a plain trl script, same model, data, LoRA, steps, batch and seed.
+
+Each run is its own process (so peak RSS is its own), one after another: the baseline
+(bench/trl_baseline.py), ours (trainer.sft.train_lora), and ours with padding_free. The data has
+mixed lengths on purpose: that is where padding costs, and where padding-free should pay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.schema import Hyperparameters
+from bench.servers import REPO
+from trainer.sft import split_rows
+
+SYSTEM = "Repeat the words you are given in capitals, then an exclamation mark."
+VOCABULARY = (
+    "cat house tree river cloud apple stone green music paper chair light window orange table garden bread "
+    "horse winter summer candle mirror bottle pencil rocket forest silver yellow dragon castle pillow basket "
+    "jacket planet bridge island carpet market door road fish bird milk rain snow wind fire water ship"
+)
+WORDS = VOCABULARY.split()
+FIGURES = ("tokens_per_second", "train_seconds", "wall_seconds", "peak_rss_mib", "train_loss", "eval_loss")
+
+
+@dataclass(frozen=True)
+class TrainingSize:
+    rows: int
+    max_steps: int
+    batch_size: int
+    min_words: int
+    max_words: int
+
+
+SIZES = {
+    "tiny": TrainingSize(rows=16, max_steps=2, batch_size=4, min_words=2, max_words=24),
+    "full": TrainingSize(rows=160, max_steps=24, batch_size=8, min_words=2, max_words=80),
+}
+
+
+def mixed_length_rows(n: int, min_words: int, max_words: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Conversations whose lengths spread over an order of magnitude (a few to a few hundred tokens)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+        rows.append(
+            [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Shout these words: " + " ".join(words)},
+                {"role": "assistant", "content": " ".join(w.upper() for w in words) + "!"},
+            ]
+        )
+    return rows
+
+
+def _run(module: str, config: dict[str, Any], path: Path) -> dict[str, Any]:
+    path.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(path)], cwd=REPO, capture_output=True, text=True, timeout=3600
+    )
+    (path.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def run(size_name: str, workdir: Path) -> dict[str, Any]:
+    size = SIZES[size_name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = str(resolve_model(DEFAULT_MODEL))
+    rows = mixed_length_rows(size.rows, size.min_words, size.max_words)
+    hp_fields: dict[str, Any] = {
+        "rank": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "max_steps": size.max_steps,
+        "batch_size": size.batch_size,
+        "learning_rate": 1e-3,
+        "max_seq_length": 1024,
+        "eval_fraction": 0.1,
+        "seed": 42,
+    }
+    if "eval_samples" in Hyperparameters.model_fields:
+        hp_fields["eval_samples"] = 0  # generation scoring is not part of the baseline's recipe
+    hp = Hyperparameters(**hp_fields)
+    # The split ours makes internally, written out for the baseline: both train and evaluate on the same rows.
+    train_rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
+    (workdir / "rows.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    for name, part in (("train", train_rows), ("eval", eval_rows)):
+        (workdir / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"prompt": r[:-1], "completion": r[-1:]}) + "\n" for r in part)
+        )
+    baseline = _run(
+        "bench.trl_baseline",
+        {
+            "model": model,
+            "train": str(workdir / "train.jsonl"),
+            "eval": str(workdir / "eval.jsonl"),
+            "output_dir": str(workdir / "baseline-out"),
+            "rank": hp.rank,
+            "alpha": hp.alpha,
+            "dropout": hp.dropout,
+            "max_steps": hp.max_steps,
+            "batch_size": hp.batch_size,
+            "learning_rate": hp.learning_rate,
+            "max_length": hp.max_seq_length,
+            "seed": hp.seed,
+        },
+        workdir / "baseline.json",
+    )
+    runs: dict[str, dict[str, Any]] = {"baseline": baseline}
+    for label, extra in (("ours", {}), ("ours_padding_free", {"padding_free": True})):
+        config = {"model": model, "rows": str(workdir / "rows.jsonl"), "hyperparameters": {**hp_fields, **extra}}
+        runs[label] = _run("bench.train_ours", config, workdir / f"{label}.json")
+    ratios = {
+        label: {f: _ratio(runs[label].get(f), baseline.get(f)) for f in FIGURES}
+        for label in ("ours", "ours_padding_free")
+    }
+    lengths = sorted(len(json.dumps(r)) for r in rows)
+    return {
+        "benchmark": "training",
+        "size": size_name,
+        "settings": {
+            **asdict(size),
+            "hyperparameters": hp_fields,
+            "lora_targets": "all-linear",
+            "train_rows": len(train_rows),
+            "eval_rows": len(eval_rows),
+            "row_chars_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+            "baseline": "trl SFTTrainer, completion_only_loss on prompt/completion rows, the model's chat template",
+            "eval": "both evaluate once per epoch during training and once at the end",
+        },
+        "runs": runs,
+        "ratio": ratios,
+        "targets": {
+            "tokens_per_second_ratio": {
+                "value": ratios["ours"]["tokens_per_second"],
+                "target": ">= 1.0",
+                "met": (ratios["ours"]["tokens_per_second"] or 0) >= 1.0,
+            },
+            "eval_loss_within_2pct": {
+                "value": ratios["ours"]["eval_loss"],
+                "target": "0.98 .. 1.02",
+                "met": ratios["ours"]["eval_loss"] is not None and abs(ratios["ours"]["eval_loss"] - 1) <= 0.02,
+            },
+            "train_loss_within_2pct": {
+                "value": ratios["ours"]["train_loss"],
+                "target": "0.98 .. 1.02",
+                "met": ratios["ours"]["train_loss"] is not None and abs(ratios["ours"]["train_loss"] - 1) <= 0.02,
+            },
+            "padding_free_tokens_per_second_ratio": {
+                "value": ratios["ours_padding_free"]["tokens_per_second"],
+                "target": ">= 1.3",
+                "met": (ratios["ours_padding_free"]["tokens_per_second"] or 0) >= 1.3,
+            },
+        },
+    }
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return round(ours / theirs, 3) if ours is not None and theirs else None

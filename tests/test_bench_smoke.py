@@ -1,0 +1,88 @@
+"""`python -m bench --size tiny` end to end: every benchmark runs and writes the figures it promises.
+
+No timing is asserted: figures are only checked to exist and to describe equal work on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SERVING_FIGURES = {"output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "e2e_p50_ms", "e2e_p99_ms"}
+TRAINING_FIGURES = {"tokens_per_second", "train_seconds", "wall_seconds", "peak_rss_mib", "train_loss", "eval_loss"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, Any]], str]:
+    """One tiny run of every benchmark through the CLI; its results and generated table."""
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--results-dir", str(out / "results"),
+         "--markdown", str(out / "BENCHMARKS.md"), "--workdir", str(out / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=3500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+    return results, (out / "BENCHMARKS.md").read_text()
+
+
+def test_every_benchmark_records_the_machine_and_the_table_shows_it(tiny_run: Any) -> None:
+    results, markdown = tiny_run
+    assert set(results) == {"serving", "loading", "training"}
+    for result in results.values():
+        machine = result["machine"]
+        assert machine["nproc"] >= 1 and machine["cpu_model"] and machine["date"]
+        assert "torch" in machine["versions"] and "transformers" in machine["versions"]
+    for heading in ("## Machine", "## Serving", "## Adapter loading", "## Training"):
+        assert heading in markdown
+
+
+def test_serving_compares_each_case_on_equal_work(tiny_run: Any) -> None:
+    serving = tiny_run[0]["serving"]
+    mixes = {(c["mix"], c["concurrency"]) for c in serving["cases"]}
+    assert {m for m, _ in mixes} == {"base", "one-adapter", "mixed-adapters"}
+    for case in serving["cases"]:
+        for side in ("ours", "vllm"):
+            assert set(case[side]) >= SERVING_FIGURES
+            assert case[side]["failed"] == 0 and case[side]["completed"] == case["requests"]
+            # ignore_eos honoured on both sides: every request produced exactly the asked-for tokens.
+            assert case[side]["output_tokens"] == case[side]["expected_output_tokens"]
+        assert set(case["ratio"]) == SERVING_FIGURES and all(v is not None for v in case["ratio"].values())
+    assert set(serving["targets"]) == {
+        "throughput_ratio_min", "ttft_p50_overhead_ms_max", "mixed_vs_one_adapter_throughput",
+    }  # fmt: skip
+
+
+def test_loading_measures_every_tier_on_both_stores(tiny_run: Any) -> None:
+    loading = tiny_run[0]["loading"]
+    assert {t["store"] for t in loading["tiers"]} == {"file", "s3"}
+    for tier in loading["tiers"]:
+        assert all(tier[k] > 0 for k in ("cold_s", "warm_s", "hot_s", "base_floor_s"))
+    many = loading["many_adapters"]
+    assert many["adapters"] > many["engine_slots"] and many["failed"] == 0
+    # Each distinct adapter came from the store once; the rest of the round-robin hit the disk cache.
+    assert many["counts"]["store_fetches"] == many["adapters"]
+    assert many["counts"]["disk_hits"] == many["requests"] - many["adapters"]
+    assert many["ratio_many_over_one"]["output_tok_s"] > 0
+
+
+def test_training_runs_ours_and_the_baseline_on_the_same_work(tiny_run: Any) -> None:
+    training = tiny_run[0]["training"]
+    runs = training["runs"]
+    assert set(runs) == {"baseline", "ours", "ours_padding_free"}
+    for run in runs.values():
+        assert set(run) >= TRAINING_FIGURES
+    # Same rows, same template text, same steps: the same tokens are trained on each side.
+    assert runs["ours"]["train_tokens"] == runs["baseline"]["train_tokens"] == runs["ours_padding_free"]["train_tokens"]
+    assert runs["ours"]["steps"] == runs["baseline"]["steps"]
+    # Padding-free changes the batch layout, not what is learned from it.
+    assert runs["ours_padding_free"]["eval_loss"] == pytest.approx(runs["ours"]["eval_loss"], rel=1e-2)
+    assert set(training["ratio"]["ours"]) == TRAINING_FIGURES
