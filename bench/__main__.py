@@ -18,7 +18,7 @@ from bench.servers import REPO
 BENCHMARKS = ("serving", "loading", "training")
 
 
-def _runner(name: str) -> Callable[[str, Path], dict[str, Any]]:
+def _runner(name: str) -> Callable[..., dict[str, Any]]:
     # Imported on use: each module pulls in heavy libraries only its benchmark needs.
     if name == "serving":
         from bench.serving import run
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument(
+        "--profile", action="store_true", help="serving: py-spy the gateway during the largest mixed case"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             machine = environment.machine()
             started = time.monotonic()
             try:
-                result = _runner(name)(args.size, workdir / name)
+                extra = {"profile": True} if args.profile and name == "serving" else {}
+                result = _runner(name)(args.size, workdir / name, **extra)
             except Exception as exc:
                 traceback.print_exc()
                 failed.append(name)

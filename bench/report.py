@@ -109,6 +109,15 @@ def serving_section(r: dict[str, Any]) -> list[str]:
         f"- mixed adapters >= 0.9x one adapter (ours): worst {_f(mix['value'], 3)} ({by_c}): {_met(mix)}",
         "",
     ]
+    prof = r.get("gateway_profile")
+    if prof and "samples" in prof:
+        leaves = "; ".join(f"`{x['frame']}` {x['share']:.1%}" for x in prof["top_leaves"][:8])
+        lines += [
+            f"Gateway process profile (py-spy, {prof['case']}, {prof['samples']} samples of the API process; the "
+            f"engine core is another process): our code on the stack in "
+            f"{_f(prof['share_with_our_code_on_stack'], 3)} of samples. Top leaves: {leaves}.",
+            "",
+        ]
     return lines
 
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +109,52 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | No
     return {name: (round(ours[name] / theirs[name], 3) if theirs.get(name) else None) for name in FIGURES.values()}
 
 
-def run(size_name: str, workdir: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def py_spy(pid: int, out: Path) -> Any:
+    """Sample the gateway's own process (not the engine core) with py-spy while the block runs."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Collapsed stacks -> samples in total, the share whose leaf is our code, and the top leaf functions."""
+    leaves: Counter[str] = Counter()
+    ours = 0
+    total = 0
+    if not raw.exists():
+        return {"error": "py-spy wrote nothing (is ptrace allowed?)"}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        leaves[leaf] += n
+        if any(f"/{pkg}/" in frame for frame in stack.split(";") for pkg in ("service", "adapters")):
+            ours += n
+    return {
+        "samples": total,
+        "share_with_our_code_on_stack": round(ours / total, 3) if total else None,
+        "top_leaves": [{"frame": f, "share": round(n / total, 3)} for f, n in leaves.most_common(top)],
+        "file": str(raw),
+    }
+
+
+def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
     size = SIZES[size_name]
     shape = EngineShape(
         max_num_seqs=max(size.concurrencies),
@@ -123,6 +173,8 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
     log = workdir / "vllm-bench.log"
     mixes = {"base": [], "one-adapter": names[:1], "mixed-adapters": names}
     cases: list[dict[str, Any]] = []
+    profiled: dict[str, Any] | None = None
+    last = ("mixed-adapters", max(size.concurrencies))
     with (
         start_gateway(shape, f"file://{workdir / 'store'}", workdir) as ours,
         start_vllm_serve(shape, dict(zip(names, dirs, strict=True)), workdir) as theirs,
@@ -137,7 +189,12 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
                 measured: dict[str, dict[str, Any]] = {}
                 for server in order:
                     started = time.monotonic()
-                    result = vllm_bench(server.url, size, concurrency, loras, log)
+                    spy = profile and server is ours and (mix, concurrency) == last
+                    raw = workdir / "gateway-profile.txt"
+                    with py_spy(ours.proc.pid, raw) if spy else contextlib.nullcontext():
+                        result = vllm_bench(server.url, size, concurrency, loras, log)
+                    if spy:
+                        profiled = {"case": f"{mix} c={concurrency}", **summarize_profile(raw)}
                     measured[server.label] = figures(result, size, concurrency)
                     measured[server.label]["wall_s"] = round(time.monotonic() - started, 2)
                 g, v = measured["gateway"], measured["vllm serve"]
@@ -171,6 +228,7 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
         "startup": startup,
         "cases": cases,
         "targets": targets(cases),
+        "gateway_profile": profiled,
     }
 
 
