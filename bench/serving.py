@@ -114,7 +114,20 @@ def py_spy(pid: int, out: Path) -> Any:
     """Sample the gateway's own process (not the engine core) with py-spy while the block runs."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     proc = subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+            "--full-filenames",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -127,6 +140,12 @@ def py_spy(pid: int, out: Path) -> Any:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _short(frame: str) -> str:
+    """`fn (/long/path/pkg/mod.py:12)` -> `fn (pkg/mod.py:12)`."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({'/'.join(where.split('/')[-2:])}" if where else frame
 
 
 def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
@@ -142,8 +161,7 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
-        leaf = stack.split(";")[-1]
-        leaves[leaf] += n
+        leaves[_short(stack.split(";")[-1])] += n
         if any(f"/{pkg}/" in frame for frame in stack.split(";") for pkg in ("service", "adapters")):
             ours += n
     return {
