@@ -48,7 +48,7 @@ SIZES = {
     ),
     "full": LoadingSize(
         ranks=(8, 16, 64), repeats=3, stores=("file", "s3"),
-        many_adapters=64, many_requests=128, many_concurrency=4, many_output_len=16,
+        many_adapters=64, many_requests=128, many_concurrency=4, many_output_len=8,
     ),
 }  # fmt: skip
 

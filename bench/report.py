@@ -241,6 +241,15 @@ def render(results_dir: Path) -> str:
         "(SmolLM2-135M-Instruct, fp32) and on the CPUs below. A shared machine is noisy: read ratios, and",
         "the load average at start, before absolute numbers.",
         "",
+    ]
+    small = sorted({r["benchmark"] for r in results if r.get("size") != "full"})
+    if small:
+        lines += [
+            f"> **Not a measurement:** {', '.join(small)} ran at `--size tiny`, which checks that the scripts",
+            "> work, not how fast anything is. Run `make bench` on an idle machine for figures.",
+            "",
+        ]
+    lines += [
         *machine_section(results),
     ]
     for r in results:

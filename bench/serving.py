@@ -58,11 +58,13 @@ class ServingSize:
 
 SIZES = {
     "tiny": ServingSize(concurrencies=(1, 4), requests_per_case=4, input_len=32, output_len=8, adapters=2),
-    "full": ServingSize(concurrencies=(1, 4, 16), requests_per_case=32, input_len=128, output_len=32, adapters=8),
+    "full": ServingSize(concurrencies=(1, 4, 16), requests_per_case=16, input_len=128, output_len=32, adapters=8),
 }
 
 
-def vllm_bench(url: str, size: ServingSize, concurrency: int, loras: list[str], log: Path) -> dict[str, Any]:
+def vllm_bench(
+    url: str, size: ServingSize, concurrency: int, loras: list[str], log: Path, seed: int = 0
+) -> dict[str, Any]:
     """One `vllm bench serve` run against `url`; returns vLLM's result dict."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -75,7 +77,7 @@ def vllm_bench(url: str, size: ServingSize, concurrency: int, loras: list[str], 
         "--dataset-name", "random", "--random-range-ratio", "0",
         "--random-input-len", str(size.input_len), "--random-output-len", str(size.output_len),
         "--num-prompts", str(size.requests(concurrency)), "--max-concurrency", str(concurrency),
-        "--request-rate", "inf", "--ignore-eos", "--temperature", "0", "--seed", "0",
+        "--request-rate", "inf", "--ignore-eos", "--temperature", "0", "--seed", str(seed),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--num-warmups", "0", "--disable-tqdm",
     ]  # fmt: skip
@@ -210,7 +212,8 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
                     spy = profile and server is ours and (mix, concurrency) == last
                     raw = workdir / "gateway-profile.txt"
                     with py_spy(ours.proc.pid, raw) if spy else contextlib.nullcontext():
-                        result = vllm_bench(server.url, size, concurrency, loras, log)
+                        # Fresh prompts per case (same on both servers): no prefix-cache hits from earlier cases.
+                        result = vllm_bench(server.url, size, concurrency, loras, log, seed=len(cases))
                     if spy:
                         profiled = {"case": f"{mix} c={concurrency}", **summarize_profile(raw)}
                     measured[server.label] = figures(result, size, concurrency)

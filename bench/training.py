@@ -41,7 +41,7 @@ class TrainingSize:
 
 SIZES = {
     "tiny": TrainingSize(rows=16, max_steps=2, batch_size=4, min_words=2, max_words=24),
-    "full": TrainingSize(rows=160, max_steps=24, batch_size=8, min_words=2, max_words=80),
+    "full": TrainingSize(rows=96, max_steps=12, batch_size=8, min_words=2, max_words=60),
 }
 
 
