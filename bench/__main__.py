@@ -20,13 +20,9 @@ BENCHMARKS = ("serving", "loading", "training")
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
     # Imported on use: each module pulls in heavy libraries only its benchmark needs.
-    if name == "serving":
-        from bench.serving import run
-    elif name == "loading":
-        from bench.loading import run
-    else:
-        from bench.training import run
-    return run
+    import importlib
+
+    return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def make_adapters(out: Path, rank: int, count: int, seed: int = 0) -> list[Path]
     if not (first / "adapter_model.safetensors").exists():
         model = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL), dtype=torch.float32)
         config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
-        get_peft_model(model, config).save_pretrained(first)
+        get_peft_model(model, config).save_pretrained(str(first))
     tensors = load_file(str(first / "adapter_model.safetensors"))
     dirs = [first]
     for i in range(1, count):

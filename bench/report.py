@@ -50,7 +50,7 @@ def machine_section(results: list[dict[str, Any]]) -> list[str]:
         )
     header = ["benchmark", "date (UTC)", "nproc", "CPU", "GiB", "load avg at start", "size", "commit"]
     lines += _table(header, rows)
-    versions = next((r["machine"].get("versions") for r in results if r.get("machine")), {}) or {}
+    versions: dict[str, str] = next((r["machine"].get("versions") for r in results if r.get("machine")), {}) or {}
     python = next((r["machine"].get("python") for r in results if r.get("machine")), "-")
     lines += ["", f"Python {python}; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
     return lines

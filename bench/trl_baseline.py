@@ -64,7 +64,7 @@ def main(config_path: str) -> None:
         processing_class=tokenizer,
         peft_config=lora,
     )
-    tokens_per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    tokens_per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])  # type: ignore[index,misc]
     train_started = time.monotonic()
     output = trainer.train()
     train_seconds = time.monotonic() - train_started

@@ -23,7 +23,7 @@ def _vllm_version(name: str) -> str:
     return _version(name)
 
 
-importlib.metadata.version = _vllm_version
+importlib.metadata.version = _vllm_version  # type: ignore[assignment]
 
 if __name__ == "__main__":  # vLLM spawns its engine core: the child re-imports this module
     from vllm.entrypoints.cli.main import main
