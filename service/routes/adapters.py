@@ -42,7 +42,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
 }
 # Bodies may be too large (413) and training may be at its max_pending_jobs (429).
-CREATE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
+CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    413: {"model": ErrorResponse},
+    429: {"model": ErrorResponse},
+}
 
 MULTIPART_SCHEMA = {
     "type": "object",
