@@ -41,6 +41,7 @@ FIGURES = {
 }
 MIXES = ("base", "one-adapter", "mixed-adapters")
 RANK = 16
+SETTLE_S = 2.0  # idle gap before each run, so the other server's engine threads are quiet
 
 
 @dataclass(frozen=True)
@@ -201,13 +202,13 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
     ):
         for server in (ours, theirs):
             warm(server, [BASE_MODEL_ID, *names])
-        flip = False
-        for mix, loras in mixes.items():
-            for concurrency in size.concurrencies:
-                order = [theirs, ours] if flip else [ours, theirs]
-                flip = not flip
+        for m, (mix, loras) in enumerate(mixes.items()):
+            for c, concurrency in enumerate(size.concurrencies):
+                # A checkerboard over (mix, concurrency): who goes first never lines up with either axis.
+                order = [theirs, ours] if (m + c) % 2 else [ours, theirs]
                 measured: dict[str, dict[str, Any]] = {}
                 for server in order:
+                    time.sleep(SETTLE_S)
                     started = time.monotonic()
                     spy = profile and server is ours and (mix, concurrency) == last
                     raw = workdir / "gateway-profile.txt"
@@ -244,7 +245,8 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
             "endpoint": "/v1/completions (streamed)",
             "client": "vllm bench serve (backend openai, random dataset, ignore_eos, temperature 0, "
             "round-robin adapters)",
-            "order": "both servers up; each case runs on both, first server alternating case by case",
+            "order": "both servers up; each case runs on both, who goes first in a checkerboard over cases, "
+            f"{SETTLE_S:.0f} s idle before each run",
         },
         "startup": startup,
         "cases": cases,
