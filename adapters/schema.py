@@ -62,6 +62,12 @@ class Hyperparameters(BaseModel):
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
     seed: int = Field(42, description="seed for the split, initialisation and data order")
+    eval_samples: int = Field(
+        16, ge=0, le=1000, description="held-out rows answered greedily and scored after training; 0 = none"
+    )
+    min_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="publish only if held-out ROUGE-L reaches this; null = no guard"
+    )
     padding_free: bool = Field(
         False, description="train each batch as one unpadded row, attention kept per example (faster on mixed lengths)"
     )

@@ -103,7 +103,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _report(job)
 
 
+def evaluation_lines(metrics: dict[str, Any]) -> list[str]:
+    """The held-out evaluation of a trained skill, adapter beside base, as lines of text (none if absent)."""
+    if "eval_rouge_l" not in metrics:
+        return []
+
+    def figure(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+    lines = [
+        f"evaluation on {metrics.get('eval_generated')} held-out rows (greedy):",
+        f"  {'':12} {'adapter':>8} {'base':>8}",
+        f"  {'exact match':12} {figure('eval_exact_match'):>8} {figure('base_exact_match'):>8}",
+        f"  {'ROUGE-L':12} {figure('eval_rouge_l'):>8} {figure('base_rouge_l'):>8}",
+        f"  {'eval loss':12} {figure('eval_loss'):>8} {figure('base_eval_loss'):>8}",
+    ]
+    for sample in metrics.get("samples") or []:
+        lines += [
+            f"  prompt:    {sample.get('prompt', '')!r}",
+            f"  reference: {sample.get('reference', '')!r}",
+            f"  adapter:   {sample.get('adapter', '')!r}",
+            f"  base:      {sample.get('base', '')!r}",
+        ]
+    return lines
+
+
 def _report(job: dict[str, Any]) -> int:
+    for line in evaluation_lines(job.get("metrics") or {}):
+        print(line)
     if job.get("status") == "succeeded":
         print(f"adapter {job['name']} is ready: call it with model={job['name']!r}")
         return 0
@@ -122,6 +150,26 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     print(f"{'NAME':24} {'STATUS':10} {'VERSIONS':>8}  LATEST")
     for a in adapters:
         print(f"{a['name']:24} {a['status']:10} {a['versions']:>8}  {a['latest'] or '-'}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        adapter = _check(client.get(f"/adapters/{args.name}"))
+    manifest = adapter.get("manifest") or {}
+    print(f"adapter {adapter['name']}: {adapter['status']}, latest version {adapter['latest'] or '-'}")
+    if manifest:
+        lora = manifest.get("lora") or {}
+        print(
+            f"  base {manifest['base_model']}, template {manifest['template_name']}, "
+            f"LoRA rank {lora.get('rank')} alpha {lora.get('alpha')}, {manifest.get('dataset_rows')} rows"
+        )
+    lines = evaluation_lines((manifest or {}).get("metrics") or {})
+    print("\n".join(lines) if lines else "  no evaluation recorded for this version")
+    jobs = adapter.get("jobs") or []
+    if jobs and jobs[0]["status"] == "failed":  # the newest training run, e.g. one the score guard stopped
+        print(f"newest job {jobs[0]['id']} failed: {jobs[0].get('error') or ''}")
+        print("\n".join(evaluation_lines(jobs[0].get("metrics") or {})))
     return 0
 
 
@@ -217,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     follow_cmd.set_defaults(func=cmd_follow)
 
     sub.add_parser("adapters", help="list adapters").set_defaults(func=cmd_adapters)
+
+    show = sub.add_parser("show", help="show one adapter: its newest version and how it scored on held-out rows")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_show)
 
     jobs = sub.add_parser("jobs", help="list jobs, or show one")
     jobs.add_argument("job_id", nargs="?")

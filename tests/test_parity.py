@@ -239,7 +239,7 @@ def served_tokens(client: Any, model: str, prompt: str, ignore_eos: bool) -> tup
 
 @pytest.mark.slow
 def test_gateway_generates_what_peft_generates_token_for_token(
-    gateway: GatewayServer, peft_adapter_dir: Path, tokenizer: Any
+    gateway: GatewayServer, peft_adapter_dir: Path, tokenizer: Any, record_property: Any
 ) -> None:
     """24 prompts x 2 templates, 32 greedy tokens each: vLLM through the gateway == transformers + peft.
 
@@ -295,5 +295,7 @@ def test_gateway_generates_what_peft_generates_token_for_token(
             assert choice.finish_reason == ("stop" if ends else "length")
 
     worst = max(gap for *_, gap in report)
+    record_property("sequences_identical", f"{len(report)}/{len(report)}")
+    record_property("max_logprob_gap", f"{worst:.2e}")
     # fp32 on both sides: the arithmetic differs in the last bits only; a wider gap would mean a real skew.
     assert worst < 2e-3, f"log-probability gap {worst:.2e}"

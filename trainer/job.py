@@ -18,6 +18,7 @@ from adapters.registry import Registry
 from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Progress, check_job_id
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
+from trainer.evaluate import check_min_score
 from trainer.sft import Cancelled, TrainResult, train_lora
 
 log = logging.getLogger("skillserve.trainer")
@@ -113,6 +114,8 @@ def run_job(job_uri: str) -> int:
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")
             hp = spec.hyperparameters
+            record.metrics = dict(result.metrics)  # kept when the guard below fails the job: the figures say why
+            check_min_score(result.metrics, hp.min_score)
             manifest = build_manifest(
                 result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,
                 base_dir=base_dir, rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout,

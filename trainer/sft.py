@@ -16,6 +16,7 @@ from typing import Any
 from adapters.masking import encode
 from adapters.schema import Hyperparameters, Progress
 from adapters.templates import ChatTemplate
+from trainer.evaluate import evaluate_generations
 
 ProgressFn = Callable[[Progress], None]
 Messages = list[dict[str, str]]
@@ -178,8 +179,14 @@ def train_lora(
             metrics["train_loss"] = round(float(losses[-1]), 6)
             metrics["train_loss_first"] = round(float(losses[0]), 6)
         metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
+        peft_model: Any = trainer.model
         if eval_data is not None:
             metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
+            # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
+            with peft_model.disable_adapter():
+                metrics["base_eval_loss"] = round(float(trainer.evaluate(metric_key_prefix="base")["base_loss"]), 6)
+        if eval_rows and hp.eval_samples:
+            metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
         out_dir.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(out_dir, safe_serialization=True)
     adapter_config = json.loads((out_dir / "adapter_config.json").read_text())

@@ -1,0 +1,177 @@
+"""Every trained skill is evaluated on its held-out rows, beside the base model, and a score guard can stop it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.dataset import rows_to_jsonl
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.registry import Registry
+from adapters.schema import Hyperparameters, JobRecord, JobSpec, JobStatus
+from adapters.store import FileStore
+from adapters.templates import get_template
+from service.cli import main
+from service.runner import job_spec_uri
+from tests.gateway_fixtures import API_KEY, GatewayServer
+from tests.shout import shout_rows
+from trainer.evaluate import (
+    BelowMinimumScore,
+    check_min_score,
+    cut_at_stop,
+    evaluate_generations,
+    exact_match,
+    held_out_cases,
+    rouge_l,
+)
+from trainer.job import run_job
+
+EVALUATION_KEYS = {
+    "eval_loss", "base_eval_loss", "eval_generated", "eval_exact_match", "eval_rouge_l", "base_exact_match",
+    "base_rouge_l", "samples",
+}
+# A short run of the shout skill: enough to beat the base model on held-out rows, quick on two cores.
+QUICK_SHOUT = {"rank": 8, "alpha": 16, "max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_fraction": 0.2}
+
+
+def stored_job(registry: Registry, rows: list[dict[str, Any]], name: str, template: str, **hp: Any) -> JobRecord:
+    key, sha = registry.put_dataset(rows_to_jsonl(rows))
+    spec = JobSpec(
+        name=name, base_model=DEFAULT_MODEL, base_model_id=DEFAULT_MODEL, template=template,
+        dataset_uri=key, dataset_sha256=sha, dataset_rows=len(rows), hyperparameters=Hyperparameters(**hp),
+    )
+    record = JobRecord(spec=spec)
+    registry.put_job(record)
+    return record
+
+
+# --- the scores themselves --------------------------------------------------------------------------------
+
+
+def test_scores_are_exact_match_and_rouge_l() -> None:
+    assert exact_match(" CAT DOG! \n", "CAT DOG!") and not exact_match("CAT DOG", "CAT DOG!")
+    assert rouge_l("CAT DOG!", "CAT DOG!") == 1.0
+    assert rouge_l("cat dog", "CAT DOG!") == 1.0  # a token-overlap score: case and punctuation do not count
+    assert rouge_l("a cat and a dog", "cat dog") == pytest.approx(2 * (2 / 5 * 1.0) / (2 / 5 + 1.0))
+    assert rouge_l("nothing alike", "CAT DOG!") == 0.0
+    assert rouge_l("Ünïcode wörds", "ünïcode wörds") == 1.0  # words of any script, not only a-z
+    assert cut_at_stop("A!\n### Instruction:\nmore", ("### Instruction:",)) == "A!\n"
+
+
+def test_held_out_case_is_everything_before_the_last_answer() -> None:
+    turns = [
+        {"role": "system", "content": "Be loud."},
+        {"role": "user", "content": "Shout: sun"},
+        {"role": "assistant", "content": "SUN!"},
+        {"role": "user", "content": "Shout: sea"},
+        {"role": "assistant", "content": "SEA!"},
+    ]
+    [case] = held_out_cases([turns, turns], limit=1)
+    assert case.prompt == turns[:4] and case.reference == "SEA!"
+
+
+def test_guard_passes_or_names_the_figures() -> None:
+    figures = {"eval_generated": 4, "eval_rouge_l": 0.5, "base_rouge_l": 0.1, "eval_exact_match": 0.25,
+               "base_exact_match": 0.0}
+    check_min_score(figures, None)
+    check_min_score(figures, 0.5)
+    with pytest.raises(BelowMinimumScore, match=r"ROUGE-L 0\.5000 on 4 held-out rows is below min_score 0\.6"):
+        check_min_score(figures, 0.6)
+    with pytest.raises(BelowMinimumScore, match="needs held-out rows"):
+        check_min_score({"eval_loss": 1.0}, 0.1)
+
+
+# --- generation on the real model ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_base_answers_come_from_the_base_weights_and_adapter_answers_differ(peft_adapter_dir: Path) -> None:
+    """The base column is the plain base model (adapter switched off), the adapter column is the adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    template = get_template("chatml")
+    rows = [
+        [{"role": "user", "content": p["instruction"]}, {"role": "assistant", "content": p["output"]}]
+        for p in shout_rows(3, seed=7)
+    ]
+    plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from trainer.evaluate import greedy_answers
+
+    plain_answers = greedy_answers(plain, tokenizer, template, [r[:1] for r in rows], 12)
+    model = PeftModel.from_pretrained(plain, peft_adapter_dir)
+    metrics = evaluate_generations(model, tokenizer, template, rows, limit=2)
+
+    assert metrics["eval_generated"] == 2 and len(metrics["samples"]) == 2
+    samples = metrics["samples"]
+    assert [s["reference"] for s in samples] == [r[1]["content"] for r in rows[:2]]
+    assert [s["prompt"] for s in samples] == [r[0]["content"] for r in rows[:2]]
+    # The answer budget is larger than 12 tokens, so the plain answers are prefixes of the base column.
+    assert all(s["base"].startswith(a.strip()) for s, a in zip(samples, plain_answers, strict=False))
+    assert [s["adapter"] for s in samples] != [s["base"] for s in samples]
+    assert 0.0 <= metrics["eval_rouge_l"] <= 1.0 and 0.0 <= metrics["base_rouge_l"] <= 1.0
+
+
+# --- a trained skill, end to end ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_shout(gateway: GatewayServer) -> tuple[Registry, JobRecord]:
+    """The shout skill trained briefly through a stored job, published into the gateway's own store."""
+    record = stored_job(gateway.registry, shout_rows(40, seed=3), "shout-eval", "alpaca", **QUICK_SHOUT)
+    assert run_job(job_spec_uri(gateway.store_uri, record.id)) == 0
+    return gateway.registry, gateway.registry.get_job(record.id)
+
+
+@pytest.mark.slow
+def test_trained_skill_is_scored_against_the_base_model(quick_shout: tuple[Registry, JobRecord]) -> None:
+    registry, record = quick_shout
+    assert record.status == JobStatus.succeeded, record.error
+    metrics = record.metrics
+    assert set(metrics) >= EVALUATION_KEYS
+    assert metrics["eval_generated"] == 8  # 20% of 40 rows held out, all of them under eval_samples=16
+    # The gain is visible: the skill beats the base model on rows it never saw.
+    assert metrics["eval_rouge_l"] > metrics["base_rouge_l"] + 0.3, metrics
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert len(metrics["samples"]) == 5
+    assert set(metrics["samples"][0]) == {"prompt", "reference", "base", "adapter"}
+    manifest = registry.manifest("shout-eval")
+    assert {k: manifest.metrics[k] for k in EVALUATION_KEYS} == {k: metrics[k] for k in EVALUATION_KEYS}
+
+
+@pytest.mark.slow
+def test_adapter_detail_and_cli_show_the_evaluation(
+    gateway: GatewayServer, quick_shout: tuple[Registry, JobRecord], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, record = quick_shout
+    with gateway.client(API_KEY) as client:
+        detail = client.get("/adapters/shout-eval").json()
+    assert detail["manifest"]["metrics"]["eval_rouge_l"] == record.metrics["eval_rouge_l"]
+    assert detail["versions"][-1]["metrics"]["samples"] == record.metrics["samples"]
+
+    assert main(["--url", gateway.url, "--key", API_KEY, "show", "shout-eval"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation on 8 held-out rows" in out
+    assert f"{record.metrics['eval_rouge_l']:.3f}" in out and f"{record.metrics['base_rouge_l']:.3f}" in out
+    assert repr(record.metrics["samples"][0]["reference"]) in out
+
+
+@pytest.mark.slow
+def test_an_adapter_below_min_score_is_not_published(tmp_path: Path) -> None:
+    registry = Registry(FileStore(tmp_path / "store"))
+    record = stored_job(
+        registry, shout_rows(10, seed=5), "guarded", "chatml",
+        max_steps=1, batch_size=4, eval_fraction=0.2, eval_samples=2, min_score=0.99,
+    )
+    assert run_job(job_spec_uri(f"file://{tmp_path / 'store'}", record.id)) == 1
+    failed = registry.get_job(record.id)
+    assert failed.status == JobStatus.failed
+    assert failed.error is not None and failed.error.startswith("BelowMinimumScore: adapter ROUGE-L ")
+    assert f"{failed.metrics['eval_rouge_l']:.4f}" in failed.error and "min_score 0.99" in failed.error
+    assert failed.metrics["eval_generated"] == 2
+    assert registry.adapters() == [] and registry.versions("guarded") == []
