@@ -103,7 +103,7 @@ def train_lora(
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     set_seed(hp.seed)
@@ -163,6 +163,9 @@ def train_lora(
             peft_config=lora,
             callbacks=[_progress_callback(report, should_stop, tokens_per_epoch)],
         )
+        # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
+        # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
+        trainer.remove_callback(PrinterCallback)
         started = time.monotonic()
         output = trainer.train()
         runtime = time.monotonic() - started
