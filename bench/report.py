@@ -180,8 +180,13 @@ def training_section(r: dict[str, Any]) -> list[str]:
         f"{s['lora_targets']}, {hp['max_steps']} steps, batch {hp['batch_size']}, lr {hp['learning_rate']}, seed "
         f"{hp['seed']}, fp32. Baseline: {s['baseline']}. {s['eval'].capitalize()}.",
         "",
+        f"Loss masks: {s.get('mask', '-')}.",
+        "",
     ]
-    header = ["run", "trained tok/s", "train s", "wall s", "peak RSS MiB", "final train loss", "eval loss"]
+    header = [
+        "run", "trained tok/s", "train s", "wall s", "peak RSS MiB", "final train loss", "eval loss",
+        "loss tokens / epoch",
+    ]  # fmt: skip
     rows = []
     for label, run in r["runs"].items():
         rows.append(
@@ -193,6 +198,7 @@ def training_section(r: dict[str, Any]) -> list[str]:
                 _f(run.get("peak_rss_mib"), 0),
                 _f(run.get("train_loss"), 4),
                 _f(run.get("eval_loss"), 4),
+                _f(run.get("loss_tokens_per_epoch")),
             ]
         )
     for label, ratio in r["ratio"].items():
@@ -206,6 +212,7 @@ def training_section(r: dict[str, Any]) -> list[str]:
                         "eval_loss",
                     )
                 ),
+                "-",
             ]
         )  # fmt: skip
     lines += _table(header, rows)

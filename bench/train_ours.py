@@ -16,9 +16,11 @@ from pathlib import Path
 
 
 def main(config_path: str) -> None:
+    from transformers import AutoTokenizer
+
     from adapters.schema import Hyperparameters
     from adapters.templates import get_template
-    from trainer.sft import train_lora
+    from trainer.sft import encode_rows, split_rows, train_lora
 
     cfg = json.loads(Path(config_path).read_text())
     started = time.monotonic()
@@ -28,9 +30,14 @@ def main(config_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix="skillserve-bench-") as out:
         result = train_lora(Path(cfg["model"]), get_template("chatml", None), rows, hp, Path(out), progress_bar=False)
     m = result.metrics
+    # Tokens the loss is taken over (the assistant mask), to compare masks with the baseline.
+    train_rows, _ = split_rows(rows, hp.eval_fraction, hp.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    masks = encode_rows(tokenizer, get_template("chatml", None), train_rows, hp.max_seq_length)["assistant_masks"]
     figures = {
         "steps": m["steps"],
         "train_tokens": m["train_tokens"],
+        "loss_tokens_per_epoch": sum(sum(mask) for mask in masks),
         "train_seconds": m["train_seconds"],
         "tokens_per_second": round(m["train_tokens"] / m["train_seconds"], 1),
         "train_loss": m.get("train_loss"),

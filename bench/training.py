@@ -136,8 +136,12 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
             "train_rows": len(train_rows),
             "eval_rows": len(eval_rows),
             "row_chars_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
-            "baseline": "trl SFTTrainer, completion_only_loss on prompt/completion rows, the model's chat template",
+            "baseline": "trl SFTTrainer, completion_only_loss on prompt/completion rows, the model's chat template, "
+            "fp32 (bf16=False; trl's default bf16 autocast is far slower on these CPUs), trl's other defaults",
             "eval": "both evaluate once per epoch during training and once at the end",
+            "mask": "same input ids on both sides; ours takes the loss over the assistant's tokens through "
+            "<|im_end|>, where the gateway stops; trl's prompt/completion split also counts the template's "
+            "newline after <|im_end|>, one more (easy or not) token per row: compare loss tokens",
         },
         "runs": runs,
         "ratio": ratios,
