@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -62,6 +62,9 @@ class Hyperparameters(BaseModel):
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
     seed: int = Field(42, description="seed for the split, initialisation and data order")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, about a third more compute"
+    )
     eval_samples: int = Field(
         16, ge=0, le=1000, description="held-out rows answered greedily and scored after training; 0 = none"
     )
@@ -73,7 +76,7 @@ class Hyperparameters(BaseModel):
     )
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"

@@ -21,7 +21,7 @@ def _default(field: Any) -> str:
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, list):
         return "[]" if not value else ", ".join(map(str, value))
-    text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     return text.replace(str(home()), "$SKILLSERVE_HOME")
 
 
