@@ -183,6 +183,9 @@ def training_section(r: dict[str, Any]) -> list[str]:
         f"Loss masks: {s.get('mask', '-')}.",
         "",
     ]
+    gc = s.get("gradient_checkpointing")
+    if gc:
+        lines += [f"Gradient checkpointing: ours {gc['ours']}, baseline {gc['baseline']} (trl's is true).", ""]
     header = [
         "run", "trained tok/s", "train s", "wall s", "peak RSS MiB", "final train loss", "eval loss",
         "loss tokens / epoch",

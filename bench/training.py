@@ -133,6 +133,10 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
             **asdict(size),
             "hyperparameters": hp_fields,
             "lora_targets": "all-linear",
+            "gradient_checkpointing": {
+                "ours": getattr(hp, "gradient_checkpointing", "trl default"),
+                "baseline": "trl default",
+            },
             "train_rows": len(train_rows),
             "eval_rows": len(eval_rows),
             "row_chars_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],

@@ -47,7 +47,7 @@ def main(config_path: str) -> None:
         data_seed=cfg["seed"],
         use_cpu=True,
         # trl defaults to bf16 autocast, which is many times slower on these CPUs and changes the numerics;
-        # fp32 as ours trains. gradient_checkpointing stays at trl's default on both sides.
+        # fp32 as ours trains. Everything else (gradient_checkpointing included) stays at trl's defaults.
         bf16=False,
         max_length=cfg["max_length"],
         disable_tqdm=True,
