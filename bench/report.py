@@ -20,7 +20,9 @@ def _f(value: Any, digits: int = 2) -> str:
 
 
 def _met(target: dict[str, Any]) -> str:
-    return "**met**" if target.get("met") else "**missed**"
+    if target.get("met") is None:
+        return "not measured at this size"
+    return "**met**" if target["met"] else "**missed**"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
