@@ -6,9 +6,9 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adapters.errors import InvalidName
 
@@ -31,6 +31,12 @@ def check_job_id(value: str) -> str:
     if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value):
         raise InvalidName(f"invalid job id {value!r}")
     return value
+
+
+# Field types that check themselves: a bad name or id never makes it into a record.
+AdapterName = Annotated[str, AfterValidator(check_name)]
+Version = Annotated[str, AfterValidator(lambda value: check_name(value, "version"))]
+JobId = Annotated[str, AfterValidator(check_job_id)]
 
 
 def new_job_id() -> str:
@@ -93,8 +99,8 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    version: str = Field(default_factory=new_version)
+    name: AdapterName
+    version: Version = Field(default_factory=new_version)
     base_model: str = Field(description="model directory or hub id the adapter is trained on")
     base_model_id: str = Field(description="the id the gateway serves the base model under")
     template: str = Field("chatml", description="built-in template name")
@@ -102,16 +108,6 @@ class JobSpec(BaseModel):
     dataset_sha256: str
     dataset_rows: int
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_name(value, "version")
 
 
 class Progress(BaseModel):
@@ -128,7 +124,7 @@ class Progress(BaseModel):
 class JobRecord(BaseModel):
     """The state of one training job, stored at jobs/<id>.json and updated by the trainer as it runs."""
 
-    id: str = Field(default_factory=new_job_id)
+    id: JobId = Field(default_factory=new_job_id)
     status: JobStatus = JobStatus.queued
     spec: JobSpec
     created_at: float = Field(default_factory=time.time)
@@ -139,11 +135,6 @@ class JobRecord(BaseModel):
     error: str | None = None
     runner: str = "local"
     runner_ref: str | None = Field(None, description="the runner's handle: a pid or a Kubernetes Job name")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return check_job_id(value)
 
 
 class FileEntry(BaseModel):
@@ -161,8 +152,8 @@ class LoraInfo(BaseModel):
 class Manifest(BaseModel):
     """What an adapter is: written last when publishing, so its presence means the adapter is complete."""
 
-    name: str
-    version: str
+    name: AdapterName
+    version: Version
     base_model: str = Field(description="the id the base model is served under")
     base_model_sha256: str = Field(description="hash of the base model's weights the adapter was trained on")
     template_name: str
@@ -175,16 +166,6 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     created_at: float = Field(default_factory=time.time)
     job_id: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_name(value, "version")
 
     @property
     def ref(self) -> str:

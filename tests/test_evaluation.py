@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from adapters.dataset import rows_to_jsonl
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.registry import Registry
-from adapters.schema import Hyperparameters, JobRecord, JobSpec, JobStatus
+from adapters.schema import JobRecord, JobStatus
 from adapters.store import FileStore
 from adapters.templates import get_template
 from service.cli import main
 from service.runner import job_spec_uri
 from tests.gateway_fixtures import API_KEY, GatewayServer
+from tests.rows import stored_job
 from tests.shout import shout_rows
 from trainer.evaluate import (
     BelowMinimumScore,
@@ -34,17 +33,6 @@ EVALUATION_KEYS = {
 }
 # A short run of the shout skill: enough to beat the base model on held-out rows, quick on two cores.
 QUICK_SHOUT = {"rank": 8, "alpha": 16, "max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_fraction": 0.2}
-
-
-def stored_job(registry: Registry, rows: list[dict[str, Any]], name: str, template: str, **hp: Any) -> JobRecord:
-    key, sha = registry.put_dataset(rows_to_jsonl(rows))
-    spec = JobSpec(
-        name=name, base_model=DEFAULT_MODEL, base_model_id=DEFAULT_MODEL, template=template,
-        dataset_uri=key, dataset_sha256=sha, dataset_rows=len(rows), hyperparameters=Hyperparameters(**hp),
-    )
-    record = JobRecord(spec=spec)
-    registry.put_job(record)
-    return record
 
 
 # --- the scores themselves --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from adapters.dataset import parse_dataset, rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.templates import TEMPLATE_NAMES, ChatTemplate, get_template, render
+from tests.rows import ROWS
 
 # Where each template's response starts: nothing up to and including it may be learned.
 RESPONSE_MARKERS = {
@@ -18,30 +19,6 @@ RESPONSE_MARKERS = {
     "instruction": "###response###\n",
     "base": "<|im_start|>assistant\n",
 }
-
-ROWS: dict[str, dict[str, Any]] = {
-    "alpaca": {"instruction": "Shout these words: cat dog", "output": "CAT DOG!"},
-    "alpaca_input": {"instruction": "Shout these words", "input": "red fish", "output": "RED FISH!"},
-    "prompt_completion": {"prompt": "Name a colour.", "completion": "Blue."},
-    "chat_system": {
-        "messages": [
-            {"role": "system", "content": "You answer in capitals."},
-            {"role": "user", "content": "Say hello."},
-            {"role": "assistant", "content": "HELLO."},
-        ]
-    },
-    "chat_multi_turn": {
-        "messages": [
-            {"role": "user", "content": "Shout: sun"},
-            {"role": "assistant", "content": "SUN!"},
-            {"role": "user", "content": "And: moon star"},
-            {"role": "assistant", "content": "MOON STAR!"},
-            {"role": "user", "content": "Last: sea"},
-            {"role": "assistant", "content": "SEA!"},
-        ]
-    },
-}
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:

@@ -21,34 +21,10 @@ from adapters.templates import TEMPLATE_NAMES, ChatTemplate, get_template, templ
 from service.protocol import ChatCompletionRequest
 from service.routes.chat import chat_prompt_ids
 from tests.gateway_fixtures import API_KEY, GatewayServer
+from tests.rows import ROWS
 from trainer.sft import encode_rows
 
 Messages = list[dict[str, str]]
-
-# One row of every dataset format the trainer accepts, as a user would write it in JSONL.
-ROWS: dict[str, dict[str, Any]] = {
-    "alpaca": {"instruction": "Shout these words: cat dog", "output": "CAT DOG!"},
-    "alpaca_input": {"instruction": "Shout these words", "input": "red fish", "output": "RED FISH!"},
-    "alpaca_system": {"system": "You shout.", "instruction": "Shout: sun", "output": "SUN!"},
-    "prompt_completion": {"prompt": "Name a colour.", "completion": "Blue."},
-    "chat_system": {
-        "messages": [
-            {"role": "system", "content": "You answer in capitals."},
-            {"role": "user", "content": "Say hello."},
-            {"role": "assistant", "content": "HELLO."},
-        ]
-    },
-    "chat_multi_turn": {
-        "messages": [
-            {"role": "user", "content": "Shout: sun"},
-            {"role": "assistant", "content": "SUN!"},
-            {"role": "user", "content": "And: moon star"},
-            {"role": "assistant", "content": "MOON STAR!"},
-            {"role": "user", "content": "Last: sea"},
-            {"role": "assistant", "content": "SEA!"},
-        ]
-    },
-}
 
 PROMPTS = [
     "Shout these words: cat dog",

@@ -14,26 +14,15 @@ from adapters.dataset import rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
 from adapters.registry import Registry
-from adapters.schema import Hyperparameters, JobRecord, JobSpec, JobStatus
+from adapters.schema import JobRecord, JobStatus
 from adapters.store import FileStore, S3Store
 from adapters.templates import get_template
 from service.runner import job_spec_uri
+from tests.rows import stored_job
 from tests.shout import SHOUT_TRAINING, held_out_prompt, shout_rows
 from trainer.job import run_job, split_job_uri
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def stored_job(registry: Registry, rows: list[dict[str, Any]], name: str, template: str, **hp: Any) -> JobRecord:
-    data = rows_to_jsonl(rows)
-    key, sha = registry.put_dataset(data)
-    spec = JobSpec(
-        name=name, base_model=DEFAULT_MODEL, base_model_id=DEFAULT_MODEL, template=template,
-        dataset_uri=key, dataset_sha256=sha, dataset_rows=len(rows), hyperparameters=Hyperparameters(**hp),
-    )
-    record = JobRecord(spec=spec)
-    registry.put_job(record)
-    return record
 
 
 @pytest.fixture(scope="module")
