@@ -9,6 +9,7 @@ are killed or cancelled after their first progress write: no test waits for a fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -156,8 +157,14 @@ class GatewayProcess:
 
     def kill(self) -> None:
         assert self.proc is not None
+        # vLLM's engine processes outlive a SIGKILLed parent (in a pod they go with the container); reap them
+        # so they do not hold memory for the rest of the run. Trainers are left alone: they must die by themselves.
+        engines = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
         self.proc.kill()
         self.proc.wait()
+        for engine in engines:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                engine.kill()
 
     def stop(self) -> None:
         if self.running:
