@@ -127,9 +127,15 @@ def test_base_and_adapters_run_concurrently_with_the_async_client(gateway: Gatew
         await client.close()
         return [r.choices[0].message.content or "" for r in replies]
 
-    texts = asyncio.run(main())
-    assert texts[0] == texts[2] and texts[1] == texts[3]  # greedy: batching changes nothing
-    assert texts[0] != texts[1]
+    base_a, noise_a, base_b, noise_b = asyncio.run(main())
+    # Each request got its own weights while they shared batches: the base gives the base model's answer,
+    # the adapter a different one. Identical greedy requests are not compared whole: the batch a request
+    # lands in changes fp32 rounding in vLLM's CPU kernels, and at a near-tie late in an answer two copies
+    # can part ("Paris." / "Paris, also known as ..." was seen).
+    for base in (base_a, base_b):
+        assert base.startswith("The capital of France is Paris"), base
+    for noise in (noise_a, noise_b):
+        assert noise not in (base_a, base_b), noise
 
 
 def test_unknown_model_is_404_in_openai_format(client: openai.OpenAI) -> None:
