@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,dev
-INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
+INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install model run test lint bench openapi clean
 

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     # Engine
     model: str = Field(DEFAULT_MODEL, description="base model: the embedded default, a local directory or a hub id")
     served_model_name: str | None = Field(None, description="id of the base model in the API (default: model's name)")
-    dtype: str = Field("auto", description="weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    dtype: str = Field(
+        "auto", description="weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"
+    )
     max_model_len: int = Field(2048, description="longest prompt + completion, in tokens")
     max_num_seqs: int = Field(64, description="most sequences the engine batches at once")
     max_loras: int = Field(4, description="adapters resident in one batch (vLLM's GPU LoRA slots)")
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
     k8s_job_template: str | None = Field(
         None, description="path to a YAML/JSON file with Job overrides (resources, nodeSelector, tolerations, ...)"
     )
-    k8s_poll_seconds: float = Field(10.0, description="how often the Kubernetes runner reflects Job status into records")
+    k8s_poll_seconds: float = Field(
+        10.0, description="how often the Kubernetes runner reflects Job status into records"
+    )
 
     @property
     def base_model_id(self) -> str:

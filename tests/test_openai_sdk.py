@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -116,32 +118,55 @@ def test_text_completions_take_a_prompt_list(client: openai.OpenAI, noise: str) 
     assert reply.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in reply.choices)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect: in a batch that mixes base and LoRA requests on vLLM's CPU build, a base request was "
-    "once answered with another adapter's weights ('FRANCE!' from the shout skill, seen in a full suite run); "
-    "under investigation, see the closing note of issue 3",
-)
-def test_base_and_adapters_run_concurrently_with_the_async_client(gateway: GatewayServer, noise: str) -> None:
+@pytest.fixture(scope="module")
+def loud_adapter_dir(peft_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The noise adapter at twice its scale (lora_alpha 32): it changes even the base template's answer."""
+    out = tmp_path_factory.mktemp("loud-adapter")
+    shutil.copy(peft_adapter_dir / "adapter_model.safetensors", out)
+    config = json.loads((peft_adapter_dir / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 32}))
+    return out
+
+
+def test_base_rows_in_a_mixed_batch_keep_the_base_weights(
+    client: openai.OpenAI, gateway: GatewayServer, loud_adapter_dir: Path
+) -> None:
+    """Base and adapter requests in one batch, with every LoRA slot of the engine (max_loras=2) taken.
+
+    vLLM's CPU ops gave rows without an adapter the last slot's weights (a base request once answered
+    "FRANCE!", the shout skill's answer); service/vllm_lora_fix.py fixes them. Filling both slots first
+    makes the fault certain to show if the fix is missing.
+    """
+    for name in ("loud-a", "loud-b"):
+        publish_adapter(gateway.registry, loud_adapter_dir, name)
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12)
+        return reply.choices[0].message.content or ""
+
+    base_alone = ask(DEFAULT_MODEL)
+    assert base_alone.startswith("The capital of France is Paris"), base_alone
+    for model in ("loud-b", "loud-a"):  # both LoRA slots hold a loud adapter now
+        assert not ask(model).startswith("The capital of France is"), model
+
     async def main() -> list[str]:
-        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+        aclient = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
         calls = [
-            client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12)
-            for model in (DEFAULT_MODEL, noise, DEFAULT_MODEL, noise)
+            aclient.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12)
+            for model in (DEFAULT_MODEL, "loud-a", DEFAULT_MODEL, "loud-a")
         ]
         replies = await asyncio.gather(*calls)
-        await client.close()
+        await aclient.close()
         return [r.choices[0].message.content or "" for r in replies]
 
-    base_a, noise_a, base_b, noise_b = asyncio.run(main())
-    # Each request got its own weights while they shared batches: the base gives the base model's answer,
-    # the adapter a different one. Identical greedy requests are not compared whole: the batch a request
-    # lands in changes fp32 rounding in vLLM's CPU kernels, and at a near-tie late in an answer two copies
-    # can part ("Paris." / "Paris, also known as ..." was seen).
+    base_a, loud_a, base_b, loud_b = asyncio.run(main())
+    # Each request got its own weights while they shared batches. Base answers are compared on their
+    # first words, not whole: the batch a request lands in changes fp32 rounding in vLLM's CPU kernels,
+    # so two identical greedy requests may part at a near-tie late in the answer.
     for base in (base_a, base_b):
         assert base.startswith("The capital of France is Paris"), base
-    for noise in (noise_a, noise_b):
-        assert noise not in (base_a, base_b), noise
+    for answer in (loud_a, loud_b):
+        assert not answer.startswith("The capital of France is"), answer
 
 
 def test_unknown_model_is_404_in_openai_format(client: openai.OpenAI) -> None:

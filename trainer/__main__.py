@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from adapters.dataset import parse_dataset
 from adapters.errors import SkillserveError
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "target_modules":
             train.add_argument("--target-modules", nargs="+", help=field.description)
             continue
-        kind = field.annotation if field.annotation in (int, float) else float
+        kind: Any = field.annotation if field.annotation in (int, float) else float
         train.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{field.description} "
                            f"(default {field.default})")
     args = parser.parse_args(argv)

@@ -193,7 +193,7 @@ def train_lora(
         if eval_rows and hp.eval_samples:
             metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
         out_dir.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(out_dir, safe_serialization=True)
+        peft_model.save_pretrained(out_dir, safe_serialization=True)
     adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
     targets = adapter_config.get("target_modules") or []
     return TrainResult(out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows)
