@@ -20,13 +20,17 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
-from adapters.models import sha256_file
-from adapters.schema import FileEntry, JobRecord, Manifest, check_job_id, check_name
+from adapters.models import sha256_file, weights_hash
+from adapters.schema import FileEntry, JobRecord, LoraInfo, Manifest, check_job_id, check_name, new_version
 from adapters.store import ObjectStore, check_key
+
+if TYPE_CHECKING:
+    from adapters.templates import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,26 @@ def manifest_key(name: str, version: str) -> str:
 
 def job_key(job_id: str) -> str:
     return f"jobs/{check_job_id(job_id)}.json"
+
+
+def new_manifest(
+    name: str, template: ChatTemplate, lora: LoraInfo, *, base_model: str, base_dir: Path,
+    version: str | None = None, **fields: Any,
+) -> Manifest:
+    """The manifest of an adapter about to be published: its template's text and stops, the base's weights
+    hash, and any other manifest `fields` (metrics, dataset, job); `files` is filled in by `publish`."""
+    return Manifest(
+        name=name,
+        version=version or new_version(),
+        base_model=base_model,
+        base_model_sha256=weights_hash(base_dir),
+        template_name=template.name,
+        template=template.text,
+        stop=list(template.stop),
+        lora=lora,
+        files={},
+        **fields,
+    )
 
 
 class Registry:

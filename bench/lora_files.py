@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
-from adapters.registry import Registry
-from adapters.schema import LoraInfo, Manifest, new_version
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.registry import Registry, new_manifest
+from adapters.schema import LoraInfo, Manifest
 from adapters.templates import get_template
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -46,16 +46,8 @@ def make_adapters(out: Path, rank: int, count: int, seed: int = 0) -> list[Path]
 
 def publish(registry: Registry, directory: Path, name: str, rank: int) -> Manifest:
     """Publish `directory` as a new version of `name`, as the trainer does (manifest last)."""
-    tpl = get_template("chatml", None)
-    manifest = Manifest(
-        name=name,
-        version=new_version(),
-        base_model=DEFAULT_MODEL,
-        base_model_sha256=weights_hash(resolve_model(DEFAULT_MODEL)),
-        template_name=tpl.name,
-        template=tpl.text,
-        stop=list(tpl.stop),
-        lora=LoraInfo(rank=rank, alpha=2 * rank, target_modules=TARGETS),
-        files={},
+    lora = LoraInfo(rank=rank, alpha=2 * rank, target_modules=TARGETS)
+    manifest = new_manifest(
+        name, get_template("chatml", None), lora, base_model=DEFAULT_MODEL, base_dir=resolve_model(DEFAULT_MODEL)
     )
     return registry.publish(manifest, directory)

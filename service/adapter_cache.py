@@ -317,6 +317,16 @@ class AdapterCache:
     def cached(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_use(self) -> list[str]:
+        """Adapter names with requests in the engine now."""
+        return sorted({split_model(ref)[0] for ref, entry in self._entries.items() if entry.users > 0})
+
+    def tier(self, ref: str, engine_ids: set[int]) -> str:
+        """Where this process holds an adapter version: "engine", "disk" or "store"."""
+        if self._ids.get(ref) in engine_ids:
+            return "engine"
+        return "disk" if ref in self._entries else "store"
+
     async def forget(self, name: str, version: str | None = None) -> None:
         """After a delete: unload from the engine, drop local files and cached manifests."""
         for key in [

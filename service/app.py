@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
+        metrics.watch_loras(cache.in_use, settings.max_loras)
         app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics)
         if runner is not None:
             runner.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,21 +12,50 @@ from prometheus_client.registry import Collector
 
 from adapters.schema import JobStatus
 
+JOB_COUNTS_MAX_AGE_S = 15.0
+
 
 class _JobsCollector(Collector):
-    """Jobs by status, read when scraped (the store is the truth, shared by every replica)."""
+    """Jobs by status from the store (the truth, shared by every replica), re-read at most every 15 s.
 
-    def __init__(self, count: Callable[[], dict[str, int]]):
-        self.count = count
+    Counting reads every job record, so scrapes from several Prometheus servers (or a fast interval)
+    must not each cost a listing of the store.
+    """
+
+    def __init__(self, count: Callable[[], dict[str, int]], max_age_s: float = JOB_COUNTS_MAX_AGE_S):
+        self.count, self.max_age_s = count, max_age_s
+        self._counts: dict[str, int] = {}
+        self._read_at: float | None = None
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("skillserve_jobs", "training jobs by status", labels=["status"])
-        try:
-            counts = self.count()
-        except Exception:  # an unreachable store must not break the scrape
-            counts = {}
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.max_age_s:
+            # An unreachable store must not break the scrape: the last counts stand.
+            with contextlib.suppress(Exception):
+                self._counts = self.count()
+            self._read_at = now
+        counts = self._counts
         for status in JobStatus:
             family.add_metric([status.value], counts.get(status.value, 0))
+        yield family
+
+
+class _LoraInfoCollector(Collector):
+    """vLLM's `vllm:lora_requests_info`, which adapter-aware routers (the Gateway API inference extension)
+    read to send a request where its adapter is already busy. The gateway knows which adapters have
+    requests in the engine; it cannot tell running from queued inside it, so all count as running."""
+
+    def __init__(self, in_use: Callable[[], list[str]], max_loras: int):
+        self.in_use, self.max_loras = in_use, max_loras
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+        )
+        family.add_metric([str(self.max_loras), "", ",".join(self.in_use())], time.time())
         yield family
 
 
@@ -63,8 +94,11 @@ class Metrics:
             "skillserve_requests_in_flight", "generation requests in the engine", registry=r
         )
 
-    def watch_jobs(self, count: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_JobsCollector(count))
+    def watch_jobs(self, count: Callable[[], dict[str, int]], max_age_s: float = JOB_COUNTS_MAX_AGE_S) -> None:
+        self.registry.register(_JobsCollector(count, max_age_s))
+
+    def watch_loras(self, in_use: Callable[[], list[str]], max_loras: int) -> None:
+        self.registry.register(_LoraInfoCollector(in_use, max_loras))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

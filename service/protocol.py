@@ -227,6 +227,11 @@ class ModelCard(BaseModel):
     parent: str | None = None
     max_model_len: int | None = None
     template: str | None = Field(None, description="adapters: the template the adapter was trained with")
+    tier: Literal["engine", "disk", "store"] | None = Field(
+        None,
+        description="where this replica holds the model: in the engine's LoRA cache (engine), on local disk "
+        "(disk) or only in the object store (store); adapter-aware routers prefer replicas at engine",
+    )
 
 
 class ModelList(BaseModel):

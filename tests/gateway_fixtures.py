@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
-from adapters.registry import Registry
-from adapters.schema import LoraInfo, Manifest, new_version
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.registry import Registry, new_manifest
+from adapters.schema import LoraInfo, Manifest
 from adapters.store import open_store
 from adapters.templates import get_template
 
@@ -141,17 +141,9 @@ def publish_adapter(
     rank: int = 8,
 ) -> Manifest:
     """Publish `directory` (a PEFT adapter) as a new version of `name`, as the trainer would."""
-    tpl = get_template(template, None)
-    manifest = Manifest(
-        name=name,
-        version=new_version(),
-        base_model=base_model,
-        base_model_sha256=weights_hash(resolve_model(DEFAULT_MODEL)),
-        template_name=tpl.name,
-        template=tpl.text,
-        stop=list(tpl.stop),
-        lora=LoraInfo(rank=rank, alpha=16, target_modules=["q_proj", "v_proj"]),
-        files={},
+    lora = LoraInfo(rank=rank, alpha=16, target_modules=["q_proj", "v_proj"])
+    manifest = new_manifest(
+        name, get_template(template, None), lora, base_model=base_model, base_dir=resolve_model(DEFAULT_MODEL)
     )
     return registry.publish(manifest, directory)
 

@@ -163,3 +163,19 @@ def test_an_adapter_below_min_score_is_not_published(tmp_path: Path) -> None:
     assert f"{failed.metrics['eval_rouge_l']:.4f}" in failed.error and "min_score 0.99" in failed.error
     assert failed.metrics["eval_generated"] == 2
     assert registry.adapters() == [] and registry.versions("guarded") == []
+
+
+@pytest.mark.slow
+def test_train_command_does_not_publish_below_min_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adapters.dataset import rows_to_jsonl
+    from trainer.__main__ import main as trainer_main
+
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(rows_to_jsonl(shout_rows(10, seed=5)))
+    store = tmp_path / "store"
+    argv = ["train", str(data), "--out", str(tmp_path / "guarded"), "--publish", f"file://{store}",
+            "--max-steps", "1", "--batch-size", "4", "--eval-fraction", "0.2", "--eval-samples", "2",
+            "--min-score", "0.99", "--no-padding-free"]  # fmt: skip
+    assert trainer_main(argv) == 1
+    assert "below min_score 0.99" in capsys.readouterr().err
+    assert Registry(FileStore(store)).adapters() == []

@@ -77,6 +77,10 @@ def test_cache_downloads_once_for_concurrent_first_requests_and_evicts_lru(
         # Both do not fit: the least recently used one, no longer held, left the disk.
         assert cache.cached() == [other.ref] and not leases[0].path.exists()
         assert metrics.adapter_evictions._value.get() == 1
+        # Tiers as /v1/models reports them: in the engine (by its LoRA ids), on disk, or only in the store.
+        assert cache.tier(other.ref, {second.lora_id}) == "engine"
+        assert cache.tier(other.ref, set()) == "disk"
+        assert cache.tier(published.ref, {second.lora_id}) == "store"
         again = await cache.acquire(manifest)
         assert again.lora_id == leases[0].lora_id  # stable id per version
         assert published.ref in cache.cached() and second.path.exists()  # a held version is never evicted
@@ -280,3 +284,24 @@ def test_ignore_eos_drops_the_template_stops_but_keeps_the_clients() -> None:
     chatml = get_template("chatml", None)
     assert set(chatml.stop) <= set(merge_stops(["END"], chatml))
     assert merge_stops(["END"], chatml, ignore_eos=True) == ["END"]
+
+
+def test_job_counts_in_metrics_are_read_from_the_store_at_most_once_per_interval() -> None:
+    reads: list[int] = []
+
+    def count() -> dict[str, int]:
+        reads.append(1)
+        if len(reads) == 3:
+            raise ConnectionError("store unreachable")
+        return {"queued": len(reads)}
+
+    metrics = Metrics()
+    metrics.watch_jobs(count, max_age_s=0.2)
+    for _ in range(5):  # five scrapes inside one interval: one read
+        assert b'skillserve_jobs{status="queued"} 1.0' in metrics.render()
+    assert len(reads) == 1
+    time.sleep(0.25)
+    assert b'skillserve_jobs{status="queued"} 2.0' in metrics.render()
+    time.sleep(0.25)  # the store fails: the scrape still works, with the last counts
+    assert b'skillserve_jobs{status="queued"} 2.0' in metrics.render()
+    assert len(reads) == 3

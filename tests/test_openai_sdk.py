@@ -109,6 +109,17 @@ def test_adapter_published_after_start_is_served_at_once_and_listed(
     assert client.models.retrieve(f"{noise}@{version}").id == f"{noise}@{version}"
 
 
+def test_models_say_where_this_replica_holds_each_adapter(
+    client: openai.OpenAI, gateway: GatewayServer, peft_adapter_dir: Path
+) -> None:
+    publish_adapter(gateway.registry, peft_adapter_dir, "idle")
+    models = {m.id: m for m in client.models.list().data}
+    assert models[DEFAULT_MODEL].tier == "engine"  # type: ignore[attr-defined]
+    assert models["idle"].tier == "store"  # type: ignore[attr-defined]
+    client.chat.completions.create(model="idle", messages=QUESTION, max_tokens=1)
+    assert client.models.retrieve("idle").tier == "engine"  # type: ignore[attr-defined]
+
+
 def test_text_completions_take_a_prompt_list(client: openai.OpenAI, noise: str) -> None:
     reply = client.completions.create(
         model=noise, prompt=["The sky is", "One, two, three,"], max_tokens=5, temperature=0, logprobs=1
@@ -259,6 +270,23 @@ def test_client_disconnect_aborts_generation(gateway: GatewayServer) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("the generation kept running in vLLM after the client went away")
+
+
+def test_metrics_tell_routers_which_adapters_are_busy(gateway: GatewayServer, noise: str) -> None:
+    """vLLM's `vllm:lora_requests_info`, the metric adapter-aware routers read, names an adapter mid-request."""
+    body = {"model": noise, "prompt": "Once upon a time", "max_tokens": 48, "stream": True, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    pattern = r'^vllm:lora_requests_info\{max_lora="2",running_lora_adapters="(?P<running>[^"]*)",'
+    with httpx.stream("POST", f"{gateway.url}/v1/completions", json=body, headers=headers, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # under way
+        during = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
+        for _ in r.iter_lines():
+            pass
+    after = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
+    assert during is not None and noise in during["running"].split(",")
+    assert after is not None and after["running"] == ""
 
 
 def test_metrics_count_requests_tokens_and_adapter_loads(gateway: GatewayServer, noise: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from adapters.dataset import parse_dataset, rows_to_jsonl
-from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
-from adapters.registry import Registry
-from adapters.schema import LoraInfo, Manifest, new_version
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.registry import Registry, new_manifest
+from adapters.schema import LoraInfo, Manifest
 from adapters.templates import TEMPLATE_NAMES, ChatTemplate, get_template, template_from_manifest
 from service.protocol import ChatCompletionRequest
 from service.routes.chat import chat_prompt_ids
@@ -83,17 +83,8 @@ def trainer_prefix(tokenizer: Any, template: ChatTemplate, messages: Messages) -
 
 def publish(registry: Registry, adapter_dir: Path, name: str, template: ChatTemplate) -> Manifest:
     """Publish `adapter_dir` under `name` with `template` stored in its manifest, as the trainer does."""
-    manifest = Manifest(
-        name=name,
-        version=new_version(),
-        base_model=DEFAULT_MODEL,
-        base_model_sha256=weights_hash(resolve_model(DEFAULT_MODEL)),
-        template_name=template.name,
-        template=template.text,
-        stop=list(template.stop),
-        lora=LoraInfo(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]),
-        files={},
-    )
+    lora = LoraInfo(rank=8, alpha=16, target_modules=["q_proj", "v_proj"])
+    manifest = new_manifest(name, template, lora, base_model=DEFAULT_MODEL, base_dir=resolve_model(DEFAULT_MODEL))
     return registry.publish(manifest, adapter_dir)
 
 

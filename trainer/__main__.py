@@ -37,7 +37,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.publish:
         from adapters.registry import Registry
         from adapters.store import open_store
+        from trainer.evaluate import check_min_score
 
+        check_min_score(result.metrics, hp.min_score)  # as for jobs: a skill below the bar is not published
         manifest = Registry(open_store(args.publish)).publish(manifest, args.out)
         print(f"published {manifest.ref} to {args.publish}", file=sys.stderr)
     else:
@@ -63,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "target_modules":
             train.add_argument("--target-modules", nargs="+", help=field.description)
             continue
+        flag, help_text = f"--{name.replace('_', '-')}", f"{field.description} (default {field.default})"
+        if field.annotation is bool:
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
         kind: Any = field.annotation if field.annotation in (int, float) else float
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{field.description} "
-                           f"(default {field.default})")
+        train.add_argument(flag, type=kind, help=help_text)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -13,8 +13,8 @@ from typing import Any
 
 from adapters.dataset import parse_dataset
 from adapters.errors import InvalidName, SkillserveError
-from adapters.models import resolve_model, weights_hash
-from adapters.registry import Registry
+from adapters.models import resolve_model
+from adapters.registry import Registry, new_manifest
 from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Progress, check_job_id
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
@@ -44,20 +44,10 @@ def build_manifest(
     job_id: str | None = None,
 ) -> Manifest:
     """The manifest of a freshly trained adapter; `files` is filled in when it is published."""
-    return Manifest(
-        name=name,
-        version=version,
-        base_model=base_model_id,
-        base_model_sha256=weights_hash(base_dir),
-        template_name=template.name,
-        template=template.text,
-        stop=list(template.stop),
-        lora=LoraInfo(rank=rank, alpha=alpha, dropout=dropout, target_modules=result.target_modules),
-        dataset_sha256=dataset_sha256,
-        dataset_rows=dataset_rows,
-        metrics=result.metrics,
-        files={},
-        job_id=job_id,
+    lora = LoraInfo(rank=rank, alpha=alpha, dropout=dropout, target_modules=result.target_modules)
+    return new_manifest(
+        name, template, lora, base_model=base_model_id, base_dir=base_dir, version=version,
+        dataset_sha256=dataset_sha256, dataset_rows=dataset_rows, metrics=result.metrics, job_id=job_id,
     )
 
 

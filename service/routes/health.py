@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
@@ -26,4 +28,5 @@ async def ready(gw: GatewayDep) -> JSONResponse:
 async def metrics(gw: GatewayDep) -> Response:
     gw.metrics.in_flight.set(gw.engine.in_flight)
     gw.metrics.engine_unfinished.set(gw.engine.unfinished())
-    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = await asyncio.to_thread(gw.metrics.render)  # job counts may come from a remote store
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,4 +1,7 @@
-"""GET /v1/models and /v1/models/{id}: the base model plus every published adapter (parent = base)."""
+"""GET /v1/models and /v1/models/{id}: the base model plus every published adapter (parent = base).
+
+Each card says where this replica holds the model (`tier`), which is what an adapter-aware router needs.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ def _base_card(gw: Gateway) -> ModelCard:
         owned_by="skillserve",
         root=str(gw.engine.model_dir),
         max_model_len=gw.engine.max_model_len,
+        tier="engine",
     )
 
 
-def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str) -> ModelCard:
+def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str, engine_ids: set[int]) -> ModelCard:
     return ModelCard(
         id=model_id,
         created=int(manifest.created_at),
@@ -33,6 +37,7 @@ def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str) -> ModelCard:
         parent=gw.engine.base_model_id,
         max_model_len=gw.engine.max_model_len,
         template=manifest.template_name,
+        tier=gw.cache.tier(manifest.ref, engine_ids),  # type: ignore[arg-type]
     )
 
 
@@ -41,8 +46,11 @@ def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str) -> ModelCard:
 )
 async def list_models(gw: GatewayDep) -> ModelList:
     newest = await asyncio.to_thread(gw.registry.adapters)
+    engine_ids = await gw.engine.loaded_loras()
     cards = [_base_card(gw)]
-    cards += [_adapter_card(gw, m, m.name) for m in newest if m.base_model == gw.engine.base_model_id]
+    cards += [
+        _adapter_card(gw, m, m.name, engine_ids) for m in newest if m.base_model == gw.engine.base_model_id
+    ]
     return ModelList(data=cards)
 
 
@@ -56,4 +64,4 @@ async def get_model(model_id: str, gw: GatewayDep) -> ModelCard:
     if model_id == gw.engine.base_model_id:
         return _base_card(gw)
     manifest = await gw.cache.manifest(model_id)
-    return _adapter_card(gw, manifest, model_id)
+    return _adapter_card(gw, manifest, model_id, await gw.engine.loaded_loras())
