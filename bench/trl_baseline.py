@@ -2,9 +2,13 @@
 
     python -m bench.trl_baseline <config.json>
 
-trl's SFTTrainer with completion-only loss on conversational prompt/completion rows, the model's own
-chat template, LoRA via peft. It shares nothing with skillserve but the files it is given: the
-model directory, train/eval JSONL and the hyperparameters. Prints one JSON line of figures.
+trl's SFTTrainer with completion-only loss on prompt/completion rows, LoRA via peft. The prompt is the
+conversation so far rendered with the model's own chat template (generation prompt included); the
+completion is the answer and the template's end-of-turn token, where generation stops. Handing trl the
+messages instead would also put the template's newline after that token in the loss: a token no one
+ever generates, and an easy one that lowers the mean loss. It shares nothing with skillserve but the
+files it is given: the model directory, train/eval JSONL of conversations and the hyperparameters.
+Prints one JSON line of figures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ def main(config_path: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
     data = load_dataset("json", data_files={"train": cfg["train"], "eval": cfg["eval"]})
+
+    def render(row: dict) -> dict:  # type: ignore[type-arg]
+        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        return {"prompt": prompt, "completion": row["messages"][-1]["content"] + tokenizer.eos_token}
+
+    data = data.map(render, remove_columns=["messages"])
     steps_per_epoch = -(-len(data["train"]) // cfg["batch_size"])
     args = SFTConfig(
         output_dir=cfg["output_dir"],
