@@ -69,7 +69,7 @@ class Hyperparameters(BaseModel):
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
     seed: int = Field(42, description="seed for the split, initialisation and data order")
     gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, about a third more compute"
+        True, description="recompute activations in the backward pass: far less memory for one more forward pass"
     )
     eval_samples: int = Field(
         16, ge=0, le=1000, description="held-out rows answered greedily and scored after training; 0 = none"

@@ -145,7 +145,9 @@ def start_gateway(shape: EngineShape, store_uri: str, workdir: Path, extra_env: 
     return server
 
 
-def start_vllm_serve(shape: EngineShape, lora_modules: dict[str, Path], workdir: Path) -> Server:
+def start_vllm_serve(
+    shape: EngineShape, lora_modules: dict[str, Path], workdir: Path, label: str = "vllm serve"
+) -> Server:
     """vLLM's own OpenAI server (`vllm serve --enable-lora --lora-modules ...`); returns when ready."""
     port = free_port()
     env = dict(os.environ)
@@ -159,6 +161,6 @@ def start_vllm_serve(shape: EngineShape, lora_modules: dict[str, Path], workdir:
     ]  # fmt: skip
     if lora_modules:
         cmd += ["--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
-    server = _spawn("vllm serve", cmd, env, workdir / "vllm-serve.log", port)
+    server = _spawn(label, cmd, env, workdir / f"{label.replace(' ', '-')}.log", port)
     server.wait_ready("/health")
     return server

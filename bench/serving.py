@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +209,17 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
-def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
+def run(size_name: str, workdir: Path, profile: bool = False, calibrate: bool = False) -> dict[str, Any]:
+    """Our gateway against `vllm serve`; with `calibrate`, a second `vllm serve` stands in for the gateway.
+
+    The calibration is an A/A test of the harness itself: two identical servers should measure 1.0, so
+    how far they stray is the bias and noise any gateway/vLLM ratio carries on this machine. It runs the
+    base and one-adapter mixes at concurrency up to 4, where runs are shortest and noisiest, to keep it
+    to a quarter of the serving benchmark's time.
+    """
     size = SIZES[size_name]
+    if calibrate:
+        size = replace(size, concurrencies=tuple(c for c in size.concurrencies if c <= 4))
     shape = EngineShape(
         max_num_seqs=max(size.concurrencies),
         max_loras=size.adapters,
@@ -227,12 +236,17 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
         publish(registry, d, name, RANK)
     log = workdir / "vllm-bench.log"
     mixes = {"base": [], "one-adapter": names[:1], "mixed-adapters": names}
+    if calibrate:
+        del mixes["mixed-adapters"]
     cases: list[dict[str, Any]] = []
     profiled: dict[str, Any] | None = None
     last = ("mixed-adapters", max(size.concurrencies))
+    lora_modules = dict(zip(names, dirs, strict=True))
     with (
-        start_gateway(shape, f"file://{workdir / 'store'}", workdir) as ours,
-        start_vllm_serve(shape, dict(zip(names, dirs, strict=True)), workdir) as theirs,
+        start_vllm_serve(shape, lora_modules, workdir, label="vllm serve (A)")
+        if calibrate
+        else start_gateway(shape, f"file://{workdir / 'store'}", workdir) as ours,
+        start_vllm_serve(shape, lora_modules, workdir) as theirs,
     ):
         for server in (ours, theirs):
             warm(server, [BASE_MODEL_ID, *names])
@@ -261,7 +275,7 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
                         run["engine_cpu_s"] = round(cpu_after[1] - cpu_before[1], 2)
                         runs[server.label].append(run)
                 measured = {label: combine(r) for label, r in runs.items()}
-                g, v = measured["gateway"], measured["vllm serve"]
+                g, v = measured[ours.label], measured[theirs.label]
                 cases.append(
                     {
                         "mix": mix,
@@ -281,7 +295,8 @@ def run(size_name: str, workdir: Path, profile: bool = False) -> dict[str, Any]:
                 )
         startup = {"gateway_s": ours.started_s, "vllm_serve_s": theirs.started_s}
     return {
-        "benchmark": "serving",
+        "benchmark": "calibration" if calibrate else "serving",
+        "sides": [ours.label, theirs.label],
         "size": size_name,
         "settings": {
             **asdict(size),

@@ -121,8 +121,8 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
     variants = {
         "ours": {},
         "ours_padding_free": {"padding_free": True},
-        # trl's default, which ours turns off: the memory it saves and the time it costs, measured.
-        "ours_gradient_checkpointing": {"gradient_checkpointing": True},
+        # Checkpointing is on by default (as in trl): what turning it off gains in speed and costs in memory.
+        "ours_no_gradient_checkpointing": {"gradient_checkpointing": False},
     }
     for label, extra in variants.items():
         config = {"model": model, "rows": str(workdir / "rows.jsonl"), "hyperparameters": {**hp_fields, **extra}}

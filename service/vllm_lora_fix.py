@@ -18,7 +18,8 @@ import contextlib
 import logging
 from typing import Any
 
-log = logging.getLogger("skillserve.vllm_lora_fix")
+# Under "vllm." so the line shows in every vLLM process (engine core, workers) with vLLM's own log format.
+log = logging.getLogger("vllm.plugins.skillserve_cpu_lora_fix")
 
 _PATCHED = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 _upstream: dict[str, Any] = {}

@@ -52,7 +52,9 @@ def test_serving_compares_each_case_on_equal_work(tiny_run: Any) -> None:
     for case in serving["cases"]:
         for side in ("ours", "vllm"):
             assert set(case[side]) >= SERVING_FIGURES
-            assert case[side]["failed"] == 0 and case[side]["completed"] == case["requests"]
+            repeats = serving["settings"]["repeats"]
+            assert len(case[side]["runs"]) == repeats and case[side]["front_cpu_s"] >= 0
+            assert case[side]["failed"] == 0 and case[side]["completed"] == case["requests"] * repeats
             # ignore_eos honoured on both sides: every request produced exactly the asked-for tokens.
             assert case[side]["output_tokens"] == case[side]["expected_output_tokens"]
         assert set(case["ratio"]) == SERVING_FIGURES and all(v is not None for v in case["ratio"].values())
