@@ -278,11 +278,12 @@ def test_metrics_tell_routers_which_adapters_are_busy(gateway: GatewayServer, no
     headers = {"Authorization": f"Bearer {API_KEY}"}
     pattern = r'^vllm:lora_requests_info\{max_lora="2",running_lora_adapters="(?P<running>[^"]*)",'
     with httpx.stream("POST", f"{gateway.url}/v1/completions", json=body, headers=headers, timeout=120) as r:
-        for line in r.iter_lines():
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: {"):
                 break  # under way
         during = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
-        for _ in r.iter_lines():
+        for _ in lines:  # the rest of the stream
             pass
     after = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
     assert during is not None and noise in during["running"].split(",")
