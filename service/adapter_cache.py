@@ -318,8 +318,12 @@ class AdapterCache:
         return sorted(self._entries)
 
     def in_use(self) -> list[str]:
-        """Adapter names with requests in the engine now."""
-        return sorted({split_model(ref)[0] for ref, entry in self._entries.items() if entry.users > 0})
+        """Adapter names with requests in the engine now.
+
+        Called by /metrics from a worker thread while the event loop may add entries: `list()` snapshots
+        the dict in one step under the GIL, so iteration never sees it change size."""
+        entries = list(self._entries.items())
+        return sorted({split_model(ref)[0] for ref, entry in entries if entry.users > 0})
 
     def tier(self, ref: str, engine_ids: set[int]) -> str:
         """Where this process holds an adapter version: "engine", "disk" or "store"."""
