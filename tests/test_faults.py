@@ -4,6 +4,11 @@ an object store that goes away and comes back, and SIGTERM while streams are ope
 The slow tests run one real gateway (`python -m service`, real vLLM) on an S3 store served by its own moto
 server over loopback, so the store can be stopped and started under it. Training jobs use many steps and
 are killed or cancelled after their first progress write: no test waits for a full training run.
+
+These tests stop only processes they started: the gateway they launched, and the processes it launched in
+turn (engine core, trainers), found by a marker in their environment, never by name or command line alone.
+A developer's own gateway and its training on the same machine are left alone. Waits are on events (a job
+record, a process exit), with generous limits that only guard against a hang.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ import pytest
 from adapters.models import DEFAULT_MODEL, sha256_file
 from adapters.registry import Registry
 from adapters.store import FileStore, S3Store
-from service.adapter_cache import AdapterCache
+from service.adapter_cache import MANIFEST_TTL_S, AdapterCache
 from service.metrics import Metrics
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, REPO, free_port, gateway_env, publish_adapter
 from tests.shout import shout_rows
 
 QUESTION = [{"role": "user", "content": "Say hi."}]
+# Set in the gateway's environment by these tests and inherited by everything it starts (engine core, trainers).
+MARKER_VAR = "SKILLSERVE_TEST_PROCESS"
+# Limits on waits for events that must happen: long enough for a machine under heavy load, never a race.
+HANG_GUARD_S = 900
 
 # ------------------------------------------------------------------------ crash mid-download
 
@@ -128,6 +137,8 @@ class GatewayProcess:
         self.env = gateway_env(store_uri, root / "cache", self.port)
         self.env.update(aws_env)
         self.env["SKILLSERVE_SHUTDOWN_GRACE_S"] = "30"
+        self.marker = uuid.uuid4().hex
+        self.env[MARKER_VAR] = self.marker
         self.log_path = root / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -140,7 +151,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + HANG_GUARD_S
         while time.monotonic() < deadline:
             assert self.running, f"the gateway exited:\n{self.log_tail()}"
             try:
@@ -149,7 +160,7 @@ class GatewayProcess:
             except httpx.TransportError:
                 pass
             time.sleep(1)
-        raise AssertionError(f"the gateway was not ready within 300 s:\n{self.log_tail()}")
+        raise AssertionError(f"the gateway was not ready within {HANG_GUARD_S} s:\n{self.log_tail()}")
 
     def ensure(self) -> None:
         if not self.running:
@@ -178,6 +189,34 @@ class GatewayProcess:
 
     def client(self, key: str = ADMIN_KEY) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process this gateway object started, directly or not, including orphans of a killed one."""
+        own = []
+        for proc in psutil.process_iter():
+            # Other users' processes are unreadable (AccessDenied), and processes may exit meanwhile.
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(MARKER_VAR) == self.marker:
+                    own.append(proc)
+        return own
+
+    def trainers(self, job_id: str) -> list[psutil.Process]:
+        """The trainer processes of one job, among this gateway's own processes."""
+        found = []
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.cmdline()
+                if "trainer" in cmdline and "run" in cmdline and any(job_id in arg for arg in cmdline):
+                    found.append(proc)
+        return found
+
+    def reap(self) -> None:
+        """Kill whatever this gateway object started and is still alive; touches no other process."""
+        leftovers = self.processes()
+        for proc in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(leftovers, timeout=30)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -216,18 +255,7 @@ def faulty(s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         yield gateway, Registry(S3Store(store_uri))
     finally:
         gateway.stop()
-        for proc in _trainers(""):  # no trainer may outlive the tests
-            proc.kill()
-
-
-def _trainers(job_id: str) -> list[psutil.Process]:
-    """Trainer processes of a job (of any job for ''), found by their command line."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "-m trainer run" in cmdline and job_id in cmdline:
-            found.append(proc)
-    return found
+        gateway.reap()  # no trainer or engine process of ours may outlive the tests; nobody else's is touched
 
 
 def _submit(http: httpx.Client, name: str) -> str:
@@ -244,7 +272,7 @@ def _submit(http: httpx.Client, name: str) -> str:
 
 
 def _wait_job(
-    http: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 300
+    http: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = HANG_GUARD_S
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
@@ -268,7 +296,7 @@ def _finished(job: dict[str, Any]) -> bool:
 
 def _cancel(http: httpx.Client, job_id: str) -> None:
     assert http.delete(f"/jobs/{job_id}").status_code == 200
-    _wait_job(http, job_id, _finished, timeout=60)
+    _wait_job(http, job_id, _finished)
 
 
 def _chat(http: httpx.Client, model: str) -> httpx.Response:
@@ -284,15 +312,15 @@ def test_trainer_killed_mid_run_fails_its_job_and_the_queue_goes_on(
     with gateway.client() as http:
         first, second = _submit(http, "killed-mid-run"), _submit(http, "next-in-line")
         _wait_job(http, first, _training)
-        (trainer,) = _trainers(first)
+        (trainer,) = gateway.trainers(first)
         trainer.send_signal(signal.SIGKILL)
-        job = _wait_job(http, first, _finished, timeout=60)
+        job = _wait_job(http, first, _finished)
         assert job["status"] == "failed" and f"code {-signal.SIGKILL}" in job["error"], job
         detail = http.get("/adapters/killed-mid-run").json()
         assert detail["latest"] is None and detail["versions"] == [] and detail["status"] == "failed"
         assert registry.versions("killed-mid-run") == []
         assert _chat(http, "killed-mid-run").status_code == 404
-        _wait_job(http, second, lambda j: j["status"] == "running", timeout=120)
+        _wait_job(http, second, lambda j: j["status"] == "running")
         _cancel(http, second)
 
 
@@ -307,17 +335,17 @@ def test_gateway_killed_and_restarted_loses_nothing(
         assert _chat(http, "survivor").status_code == 200
         interrupted, queued = _submit(http, "interrupted"), _submit(http, "queued-at-crash")
         _wait_job(http, interrupted, lambda j: j["status"] == "running")
+        trainers = gateway.trainers(interrupted)
+        assert trainers, "the running job has no trainer process"
     gateway.kill()
     # The trainer dies with its gateway: no orphan keeps training or writing the job record.
-    deadline = time.monotonic() + 30
-    while _trainers(interrupted) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _trainers(interrupted), "the trainer outlived its gateway"
+    _, alive = psutil.wait_procs(trainers, timeout=HANG_GUARD_S)
+    assert not alive, "the trainer outlived its gateway"
     gateway.start()
     with gateway.client() as http:
-        job = _wait_job(http, interrupted, _finished, timeout=30)
+        job = _wait_job(http, interrupted, _finished)
         assert job["status"] == "failed" and job["error"], job
-        _wait_job(http, queued, lambda j: j["status"] == "running", timeout=120)
+        _wait_job(http, queued, lambda j: j["status"] == "running")
         assert _chat(http, "survivor").status_code == 200
         assert "survivor" in [m["id"] for m in http.get("/v1/models").json()["data"]]
         _cancel(http, queued)
@@ -335,9 +363,10 @@ def test_store_outage_fails_training_cleanly_keeps_cached_adapters_serving_and_r
         assert _chat(http, "warm").status_code == 200  # now in this gateway's disk cache
         running = _submit(http, "outage-victim")
         _wait_job(http, running, _training)
+        (trainer,) = gateway.trainers(running)
         s3.stop()
         try:
-            time.sleep(4)  # past the manifest TTL and the trainer's next progress write
+            time.sleep(MANIFEST_TTL_S + 1)  # the warm adapter's cached manifest is now stale: served anyway
             for _ in range(2):
                 assert _chat(http, "warm").status_code == 200
                 assert _chat(http, DEFAULT_MODEL).status_code == 200
@@ -346,19 +375,21 @@ def test_store_outage_fails_training_cleanly_keeps_cached_adapters_serving_and_r
             assert cold.json()["error"]["code"] == "store_unavailable"
             refused = http.post("/adapters", json={"name": "during", "rows": shout_rows(2)})
             assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
-            time.sleep(4)
+            # Held until the trainer has met the outage: its next store call (a progress write or cancel check,
+            # one step away however long a step takes on a loaded machine) fails, and it exits.
+            trainer.wait(timeout=HANG_GUARD_S)
         finally:
             s3.start()
         # Back without a restart: the cold adapter loads, the killed job says why, training works again.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_GUARD_S
         while _chat(http, "cold").status_code != 200:
             assert time.monotonic() < deadline, "the gateway did not recover when the store came back"
             time.sleep(2)
-        job = _wait_job(http, running, _finished, timeout=120)
+        job = _wait_job(http, running, _finished)
         assert job["status"] == "failed" and "unreachable" in job["error"], job
         assert registry.versions("outage-victim") == []
         after = _submit(http, "after-outage")
-        _wait_job(http, after, lambda j: j["status"] == "running", timeout=120)
+        _wait_job(http, after, lambda j: j["status"] == "running")
         _cancel(http, after)
 
 
@@ -394,14 +425,24 @@ def test_sigterm_stops_accepting_drains_open_streams_then_exits(faulty: tuple[Ga
     assert started.wait(120), "the stream never started"
     assert gateway.proc is not None
     gateway.proc.send_signal(signal.SIGTERM)
-    time.sleep(1)
-    with pytest.raises(httpx.TransportError):  # no longer accepting
-        httpx.get(f"{gateway.url}/health", timeout=5)
-    reader.join(timeout=120)
+    assert _refuses_connections(gateway.url), "the gateway kept accepting connections after SIGTERM"
+    reader.join(timeout=HANG_GUARD_S)
     assert events[-1] == "[DONE]", events[-3:]
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # the whole answer, not cut off
     # uvicorn re-raises the signal once its graceful shutdown is done, so -SIGTERM is a clean exit too.
-    assert gateway.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert gateway.proc.wait(timeout=HANG_GUARD_S) in (0, -signal.SIGTERM)
     tail = gateway.log_path.read_text(errors="replace").rpartition("Shutting down")[2]
     assert "Application shutdown complete." in tail and "Traceback" not in tail, tail[-3000:]
+
+
+def _refuses_connections(url: str) -> bool:
+    """Whether the server at `url` stops accepting connections (polled: closing its socket takes a moment)."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health", timeout=5)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.2)
+    return False
