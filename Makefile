@@ -28,8 +28,10 @@ model: install
 run: model
 	$(PY) -m service
 
+# Fast tests run first (tests/conftest.py orders them); the slowest are listed at the end, so a slow run shows
+# where its time went.
 test: model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check adapters trainer service tests bench

@@ -59,3 +59,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
         return FileStore(tmp_path / "store")
     return S3Store(request.getfixturevalue("s3_store_uri"))
 from tests.gateway_fixtures import gateway, peft_adapter_dir  # noqa: E402,F401  (gateway fixtures)
+
+# ---------------------------------------------------------------------------------------------
+# Order: fast tests first, so a run shows progress (and fails) in its first minutes
+# ---------------------------------------------------------------------------------------------
+
+# The benchmark smoke test alone takes about a quarter of the suite; it goes last of all.
+LAST_MODULES = ("test_bench_smoke.py",)
+
+
+def _cost(item: pytest.Item) -> int:
+    """0: fast; 1: starts the engine or trains (marked slow, or uses the session gateway); 2: goes last."""
+    if item.path.name in LAST_MODULES:
+        return 2
+    if item.get_closest_marker("slow") is not None or "gateway" in getattr(item, "fixturenames", ()):
+        return 1
+    return 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A stable sort: within each group the files and tests keep their order, so module fixtures stay together.
+    items.sort(key=_cost)
