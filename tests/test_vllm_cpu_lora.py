@@ -1,118 +1,202 @@
-"""The fix for vLLM's CPU LoRA ops (service/vllm_lora_fix.py), checked against a row-by-row oracle.
+"""The grouped CPU LoRA ops (service/vllm_cpu_lora.py), each checked against a row-by-row oracle.
 
-The oracle is the LoRA definition itself: a row with adapter slot i gets x @ W[i]^T, a row with index -1
-(no adapter) gets nothing. The end-to-end check, base and adapter requests batched in the real engine, is
-`test_base_rows_in_a_mixed_batch_keep_the_base_weights` in tests/test_openai_sdk.py.
+The oracle is the LoRA definition itself: a row with adapter slot i gets x @ W[i]^T, computed in the
+output's dtype as vLLM's ops do; a row with index -1 (no adapter) gets nothing. Every op is checked in fp32
+and bf16 on batches of base rows only, one adapter, several interleaved, every slot used, and prefill
+segments of uneven length. The end-to-end check, base and adapter requests batched in the real engine, is
+`test_base_rows_in_a_mixed_batch_keep_the_base_weights` in tests/test_openai_sdk.py; greedy parity with
+transformers + peft is tests/test_parity.py.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 import torch
 
-from service import vllm_lora_fix
+from service import vllm_cpu_lora
 
-SLOTS, RANK, HIDDEN, OUT = 3, 4, 16, 24
+SLOTS, RANK, HIDDEN, OUT = 4, 8, 32, 24
+
+# (name, lora index of each prefill segment, segment lengths): rows of one request are contiguous.
+SEGMENTS = {
+    "base rows only": ([-1], [7]),
+    "one adapter": ([2], [9]),
+    "one adapter after base rows": ([-1, 1], [3, 6]),
+    "several interleaved": ([0, -1, 3, 0, 1, -1, 3], [2, 1, 5, 3, 1, 4, 2]),
+    "every slot used": ([3, 2, 1, 0], [1, 4, 2, 6]),
+    "uneven segments, slots repeated": ([1, 0, 1, 2, 1], [13, 1, 2, 7, 1]),
+    "decode: one row per request": ([0, 1, 2, 3, 0, 1, 2, 3, -1], [1] * 9),
+}
+CASES = list(SEGMENTS)
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-def oracle(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Row by row: x_r @ W[idx_r]^T, or zeros where idx_r is -1."""
+def tol(dtype: torch.dtype) -> dict[str, float]:
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+
+
+def token_indices(case: str) -> torch.Tensor:
+    slots, lens = SEGMENTS[case]
+    return torch.repeat_interleave(torch.tensor(slots), torch.tensor(lens))
+
+
+def segments(case: str) -> tuple[Any, ...]:
+    """vLLM's prefill metadata: (seq starts, seq lengths, lora index per segment, batches, max len, tokens)."""
+    slots, lens = SEGMENTS[case]
+    starts = [sum(lens[:i]) for i in range(len(lens))]
+    return torch.tensor(starts), torch.tensor(lens), torch.tensor(slots), len(lens), max(lens), sum(lens)
+
+
+def oracle(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Row by row: x_r @ W[idx_r]^T in `dtype`, or None where idx_r is -1 (the row gets nothing)."""
     rows = []
     for r, idx in enumerate(indices.tolist()):
-        rows.append(torch.zeros(weights.shape[2]) if idx < 0 else weights[idx, 0] @ x[r])
+        if idx < 0:
+            rows.append(torch.full((weights.shape[2],), float("nan"), dtype=dtype))
+        else:
+            rows.append(weights[idx, 0].to(dtype) @ x[r].to(dtype))
     return torch.stack(rows)
 
 
-@pytest.fixture
-def data() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "x": torch.randn(6, HIDDEN, generator=gen),
-        "a": torch.randn(SLOTS, 1, RANK, HIDDEN, generator=gen),
-        "h": torch.randn(6, RANK, generator=gen),
-        "b": torch.randn(SLOTS, 1, OUT, RANK, generator=gen),
-    }
+def weights(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-INDICES = [
-    [0, 1, 2, 0, 1, 2],  # every row has an adapter
-    [-1, 2, -1, 2, 0, -1],  # base rows mixed in: -1 must not mean "the last slot"
-    [-1] * 6,  # no adapter at all
-]
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["bgmv", "sgmv"])
+def test_shrink_matches_the_oracle(kind: str, case: str, dtype: torch.dtype) -> None:
+    idx = token_indices(case)
+    n = idx.numel()
+    x = weights((n, HIDDEN), dtype, 1)  # the layer's input, in the model's dtype
+    a = weights((SLOTS, 1, RANK, HIDDEN), dtype, 2)
+    out = torch.full((n, RANK), 7.0)  # vLLM's shrink buffer is fp32; every row is overwritten
+    if kind == "bgmv":
+        vllm_cpu_lora.bgmv_shrink(x, a, out, idx, 0.5)
+    else:
+        vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 0.5)
+    expected = 0.5 * oracle(x, a, idx, torch.float32)
+    torch.testing.assert_close(out, expected.nan_to_num(0.0), **tol(torch.float32))
 
 
-@pytest.mark.parametrize("indices", INDICES)
-def test_shrink_matches_the_oracle(data: dict[str, torch.Tensor], indices: list[int]) -> None:
-    idx = torch.tensor(indices)
-    out = torch.full((6, RANK), 7.0)
-    vllm_lora_fix.bgmv_shrink(data["x"], data["a"], out, idx, 0.5)
-    torch.testing.assert_close(out, 0.5 * oracle(data["x"], data["a"], idx))
-
-
-@pytest.mark.parametrize("indices", INDICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["bgmv", "sgmv"])
 @pytest.mark.parametrize("add_inputs", [True, False])
-def test_expand_matches_the_oracle(data: dict[str, torch.Tensor], indices: list[int], add_inputs: bool) -> None:
-    idx = torch.tensor(indices)
-    start = torch.randn(6, OUT, generator=torch.Generator().manual_seed(1))
+def test_expand_matches_the_oracle(kind: str, case: str, dtype: torch.dtype, add_inputs: bool) -> None:
+    idx = token_indices(case)
+    n = idx.numel()
+    h = weights((n, RANK), torch.float32, 3)  # the fp32 shrink buffer
+    b = weights((SLOTS, 1, OUT, RANK), dtype, 4)
+    start = weights((n, OUT), dtype, 5)
     out = start.clone()
-    vllm_lora_fix.bgmv_expand(data["h"], data["b"], out, idx, add_inputs)
-    delta = oracle(data["h"], data["b"], idx)
-    torch.testing.assert_close(out, start + delta if add_inputs else delta)
+    if kind == "bgmv":
+        vllm_cpu_lora.bgmv_expand(h, b, out, idx, add_inputs)
+    else:
+        vllm_cpu_lora.sgmv_expand(h, b, out, *segments(case), add_inputs)
+    delta = oracle(h, b, idx, dtype)
+    base = delta.isnan()
+    expected = (start + delta if add_inputs else delta).where(~base, start if add_inputs else 0)
+    torch.testing.assert_close(out, expected, **tol(dtype))
 
 
-@pytest.mark.parametrize("indices", INDICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["bgmv", "sgmv"])
 @pytest.mark.parametrize("add_inputs", [True, False])
-def test_expand_slice_touches_only_its_slice(
-    data: dict[str, torch.Tensor], indices: list[int], add_inputs: bool
-) -> None:
-    idx = torch.tensor(indices)
-    start = torch.randn(6, OUT + 8, generator=torch.Generator().manual_seed(2))
+def test_expand_slice_touches_only_its_slice(kind: str, case: str, dtype: torch.dtype, add_inputs: bool) -> None:
+    idx = token_indices(case)
+    n = idx.numel()
+    h = weights((n, RANK), torch.float32, 6)
+    b = weights((SLOTS, 1, OUT, RANK), dtype, 7)
+    start = weights((n, OUT + 8), dtype, 8)
     out = start.clone()
-    vllm_lora_fix.bgmv_expand_slice(data["h"], data["b"], out, idx, 4, OUT, add_inputs)
+    if kind == "bgmv":
+        vllm_cpu_lora.bgmv_expand_slice(h, b, out, idx, 4, OUT, add_inputs)
+    else:
+        vllm_cpu_lora.sgmv_expand_slice(h, b, out, *segments(case), 4, OUT, add_inputs)
+    delta = oracle(h, b, idx, dtype)
+    base = delta.isnan()
+    part = start[:, 4 : 4 + OUT]
     expected = start.clone()
-    delta = oracle(data["h"], data["b"], idx)
-    expected[:, 4 : 4 + OUT] = start[:, 4 : 4 + OUT] + delta if add_inputs else delta
-    torch.testing.assert_close(out, expected)
+    expected[:, 4 : 4 + OUT] = (part + delta if add_inputs else delta).where(~base, part if add_inputs else 0)
+    torch.testing.assert_close(out, expected, **tol(dtype))
 
 
-def test_rows_with_adapters_are_computed_bit_for_bit_as_upstream(data: dict[str, torch.Tensor]) -> None:
-    """Where every row has an adapter, the replacement is the upstream computation, to the last bit."""
-    upstream = vllm_lora_fix.upstream_ops()
-    idx = torch.tensor(INDICES[0])
-    ours, theirs = torch.zeros(6, RANK), torch.zeros(6, RANK)
-    vllm_lora_fix.bgmv_shrink(data["x"], data["a"], ours, idx, 0.5)
-    upstream["bgmv_shrink"](data["x"], data["a"], theirs, idx, 0.5)
-    assert torch.equal(ours, theirs)
-    ours, theirs = torch.ones(6, OUT), torch.ones(6, OUT)
-    vllm_lora_fix.bgmv_expand(data["h"], data["b"], ours, idx, True)
-    upstream["bgmv_expand"](data["h"], data["b"], theirs, idx, True)
-    assert torch.equal(ours, theirs)
+def test_expand_keeps_vllms_rules_for_width_and_a_single_row() -> None:
+    """Adapter wider than the output: the common width. One input row, many output rows: broadcast."""
+    h = weights((1, RANK), torch.float32, 9)
+    b = weights((SLOTS, 1, OUT + 4, RANK), torch.float32, 10)
+    out = torch.ones(3, OUT)
+    vllm_cpu_lora.bgmv_expand(h, b, out, torch.tensor([1]), True)
+    torch.testing.assert_close(out, 1 + (b[1, 0, :OUT] @ h[0]).expand(3, OUT))
 
 
-def test_upstream_ops_give_base_rows_the_last_slot() -> None:
-    """Why the fix exists; when this fails, vLLM has fixed its ops and `register()` leaves them alone."""
-    assert vllm_lora_fix.base_rows_get_an_adapter(vllm_lora_fix.upstream_ops()["bgmv_shrink"])
+@pytest.mark.parametrize("case", ["one adapter", "every slot used", "uneven segments, slots repeated"])
+def test_the_ops_agree_with_vllms_on_rows_that_have_an_adapter(case: str) -> None:
+    """Where no row is a base row, vLLM's ops are right (only slower): ours give the same numbers."""
+    upstream = vllm_cpu_lora.upstream_ops()
+    slots, lens = SEGMENTS[case]
+    idx = token_indices(case)
+    n = idx.numel()
+    x, a = weights((n, HIDDEN), torch.float32, 11), weights((SLOTS, 1, RANK, HIDDEN), torch.float32, 12)
+    h, b = weights((n, RANK), torch.float32, 13), weights((SLOTS, 1, OUT, RANK), torch.float32, 14)
+    assert -1 not in slots  # vLLM's ops give base rows the last slot
+    for name, args, shape in [
+        ("sgmv_shrink", (x, a, None, *segments(case), 0.5), (n, RANK)),
+        ("sgmv_expand_slice", (h, b, None, *segments(case), 4, OUT, True), (n, OUT + 4)),
+        ("bgmv_expand", (h, b, None, idx, True), (n, OUT)),
+    ]:
+        ours, theirs = torch.ones(shape), torch.ones(shape)
+        getattr(vllm_cpu_lora, name)(*(ours if a_ is None else a_ for a_ in args))
+        upstream[name](*(theirs if a_ is None else a_ for a_ in args))
+        torch.testing.assert_close(ours, theirs)
 
 
-def test_register_replaces_the_ops_where_vllm_applies_the_last_slot_to_base_rows() -> None:
+def test_vllms_ops_give_base_rows_the_last_slot() -> None:
+    """One reason the ops are replaced; ours leave base rows alone."""
+    assert vllm_cpu_lora.base_rows_get_an_adapter(vllm_cpu_lora.upstream_ops()["bgmv_shrink"])
+    assert not vllm_cpu_lora.base_rows_get_an_adapter(vllm_cpu_lora.bgmv_shrink)
+
+
+def test_the_self_check_finds_an_op_that_disagrees() -> None:
+    upstream = vllm_cpu_lora.upstream_ops()
+    assert vllm_cpu_lora.disagreement(upstream) is None
+    wrong = dict(upstream, sgmv_expand=lambda *args: None)
+    assert vllm_cpu_lora.disagreement(wrong) == "sgmv_expand"
+
+
+def test_register_installs_the_ops_where_vllm_would_run_its_own() -> None:
     ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
     punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
-    vllm_lora_fix.register()
-    assert not vllm_lora_fix.base_rows_get_an_adapter(ops.bgmv_shrink)
-    assert punica_cpu.bgmv_shrink is vllm_lora_fix.bgmv_shrink
-    # The prefill ops that punica_cpu calls delegate to the module's bgmv ops, so they are fixed too.
-    out = torch.full((2, 1), 5.0)
-    punica_cpu.sgmv_shrink(
-        torch.ones(2, 2), torch.ones(2, 1, 1, 2), out, None, torch.tensor([1, 1]), torch.tensor([-1, 0]),
-        2, 1, 2, 1.0,
-    )
-    assert out.tolist() == [[0.0], [2.0]]
-    vllm_lora_fix.register()  # vLLM loads plugins once per process, but twice must be harmless
-    assert punica_cpu.bgmv_shrink is vllm_lora_fix.bgmv_shrink
+    vllm_cpu_lora.register()
+    for name, op in vllm_cpu_lora.OPS.items():
+        assert getattr(punica_cpu, name) is op  # what PunicaWrapperCPU calls
+        assert getattr(ops, name) is op
+    vllm_cpu_lora.register()  # vLLM loads plugins once per process, but twice must be harmless
+    assert punica_cpu.sgmv_shrink is vllm_cpu_lora.sgmv_shrink
+    assert vllm_cpu_lora.upstream_ops()["sgmv_shrink"] is not vllm_cpu_lora.sgmv_shrink
 
 
-def test_the_fix_is_registered_as_a_vllm_general_plugin() -> None:
+def test_register_leaves_vllms_ops_on_another_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.platforms import current_platform
+
+    ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+    assert vllm_cpu_lora.why_not(ops) is None or getattr(ops, "_skillserve_grouped", False)
+    monkeypatch.setattr(type(current_platform), "get_punica_wrapper", classmethod(lambda cls: "a GPU wrapper"))
+    assert "does not run the PyTorch LoRA ops" in (vllm_cpu_lora.why_not(ops) or "")
+
+
+def test_register_leaves_vllms_ops_when_their_signature_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+    monkeypatch.setattr(ops, "sgmv_expand", lambda inputs, weights, out, indices: None)
+    assert vllm_cpu_lora.why_not(ops) == "vLLM's sgmv_expand has changed its signature"
+
+
+def test_the_plugins_are_registered_with_vllm() -> None:
     plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("skillserve-cpu-lora-fix") == "service.vllm_lora_fix:register"
+    assert plugins.get("skillserve-cpu-lora") == "service.vllm_cpu_lora:register"
+    assert plugins.get("skillserve-engine-lifetime") == "service.vllm_engine_lifetime:register"
