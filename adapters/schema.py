@@ -110,7 +110,18 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class Phase(StrEnum):
+    """What a running trainer is doing, in the order it does it."""
+
+    validating = "validating"  # reading and checking the stored dataset
+    loading_model = "loading_model"  # tokenizing, loading the base model, building the trainer
+    training = "training"  # optimizer steps; step/total_steps count them
+    evaluating = "evaluating"  # held-out loss and greedy answers, adapter beside base
+    publishing = "publishing"  # uploading the adapter files, then its manifest
+
+
 class Progress(BaseModel):
+    phase: Phase | None = Field(None, description="what the trainer is doing; null until it starts")
     step: int = 0
     total_steps: int = 0
     epoch: float = 0.0
@@ -132,6 +143,11 @@ class JobRecord(BaseModel):
     finished_at: float | None = None
     progress: Progress = Field(default_factory=Progress)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the trainer used, written when training starts: every hyperparameter with its default "
+        "filled in, and the values it chose itself (total_steps, warmup_steps, lora_target_modules, ...)",
+    )
     error: str | None = None
     runner: str = "local"
     runner_ref: str | None = Field(None, description="the runner's handle: a pid or a Kubernetes Job name")
@@ -163,6 +179,9 @@ class Manifest(BaseModel):
     dataset_sha256: str | None = None
     dataset_rows: int | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="what training used, as in the job record (empty for imported adapters)"
+    )
     files: dict[str, FileEntry]
     created_at: float = Field(default_factory=time.time)
     job_id: str | None = None

@@ -51,12 +51,51 @@ def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
+FINISHED = ("succeeded", "failed", "cancelled")
+# No rate in the bar: a step's length is the server's to judge (its ETA), and a bar that starts late on a running
+# or finished job would divide many steps by no time at all.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    """What a job is doing, in a few words: its phase (or status), losses as they come, the server's ETA."""
+    progress = job.get("progress") or {}
+    status = job.get("status", "")
+    words = [str(progress.get("phase") or status).replace("_", " ") if status == "running" else status]
+    for key, label in (("loss", "loss"), ("eval_loss", "eval loss")):
+        if isinstance(progress.get(key), int | float):
+            words.append(f"{label} {progress[key]:.4f}")
+    eta = progress.get("eta_seconds")
+    if status == "running" and progress.get("phase") == "training" and isinstance(eta, int | float):
+        words.append(f"ETA {_duration(eta)}")
+    return ", ".join(words)
+
+
+def _summary(job: dict[str, Any]) -> str:
+    """One line for a job that has finished: steps, time and rate as the trainer measured them."""
+    progress, metrics = job.get("progress") or {}, job.get("metrics") or {}
+    line = f"{str(job.get('id', ''))[:8]}: {progress_text(job)}"
+    if progress.get("total_steps"):
+        line += f"; {progress.get('step')}/{progress['total_steps']} steps"
+    if isinstance(metrics.get("train_seconds"), int | float):
+        line += f" in {_duration(metrics['train_seconds'])}"
+        if isinstance(metrics.get("tokens_per_second"), int | float):
+            line += f" ({metrics['tokens_per_second']:.0f} tokens/s)"
+    return line
+
+
 def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    """Show a job's progress live (a bar over its steps) until it finishes; returns its last state."""
+    """Show a job live until it finishes (phase, a bar over its steps, losses, the server's ETA); returns its last
+    state. A job that has already finished gets one summary line instead of a bar."""
     from tqdm import tqdm
 
     job: dict[str, Any] = {}
-    bar = tqdm(total=0, unit="step", desc=job_id[:8], dynamic_ncols=True)
+    bar: Any = None
     try:
         with client.stream("GET", f"/jobs/{job_id}/events") as stream:
             if not stream.is_success:
@@ -66,18 +105,20 @@ def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
                 if not line.startswith("data: "):
                     continue
                 job = json.loads(line[len("data: ") :])
+                if bar is None and job.get("status") in FINISHED:
+                    break
+                if bar is None:
+                    bar = tqdm(total=0, desc=job_id[:8], bar_format=BAR_FORMAT, dynamic_ncols=True)
                 progress = job.get("progress") or {}
                 if progress.get("total_steps") and bar.total != progress["total_steps"]:
                     bar.total = progress["total_steps"]
                 bar.n = progress.get("step") or 0
-                loss = progress.get("loss")
-                bar.set_postfix_str(
-                    f"{job['status']}" + (f" loss={loss:.4f}" if isinstance(loss, int | float) else ""),
-                    refresh=False,
-                )
+                bar.set_postfix_str(progress_text(job), refresh=False)
                 bar.refresh()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    print(_summary(job), file=sys.stderr)
     return job
 
 

@@ -302,6 +302,10 @@ class JobView(BaseModel):
     finished_at: float | None
     progress: dict[str, Any]
     metrics: dict[str, Any]
+    hyperparameters: dict[str, Any] = Field(
+        description="every hyperparameter of the job, defaults filled in; once training starts also the values "
+        "the trainer chose itself (total_steps, warmup_steps, lora_target_modules, optimizer, ...)"
+    )
     error: str | None
     runner: str
 
@@ -316,8 +320,9 @@ class JobView(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            progress=job.progress.model_dump(),
+            progress=job.progress.model_dump(mode="json"),
             metrics=job.metrics,
+            hyperparameters={**job.spec.hyperparameters.model_dump(mode="json"), **job.hyperparameters},
             error=job.error,
             runner=job.runner,
         )

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from adapters.models import DEFAULT_MODEL
+from service.cli import main
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
 from tests.shout import SHOUT_TRAINING, WORDS, held_out_prompt, shout_rows
 
@@ -42,14 +43,18 @@ def whisper_rows(n: int = 80, seed: int = 1) -> list[dict[str, str]]:
 
 
 def follow(gateway: GatewayServer, job_id: str) -> dict:  # type: ignore[type-arg]
-    """Follow a job over SSE until it finishes; returns its last state."""
+    """Follow a job over SSE until it finishes; returns its last state, with the phases seen under "seen_phases"."""
     last: dict = {}  # type: ignore[type-arg]
+    phases: list[str] = []
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.stream("GET", f"{gateway.url}/jobs/{job_id}/events", headers=headers, timeout=900) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: "):
                 last = json.loads(line[len("data: ") :])
-    return last
+                phase = last["progress"]["phase"]
+                if phase and phase not in phases[-1:]:
+                    phases.append(phase)
+    return {**last, "seen_phases": phases}
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +128,31 @@ def test_two_adapters_with_different_templates_each_answer_in_their_own_skill(
     shouted, whispered = asyncio.run(ask())
     assert re.search(r"LAMP|RIVER|COIN", shouted), shouted
     assert "..." in whispered and re.search(r"lamp|river|coin", whispered), whispered
+
+
+def test_a_job_shows_its_phases_eval_loss_and_every_hyperparameter_it_used(
+    gateway: GatewayServer,
+    trained: dict[str, dict],  # type: ignore[type-arg]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = trained["shout"]
+    assert job["status"] == "succeeded", job.get("error")
+    # Followed from submission: the record is read twice a second, and training and evaluation last far longer.
+    order = ["validating", "loading_model", "training", "evaluating", "publishing"]
+    seen = job["seen_phases"]
+    assert seen == sorted(seen, key=order.index) and {"training", "evaluating"} <= set(seen), seen
+    assert job["progress"]["eval_loss"] == pytest.approx(job["metrics"]["eval_loss"], abs=1e-6)  # as it came
+    used = job["hyperparameters"]
+    assert {k: used[k] for k in SHOUT_TRAINING} == SHOUT_TRAINING
+    # Chosen by the trainer: the step count, the warmup, the modules "all-linear" stands for, the optimizer.
+    assert used["total_steps"] == job["progress"]["total_steps"] == SHOUT_TRAINING["max_steps"]
+    assert used["warmup_steps"] == 0 and used["optimizer"] and used["target_modules"] == "all-linear"
+    assert {"q_proj", "v_proj", "down_proj"} <= set(used["lora_target_modules"])
+    with gateway.client(API_KEY) as http:
+        manifest = http.get("/adapters/shout").json()["manifest"]
+        assert manifest["hyperparameters"] == used == http.get(f"/jobs/{job['id']}").json()["hyperparameters"]
+    # Following a finished job: one summary line, no progress bar and no made-up rate.
+    assert main(["--url", gateway.url, "--key", API_KEY, "follow", job["id"]]) == 0
+    err = capsys.readouterr().err
+    assert f"succeeded, loss {job['progress']['loss']:.4f}" in err and "40/40 steps in" in err, err
+    assert "/s]" not in err and "step/s" not in err, err

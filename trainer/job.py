@@ -15,7 +15,7 @@ from adapters.dataset import parse_dataset
 from adapters.errors import InvalidName, SkillserveError
 from adapters.models import resolve_model
 from adapters.registry import Registry, new_manifest
-from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Progress, check_job_id
+from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Phase, Progress, check_job_id
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
 from trainer.evaluate import check_min_score
@@ -48,11 +48,13 @@ def build_manifest(
     return new_manifest(
         name, template, lora, base_model=base_model_id, base_dir=base_dir, version=version,
         dataset_sha256=dataset_sha256, dataset_rows=dataset_rows, metrics=result.metrics, job_id=job_id,
+        hyperparameters=result.hyperparameters,
     )
 
 
 class JobReporter:
-    """Writes progress into the job record at most once a second, and notices a cancel made elsewhere."""
+    """Writes progress into the job record at most once a second (at once for a new phase, eval loss or the last
+    step, which followers wait for), and notices a cancel made elsewhere."""
 
     def __init__(self, registry: Registry, record: JobRecord):
         self.registry, self.record = registry, record
@@ -64,9 +66,18 @@ class JobReporter:
         self._last_write = time.monotonic()
 
     def report(self, progress: Progress) -> None:
-        self.record.progress = progress
-        if time.monotonic() - self._last_write >= REPORT_EVERY_S or progress.step >= progress.total_steps:
+        previous, self.record.progress = self.record.progress, progress
+        news = (progress.phase, progress.eval_loss) != (previous.phase, previous.eval_loss)
+        due = time.monotonic() - self._last_write >= REPORT_EVERY_S
+        if news or due or (progress.total_steps and progress.step >= progress.total_steps):
             self.save()
+
+    def phase(self, phase: Phase) -> None:
+        self.report(self.record.progress.model_copy(update={"phase": phase, "eta_seconds": None}))
+
+    def plan(self, hyperparameters: dict[str, Any]) -> None:
+        self.record.hyperparameters = hyperparameters
+        self.save()
 
     def cancelled(self) -> bool:
         if time.monotonic() - self._last_check < CANCEL_CHECK_EVERY_S:
@@ -89,6 +100,7 @@ def run_job(job_uri: str) -> int:
         return 0
     spec = record.spec
     record.status, record.started_at, record.error = JobStatus.running, time.time(), None
+    record.progress = Progress(phase=Phase.validating)
     reporter = JobReporter(registry, record)
     reporter.save()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -99,13 +111,14 @@ def run_job(job_uri: str) -> int:
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
             result = train_lora(
                 base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",
-                report=reporter.report, should_stop=reporter.cancelled, progress_bar=False,
+                report=reporter.report, should_stop=reporter.cancelled, progress_bar=False, on_plan=reporter.plan,
             )
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")
             hp = spec.hyperparameters
             record.metrics = dict(result.metrics)  # kept when the guard below fails the job: the figures say why
             check_min_score(result.metrics, hp.min_score)
+            reporter.phase(Phase.publishing)
             manifest = build_manifest(
                 result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,
                 base_dir=base_dir, rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout,

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters.masking import encode
-from adapters.schema import Hyperparameters, Progress
+from adapters.schema import Hyperparameters, Phase, Progress
 from adapters.templates import ChatTemplate
 from trainer.evaluate import evaluate_generations
 
 ProgressFn = Callable[[Progress], None]
+PlanFn = Callable[[dict[str, Any]], None]
 Messages = list[dict[str, str]]
 
 
@@ -32,6 +33,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     target_modules: list[str] = field(default_factory=list)
     eval_rows: list[Messages] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def split_rows(rows: list[Messages], eval_fraction: float, seed: int) -> tuple[list[Messages], list[Messages]]:
@@ -55,15 +57,25 @@ def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], ma
     return {"input_ids": ids, "assistant_masks": masks}
 
 
-def _progress_callback(report: ProgressFn, should_stop: Callable[[], bool], tokens_per_epoch: int) -> Any:
+def _progress_callback(
+    report: ProgressFn, should_stop: Callable[[], bool], tokens_per_epoch: int, plan: Callable[[Any, Any], None]
+) -> Any:
     from transformers import TrainerCallback
 
     class ReportProgress(TrainerCallback):
-        """Forwards step, loss, eval loss and ETA; stops training when the job was cancelled."""
+        """Forwards phase, step, loss, eval loss and ETA; stops training when the job was cancelled."""
 
         def __init__(self) -> None:
             self.started = time.monotonic()
-            self.progress = Progress()
+            self.progress = Progress(phase=Phase.loading_model)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # Only now are the step count and the warmup known; the ETA counts from the first step's start.
+            plan(args, state)
+            self.started = time.monotonic()
+            p = self.progress
+            p.phase, p.total_steps = Phase.training, state.max_steps
+            report(p.model_copy())
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if should_stop():
@@ -75,13 +87,15 @@ def _progress_callback(report: ProgressFn, should_stop: Callable[[], bool], toke
             elapsed = time.monotonic() - self.started
             p = self.progress
             p.step, p.total_steps, p.epoch = state.global_step, state.max_steps, float(state.epoch or 0)
+            if state.global_step >= state.max_steps:
+                p.phase, p.eta_seconds = Phase.evaluating, None  # the final evaluation's loss arrives here
             if "loss" in logs:
                 p.loss = float(logs["loss"])
             if "eval_loss" in logs:
                 p.eval_loss = float(logs["eval_loss"])
             if "learning_rate" in logs:
                 p.learning_rate = float(logs["learning_rate"])
-            if p.step:
+            if p.step and p.phase is Phase.training:
                 p.eta_seconds = round(elapsed / p.step * max(p.total_steps - p.step, 0), 1)
                 p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
             report(p.model_copy())
@@ -98,14 +112,19 @@ def train_lora(
     report: ProgressFn = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     progress_bar: bool | None = None,
+    on_plan: PlanFn = lambda h: None,
 ) -> TrainResult:
-    """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir."""
+    """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir.
+
+    `report` gets progress (phase, step, losses, ETA); `on_plan` gets every hyperparameter in use, the trainer's
+    own choices included, once training starts."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    report(Progress(phase=Phase.loading_model))
     set_seed(hp.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
@@ -124,6 +143,33 @@ def train_lora(
         task_type="CAUSAL_LM",
     )
     steps_per_epoch = math.ceil(len(train_rows) / hp.batch_size)
+    eval_steps = max(1, steps_per_epoch) if eval_data is not None else None
+    chosen: dict[str, Any] = {}
+
+    def plan(args: Any, state: Any) -> None:
+        """Every hyperparameter with its default filled in, then what the trainer chose itself."""
+        trained: Any = trainer.model
+        targets = trained.peft_config["default"].target_modules  # "all-linear" is resolved to module names by now
+        chosen.update(hp.model_dump(mode="json"))
+        chosen.update(
+            total_steps=state.max_steps,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=args.get_warmup_steps(state.max_steps),
+            eval_every_steps=eval_steps,
+            train_rows=len(train_rows),
+            eval_rows=len(eval_rows),
+            lora_target_modules=sorted(targets) if not isinstance(targets, str) else [targets],
+            optimizer=str(getattr(args.optim, "value", args.optim)),
+            lr_scheduler=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_epsilon=args.adam_epsilon,
+            max_grad_norm=args.max_grad_norm,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            dtype="float32",
+            device=str(args.device),
+        )
+        on_plan(dict(chosen))
     with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
         config = SFTConfig(
             output_dir=scratch,
@@ -137,7 +183,7 @@ def train_lora(
             lr_scheduler_type="linear",
             logging_steps=1,
             eval_strategy="steps" if eval_data is not None else "no",
-            eval_steps=max(1, steps_per_epoch) if eval_data is not None else None,
+            eval_steps=eval_steps,
             save_strategy="no",
             report_to=[],
             seed=hp.seed,
@@ -163,7 +209,7 @@ def train_lora(
             eval_dataset=eval_data,
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[_progress_callback(report, should_stop, tokens_per_epoch)],
+            callbacks=[_progress_callback(report, should_stop, tokens_per_epoch, plan)],
         )
         # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
         # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
@@ -196,4 +242,6 @@ def train_lora(
         peft_model.save_pretrained(out_dir, safe_serialization=True)
     adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
     targets = adapter_config.get("target_modules") or []
-    return TrainResult(out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows)
+    return TrainResult(
+        out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows, dict(chosen)
+    )
