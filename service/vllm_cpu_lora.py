@@ -30,6 +30,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,113 +45,154 @@ OPS_MODULE = "vllm.lora.ops.torch_ops.lora_ops"
 CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
 _upstream: dict[str, Callable[..., None]] = {}
 
-# Rows of one adapter slot: a slice where they are contiguous (no copy), else their indices.
-Rows = slice | torch.Tensor
-Groups = list[tuple[int, Rows]]
+
+# A slot with at most this many rows in the batch (decode steps, short prompt chunks) is multiplied in one
+# batched matmul over all slots, zero-padded to the deepest: one call instead of one per slot, whose fixed
+# cost (about 10 us each on these CPUs) would exceed the arithmetic.
+BATCHED_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which rows each adapter slot multiplies, made once per batch and shared by every op call of a step.
+
+    Without `order`, each span is a slice of the batch's own rows: requests on one slot that are neighbours
+    in the batch, multiplied in place with no copy. With `order` (the rows that have an adapter, sorted by
+    slot), each span is a slice of `order`; `slot_of` and `position` say where each of those rows sits in
+    a zero-padded (slots, depth, features) stack for the batched matmul. Rows with the index -1 (no
+    adapter) are in no span.
+    """
+
+    spans: tuple[tuple[int, slice], ...]
+    order: torch.Tensor | None = None
+    slot_of: torch.Tensor | None = None
+    position: torch.Tensor | None = None
+    depth: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(span.stop - span.start for _, span in self.spans)
+
+
+NOTHING = Plan(())
 
 
 # ---------------------------------------------------------------- grouping rows by adapter slot
 
 
-def _token_groups(indices: torch.Tensor) -> Groups:
-    """(slot, rows) for every slot >= 0 that a row of `indices` uses; rows with -1 are left out."""
+def token_plan(indices: torch.Tensor) -> Plan:
+    """The plan for one LoRA slot index per row (the `bgmv_*` ops)."""
     n = indices.numel()
     if n == 0:
-        return []
+        return NOTHING
     lo, hi = int(indices.min()), int(indices.max())
     if lo == hi:  # one slot for the whole batch, the common case: no sort, no gather
-        return [] if lo < 0 else [(lo, slice(0, n))]
+        return NOTHING if lo < 0 else Plan(((lo, slice(0, n)),))
     order = torch.argsort(indices, stable=True)
-    counts = torch.bincount(indices + 1, minlength=hi + 2).tolist()
-    groups: Groups = []
-    start = counts[0]  # the -1 rows sort first
-    for slot, count in enumerate(counts[1:]):
+    counts = torch.bincount(indices + 1, minlength=hi + 2)
+    order = order[int(counts[0]) :]  # the -1 rows sort first and are dropped
+    counts = counts[1:]
+    spans, start = [], 0
+    for slot, count in enumerate(counts.tolist()):
         if count:
-            groups.append((slot, order[start : start + count]))
+            spans.append((slot, slice(start, start + count)))
             start += count
-    return groups
+    slot_of = indices[order]
+    first_row = torch.cumsum(counts, 0) - counts  # where each slot's rows start in `order`
+    position = torch.arange(order.numel(), device=order.device) - first_row[slot_of]
+    return Plan(tuple(spans), order, slot_of, position, int(counts.max()))
 
 
-def _segment_groups(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices: torch.Tensor) -> Groups:
-    """(slot, rows) from vLLM's prefill segments: runs of consecutive rows with one slot each."""
-    runs: dict[int, list[tuple[int, int]]] = {}
-    for start, length, slot in zip(seq_starts.tolist(), seq_lens.tolist(), lora_indices.tolist(), strict=True):
+_last_segments: tuple[tuple[Any, ...], Plan] | None = None
+
+
+def segment_plan(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices: torch.Tensor) -> Plan:
+    """The plan for vLLM's prefill segments (the `sgmv_*` ops): runs of consecutive rows on one slot each.
+
+    Every LoRA layer of a step gets the same segments, so the last plan is kept and reused.
+    """
+    global _last_segments
+    key = (tuple(seq_starts.tolist()), tuple(seq_lens.tolist()), tuple(lora_indices.tolist()))
+    if _last_segments is not None and _last_segments[0] == key:
+        return _last_segments[1]
+    runs: dict[int, list[slice]] = {}
+    for start, length, slot in zip(*key, strict=True):
         if slot >= 0 and length > 0:
-            runs.setdefault(slot, []).append((start, length))
-    groups: Groups = []
-    for slot, spans in runs.items():
-        if len(spans) == 1:
-            start, length = spans[0]
-            groups.append((slot, slice(start, start + length)))
-        else:  # the slot's requests are not neighbours in the batch: gather them once for one matmul
-            rows = torch.cat([torch.arange(s, s + n, device=seq_lens.device) for s, n in spans])
-            groups.append((slot, rows))
-    return groups
+            runs.setdefault(slot, []).append(slice(start, start + length))
+    spans = [(slot, slices[0]) for slot, slices in runs.items() if len(slices) == 1]
+    if len(spans) == len(runs) and (len(spans) <= 1 or min(s.stop - s.start for _, s in spans) > BATCHED_DEPTH):
+        plan = Plan(tuple(spans))  # each slot's rows are one run, long enough to multiply in place
+    else:
+        plan = token_plan(torch.repeat_interleave(lora_indices, seq_lens))
+    _last_segments = (key, plan)
+    return plan
 
 
-def _covered(groups: Groups) -> int:
-    """How many rows the groups hold."""
-    return sum((r.stop - r.start) if isinstance(r, slice) else r.numel() for _, r in groups)
-
-
-def _weight(weights: torch.Tensor, slot: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """One slot's matrix, transposed for `x @ w`, its first `rows` output rows, in the compute dtype."""
-    w = weights[slot]
-    if w.dim() == 3:  # stacked as (slots, 1, out, in)
-        w = w[0]
-    return w[:rows].to(dtype=dtype).t()
+def _stack(weights: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """All slots' matrices as (slots, in, out) for `x @ w`, their first `rows` output rows, in `dtype`."""
+    if weights.dim() == 4:  # stacked as (slots, 1, out, in)
+        weights = weights[:, 0]
+    return weights[:, :rows].to(dtype=dtype).transpose(1, 2)
 
 
 # ---------------------------------------------------------------- the grouped computation
 
 
-def _matmul_into(dest: torch.Tensor, rows: Rows, x: torch.Tensor, w: torch.Tensor, add: bool, alpha: float) -> None:
-    """dest[rows] = alpha * x[rows] @ w, or += with `add`; in place where the rows are a slice."""
-    if isinstance(rows, slice):
-        # addmm_ with beta=0 ignores what dest held (NaN included), as an assignment would.
-        dest[rows].addmm_(x[rows].to(dtype=dest.dtype), w, beta=1 if add else 0, alpha=alpha)
+def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tensor, add: bool, alpha: float) -> None:
+    """dest[rows] = alpha * x[rows] @ W[slot]^T for every slot's rows, or += with `add`."""
+    width, dtype = dest.shape[1], dest.dtype
+    w = _stack(weights, width, dtype)
+    if plan.order is None:
+        for slot, rows in plan.spans:
+            # In place; beta=0 ignores what dest held (NaN included), as an assignment would.
+            dest[rows].addmm_(x[rows].to(dtype=dtype), w[slot], beta=int(add), alpha=alpha)
         return
-    y = torch.mm(x.index_select(0, rows).to(dtype=dest.dtype), w)
-    if alpha != 1.0:
-        y.mul_(alpha)
-    if add:
-        dest.index_add_(0, rows, y)
+    xs = x.index_select(0, plan.order).to(dtype=dtype)
+    if plan.depth <= BATCHED_DEPTH:
+        padded = xs.new_zeros(w.shape[0], plan.depth, xs.shape[1])
+        padded[plan.slot_of, plan.position] = xs
+        ys = torch.bmm(padded, w)[plan.slot_of, plan.position]
     else:
-        dest.index_copy_(0, rows, y)
+        ys = xs.new_empty(xs.shape[0], width)
+        for slot, rows in plan.spans:
+            torch.mm(xs[rows], w[slot], out=ys[rows])
+    if alpha != 1.0:
+        ys.mul_(alpha)
+    if add:
+        dest.index_add_(0, plan.order, ys)
+    else:
+        dest.index_copy_(0, plan.order, ys)
 
 
-def _shrink(inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Groups, scaling: float) -> None:
+def _shrink(inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, plan: Plan, scaling: float) -> None:
     """out[:, :rank] = scaling * x @ A^T per slot's rows, zero for rows without an adapter."""
-    rank = weights.shape[-2]
-    dest = out[:, :rank]
-    if _covered(groups) < dest.shape[0]:
+    dest = out[:, : weights.shape[-2]]
+    if plan.rows < dest.shape[0]:
         dest.zero_()
-    for slot, rows in groups:
-        _matmul_into(dest, rows, inputs, _weight(weights, slot, rank, out.dtype), add=False, alpha=scaling)
+    _apply(plan, inputs, weights, dest, add=False, alpha=scaling)
 
 
-def _expand(inputs: torch.Tensor, weights: torch.Tensor, dest: torch.Tensor, groups: Groups, add_inputs: bool) -> None:
+def _expand(inputs: torch.Tensor, weights: torch.Tensor, dest: torch.Tensor, plan: Plan, add_inputs: bool) -> None:
     """dest (+)= x @ B^T per slot's rows; without add_inputs, rows without an adapter become zero."""
-    if not add_inputs and _covered(groups) < dest.shape[0]:
+    if not add_inputs and plan.rows < dest.shape[0]:
         dest.zero_()
-    for slot, rows in groups:
-        _matmul_into(dest, rows, inputs, _weight(weights, slot, dest.shape[1], dest.dtype), add_inputs, 1.0)
+    _apply(plan, inputs, weights, dest, add=add_inputs, alpha=1.0)
 
 
 def _expand_clipped(
-    inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Groups, add_inputs: bool
+    inputs: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, plan: Plan, add_inputs: bool
 ) -> None:
     """vLLM's `bgmv_expand` rules: the narrower width of adapter and output; one input row is broadcast."""
     common = min(weights.shape[-2], out.shape[1])
     if inputs.shape[0] == 1 and out.shape[0] != 1:
         row = torch.zeros(1, common, dtype=out.dtype, device=out.device)
-        _expand(inputs, weights, row, groups, add_inputs=True)
+        _expand(inputs, weights, row, plan, add_inputs=True)
         if add_inputs:
             out[:, :common] += row
         else:
             out[:, :common] = row
         return
-    _expand(inputs[: out.shape[0]], weights, out[:, :common], groups, add_inputs)
+    _expand(inputs[: out.shape[0]], weights, out[:, :common], plan, add_inputs)
 
 
 # ---------------------------------------------------------------- the ops, with vLLM's signatures
@@ -163,7 +205,7 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
-    _shrink(inputs, lora_b_weights, output_tensor, _token_groups(lora_indices_tensor), scaling)
+    _shrink(inputs, lora_b_weights, output_tensor, token_plan(lora_indices_tensor), scaling)
 
 
 def bgmv_expand(
@@ -174,8 +216,8 @@ def bgmv_expand(
     add_inputs: bool = True,
 ) -> None:
     n = min(inputs.shape[0], output_tensor.shape[0]) if inputs.shape[0] != 1 else 1
-    groups = _token_groups(lora_indices_tensor[:n])
-    _expand_clipped(inputs, lora_b_weights, output_tensor, groups, add_inputs)
+    plan = token_plan(lora_indices_tensor[:n])
+    _expand_clipped(inputs, lora_b_weights, output_tensor, plan, add_inputs)
 
 
 def bgmv_expand_slice(
@@ -188,7 +230,7 @@ def bgmv_expand_slice(
     add_inputs: bool = True,
 ) -> None:
     dest = output_tensor[:, slice_offset : slice_offset + slice_size]
-    _expand(inputs, lora_b_weights, dest, _token_groups(lora_indices_tensor), add_inputs)
+    _expand(inputs, lora_b_weights, dest, token_plan(lora_indices_tensor), add_inputs)
 
 
 def sgmv_shrink(
@@ -203,8 +245,8 @@ def sgmv_shrink(
     token_nums: int,
     scaling: float,
 ) -> None:
-    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
-    _shrink(inputs, lora_a_weights, output_tensor, groups, scaling)
+    plan = segment_plan(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    _shrink(inputs, lora_a_weights, output_tensor, plan, scaling)
 
 
 def sgmv_expand(
@@ -219,8 +261,8 @@ def sgmv_expand(
     token_nums: int,
     add_inputs: bool = False,
 ) -> None:
-    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
-    _expand_clipped(inputs, lora_b_weights, output_tensor, groups, add_inputs)
+    plan = segment_plan(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    _expand_clipped(inputs, lora_b_weights, output_tensor, plan, add_inputs)
 
 
 def sgmv_expand_slice(
@@ -237,9 +279,9 @@ def sgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = False,
 ) -> None:
-    groups = _segment_groups(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
+    plan = segment_plan(b_seq_start_loc, seq_len_tensor, lora_indices_tensor)
     dest = output_tensor[:, slice_offset : slice_offset + slice_size]
-    _expand(inputs, lora_b_weights, dest, groups, add_inputs)
+    _expand(inputs, lora_b_weights, dest, plan, add_inputs)
 
 
 OPS: dict[str, Callable[..., None]] = {

@@ -29,6 +29,9 @@ SEGMENTS = {
     "every slot used": ([3, 2, 1, 0], [1, 4, 2, 6]),
     "uneven segments, slots repeated": ([1, 0, 1, 2, 1], [13, 1, 2, 7, 1]),
     "decode: one row per request": ([0, 1, 2, 3, 0, 1, 2, 3, -1], [1] * 9),
+    # Longer than BATCHED_DEPTH: multiplied slot by slot, in place or after one gather.
+    "long prompts, two adapters": ([0, 3], [40, 37]),
+    "long prompts, a slot repeated, base rows": ([1, 0, -1, 1], [35, 40, 9, 33]),
 }
 CASES = list(SEGMENTS)
 DTYPES = [torch.float32, torch.bfloat16]
