@@ -26,6 +26,7 @@ class Dataset:
 
     rows: list[list[dict[str, str]]]
     lines: list[int]
+    tokens: list[int] = field(default_factory=list)  # per row, after templating, when measured
     formats: set[str] = field(default_factory=set)
     sha256: str = ""
 
@@ -133,16 +134,18 @@ def parse_dataset(
     """
     if len(data) > max_bytes:
         raise DatasetError([(0, f"file too big: {len(data)} bytes, the limit is {max_bytes}")])
+    lines = data.split(b"\n")
+    # Rows are counted before any is parsed or tokenized, so an oversized dataset is refused at once.
+    numbered = [number for number, raw in enumerate(lines, start=1) if raw.strip()]
+    if len(numbered) > max_rows:
+        raise DatasetError(
+            [(numbered[max_rows], f"too many rows: {len(numbered)}, the limit is {max_rows}")]
+        )
     errors: list[tuple[int, str]] = []
     dataset = Dataset(rows=[], lines=[], sha256=hashlib.sha256(data).hexdigest())
-    count = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        count += 1
-        if count > max_rows:
-            errors.append((number, f"too many rows: the limit is {max_rows}"))
-            break
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -153,16 +156,20 @@ def parse_dataset(
         except json.JSONDecodeError as exc:
             errors.append((number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
             continue
+        except RecursionError:
+            errors.append((number, "invalid JSON: nested too deeply"))
+            continue
         try:
             fmt, messages = row_messages(row)
         except ValueError as exc:
             errors.append((number, str(exc)))
             continue
         if tokenizer is not None and template is not None and max_row_tokens:
-            reason = _token_problem(tokenizer, template, messages, max_row_tokens)
+            reason, tokens = _token_problem(tokenizer, template, messages, max_row_tokens)
             if reason:
                 errors.append((number, reason))
                 continue
+            dataset.tokens.append(tokens)
         dataset.rows.append(messages)
         dataset.lines.append(number)
         dataset.formats.add(fmt)
@@ -175,15 +182,19 @@ def parse_dataset(
     return dataset
 
 
-def _token_problem(tokenizer: Any, template: Any, messages: list[dict[str, str]], limit: int) -> str | None:
+def _token_problem(
+    tokenizer: Any, template: Any, messages: list[dict[str, str]], limit: int
+) -> tuple[str | None, int]:
+    """(what is wrong with the row, or None; its length in tokens after templating)."""
     from adapters.masking import encode
 
     try:
         encoded = encode(tokenizer, template, messages)
     except TemplateError as exc:
-        return str(exc)
-    if len(encoded.input_ids) > limit:
-        return f"too long: {len(encoded.input_ids)} tokens after templating, the limit is {limit}"
+        return str(exc), 0
+    length = len(encoded.input_ids)
+    if length > limit:
+        return f"too long: {length} tokens after templating, the limit is {limit}", length
     if not any(encoded.assistant_mask):
-        return "nothing to learn: the template leaves no assistant tokens"
-    return None
+        return "nothing to learn: the template leaves no assistant tokens", length
+    return None, length

@@ -27,6 +27,16 @@ def check_name(value: str, what: str = "adapter name") -> str:
     return value
 
 
+def parse_ref(model: str) -> tuple[str, str | None]:
+    """`name` -> (name, None); `name@version` -> (name, version). The one parser of adapter references:
+    InvalidName for anything else, an empty version (`name@`) included."""
+    name, at, version = model.partition("@")
+    check_name(name)
+    if not at:
+        return name, None
+    return name, check_name(version, "version")
+
+
 def check_job_id(value: str) -> str:
     if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value):
         raise InvalidName(f"invalid job id {value!r}")
@@ -56,7 +66,7 @@ class Hyperparameters(BaseModel):
     rank: int = Field(8, ge=1, le=256, description="LoRA rank r")
     alpha: int = Field(16, ge=1, le=1024, description="LoRA alpha (scale = alpha / rank)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[str], Field(min_length=1)] | Literal["all-linear"] = Field(
         "all-linear", description="modules that get LoRA weights; 'all-linear' = every linear layer but the head"
     )
     epochs: float = Field(4.0, gt=0, le=100, description="passes over the training split (ignored if max_steps > 0)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from service.app import create_app
+from service.http_protocol import with_header_timeout
 from service.settings import Settings
 
 
@@ -19,6 +20,9 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        # Slow or idle clients must not hold connections: headers have a deadline, idle keep-alives end.
+        http=with_header_timeout(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
     )
 
 

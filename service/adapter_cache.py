@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import InvalidAdapter, NotFound, StoreUnavailable
-from adapters.schema import Manifest, check_name
+from adapters.schema import Manifest, parse_ref
 from service.errors import model_not_found
 from service.metrics import Metrics
 
@@ -33,7 +33,7 @@ MANIFEST_TTL_S = 3.0
 
 
 def split_model(model: str) -> tuple[str, str | None]:
-    """`adapter` -> (adapter, None); `adapter@version` -> (adapter, version)."""
+    """`adapter` -> (adapter, None); `adapter@version` -> (adapter, version), for refs this cache made."""
     name, _, version = model.partition("@")
     return name, (version or None)
 
@@ -155,6 +155,8 @@ class _Entry:
     size: int
     last_used: float
     users: int = 0
+    # Deleted while requests held it: its files and engine slot go when the last of them lets go.
+    retired: bool = False
 
 
 @dataclass
@@ -202,6 +204,7 @@ class AdapterCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._ids: dict[str, int] = {}
+        self._drops: set[asyncio.Task[None]] = set()
         # Each process starts with an empty cache: files a crashed process left behind are not trusted.
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -216,12 +219,9 @@ class AdapterCache:
 
     async def manifest(self, model: str) -> Manifest:
         """The manifest a model name means; 404 (model_not_found) if there is none in the store."""
-        name, version = split_model(model)
         try:
-            check_name(name)
-            if version is not None:
-                check_name(version, "version")
-        except ValueError:
+            name, version = parse_ref(model)
+        except ValueError:  # not a name any adapter could have: it does not exist
             raise model_not_found(model) from None
         key = (name, version)
         cached = self._manifests.get(key)
@@ -264,6 +264,8 @@ class AdapterCache:
 
         def release() -> None:
             held.users -= 1
+            if held.retired and held.users == 0:
+                self._schedule_drop(ref, held)
 
         return Lease(manifest, entry.path, self.lora_id(ref), release)
 
@@ -332,17 +334,42 @@ class AdapterCache:
         return "disk" if ref in self._entries else "store"
 
     async def forget(self, name: str, version: str | None = None) -> None:
-        """After a delete: unload from the engine, drop local files and cached manifests."""
+        """After a delete: drop cached manifests at once (new requests get 404), then local files and the
+        engine's slot of each version, but only once no request holds it.
+
+        vLLM reloads an adapter from its directory whenever its slot was reused, and a failed load kills the
+        engine core; so files and the slot of a version in use stay until its last request finishes."""
         for key in [
             k for k in self._manifests if k[0] == name and (version is None or k[1] in (None, version))
         ]:
             del self._manifests[key]
-        for ref in [r for r in self._entries if split_model(r)[0] == name]:
+        for ref in [r for r in self._ids if split_model(r)[0] == name]:
             if version is not None and split_model(ref)[1] != version:
                 continue
-            entry = self._entries.pop(ref)
+            entry = self._entries.pop(ref, None)
+            if entry is not None and entry.users > 0:
+                entry.retired = True
+                log.info("adapter %s deleted while %d request(s) use it: unloading when they finish",
+                         ref, entry.users)
+                continue
+            await self._drop(ref, entry)
+
+    def _schedule_drop(self, ref: str, entry: _Entry) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # released outside the event loop: files go now, the slot with the process
             shutil.rmtree(entry.path, ignore_errors=True)
-        for ref, lora_id in list(self._ids.items()):
-            matches = split_model(ref)[0] == name and version in (None, split_model(ref)[1])
-            if matches and self.unload is not None:
-                await self.unload(lora_id)
+            return
+        task = loop.create_task(self._drop(ref, entry))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
+
+    async def _drop(self, ref: str, entry: _Entry | None) -> None:
+        """Unload a version no request holds from the engine, then remove its files."""
+        if self.unload is not None and ref in self._ids:
+            try:
+                await self.unload(self._ids[ref])
+            except Exception:  # the engine may never have loaded it; the files still go
+                log.exception("could not unload adapter %s from the engine", ref)
+        if entry is not None and self._entries.get(ref) is not entry:
+            shutil.rmtree(entry.path, ignore_errors=True)

@@ -12,13 +12,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.registry import Registry
 from adapters.store import open_store
 from service import errors, logs
 from service.adapter_cache import AdapterCache
+from service.auth import KeyGate
 from service.dependencies import Gateway
 from service.engine import Engine
 from service.metrics import Metrics
@@ -81,39 +81,40 @@ class RequestContext:
 
 
 class BodyLimit:
-    """Pure ASGI middleware: refuse request bodies over `limit` bytes with 413, declared or streamed."""
+    """Pure ASGI middleware: refuse request bodies over their limit with 413, declared or streamed.
 
-    def __init__(self, app: ASGIApp, limit: int):
+    Inference bodies (/v1/...) have a far smaller limit than uploads: the JSON of a request is parsed on the
+    event loop, so its size bounds how long one request can hold every other."""
+
+    def __init__(self, app: ASGIApp, limit: int, inference_limit: int):
         self.app = app
         self.limit = limit
+        self.inference_limit = inference_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        inference = scope["path"].startswith("/v1/")
+        limit = min(self.limit, self.inference_limit) if inference else self.limit
+        setting = "max_request_bytes" if limit == self.limit else "max_inference_request_bytes"
+        message = f"request body too large: the limit is {limit} bytes ({setting})"
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
+        if declared.isdigit() and int(declared) > limit:
             # Refused before a byte of the body is read.
-            await self._too_large()(scope, receive, send)
+            await errors.render(errors.APIError(413, message, code="request_too_large"))(scope, receive, send)
             return
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # a chunked body that lied by omission: stop reading it
-                raise HTTPException(413, self._message())
-            return message
+            message_ = await receive()
+            seen += len(message_.get("body", b""))
+            if seen > limit:  # a chunked body that lied by omission: stop reading it
+                raise HTTPException(413, message)
+            return message_
 
         await self.app(scope, counted, send)
-
-    def _message(self) -> str:
-        return f"request body too large: the limit is {self.limit} bytes (max_request_bytes)"
-
-    def _too_large(self) -> JSONResponse:
-        body = errors.APIError(413, self._message(), code="request_too_large").body()
-        return JSONResponse(body, status_code=413)
 
 
 def build_runner(settings: Settings, registry: Registry) -> Runner:
@@ -123,7 +124,13 @@ def build_runner(settings: Settings, registry: Registry) -> Runner:
         return KubernetesRunner(settings, registry)
     from service.runner_local import LocalRunner
 
-    return LocalRunner(registry, settings.store_uri, settings.cache_dir / "jobs", settings.train_concurrency)
+    return LocalRunner(
+        registry,
+        settings.store_uri,
+        settings.cache_dir / "jobs",
+        settings.train_concurrency,
+        max_seconds=settings.max_job_seconds,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -150,7 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
         metrics.watch_loras(cache.in_use, settings.max_loras)
+        metrics.watch_engine(lambda: engine.in_flight, engine.unfinished)
         app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics)
+        metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         if runner is not None:
             runner.start()
         try:
@@ -160,13 +169,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if runner is not None:
                 runner.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
             engine.shutdown()
 
     app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     for module in (chat, completions, models, adapters, jobs, health):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, limit=settings.max_request_bytes, inference_limit=settings.max_inference_request_bytes
+    )
+    # Outside the body limit: a request without a key is refused before anything else looks at it.
+    app.add_middleware(KeyGate, settings=settings)
     app.add_middleware(RequestContext, metrics=metrics)
     return app
 

@@ -6,12 +6,16 @@ settings differ. The gateway renders prompts itself and hands the engine token i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from adapters.models import resolve_model, weights_hash
 from service.errors import APIError, overloaded
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams
 
 log = logging.getLogger("skillserve.engine")
+T = TypeVar("T")
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -37,6 +42,7 @@ class Engine:
         self.max_model_len = settings.max_model_len
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         self.in_flight = 0
 
     @property
@@ -101,6 +107,12 @@ class Engine:
     def ready(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
+    @property
+    def dead(self) -> bool:
+        """The engine was started and has died (its core process exited or failed): nothing recovers it
+        but a restart of the gateway, so liveness must fail."""
+        return self._llm is not None and bool(self._llm.errored)
+
     def _require(self) -> Any:
         if not self.ready:
             raise overloaded("the engine is not ready", retry_after=5, status=503)
@@ -130,18 +142,35 @@ class Engine:
                 param="messages",
                 code="context_length_exceeded",
             )
+        request_id = request_id or uuid.uuid4().hex
         self.in_flight += 1
         try:
             # AsyncLLM.generate aborts the request itself when this generator is closed or cancelled.
             async for out in llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids),
-                params,
-                request_id or uuid.uuid4().hex,
-                lora_request=lora,
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
             ):
                 yield out
+        except Exception:
+            # A submit that failed half-way (vLLM registered the request, then could not send it to the
+            # core) would stay counted as unfinished for good: abort it here too, an unknown id is a no-op.
+            if not llm.errored:
+                with contextlib.suppress(Exception):
+                    await llm.abort(request_id)
+            raise
         finally:
             self.in_flight -= 1
+
+    async def tokenize(self, work: Callable[[], T]) -> T:
+        """Run tokenization off the event loop, one at a time (a fast tokenizer is not safe to share
+        between threads), so a long prompt never stalls other requests or the health probes."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, work)
+
+    @functools.cached_property
+    def max_prompt_chars(self) -> int:
+        """A prompt longer than this many characters cannot fit the context, whatever it says: no token of
+        the vocabulary is longer than `longest_token` characters. Checked before tokenizing anything."""
+        longest_token = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
+        return self.max_model_len * max(1, longest_token)
 
     def unfinished(self) -> int:
         """Requests vLLM itself still tracks (an aborted request leaves at once)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -77,8 +78,17 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
     return APIError(500, str(exc), type="server_error", code=exc.code)
 
 
-def _render(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+class _ErrorResponse(JSONResponse):
+    """Error bodies as ASCII JSON: a message may quote what the client sent (a model name), and a lone
+    surrogate in it ("\\ud800") must come back escaped, not fail the response with a 500."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def render(error: APIError) -> JSONResponse:
+    return _ErrorResponse(error.body(), status_code=error.status, headers=error.headers)
+
 
 
 def install(app: FastAPI) -> None:
@@ -86,11 +96,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
-        return _render(exc)
+        return render(exc)
 
     @app.exception_handler(domain.SkillserveError)
     async def _domain(_: Request, exc: domain.SkillserveError) -> JSONResponse:
-        return _render(from_domain(exc))
+        return render(from_domain(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,7 +108,7 @@ def install(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
-        return _render(
+        return render(
             APIError(
                 400,
                 message,
@@ -115,9 +125,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else None
-        return _render(APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})))
+        return render(APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return _render(APIError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+        return render(APIError(500, f"internal error: {type(exc).__name__}", type="server_error"))

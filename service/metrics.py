@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -99,6 +100,16 @@ class Metrics:
 
     def watch_loras(self, in_use: Callable[[], list[str]], max_loras: int) -> None:
         self.registry.register(_LoraInfoCollector(in_use, max_loras))
+
+    def watch_engine(self, in_flight: Callable[[], int], unfinished: Callable[[], int]) -> None:
+        """Engine gauges read at scrape time, whichever server renders them."""
+        self.in_flight.set_function(in_flight)
+        self.engine_unfinished.set_function(unfinished)
+
+    def serve(self, host: str, port: int) -> Any:
+        """/metrics on a port of its own, for operators who keep scraping off the API port; returns the server."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,7 +53,8 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    # vLLM seeds a torch generator per request: a 64-bit signed integer, as vLLM's own server takes.
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
@@ -95,6 +96,16 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
         return self
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        for index, message in enumerate(messages):
+            if message.content is None:
+                raise ValueError(f"message {index} has no content (null): every message needs text")
+        if not any(message.role == "user" for message in messages):
+            raise ValueError("no user message: a chat completion answers the user's turn")
+        return messages
 
     @property
     def token_limit(self) -> int | None:

@@ -202,7 +202,10 @@ def build_job(
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
         "spec": {
             "backoffLimit": int(template.get("backoffLimit", 2)),
-            "activeDeadlineSeconds": int(template.get("activeDeadlineSeconds", 6 * 3600)),
+            # The operator's per-job limit holds whatever the Job template says.
+            "activeDeadlineSeconds": min(
+                int(template.get("activeDeadlineSeconds", settings.max_job_seconds)), settings.max_job_seconds
+            ),
             "ttlSecondsAfterFinished": int(template.get("ttlSecondsAfterFinished", 3600)),
             "template": {
                 "metadata": {

@@ -49,12 +49,14 @@ class LocalRunner:
         log_dir: Path,
         concurrency: int = 1,
         command: list[str] | None = None,
+        max_seconds: float | None = None,
     ):
         self.registry = registry
         self.store_uri = store_uri
         self.log_dir = log_dir
         self.concurrency = max(1, concurrency)
         self.command = command or [sys.executable, "-m", "trainer", "run"]
+        self.max_seconds = max_seconds
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._cancelled: set[str] = set()
@@ -150,10 +152,19 @@ class LocalRunner:
             )
             with self._lock:
                 self._procs[job_id] = proc
-            code = proc.wait()
+            try:
+                code = proc.wait(timeout=self.max_seconds)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                code, timed_out = proc.returncode, True
         with self._lock:
             self._procs.pop(job_id, None)
             cancelled = job_id in self._cancelled
+        if timed_out and not cancelled:
+            reason = f"exceeded the wall-clock limit of {self.max_seconds:g} s (max_job_seconds); stopped"
+            self._finish(job_id, JobStatus.failed, reason, force=True)
+            return
         if cancelled:
             # The trainer may have written progress after the cancel landed; cancelled is the last word.
             self._finish(job_id, JobStatus.cancelled, "cancelled by request", force=True)

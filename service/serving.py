@@ -59,14 +59,29 @@ def check_count(count: int, limit: int, param: str) -> None:
         )
 
 
-def token_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
+def check_prompt_chars(gw: Gateway, chars: int, param: str) -> None:
+    """400 before any tokenizing when a prompt has more characters than its context could ever hold."""
+    limit = gw.engine.max_prompt_chars
+    if chars > limit:
+        raise APIError(
+            400,
+            f"the prompt is {chars} characters; this model's context of {gw.engine.max_model_len} tokens holds "
+            f"at most {limit} characters",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def token_budget(
+    requested: int | None, prompt_tokens: int, max_model_len: int, param: str, prompt_param: str = "messages"
+) -> int:
     """Tokens the completion may use: the client's limit if it fits the context, else all that is left."""
     room = max_model_len - prompt_tokens
     if room < 1:
         raise APIError(
             400,
             f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len} tokens",
-            param="messages",
+            param=prompt_param,
             code="context_length_exceeded",
         )
     if requested is None:

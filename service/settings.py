@@ -34,6 +34,22 @@ class Settings(BaseSettings):
     max_messages: int = Field(
         512, description="most messages in a chat request, or prompts in a completion request"
     )
+    max_inference_request_bytes: int = Field(
+        4 * 2**20, description="largest body of an inference request (/v1/...; 413 beyond): bounds JSON parsing"
+    )
+    header_timeout_s: float = Field(
+        10.0, description="seconds a connection may take to send a request's headers before it is closed"
+    )
+    keep_alive_timeout_s: float = Field(5.0, description="seconds an idle keep-alive connection stays open")
+    metrics_port: int | None = Field(
+        None, description="serve /metrics on this port instead (no key; keep it off the Service); null = main port"
+    )
+    public_metrics: bool = Field(
+        False, description="with auth on: /metrics on the main port needs no key (it names adapters and jobs)"
+    )
+    public_docs: bool = Field(
+        False, description="with auth on: /docs, /redoc and /openapi.json need no key"
+    )
 
     # Storage
     store_uri: str = Field(
@@ -72,6 +88,13 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
     max_row_tokens: int = Field(2048, description="longest dataset row, in tokens, after templating")
+    max_job_steps: int = Field(10_000, description="most optimizer steps one training job may plan (400 beyond)")
+    max_job_tokens: int = Field(
+        50_000_000, description="most tokens one training job may plan to train on, all epochs (400 beyond)"
+    )
+    max_job_seconds: int = Field(
+        6 * 3600, description="wall-clock limit of one training job; it is failed, with the reason, when exceeded"
+    )
 
     # Kubernetes runner
     k8s_namespace: str | None = Field(None, description="namespace for training Jobs (default: the gateway's own)")

@@ -91,13 +91,14 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestC
 PUBLIC, INFER, ADMIN_ONLY = "public", "inference", "admin"
 # Every route of the app and who may call it; a route missing here fails the test (new routes need a row).
 ROUTE_ROLES = {
-    ("GET", "/openapi.json"): PUBLIC,
-    ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
+    # Docs and metrics need a key by default (public_docs, public_metrics, metrics_port open them).
+    ("GET", "/openapi.json"): INFER,
+    ("GET", "/docs"): INFER,
+    ("GET", "/docs/oauth2-redirect"): INFER,
+    ("GET", "/redoc"): INFER,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/metrics"): INFER,
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,
     ("GET", "/v1/models"): INFER,

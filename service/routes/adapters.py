@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,12 +16,21 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from adapters.dataset import parse_dataset, rows_to_jsonl
+from adapters.dataset import Dataset, parse_dataset, rows_to_jsonl
 from adapters.errors import InvalidAdapter, InvalidName, NotFound
-from adapters.schema import JobRecord, JobSpec, LoraInfo, Manifest, check_name, new_version
+from adapters.schema import (
+    Hyperparameters,
+    JobRecord,
+    JobSpec,
+    LoraInfo,
+    Manifest,
+    check_name,
+    new_version,
+    parse_ref,
+)
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.adapter_cache import ALLOWED_SUFFIXES, base_linear_shapes, split_model, supported_modules
+from service.adapter_cache import ALLOWED_SUFFIXES, base_linear_shapes, supported_modules
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError, overloaded
@@ -65,7 +75,8 @@ def _store_key(gw: Gateway, uri: str) -> str:
     root = gw.settings.store_uri.rstrip("/") + "/"
     if "://" in uri:
         if not uri.startswith(root):
-            raise InvalidName(f"{uri!r} is not inside this gateway's store ({root})")
+            # The store's own URI is not told: on a file store it is a path on this machine.
+            raise InvalidName(f"{uri!r} is not inside this gateway's store")
         uri = uri[len(root) :]
     return check_key(uri)  # an absolute path is refused, not read as a key
 
@@ -88,17 +99,78 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
                 "hyperparameters": json.loads(hyper) if isinstance(hyper, str) and hyper.strip() else {},
                 "rows": [],  # stands for the uploaded file in validation
             }
-            return CreateAdapterJSON.model_validate(fields), data
+            return _validated(fields), data
         payload = await request.json()
     except json.JSONDecodeError as exc:
         raise APIError(400, f"invalid JSON: {exc.msg}", code="invalid_json") from None
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+    except RecursionError:
+        raise APIError(400, "invalid JSON: nested too deeply", code="invalid_json") from None
+    if isinstance(payload, dict) and isinstance(payload.get("rows"), list):
+        # Counted before a row is validated, so an oversized dataset is refused at once.
+        count = len(payload["rows"])
+        if count > gw.settings.max_dataset_rows:
+            raise APIError(
+                400,
+                f"dataset has {count} rows; the limit is {gw.settings.max_dataset_rows} (max_dataset_rows)",
+                param="rows",
+                code="invalid_dataset",
+            )
+    body = _validated(payload)
     try:
-        body = CreateAdapterJSON.model_validate(payload)
+        rows = rows_to_jsonl(body.rows) if body.rows is not None else None
+    except RecursionError:
+        raise APIError(400, "rows: nested too deeply", param="rows", code="invalid_dataset") from None
+    return body, rows
+
+
+def _validated(payload: Any) -> CreateAdapterJSON:
+    """The create request, strictly typed: `"rank": "8"` is an error, not an 8."""
+    try:
+        return CreateAdapterJSON.model_validate(payload, strict=True)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    return body, (rows_to_jsonl(body.rows) if body.rows is not None else None)
+    except RecursionError:
+        raise APIError(400, "request nested too deeply", code="invalid_json") from None
+
+
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
+    """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later."""
+    settings = gw.settings
+    if hyper.rank > settings.max_lora_rank:
+        raise APIError(
+            400,
+            f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank {settings.max_lora_rank}",
+            param="hyperparameters.rank",
+        )
+    if isinstance(hyper.target_modules, list):
+        supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
+        unknown = sorted(set(hyper.target_modules) - supported) if supported else []
+        if unknown:
+            raise APIError(
+                400,
+                f"hyperparameters.target_modules {unknown} are not linear layers of the base model's blocks "
+                f"(choose from {sorted(supported)}, or 'all-linear')",
+                param="hyperparameters.target_modules",
+            )
+    rows = len(dataset.rows)
+    steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
+    if steps > settings.max_job_steps:
+        raise APIError(
+            400,
+            f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
+    per_row = sum(dataset.tokens) / len(dataset.tokens) if dataset.tokens else hyper.max_seq_length
+    tokens = int(steps * hyper.batch_size * per_row) if hyper.max_steps else int(sum(dataset.tokens) * hyper.epochs)
+    if tokens > settings.max_job_tokens:
+        raise APIError(
+            400,
+            f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
+            "(max_job_tokens)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
 
 
 @router.post(
@@ -129,13 +201,6 @@ async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
     tokenizer = gw.engine.tokenizer
     template = get_template(body.template, tokenizer)
     hyper = body.hyperparameters
-    if hyper.rank > settings.max_lora_rank:
-        raise APIError(
-            400,
-            f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank "
-            f"{settings.max_lora_rank}",
-            param="hyperparameters.rank",
-        )
     if data is None:
         assert body.dataset_uri is not None
         data = await asyncio.to_thread(gw.store.get_bytes, _store_key(gw, body.dataset_uri))
@@ -149,6 +214,7 @@ async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
         template=template,
         max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
     )
+    _check_plan(gw, hyper, dataset)
     pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
     if pending >= settings.max_pending_jobs:
         raise overloaded(
@@ -245,10 +311,7 @@ async def get_adapter(name: str, gw: GatewayDep) -> AdapterDetail:
     summary="Delete an adapter (every version) or one version `name@version`; unloads it (admin)",
 )
 async def delete_adapter(model: str, gw: GatewayDep) -> Deleted:
-    name, version = split_model(model)
-    check_name(name)
-    if version is not None:
-        check_name(version, "version")
+    name, version = parse_ref(model)  # `name@` is a 400, never "every version"
     await asyncio.to_thread(gw.registry.delete, name, version)
     await gw.cache.forget(name, version)
     return Deleted(id=model, object="adapter")

@@ -34,6 +34,7 @@ from service.protocol import (
 from service.serving import (
     Target,
     check_count,
+    check_prompt_chars,
     finish_reason,
     guarded_stream,
     merge_stops,
@@ -108,10 +109,11 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Any:
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     gw.engine.admit()
+    check_prompt_chars(gw, sum(len(m.text()) for m in body.messages), "messages")
     target = await resolve_target(gw, body.model)
     try:
         tokenizer = gw.engine.tokenizer
-        prompt_ids = chat_prompt_ids(tokenizer, target.template, body.messages)
+        prompt_ids = await gw.engine.tokenize(lambda: chat_prompt_ids(tokenizer, target.template, body.messages))
         max_tokens = token_budget(
             body.token_limit,
             len(prompt_ids),

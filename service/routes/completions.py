@@ -20,6 +20,7 @@ from service.routes.chat import STREAMING
 from service.serving import (
     Target,
     check_count,
+    check_prompt_chars,
     finish_reason,
     guarded_stream,
     merge_stops,
@@ -57,17 +58,21 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
 async def completions(body: CompletionRequest, request: Request, gw: GatewayDep) -> Any:
     check_count(len(body.prompts), gw.settings.max_messages, "prompt")
     gw.engine.admit()
+    for text in body.prompts:
+        check_prompt_chars(gw, len(text), "prompt")
     target = await resolve_target(gw, body.model)
     try:
         tokenizer = gw.engine.tokenizer
-        prompts = [list(tokenizer(p)["input_ids"]) for p in body.prompts]
+        prompts = await gw.engine.tokenize(lambda: [list(tokenizer(p)["input_ids"]) for p in body.prompts])
         if any(not ids for ids in prompts):
             raise APIError(400, "prompts must not be empty", param="prompt")
         params = [
             sampling_params(
                 temperature=body.temperature,
                 top_p=body.top_p,
-                max_tokens=token_budget(body.max_tokens, len(ids), gw.engine.max_model_len, "max_tokens"),
+                max_tokens=token_budget(
+                    body.max_tokens, len(ids), gw.engine.max_model_len, "max_tokens", prompt_param="prompt"
+                ),
                 # An adapter speaks its template's format even on raw prompts, so its stops still end a turn.
                 stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
                 stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),

@@ -12,9 +12,16 @@ from service.dependencies import GatewayDep
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/health",
+    summary="Liveness: the process answers and its engine, once started, is alive (503 when it died)",
+    responses={503: {"description": "the engine died; restart the gateway"}},
+)
+async def health(gw: GatewayDep) -> JSONResponse:
+    if gw.engine.dead:
+        # A dead engine never comes back by itself: fail liveness so Kubernetes restarts the pod.
+        return JSONResponse({"status": "engine dead"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", summary="Readiness: the engine is loaded (503 until then)")
@@ -24,9 +31,11 @@ async def ready(gw: GatewayDep) -> JSONResponse:
     return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (with auth on: a key, unless public_metrics; or on metrics_port without one)",
+    response_class=Response,
+)
 async def metrics(gw: GatewayDep) -> Response:
-    gw.metrics.in_flight.set(gw.engine.in_flight)
-    gw.metrics.engine_unfinished.set(gw.engine.unfinished())
     body = await asyncio.to_thread(gw.metrics.render)  # job counts may come from a remote store
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -23,7 +23,7 @@ def _base_card(gw: Gateway) -> ModelCard:
         id=gw.engine.base_model_id,
         created=int(gw.engine.model_dir.stat().st_mtime),
         owned_by="skillserve",
-        root=str(gw.engine.model_dir),
+        root=gw.engine.base_model_id,  # an id, not the weights' path on this machine
         max_model_len=gw.engine.max_model_len,
         tier="engine",
     )
