@@ -130,7 +130,7 @@ def test_gpu_s3_install_has_ingress_hpa_pdb_and_service_monitor(gpu_manifests: l
     (service,) = by_kind(gpu_manifests, "Service")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"][0] == {
-        "port": "http",
+        "port": "metrics",  # a port of its own, scraped without an API key
         "path": "/metrics",
         "interval": "30s",
         "scrapeTimeout": "10s",
