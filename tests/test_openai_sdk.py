@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
+KEY = {"Authorization": f"Bearer {API_KEY}"}  # /metrics needs a key on an auth-on gateway
+
 
 @pytest.fixture(scope="module")
 def client(gateway: GatewayServer) -> openai.OpenAI:
@@ -264,7 +266,7 @@ def test_client_disconnect_aborts_generation(gateway: GatewayServer) -> None:
     # Polled until the engine is idle; the limit only guards against a hang (steps are slow on a loaded machine).
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        metrics = httpx.get(f"{gateway.url}/metrics").text
+        metrics = httpx.get(f"{gateway.url}/metrics", headers=KEY).text
         idle = re.search(r"^skillserve_requests_in_flight 0\.0$", metrics, re.M)
         if idle and re.search(r"^skillserve_engine_unfinished_requests 0\.0$", metrics, re.M):
             break
@@ -283,16 +285,16 @@ def test_metrics_tell_routers_which_adapters_are_busy(gateway: GatewayServer, no
         for line in lines:
             if line.startswith("data: {"):
                 break  # under way
-        during = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
+        during = re.search(pattern, httpx.get(f"{gateway.url}/metrics", headers=KEY).text, re.M)
         for _ in lines:  # the rest of the stream
             pass
-    after = re.search(pattern, httpx.get(f"{gateway.url}/metrics").text, re.M)
+    after = re.search(pattern, httpx.get(f"{gateway.url}/metrics", headers=KEY).text, re.M)
     assert during is not None and noise in during["running"].split(",")
     assert after is not None and after["running"] == ""
 
 
 def test_metrics_count_requests_tokens_and_adapter_loads(gateway: GatewayServer, noise: str) -> None:
-    metrics = httpx.get(f"{gateway.url}/metrics").text
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=KEY).text
     assert re.search(
         r'skillserve_requests_total\{method="POST",route="/v1/chat/completions",status="200"\}', metrics
     )
