@@ -21,7 +21,8 @@ from tests.gateway_fixtures import ADMIN_KEY, GatewayServer
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = {"positive": 30, "negative": 20}  # per operation
+# Per operation. The suite keeps this bound; `python -m bench.fuzz` runs the same fuzzing at depth (1,000+ cases).
+EXAMPLES = {"positive": 30, "negative": 20}
 # Training would start real jobs on these two cores; its validation is covered in test_security.py.
 SKIPPED = {"POST /adapters"}
 
@@ -55,8 +56,11 @@ def bounded_schema() -> dict[str, Any]:
     return schema
 
 
-def fuzz_gateway(url: str) -> tuple[Counter[str], Counter[int], list[str]]:
-    """Fuzz every operation but SKIPPED at `url`: cases tried per operation, statuses seen, failures."""
+def fuzz_gateway(
+    url: str, examples: dict[str, int] = EXAMPLES, key: str = ADMIN_KEY
+) -> tuple[Counter[str], Counter[int], list[str]]:
+    """Fuzz every operation but SKIPPED at `url` with up to `examples` cases per operation and mode:
+    cases tried per operation, statuses seen, failures."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
@@ -70,7 +74,7 @@ def fuzz_gateway(url: str) -> tuple[Counter[str], Counter[int], list[str]]:
 
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     schema = schemathesis.openapi.from_dict(bounded_schema())
-    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    headers = {"Authorization": f"Bearer {key}"}
     tried: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     failures: list[str] = []
@@ -99,9 +103,9 @@ def fuzz_gateway(url: str) -> tuple[Counter[str], Counter[int], list[str]]:
         operation = result.ok()
         if operation.label in SKIPPED:
             continue
-        for mode, examples in EXAMPLES.items():
+        for mode, count in examples.items():
             try:
-                fuzzer(operation, mode, examples)()
+                fuzzer(operation, mode, count)()
             except Unsatisfiable:
                 assert mode == "negative", operation.label  # nothing to violate (no parameters, no body)
             except (Exception, BaseExceptionGroup) as exc:  # every operation is fuzzed; failures reported together
