@@ -1,4 +1,4 @@
-"""`python -m bench [--size tiny|full] [--only serving,loading,training]`: run, write JSON, write BENCHMARKS.md."""
+"""`python -m bench [--size tiny|full] [--only serving,lora_ops,loading,training]`: run; write JSON, BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from bench import environment, report
 from bench.servers import REPO
 
-BENCHMARKS = ("serving", "loading", "training", "calibration")
+BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration")
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -33,13 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("tiny", "full"), default="full", help="tiny: a smoke run in minutes")
     parser.add_argument(
         "--only",
-        default="serving,loading,training",
+        default="serving,lora_ops,loading,training",
         help="comma-separated subset of " + ", ".join(BENCHMARKS) + " (default: all but calibration)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
         "--profile", action="store_true", help="serving: py-spy the gateway during the largest mixed case"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="serving: runs per server and case (default: the size's)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -56,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             machine = environment.machine()
             started = time.monotonic()
             try:
-                extra = {"profile": True} if args.profile and name == "serving" else {}
+                extra: dict[str, Any] = {"profile": True} if args.profile and name == "serving" else {}
+                if args.repeats is not None and name in ("serving", "calibration"):
+                    extra["repeats"] = args.repeats
                 result = _runner(name)(args.size, workdir / name, **extra)
             except Exception as exc:
                 traceback.print_exc()

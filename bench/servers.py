@@ -145,13 +145,31 @@ def start_gateway(shape: EngineShape, store_uri: str, workdir: Path, extra_env: 
     return server
 
 
+# Our grouped CPU LoRA ops (service/vllm_cpu_lora.py) are a vLLM plugin, which `vllm serve` would load
+# too; the comparison is against vLLM as it ships, so its server runs every plugin but that one.
+OUR_LORA_OPS_PLUGIN = "skillserve-cpu-lora"
+
+
+def vllm_serve_plugins() -> list[str]:
+    """The vLLM general plugins `vllm serve` loads in the benchmarks: all installed but our LoRA ops."""
+    from importlib.metadata import entry_points
+
+    return sorted(ep.name for ep in entry_points(group="vllm.general_plugins") if ep.name != OUR_LORA_OPS_PLUGIN)
+
+
 def start_vllm_serve(
     shape: EngineShape, lora_modules: dict[str, Path], workdir: Path, label: str = "vllm serve"
 ) -> Server:
-    """vLLM's own OpenAI server (`vllm serve --enable-lora --lora-modules ...`); returns when ready."""
+    """vLLM's own OpenAI server (`vllm serve --enable-lora --lora-modules ...`), with its own LoRA ops."""
     port = free_port()
     env = dict(os.environ)
-    env.update({"VLLM_CPU_KVCACHE_SPACE": str(shape.kv_cache_space_gb), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "VLLM_CPU_KVCACHE_SPACE": str(shape.kv_cache_space_gb),
+            "VLLM_PLUGINS": ",".join(vllm_serve_plugins()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     cmd = [
         sys.executable, "-m", "bench.vllm_cli", "serve", str(resolve_model(DEFAULT_MODEL)),
         "--served-model-name", BASE_MODEL_ID,

@@ -36,12 +36,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[s
 
 def test_every_benchmark_records_the_machine_and_the_table_shows_it(tiny_run: Any) -> None:
     results, markdown = tiny_run
-    assert set(results) == {"serving", "loading", "training"}
+    assert set(results) == {"serving", "lora_ops", "loading", "training"}
     for result in results.values():
         machine = result["machine"]
         assert machine["nproc"] >= 1 and machine["cpu_model"] and machine["date"]
         assert "torch" in machine["versions"] and "transformers" in machine["versions"]
-    for heading in ("## Machine", "## Serving", "## Adapter loading", "## Training"):
+    headings = ("## Machine", "## Serving", "### Adapter / base", "## CPU LoRA ops", "## Adapter loading", "## Train")
+    for heading in headings:
         assert heading in markdown
 
 
@@ -59,8 +60,22 @@ def test_serving_compares_each_case_on_equal_work(tiny_run: Any) -> None:
             assert case[side]["output_tokens"] == case[side]["expected_output_tokens"]
         assert set(case["ratio"]) == SERVING_FIGURES and all(v is not None for v in case["ratio"].values())
     assert set(serving["targets"]) == {
-        "throughput_ratio_min", "ttft_p50_overhead_ms_max", "mixed_vs_one_adapter_throughput",
+        "base_throughput_ratio_min", "adapter_throughput_ratio_min", "one_adapter_vs_base",
+        "mixed_adapters_vs_base", "ttft_p50_overhead_ms_max", "mixed_vs_one_adapter_throughput",
     }  # fmt: skip
+    # Each server's adapter mixes over its own base model, at every concurrency.
+    for mix in ("one-adapter", "mixed-adapters"):
+        assert set(serving["adapter_vs_base"][mix]) == {str(c) for c in serving["settings"]["concurrencies"]}
+    # vLLM's server runs vLLM's own LoRA ops: our plugin is not among those it loads.
+    assert "skillserve-cpu-lora" not in serving["settings"]["vllm_serve_plugins"]
+
+
+def test_lora_ops_are_timed_on_the_same_inputs(tiny_run: Any) -> None:
+    ops = tiny_run[0]["lora_ops"]
+    assert {(c["step"], c["mix"]) for c in ops["cases"]} == {
+        (step, mix) for step in ("prefill", "decode") for mix in ("one adapter", "8 adapters interleaved")
+    }
+    assert all(c["same_result"] and c["vllm_ms"] > 0 and c["ours_ms"] > 0 for c in ops["cases"])
 
 
 def test_loading_measures_every_tier_on_both_stores(tiny_run: Any) -> None:
