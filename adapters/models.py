@@ -146,15 +146,48 @@ def resolve_model(model: str) -> Path:
         raise ModelError(f"model {model!r} is neither a local directory nor downloadable: {exc}") from exc
 
 
+def fetch_model(model: str, target: Path) -> Path:
+    """Put `model` (the embedded default or a hub id) into `target` once, for a cluster's models volume.
+
+    A later call finds the copy verified against its stamp and returns without any network access, so a pod
+    restart downloads nothing."""
+    if model in ("", "default", DEFAULT_MODEL):
+        return prepare_default_model(target)
+    if _verify(target):
+        return target
+    from huggingface_hub import snapshot_download
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        out = Path(tmp) / "model"
+        try:
+            snapshot_download(model, local_dir=out)
+        except Exception as exc:
+            raise ModelError(f"cannot download model {model!r}: {exc}") from exc
+        shutil.rmtree(out / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping, not the model
+        files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+        (out / STAMP).write_text(json.dumps({"source": model, "files": files}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        out.rename(target)  # the stamp arrives with the files: a half-fetched model is never taken as done
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapters.models")
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build the embedded default model (idempotent)")
     prep.add_argument("--force", action="store_true", help="rebuild even if a verified copy exists")
     prep.add_argument("--dir", type=Path, default=None, help=f"target directory (default {default_model_dir()})")
+    fetch = sub.add_parser("fetch", help="fetch a model (default or hub id) into a directory once (idempotent)")
+    fetch.add_argument("model", help=f"{DEFAULT_MODEL} or a hub id")
+    fetch.add_argument("--dir", type=Path, required=True, help="target directory, e.g. on a persistent volume")
     args = parser.parse_args(argv)
     try:
-        path = prepare_default_model(args.dir, force=args.force)
+        if args.command == "fetch":
+            path = fetch_model(args.model, args.dir)
+        else:
+            path = prepare_default_model(args.dir, force=args.force)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

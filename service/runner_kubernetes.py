@@ -2,12 +2,14 @@
 
 The trainer in the Job reads its spec from the object store and writes its progress, result and adapter back
 there, so any gateway replica can report on any job. This runner only creates Jobs, reflects what Kubernetes
-knows (a Job that failed for good, a Job that vanished) into the job record, and deletes Jobs on cancel.
-Retries are Kubernetes' business (the Job's backoffLimit), not ours.
+knows (a Job that failed for good, a Job whose pods cannot even be created, a Job that vanished) into the job
+record, and deletes Jobs on cancel. Retries are Kubernetes' business (the Job's backoffLimit), not ours.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -38,6 +40,13 @@ CACHE_DIR = "/var/lib/skillserve"
 # Not secret, and the trainer needs the same store endpoint the gateway uses (MinIO, Ceph, R2, ...).
 PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
+# A Job that has had no pod this long while the Job controller reports FailedCreate (a missing service
+# account, a quota, an admission webhook) is failed with that reason instead of staying queued forever.
+# Not at once: a quota may free up, or the missing account may be on its way.
+FAILED_CREATE_GRACE_SECONDS = 120.0
+JOB_NAME_PREFIX = "skillserve-train-"
+DNS_LABEL_MAX = 63  # Job names become the `job-name` label of their pods, so they are label-sized
+
 # Keys a job template file may hold (Helm writes it from `trainer:` values); anything else is a typo.
 TEMPLATE_KEYS = {
     "image": "trainer image (default: the k8s_trainer_image setting)",
@@ -57,6 +66,8 @@ TEMPLATE_KEYS = {
     "envFrom": "extra container envFrom (list of EnvFromSource)",
     "s3Secret": "{name, accessKeyIdKey, secretAccessKeyKey}: the Secret with the store's AWS credentials",
     "cacheVolume": "volume source for the model cache (default: {emptyDir: {}})",
+    "extraVolumes": "extra pod volumes (list of Volume), e.g. the chart's pre-fetched models claim",
+    "extraVolumeMounts": "extra trainer container mounts (list of VolumeMount)",
     "podLabels": "extra labels on trainer pods",
     "podAnnotations": "annotations on trainer pods",
 }
@@ -99,8 +110,31 @@ def load_job_template(path: str | None) -> dict[str, Any]:
 
 
 def job_name(job_id: str) -> str:
-    """The Job's name: a DNS label derived from the job id, so a record always finds its Job."""
-    return f"skillserve-train-{job_id}"[:63]
+    """The Job's name: a DNS label derived from the job id, so a record always finds its Job.
+
+    Job ids may be 64 characters, more than a label holds; those get a hash of the id instead of a truncation,
+    which could give two ids one name."""
+    name = JOB_NAME_PREFIX + job_id
+    if len(name) <= DNS_LABEL_MAX:
+        return name
+    return JOB_NAME_PREFIX + hashlib.sha256(job_id.encode()).hexdigest()[:40]
+
+
+def job_id_label(job_id: str) -> str:
+    """The job-id label value: the id itself when it fits a label, else the same hash as the Job's name."""
+    return job_id if len(job_id) <= DNS_LABEL_MAX else job_name(job_id).removeprefix(JOB_NAME_PREFIX)
+
+
+def api_refusal(exc: ApiException) -> str:
+    """`422 Unprocessable Entity: <the server's reason>`: the Status message says which field and why."""
+    message = ""
+    try:
+        body = json.loads(exc.body or "")
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+    except (TypeError, ValueError):
+        message = str(exc.body or "").strip()[:1000]
+    head = f"{exc.status} {exc.reason}"
+    return f"{head}: {message}" if message else head
 
 
 def label_value(text: str) -> str:
@@ -126,10 +160,14 @@ def build_job(
         "app.kubernetes.io/name": "skillserve",
         "app.kubernetes.io/component": COMPONENT,
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        JOB_ID_LABEL: record.id,
+        JOB_ID_LABEL: job_id_label(record.id),
         ADAPTER_LABEL: label_value(record.spec.name),
     }
-    annotations = {"skillserve.io/adapter": record.spec.name, "skillserve.io/version": record.spec.version}
+    annotations = {
+        "skillserve.io/adapter": record.spec.name,
+        "skillserve.io/version": record.spec.version,
+        "skillserve.io/job-id": record.id,
+    }
 
     env: list[dict[str, Any]] = [
         {"name": "SKILLSERVE_STORE_URI", "value": settings.store_uri},
@@ -162,7 +200,11 @@ def build_job(
             "capabilities": {"drop": ["ALL"]},
         },
         # Everything the trainer writes goes to the cache volume or /tmp; the image stays read-only.
-        "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *(template.get("extraVolumeMounts") or []),
+        ],
     }
     if template.get("envFrom"):
         container["envFrom"] = list(template["envFrom"])
@@ -182,6 +224,7 @@ def build_job(
         "volumes": [
             {"name": "cache", **(template.get("cacheVolume") or {"emptyDir": {}})},
             {"name": "tmp", "emptyDir": {}},
+            *(template.get("extraVolumes") or []),
         ],
     }
     for key in (
@@ -233,6 +276,12 @@ def job_complete(job: k8s.V1Job) -> bool:
     )
 
 
+def job_has_pods(job: k8s.V1Job) -> bool:
+    """Whether the Job controller ever got a pod created for this Job."""
+    status = job.status
+    return bool(status and ((status.active or 0) + (status.succeeded or 0) + (status.failed or 0)))
+
+
 def default_namespace(settings: Settings) -> str:
     """The configured namespace, else the pod's own (in-cluster), else 'default'."""
     if settings.k8s_namespace:
@@ -243,8 +292,9 @@ def default_namespace(settings: Settings) -> str:
         return "default"
 
 
-def connect_batch_api() -> k8s.BatchV1Api:
-    """The BatchV1 API: in-cluster config (the gateway's service account) first, kubeconfig for local use."""
+def connect_apis() -> tuple[k8s.BatchV1Api, k8s.CoreV1Api]:
+    """Batch (Jobs) and core (Events) APIs: in-cluster config (the gateway's service account) first, kubeconfig
+    for local use."""
     from kubernetes import config
 
     try:
@@ -256,7 +306,7 @@ def connect_batch_api() -> k8s.BatchV1Api:
             raise KubernetesRunnerError(
                 "runner=kubernetes needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
             ) from exc
-    return k8s.BatchV1Api()
+    return k8s.BatchV1Api(), k8s.CoreV1Api()
 
 
 class KubernetesRunner:
@@ -270,12 +320,19 @@ class KubernetesRunner:
         registry: JobRegistry,
         batch_api: Any | None = None,
         poll_seconds: float | None = None,
+        core_api: Any | None = None,
+        failed_create_grace: float = FAILED_CREATE_GRACE_SECONDS,
     ):
         self.settings = settings
         self.registry = registry
         self.template = load_job_template(settings.k8s_job_template)
         self.namespace = default_namespace(settings)
-        self.api = batch_api if batch_api is not None else connect_batch_api()
+        if batch_api is None:
+            batch_api, core_api = connect_apis()
+        self.api = batch_api
+        # Events only explain a Job without pods; a runner without the core API just cannot say why.
+        self.core_api = core_api
+        self.failed_create_grace = failed_create_grace
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -300,9 +357,8 @@ class KubernetesRunner:
         try:
             self.api.create_namespaced_job(namespace=self.namespace, body=body)
         except ApiException as exc:
-            raise KubernetesRunnerError(
-                f"Kubernetes refused the training Job for {job.id}: {exc.status} {exc.reason}"
-            ) from exc
+            error = f"Kubernetes refused the training Job for {job.id}: {api_refusal(exc)}"
+            raise KubernetesRunnerError(error) from exc
         record = self.registry.get_job(job.id)
         record.runner = self.name
         record.runner_ref = job_name(job.id)
@@ -321,9 +377,7 @@ class KubernetesRunner:
             )
         except ApiException as exc:
             if exc.status != 404:  # already gone is what we wanted
-                raise KubernetesRunnerError(
-                    f"cannot delete the Job of {job_id}: {exc.status} {exc.reason}"
-                ) from exc
+                raise KubernetesRunnerError(f"cannot delete the Job of {job_id}: {api_refusal(exc)}") from exc
         record = self.registry.get_job(job_id)  # the trainer may have written progress meanwhile
         if record.status.finished:
             return
@@ -333,21 +387,18 @@ class KubernetesRunner:
         self.registry.put_job(record)
 
     def reconcile(self) -> None:
-        """One pass: fail unfinished records whose Job failed for good, completed silently, or vanished."""
+        """One pass: fail unfinished records whose Job failed for good, cannot create its pod, completed
+        silently, or vanished."""
         try:
             listed = self.api.list_namespaced_job(namespace=self.namespace, label_selector=JOB_SELECTOR)
         except ApiException as exc:
-            log.warning("cannot list training Jobs in %s: %s %s", self.namespace, exc.status, exc.reason)
+            log.warning("cannot list training Jobs in %s: %s", self.namespace, api_refusal(exc))
             return
-        jobs = {
-            item.metadata.labels.get(JOB_ID_LABEL): item
-            for item in listed.items or []
-            if item.metadata and item.metadata.labels
-        }
+        jobs = {item.metadata.name: item for item in listed.items or [] if item.metadata}
         for record in self.registry.list_jobs():
             if record.runner != self.name or record.status.finished or not record.runner_ref:
                 continue
-            job = jobs.get(record.id)
+            job = jobs.get(record.runner_ref)
             if job is None:
                 if not self._exists(record.runner_ref):  # it may have been created after the list
                     self._fail(record.id, f"Kubernetes Job {record.runner_ref} no longer exists")
@@ -356,6 +407,34 @@ class KubernetesRunner:
             elif job_complete(job):
                 error = f"Kubernetes Job {record.runner_ref} completed but the trainer recorded no result"
                 self._fail(record.id, error)
+            elif not job_has_pods(job) and (reason := self._failed_create(job)):
+                self._fail(record.id, f"Kubernetes Job {record.runner_ref} cannot start its pod: {reason}")
+
+    def _failed_create(self, job: k8s.V1Job) -> str | None:
+        """'FailedCreate: <message>' once the Job has gone the grace period without a pod, else None."""
+        meta = job.metadata
+        created = meta.creation_timestamp if meta else None
+        if self.core_api is None or meta is None or created is None:
+            return None
+        if time.time() - created.timestamp() < self.failed_create_grace:
+            return None
+        try:
+            events = self.core_api.list_namespaced_event(
+                namespace=self.namespace,
+                field_selector=f"involvedObject.kind=Job,involvedObject.name={meta.name}",
+            )
+        except ApiException as exc:
+            log.warning("cannot list events of Job %s: %s", meta.name, api_refusal(exc))
+            return None
+        failures = [
+            event
+            for event in events.items or []
+            if event.reason == "FailedCreate" and event.involved_object.uid in (None, meta.uid)
+        ]
+        if not failures:
+            return None
+        latest = max(failures, key=lambda e: e.last_timestamp or e.event_time or created)
+        return f"FailedCreate: {latest.message or 'no message'}"
 
     def _exists(self, name: str) -> bool:
         try:

@@ -13,15 +13,11 @@ import yaml
 from service.runner_kubernetes import build_job, load_job_template
 from service.settings import Settings
 
-helm = pytest.importorskip(
-    "helm_python", reason="helm-python-sdk (dev extra) bundles Helm; pip install -e '.[dev]'"
-)
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) bundles Helm; pip install -e '.[dev]'")
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "skillserve"
 GPU_VALUES = yaml.safe_load((CHART / "ci" / "gpu-s3-values.yaml").read_text())
-K8S_VERSION = (
-    "1.30.0"  # the chart's kubeVersion floor is 1.27; validate against a current-but-conservative one
-)
+K8S_VERSION = "1.30.0"  # the chart's kubeVersion floor is 1.27; validate against a current-but-conservative one
 CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas: checked by hand below
 
 
@@ -139,11 +135,13 @@ def test_gpu_s3_install_has_ingress_hpa_pdb_and_service_monitor(gpu_manifests: l
 
 
 def test_rbac_grants_only_job_verbs_in_the_release_namespace(gpu_manifests: list[dict[str, Any]]) -> None:
+    """What the runner calls, nothing more (tests/test_kubernetes_apiserver.py proves it on a real server)."""
     kinds = {doc["kind"] for doc in gpu_manifests}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     (role,) = by_kind(gpu_manifests, "Role")
     assert role["rules"] == [
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "delete"]}
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "delete"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     ]
     (binding,) = by_kind(gpu_manifests, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -156,9 +154,7 @@ def test_rendered_job_template_drives_the_runner_to_a_valid_gpu_job(
     gpu_manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """Trainer values travel through the job-template ConfigMap into every Job the gateway creates."""
-    (template_map,) = [
-        d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"].endswith("template")
-    ]
+    (template_map,) = [d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"].endswith("template")]
     path = tmp_path / "job-template.yaml"
     path.write_text(template_map["data"]["job-template.yaml"])
     (config,) = [d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"] == "demo-skillserve"]
@@ -180,6 +176,12 @@ def test_rendered_job_template_drives_the_runner_to_a_valid_gpu_job(
     assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (1, 14400)
     assert job["spec"]["ttlSecondsAfterFinished"] == 600
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "skillserve-trainer"
+    # ... an account the chart creates (without it the Job controller reports FailedCreate and no pod starts).
+    accounts = {d["metadata"]["name"]: d for d in by_kind(gpu_manifests, "ServiceAccount")}
+    assert accounts["skillserve-trainer"]["automountServiceAccountToken"] is False
+    # The pre-fetched model is mounted read-only in every training pod, at the path the gateway records.
+    mounts = {m["name"]: m for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["image"] == "registry.example.com/skillserve:0.1.0-gpu"
@@ -197,6 +199,10 @@ def test_rendered_job_template_drives_the_runner_to_a_valid_gpu_job(
         ({"s3": {"accessKey": "AKIA..."}}, "accessKey"),
         ({"store": {"uri": "s3://Bad_Bucket"}}, "uri"),
         ({"trainer": {"backoffLimit": -1}}, "backoffLimit"),
+        ({"fullnameOverride": "x" * 51}, "fullnameOverride"),
+        ({"trainer": {"serviceAccount": {"name": "Not_A_Name"}}}, "name"),
+        ({"runtimeClassName": "NVIDIA Runtime"}, "runtimeClassName"),
+        ({"modelCache": {"accessModes": ["ReadManyTimes"]}}, "accessModes"),
     ],
 )
 def test_bad_values_fail_at_install_time(values: dict[str, Any], complaint: str) -> None:
@@ -209,8 +215,93 @@ def test_bad_values_fail_at_install_time(values: dict[str, Any], complaint: str)
     [
         ({"runner": "kubernetes"}, "needs a store the training Jobs can reach"),
         ({"replicaCount": 2}, "needs a shared store"),
+        # What the API server would refuse (tests/test_kubernetes_apiserver.py shows it does), refused at render.
+        ({"resources": {"requests": {"memory": "32Gi"}}}, r"resources.requests.memory \(32Gi\) is above"),
+        ({"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2000m"}}}, r"requests.cpu \(4\) is above"),
+        ({"trainer": {"resources": {"requests": {"nvidia.com/gpu": 1}}}}, "needs an equal trainer.resources.limits"),
+        ({"config": {"tensor_parallel_size": 2}}, "needs at least that many GPUs"),
+        (
+            {"runner": "kubernetes", "store": {"uri": "s3://b-1/p"}, "modelCache": {"enabled": True}},
+            "ReadOnlyMany or ReadWriteMany",
+        ),
     ],
 )
 def test_settings_that_cannot_work_fail_with_a_clear_message(values: dict[str, Any], complaint: str) -> None:
     with pytest.raises(helm.HelmError, match=complaint):
         render(values)
+
+
+def test_quantities_compare_across_units() -> None:
+    """A 16384Mi request under a 16Gi limit is fine; 0.5 CPU under 600m too: units are compared, not strings."""
+    render({"resources": {"requests": {"memory": "16384Mi", "cpu": 0.5}, "limits": {"memory": "16Gi", "cpu": "600m"}}})
+
+
+def test_gpus_above_one_shard_the_model_over_them() -> None:
+    (config,) = [d for d in render({"gpus": 2}) if d["kind"] == "ConfigMap"]
+    assert config["data"]["SKILLSERVE_TENSOR_PARALLEL_SIZE"] == "2"
+    (config,) = [d for d in render({"gpus": 4, "config": {"tensor_parallel_size": 2}}) if d["kind"] == "ConfigMap"]
+    assert config["data"]["SKILLSERVE_TENSOR_PARALLEL_SIZE"] == "2"  # an explicit setting wins
+
+
+def test_model_is_prefetched_once_into_a_claim_and_mounted_read_only(gpu_manifests: list[dict[str, Any]]) -> None:
+    (deployment,) = by_kind(gpu_manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["command"] == [
+        "python",
+        "-m",
+        "adapters.models",
+        "fetch",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--dir",
+        "/models/Qwen2.5-7B-Instruct",
+    ]
+    assert {"name": "models", "mountPath": "/models"} in fetch["volumeMounts"]  # only the fetcher writes
+    (gateway,) = pod["containers"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in gateway["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "demo-skillserve-models"
+    claims = {d["metadata"]["name"]: d for d in by_kind(gpu_manifests, "PersistentVolumeClaim")}
+    assert claims["demo-skillserve-models"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    (config,) = [d for d in by_kind(gpu_manifests, "ConfigMap") if d["metadata"]["name"] == "demo-skillserve"]
+    assert config["data"]["SKILLSERVE_MODEL"] == "/models/Qwen2.5-7B-Instruct"
+    assert config["data"]["SKILLSERVE_SERVED_MODEL_NAME"] == "Qwen2.5-7B-Instruct"  # API ids unchanged
+
+
+def test_pod_extras_reach_the_gateway_pod() -> None:
+    values = {
+        "nameOverride": "skills",
+        "runtimeClassName": "nvidia",
+        "extraVolumes": [{"name": "certs", "secret": {"secretName": "ca"}}],
+        "extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True}],
+        "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"]}],
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+    }
+    manifests = render(values)
+    for doc in manifests:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (deployment,) = by_kind(manifests, "Deployment")
+    assert deployment["metadata"]["name"] == "demo-skills"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia" and pod["initContainers"][0]["name"] == "wait"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert any(v["name"] == "certs" for v in pod["volumes"])
+    assert {"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+
+def test_long_release_names_still_give_names_the_server_accepts() -> None:
+    manifests = render_named("r" * 53)
+    for doc in manifests:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def render_named(release: str) -> list[dict[str, Any]]:
+    values = {"runner": "kubernetes", "store": {"uri": "s3://b-1/p"}, "trainer": {"serviceAccount": {"create": True}}}
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(values, name=release, namespace="ml", is_install=True)
+    return [
+        doc for p, t in sorted(files.items()) if not p.endswith("NOTES.txt") for doc in yaml.safe_load_all(t) if doc
+    ]

@@ -110,9 +110,7 @@ def registry(tmp_path: Path) -> Registry:
 def settings(tmp_path: Path) -> Settings:
     template = tmp_path / "job-template.yaml"
     template.write_text(yaml.safe_dump(GPU_TEMPLATE))
-    return Settings(
-        store_uri="s3://skillserve-test/registry", k8s_namespace="ml", k8s_job_template=str(template)
-    )
+    return Settings(store_uri="s3://skillserve-test/registry", k8s_namespace="ml", k8s_job_template=str(template))
 
 
 @pytest.fixture
@@ -308,3 +306,18 @@ def test_minimal_job_without_template_is_valid_and_labels_odd_adapter_names(regi
     kubernetes_validate.validate(
         k8s.ApiClient().sanitize_for_serialization(k8s.V1Job.from_dict(body)), K8S_VERSION, strict=True
     )
+
+
+def test_refusal_carries_the_servers_reason(runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api) -> None:
+    refusal = ApiException(status=422, reason="Unprocessable Entity")
+    refusal.body = '{"kind":"Status","message":"Job.batch \\"x\\" is invalid: limits: Required value"}'
+    api.refuse_create = refusal
+    with pytest.raises(KubernetesRunnerError, match=r'422 Unprocessable Entity: Job.batch "x" is invalid: limits'):
+        runner.submit(queued_job(registry))
+
+
+def test_job_names_fit_a_label_and_never_collide() -> None:
+    short = "0123456789abcdef" * 2
+    assert job_name(short) == f"skillserve-train-{short}"
+    long_a, long_b = "a" * 63 + "1", "a" * 63 + "2"
+    assert len(job_name(long_a)) <= 63 and job_name(long_a) != job_name(long_b)
