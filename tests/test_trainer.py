@@ -14,7 +14,7 @@ from adapters.dataset import rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
 from adapters.registry import Registry
-from adapters.schema import JobRecord, JobStatus
+from adapters.schema import JobRecord, JobStatus, Phase
 from adapters.store import FileStore, S3Store
 from adapters.templates import get_template
 from service.runner import job_spec_uri
@@ -69,7 +69,8 @@ def test_job_record_and_manifest_tell_the_whole_story(shout_job: Any) -> None:
     registry, record, _ = shout_job
     progress = record.progress
     assert progress.step == progress.total_steps == SHOUT_TRAINING["max_steps"]
-    assert progress.eta_seconds == 0 and progress.eval_loss is not None
+    # The last phase it went through; no ETA once the steps are done (evaluation and publishing are not steps).
+    assert progress.phase == Phase.publishing and progress.eta_seconds is None and progress.eval_loss is not None
     metrics = record.metrics
     assert metrics["train_loss"] < metrics["train_loss_first"] / 5
     assert metrics["eval_rows"] == 8 and metrics["train_rows"] == 72
@@ -82,6 +83,12 @@ def test_job_record_and_manifest_tell_the_whole_story(shout_job: Any) -> None:
     assert manifest.lora.rank == 8 and "gate_proj" in manifest.lora.target_modules  # all linear layers
     assert set(manifest.files) >= {"adapter_config.json", "adapter_model.safetensors"}
     assert manifest.metrics["eval_loss"] == metrics["eval_loss"]
+    # Every hyperparameter in use, in the record and the manifest alike, the trainer's own choices included.
+    assert manifest.hyperparameters == record.hyperparameters
+    used = record.hyperparameters
+    assert {k: used[k] for k in SHOUT_TRAINING} == SHOUT_TRAINING and used["eval_fraction"] == 0.1
+    assert used["total_steps"] == 40 and used["steps_per_epoch"] == 9 and used["warmup_steps"] == 0
+    assert used["lora_target_modules"] == manifest.lora.target_modules and used["train_rows"] == 72
 
 
 def test_a_failing_job_ends_failed_with_its_reason_and_publishes_nothing(s3_store_uri: str) -> None:
