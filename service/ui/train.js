@@ -1,0 +1,180 @@
+// New skill: a dataset (file or pasted JSONL), a template, and hyperparameters from the API's own schema.
+import { api, gatewayConfig } from "./api.js";
+import { h } from "./dom.js";
+
+// What each built-in template's prompt looks like, beside its name (the names come from the gateway).
+const LOOKS = {
+  chatml: "<|im_start|>user … <|im_end|>",
+  alpaca: "### Instruction: … ### Response:",
+  instruction: "###instruction### … ###response###",
+  base: "the base model's own chat template",
+};
+// Files larger than this are uploaded as they are instead of being shown in the text area.
+const PREVIEW_BYTES = 2 * 1024 * 1024;
+
+/** One input per hyperparameter: its type, bounds, default and description come from the schema. */
+function hyperField(name, prop) {
+  const variants = prop.anyOf || [prop];
+  const nullable = variants.some((v) => v.type === "null");
+  const list = variants.some((v) => v.type === "array");
+  const main = variants.find((v) => v.type && v.type !== "null" && v.type !== "array") || variants[0];
+  const id = `hp-${name}`;
+  const help = h("small", { id: `${id}-help` }, prop.description || "",
+    prop.default !== undefined ? ` (default ${JSON.stringify(prop.default)})` : "");
+  const common = { id, name, "aria-describedby": `${id}-help` };
+  let input;
+  let read;
+  if (main.type === "boolean") {
+    input = h("input", { ...common, type: "checkbox", checked: Boolean(prop.default) });
+    read = () => input.checked;
+    return { name, prop, read, reset: () => { input.checked = Boolean(prop.default); }, node: h("div", { class: "field check" }, h("label", { for: id }, input, name), help) };
+  }
+  if (list) {
+    // A list of module names, or the one word that stands for all of them.
+    input = h("input", { ...common, type: "text", value: Array.isArray(prop.default) ? prop.default.join(", ") : prop.default ?? "" });
+    read = () => {
+      const text = input.value.trim();
+      const consts = variants.filter((v) => v.const !== undefined).map((v) => v.const);
+      if (consts.includes(text)) return text;
+      return text.split(/[\s,]+/).filter(Boolean);
+    };
+    help.append(" — a comma-separated list of modules, or ", variants.filter((v) => v.const).map((v) => v.const).join(", "));
+  } else {
+    const numeric = main.type === "integer" || main.type === "number";
+    input = h("input", {
+      ...common,
+      type: numeric ? "number" : "text",
+      inputmode: main.type === "integer" ? "numeric" : numeric ? "decimal" : null,
+      step: main.type === "integer" ? "1" : "any",
+      min: main.minimum ?? main.exclusiveMinimum ?? null,
+      max: main.maximum ?? main.exclusiveMaximum ?? null,
+      value: prop.default === null || prop.default === undefined ? "" : String(prop.default),
+      placeholder: nullable ? "none" : null,
+    });
+    read = () => {
+      const text = input.value.trim();
+      if (!text) return nullable ? null : prop.default;
+      if (!numeric) return text;
+      return main.type === "integer" ? Number.parseInt(text, 10) : Number.parseFloat(text);
+    };
+  }
+  const initial = input.value;
+  const reset = () => { input.value = initial; };
+  return { name, prop, read, reset, node: h("div", { class: "field" }, h("label", { for: id }, name), input, help) };
+}
+
+function countRows(text) {
+  return text.split("\n").filter((line) => line.trim()).length;
+}
+
+/** A refused request: each bad line of a dataset with its number and reason, or the API's message. */
+function refusal(error) {
+  const lines = Array.isArray(error.details) ? error.details.filter((d) => d && d.line !== undefined) : [];
+  if (lines.length) {
+    return h("div", { class: "card alert", role: "alert", id: "dataset-errors" },
+      h("h3", {}, `The dataset has ${lines.length} bad line${lines.length === 1 ? "" : "s"}; nothing was queued.`),
+      h("ul", { class: "lines" }, lines.map((d) => h("li", {}, h("b", {}, `line ${d.line}`), " ", d.reason))));
+  }
+  const title = error.status === 403 ? "Training needs an admin key" : error.status === 429 ? "The training queue is full"
+    : "The gateway refused this job; nothing was queued";
+  return h("div", { class: "card alert", role: "alert", id: "dataset-errors" }, h("h3", {}, title),
+    h("p", {}, error.message), error.param ? h("p", { class: "muted" }, "field: ", h("code", {}, error.param)) : null);
+}
+
+export async function form(main, { signal }) {
+  document.title = "New skill · skillserve";
+  const { hyperparameters: schema, templates } = await gatewayConfig();
+  const fields = Object.entries(schema.properties).map(([name, prop]) => hyperField(name, prop));
+  let bigFile = null; // a file too large to show, sent as it is
+
+  const name = h("input", {
+    id: "skill-name", name: "name", required: true, autocomplete: "off", spellcheck: "false",
+    pattern: "[a-z0-9][a-z0-9._\\-]{0,62}", "aria-describedby": "skill-name-help",
+  });
+  const template = h("select", { id: "skill-template", name: "template" },
+    templates.map((value) => h("option", { value }, LOOKS[value] ? `${value} — ${LOOKS[value]}` : value)));
+  const rows = h("textarea", {
+    id: "dataset-text", name: "dataset", rows: 10, spellcheck: "false", "aria-describedby": "dataset-help",
+    placeholder: '{"instruction": "Shout these words: cat house", "output": "CAT HOUSE!"}\n{"messages": [{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}]}',
+  });
+  const count = h("span", { class: "muted", "aria-live": "polite" });
+  const file = h("input", { id: "dataset-file", type: "file", accept: ".jsonl,.json,.txt,application/jsonl,application/json,text/plain" });
+  const result = h("div", { id: "train-result" });
+  const submit = h("button", { type: "submit" }, "Train");
+
+  const recount = () => {
+    count.textContent = bigFile ? `${bigFile.name}: ${(bigFile.size / 1e6).toFixed(1)} MB, sent as is` : `${countRows(rows.value)} rows`;
+  };
+  rows.addEventListener("input", () => {
+    bigFile = null;
+    recount();
+  });
+  file.addEventListener("change", async () => {
+    const chosen = file.files[0];
+    if (!chosen) return;
+    if (chosen.size > PREVIEW_BYTES) {
+      bigFile = chosen;
+      rows.value = "";
+    } else {
+      bigFile = null;
+      rows.value = await chosen.text();
+    }
+    recount();
+    if (!name.value) name.value = chosen.name.replace(/\.[^.]*$/, "").toLowerCase().replace(/[^a-z0-9._-]+/g, "-").slice(0, 63);
+  });
+
+  async function send(event) {
+    event.preventDefault();
+    if (!bigFile && !rows.value.trim()) {
+      result.replaceChildren(h("p", { class: "card alert", role: "alert" }, "Add a dataset: choose a JSONL file or paste rows."));
+      rows.focus();
+      return;
+    }
+    const hyperparameters = {};
+    for (const field of fields) {
+      const value = field.read();
+      if (JSON.stringify(value) !== JSON.stringify(field.prop.default)) hyperparameters[field.name] = value;
+    }
+    const body = new FormData();
+    body.append("name", name.value.trim());
+    body.append("template", template.value);
+    body.append("hyperparameters", JSON.stringify(hyperparameters));
+    body.append("dataset", bigFile || new Blob([rows.value], { type: "application/jsonl" }), bigFile ? bigFile.name : "dataset.jsonl");
+    submit.disabled = true;
+    submit.textContent = "Checking the dataset…";
+    result.replaceChildren();
+    try {
+      const job = await api("/adapters", { method: "POST", form: body });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) {
+      if (error.status === 401) return;
+      result.replaceChildren(refusal(error));
+      result.querySelector("[role=alert]").scrollIntoView({ block: "nearest" });
+    } finally {
+      submit.disabled = false;
+      submit.textContent = "Train";
+    }
+  }
+
+  main.replaceChildren(
+    h("div", { class: "head" }, h("div", {}, h("h1", {}, "New skill"),
+      h("p", { class: "muted" }, "The dataset is checked before anything is stored: a bad line is reported with its number and nothing is queued."))),
+    h("form", { id: "train-form", onsubmit: send, novalidate: false },
+      h("div", { class: "grid cols-2" },
+        h("div", { class: "field" }, h("label", { for: "skill-name" }, "Name"), name,
+          h("small", { id: "skill-name-help" }, "a-z, 0-9, '.', '_' or '-'; a new version if the name exists")),
+        h("div", { class: "field" }, h("label", { for: "skill-template" }, "Template"), template,
+          h("small", {}, "how rows are rendered for training, and later every prompt to this skill"))),
+      h("div", { class: "field" }, h("label", { for: "dataset-text" }, "Dataset (JSONL, one example per line)"),
+        h("div", { class: "row", style: "margin-bottom:.4rem" }, h("label", { for: "dataset-file", class: "sr-only" }, "Choose a JSONL file"), file, count),
+        rows,
+        h("small", { id: "dataset-help" }, "alpaca rows {instruction, input?, output}, chat rows {messages: [...]}, or {prompt, completion}; ",
+          "choose a file or paste rows")),
+      h("fieldset", {}, h("legend", {}, "Hyperparameters"),
+        h("p", { class: "muted", style: "margin-top:0" }, "Defaults come from the API's schema; only changed values are sent. ",
+          h("button", { type: "button", class: "ghost small", onclick: () => fields.forEach((f) => f.reset()) }, "Reset to defaults")),
+        h("div", { class: "hyper" }, fields.map((f) => f.node))),
+      result,
+      h("div", { class: "row" }, submit)));
+  recount();
+}
