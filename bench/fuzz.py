@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -64,16 +65,20 @@ def run(positive: int, negative: int) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> str:
     statuses = ", ".join(f"{code}: {n}" for code, n in result["statuses"].items())
     bound = result["bound_per_operation"]
-    env = result["environment"]
-    load = env.get("load_avg_1m") if isinstance(env, dict) else None
-    return (
+    load = result["environment"]["load_average_at_start"][0]
+    text = (
         f"Schemathesis at depth (`python -m bench.fuzz`, up to {bound['positive']} valid and {bound['negative']} "
         f"invalid cases per operation): **{result['cases']} cases** over {result['operations']} operations "
-        f"in {result['seconds']:.0f} s; responses {statuses}; {result['server_errors']} server errors, "
-        f"{len(result['failures'])} failed checks. "
-        + (f"Load average {load} when it finished. " if load is not None else "")
-        + f"`POST /adapters` is left out ({'it would start real training; its validation is tested directly'})."
+        f"in {result['seconds']:.0f} s; responses {statuses}; server errors (5xx): {result['server_errors']}; "
+        f"operations with a failed check: {len(result['failures'])}. "
+        + (f"Load average {load} at the start. " if load is not None else "")
+        + "`POST /adapters` is left out: it would start real training; its validation is tested directly."
     )
+    for failure in result["failures"]:
+        operation = failure.partition(":")[0]
+        bodies = sorted(set(re.findall(r"\[5\d\d\][^`]*`([^`]*)`", failure)))
+        text += f"\n- Failed: {operation}" + (f", answered {'; '.join(bodies)}" if bodies else "")
+    return text
 
 
 def write_doc(result: dict[str, Any]) -> None:
