@@ -1,7 +1,8 @@
 """Training datasets: JSONL in three formats, validated up front with a reason and line number for each bad line.
 
 - alpaca: {"instruction": str, "input": str (optional), "output": str, "system": str (optional)}
-- chat: {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]} (multi-turn)
+- chat: {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...], "tools": [...]}
+  (multi-turn; OpenAI's fine-tuning format, assistant `tool_calls` and `tool` results included)
 - prompt/completion: {"prompt": str, "completion": str}
 
 Every row becomes a list of chat messages; the template turns messages into text.
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import DatasetError, TemplateError
+from adapters.tools import check_calls, check_tools, flatten
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 100
 
 
@@ -73,39 +75,53 @@ def _prompt_completion(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
-def chat_messages(messages: Any) -> list[dict[str, str]]:
-    """Check an OpenAI-style message list for training; text parts are joined into strings."""
+def chat_messages(messages: Any, tools: Any = None) -> list[dict[str, str]]:
+    """Check an OpenAI-style message list for training, tool calls and results included; returns plain
+    text turns (tools, calls and results written as text by `adapters.tools.flatten`)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
-    out: list[dict[str, str]] = []
+    checked: list[dict[str, Any]] = []
     for index, message in enumerate(messages, start=1):
         if not isinstance(message, dict):
             raise ValueError(f"message {index} is not an object")
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} in message {index} (use one of {', '.join(ROLES)})")
-        if "content" not in message:
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if role != "assistant":
+                raise ValueError(f"message {index}: only assistant messages have 'tool_calls'")
+            check_calls(calls, f"message {index}")
+            if tools is None:
+                raise ValueError(f"message {index} calls a tool, but the row lists no 'tools'")
+        elif "content" not in message:
             raise ValueError(f"missing field 'content' in message {index}")
-        content = _text(message["content"], f"content of message {index}")
+        content = _text(message.get("content") or "", f"content of message {index}")
         if role == "system" and index != 1:
             raise ValueError(f"system message {index} must come first")
-        if role == "assistant" and not content.strip():
+        if role == "assistant" and not calls and not content.strip():
             raise ValueError(f"empty assistant content in message {index}")
-        out.append({"role": role, "content": content})
-    turns = [m["role"] for m in out if m["role"] != "system"]
+        if role == "tool" and not (checked and (checked[-1].get("tool_calls") or checked[-1]["role"] == "tool")):
+            raise ValueError(f"tool message {index} must follow an assistant message with 'tool_calls'")
+        checked.append({"role": role, "content": content, **({"tool_calls": calls} if calls else {})})
+    turns = [m["role"] for m in checked if m["role"] != "system"]
     if not turns or turns[0] != "user":
         raise ValueError("the first message after the system message must be from the user")
     if "assistant" not in turns:
         raise ValueError("no assistant message: nothing to learn")
-    return out
+    return flatten(checked, check_tools(tools) if tools is not None else None)
 
 
 def row_messages(row: Any) -> tuple[str, list[dict[str, str]]]:
     """(format, messages) of one parsed JSON row; ValueError with the reason if it is not a valid row."""
     if not isinstance(row, dict):
         raise ValueError("row is not a JSON object")
+    if "functions" in row:
+        raise ValueError("'functions' is OpenAI's deprecated form: list them as 'tools'")
     if "messages" in row:
-        return "chat", chat_messages(row["messages"])
+        return "chat", chat_messages(row["messages"], row.get("tools"))
+    if "tools" in row:
+        raise ValueError("'tools' goes with 'messages' (the chat format)")
     if "instruction" in row or "output" in row:
         return "alpaca", _alpaca(row)
     if "prompt" in row or "completion" in row:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -150,12 +151,16 @@ class Engine:
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
             ):
                 yield out
-        except Exception:
+        except Exception as exc:
             # A submit that failed half-way (vLLM registered the request, then could not send it to the
             # core) would stay counted as unfinished for good: abort it here too, an unknown id is a no-op.
             if not llm.errored:
                 with contextlib.suppress(Exception):
                     await llm.abort(request_id)
+            from vllm.exceptions import VLLMClientError
+
+            if isinstance(exc, VLLMClientError):  # what vLLM refuses about a request is the client's to fix
+                raise APIError(400, str(exc), code="invalid_parameter") from None
             raise
         finally:
             self.in_flight -= 1
@@ -171,6 +176,27 @@ class Engine:
         the vocabulary is longer than `longest_token` characters. Checked before tokenizing anything."""
         longest_token = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
         return self.max_model_len * max(1, longest_token)
+
+    async def verify(self, params: SamplingParams, param: str | None) -> None:
+        """Check sampling parameters the way vLLM will when the request is added (a structured-output schema or
+        grammar compiled, logit_bias ids against the vocabulary), before any response starts: what vLLM would
+        refuse is a 400 with its reason, even for a stream whose 200 would otherwise already be sent."""
+        llm = self._require()
+        processor = llm.input_processor
+
+        def check() -> None:
+            copy.deepcopy(params).verify(
+                llm.model_config, processor.speculative_config, processor.structured_outputs_config, processor.tokenizer
+            )
+
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            await asyncio.to_thread(check)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            named = getattr(exc, "parameter", None) or param
+            message = f"{named}: {exc}" if named else str(exc)
+            raise APIError(400, message, param=named, code="invalid_parameter") from None
 
     def unfinished(self) -> int:
         """Requests vLLM itself still tracks (an aborted request leaves at once)."""
@@ -198,9 +224,13 @@ def sampling_params(
     logprobs: int | None,
     stream: bool,
     ignore_eos: bool = False,
+    logit_bias: dict[str, float] | None = None,
+    structured: dict[str, Any] | None = None,
 ) -> SamplingParams:
-    """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise)."""
-    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise);
+    `structured` holds the one constraint of vLLM's StructuredOutputsParams (json, regex, choice, grammar,
+    json_object)."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
     return SamplingParams(
         n=n,
@@ -215,4 +245,6 @@ def sampling_params(
         logprobs=logprobs,
         ignore_eos=ignore_eos,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        logit_bias={int(token): bias for token, bias in logit_bias.items()} if logit_bias else None,
+        structured_outputs=StructuredOutputsParams(**structured) if structured else None,
     )

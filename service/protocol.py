@@ -6,7 +6,8 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from adapters.schema import Hyperparameters, JobRecord, Manifest
 
@@ -20,14 +21,51 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON object, in text")
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the assistant made (in a response, and in the conversation a client sends back)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """A message of the conversation; content is a string or a list of text parts."""
+    """A message of the conversation: content is a string or a list of text parts; assistant messages may
+    carry `tool_calls`, and `tool` messages answer one of them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"content parts of type {kind!r} are not supported: this is a text model")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is null: every message but an assistant's tool calls needs text")
+        return self
 
     def text(self) -> str:
         """The content as one string: text parts are joined, as the trainer saw plain strings."""
@@ -37,15 +75,95 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def turn(self) -> dict[str, Any]:
+        """The message as the templates take it (OpenAI's "developer" plays the part of "system")."""
+        role = "system" if self.role == "developer" else self.role
+        turn: dict[str, Any] = {"role": role, "content": self.text()}
+        if self.tool_calls:
+            turn["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return turn
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """The sampling parameters /v1/chat/completions and /v1/completions share."""
+class JSONSchemaFormat(BaseModel):
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON that validates against a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs `json_schema` with `name` and `schema`")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's extension for constrained decoding (its `structured_outputs`): exactly one of these."""
+
+    choice: list[str] | None = Field(None, min_length=1, description="the output is one of these strings")
+    regex: str | None = Field(None, description="the output matches this regular expression")
+    json_schema: dict[str, Any] | None = Field(None, alias="json", description="the output is JSON for this schema")
+    grammar: str | None = Field(None, description="the output follows this EBNF (or Lark) grammar")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        given = [k for k in ("choice", "regex", "json_schema", "grammar") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, regex, json or grammar")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: dict[str, str] = Field(description='{"name": <function name>}')
+
+
+# Fields of OpenAI's API this gateway refuses, each with the reason: a 400 naming the field, never a silent drop.
+REFUSED_FIELDS = {
+    "audio": "audio output is not supported: this gateway serves a text model",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "functions": "the deprecated `functions` are not supported: send `tools`",
+    "function_call": "the deprecated `function_call` is not supported: send `tool_choice`",
+    "metadata": "metadata belongs to stored completions, which this gateway does not keep",
+    "reasoning_effort": "the models served here do not reason in separate tokens",
+    "suffix": "suffix (insertion) is not supported",
+}
+
+
+class SamplingFields(BaseModel):
+    """The sampling parameters /v1/chat/completions and /v1/completions share. An unknown field is a 400 that
+    names it: nothing a client asks for is silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
     model: str = Field(description="base model id, `adapter` (newest version) or `adapter@version`")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -65,6 +183,63 @@ class SamplingFields(BaseModel):
         description="vLLM extension: generate max_tokens tokens, ignoring end-of-sequence and the template's "
         "stop sequences (the client's own `stop` still applies); for benchmarks of equal work",
     )
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id (as a string) -> bias added to its logit, -100 to 100"
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the output is JSON (for the schema), by constrained decoding"
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        None,
+        description="vLLM extension: constrain the output to one of `choice`, a `regex`, a `json` schema or a "
+        "`grammar`",
+    )
+    store: bool | None = Field(None, description="false or absent: nothing is stored")
+    modalities: list[Literal["text"]] | None = Field(None, description='["text"] or absent')
+    service_tier: Literal["auto", "default"] | None = Field(None, description="auto or default: one tier here")
+    best_of: int | None = Field(None, description="completions: equal to n or absent")
+    # OpenAI fields this gateway refuses (400 naming the field and why), listed so the schema shows them too.
+    audio: Any = Field(None, description=f"refused: {REFUSED_FIELDS['audio']}")
+    prediction: Any = Field(None, description=f"refused: {REFUSED_FIELDS['prediction']}")
+    web_search_options: Any = Field(None, description=f"refused: {REFUSED_FIELDS['web_search_options']}")
+    functions: Any = Field(None, description=f"refused: {REFUSED_FIELDS['functions']}")
+    function_call: Any = Field(None, description=f"refused: {REFUSED_FIELDS['function_call']}")
+    metadata: Any = Field(None, description=f"refused: {REFUSED_FIELDS['metadata']}")
+    reasoning_effort: Any = Field(None, description=f"refused: {REFUSED_FIELDS['reasoning_effort']}")
+    suffix: Any = Field(None, description=f"refused: {REFUSED_FIELDS['suffix']}")
+
+    @field_validator(*REFUSED_FIELDS)
+    @classmethod
+    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            raise ValueError(REFUSED_FIELDS[str(info.field_name)])
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("stored completions are not kept here: leave store false")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, not {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError("logit_bias values lie between -100 and 100")
+        return value
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingFields:
+        if self.best_of is not None and self.best_of != self.n:
+            raise PydanticCustomError("unsupported", "best_of: only best_of equal to n is supported")
+        json_format = self.response_format is not None and self.response_format.type != "text"
+        if json_format and self.structured_outputs is not None:
+            raise ValueError("give response_format or structured_outputs, not both")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -97,15 +272,32 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("top_logprobs requires logprobs=true")
         return self
 
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (the default with tools), none, required, or a named function"
+    )
+    parallel_tool_calls: bool = Field(True, description="auto: the model may call several tools in one turn")
+
     @field_validator("messages")
     @classmethod
     def _messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        for index, message in enumerate(messages):
-            if message.content is None:
-                raise ValueError(f"message {index} has no content (null): every message needs text")
         if not any(message.role == "user" for message in messages):
             raise ValueError("no user message: a chat completion answers the user's turn")
         return messages
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs `tools`")
+        if isinstance(choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or []}
+            if choice.function.get("name") not in names:
+                raise ValueError(f"tool_choice names {choice.function.get('name')!r}, which is not in `tools`")
+        forced = isinstance(choice, NamedToolChoice) or choice == "required"
+        if forced and (self.response_format is not None or self.structured_outputs is not None):
+            raise ValueError("a forced tool call is already constrained: drop response_format/structured_outputs")
+        return self
 
     @property
     def token_limit(self) -> int | None:
@@ -159,12 +351,13 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -183,9 +376,17 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -15,6 +15,7 @@ from adapters.templates import ChatTemplate, get_template, template_from_manifes
 from service.adapter_cache import Lease
 from service.dependencies import Gateway
 from service.errors import APIError
+from service.protocol import SamplingFields
 
 T = TypeVar("T")
 
@@ -46,6 +47,29 @@ async def resolve_target(gw: Gateway, model: str) -> Target:
     lease = await gw.cache.acquire(manifest)
     lora = LoRARequest(lora_name=manifest.ref, lora_int_id=lease.lora_id, lora_path=str(lease.path))
     return Target(model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name)
+
+
+def structured_constraint(body: SamplingFields) -> dict[str, Any] | None:
+    """The one constrained-decoding rule a request asks for, as vLLM's StructuredOutputsParams fields."""
+    if body.structured_outputs is not None:
+        given = body.structured_outputs.model_dump(by_alias=True, exclude_none=True)
+        return given
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    # No free whitespace between JSON tokens: a small model given the choice can spend its whole token budget
+    # on blank lines inside an object and never close it.
+    if fmt.type == "json_object":
+        return {"json_object": True, "disable_any_whitespace": True}
+    assert fmt.json_schema is not None
+    return {"json": fmt.json_schema.schema_, "disable_any_whitespace": True}
+
+
+def constraint_param(body: SamplingFields) -> str | None:
+    """The field a constrained-decoding error is about, if the request asked for one."""
+    if body.structured_outputs is not None:
+        return "structured_outputs"
+    return "response_format" if structured_constraint(body) else None
 
 
 def check_count(count: int, limit: int, param: str) -> None:

@@ -267,3 +267,34 @@ def test_gateway_generates_what_peft_generates_token_for_token(
     # fp32 on both sides: the arithmetic differs in the last bits only (measured: 48/48 identical, largest gap
     # 3.0e-05 on 2 CPU cores); a gap near the bound would mean a real skew (dtype, LoRA scaling, template).
     assert worst < 2e-3, f"log-probability gap {worst:.2e}"
+
+
+TOOL_ROW = {
+    "messages": [
+        {"role": "system", "content": "You answer weather questions."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temperature_c": 4}'},
+        {"role": "assistant", "content": "It is 4 C in Oslo."},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }}],
+}
+
+
+@pytest.mark.parametrize("template_name", TEMPLATE_NAMES)
+@pytest.mark.parametrize("cut", [2, 4])  # before the tool call; after the tool's result
+def test_tool_rows_are_served_with_the_trainer_ids(tokenizer: Any, template_name: str, cut: int) -> None:
+    """A tool-using conversation in OpenAI's format: the gateway's prompt == the trainer's ids, to the answer."""
+    template = get_template(template_name, tokenizer)
+    row = {"messages": TOOL_ROW["messages"][: cut + 1], "tools": TOOL_ROW["tools"]}
+    [trained] = parse_dataset(rows_to_jsonl([row])).rows
+    request = ChatCompletionRequest.model_validate(
+        {"model": "t", "messages": row["messages"][:-1], "tools": TOOL_ROW["tools"]}
+    )
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+    assert chat_prompt_ids(tokenizer, template, request.messages, tools) == trainer_prefix(tokenizer, template, trained)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from adapters.masking import encode
 from adapters.templates import ChatTemplate
+from adapters.tools import CALL_OPEN, call_schema, flatten, forced_call, parse_calls
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.engine import sampling_params
@@ -27,7 +29,11 @@ from service.protocol import (
     ChunkChoice,
     Delta,
     ErrorResponse,
+    FunctionCall,
+    NamedToolChoice,
     TokenLogprob,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
@@ -35,11 +41,13 @@ from service.serving import (
     Target,
     check_count,
     check_prompt_chars,
+    constraint_param,
     finish_reason,
     guarded_stream,
     merge_stops,
     resolve_target,
     sse,
+    structured_constraint,
     token_budget,
     until_disconnected,
 )
@@ -62,15 +70,72 @@ STREAMING: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _role(role: str) -> str:
-    # OpenAI's newer "developer" role plays the part the templates know as "system".
-    return "system" if role == "developer" else role
+def chat_prompt_ids(
+    tokenizer: Any,
+    template: ChatTemplate,
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]] | None = None,
+    prefill: str = "",
+) -> list[int]:
+    """The token ids a chat request sends to the engine: encoded as the trainer encodes, up to the answer
+    (tools, tool calls and tool results written as the trainer writes them), plus any forced `prefill`."""
+    turns = flatten([m.turn() for m in messages], tools)
+    ids = encode(tokenizer, template, turns, add_generation_prompt=True).input_ids
+    return ids + (list(tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else [])
 
 
-def chat_prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[ChatMessage]) -> list[int]:
-    """The token ids a chat request sends to the engine: encoded as the trainer encodes, up to the answer."""
-    turns = [{"role": _role(m.role), "content": m.text()} for m in messages]
-    return encode(tokenizer, template, turns, add_generation_prompt=True).input_ids
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a request's `tools` and `tool_choice` mean for the prompt, the decoding and the answer."""
+
+    tools: list[dict[str, Any]] | None = None  # rendered into the prompt
+    forced: str | None = None  # "required" or a function name: structured decoding writes one call
+    names: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest) -> ToolPlan:
+        choice = body.tool_choice or ("auto" if body.tools else "none")
+        if not body.tools or choice == "none":
+            return cls()
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools]
+        forced = choice.function["name"] if isinstance(choice, NamedToolChoice) else choice
+        return cls(tools, None if forced == "auto" else forced, frozenset(t["function"]["name"] for t in tools))
+
+    @property
+    def parses(self) -> bool:
+        return self.tools is not None
+
+    def constraint(self) -> dict[str, Any] | None:
+        if self.forced is None or self.tools is None:
+            return None
+        schema = call_schema(self.tools, None if self.forced == "required" else self.forced)
+        return {"json": schema, "disable_any_whitespace": True}
+
+    def answer(self, text: str, reason: str | None) -> tuple[str | None, list[ToolCallOut] | None, str | None]:
+        """(content, tool calls, finish reason) of one finished choice."""
+        if self.forced is not None:
+            call = forced_call(text)
+            found = [call] if call is not None else []
+            content = None if found else text
+        elif self.parses:
+            content, found = parse_calls(text, set(self.names))
+        else:
+            return text, None, reason
+        if not found:
+            return content, None, reason
+        calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in found]
+        return content, calls, "tool_calls"
+
+
+def _held_back(text: str) -> int:
+    """How much of streamed `text` may go out as content while a tool call may be starting: everything before
+    `<tool_call>`, or before a tail that could be the start of it."""
+    if CALL_OPEN in text:
+        return text.index(CALL_OPEN)
+    for keep in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
+        if CALL_OPEN.startswith(text[-keep:]):
+            return len(text) - keep
+    return len(text)
 
 
 def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | None:
@@ -110,10 +175,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     gw.engine.admit()
     check_prompt_chars(gw, sum(len(m.text()) for m in body.messages), "messages")
+    plan = ToolPlan.of(body)
     target = await resolve_target(gw, body.model)
     try:
         tokenizer = gw.engine.tokenizer
-        prompt_ids = await gw.engine.tokenize(lambda: chat_prompt_ids(tokenizer, target.template, body.messages))
+        prefill = CALL_OPEN if plan.forced else ""
+        prompt_ids = await gw.engine.tokenize(
+            lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill)
+        )
         max_tokens = token_budget(
             body.token_limit,
             len(prompt_ids),
@@ -121,6 +190,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
         )
         top = body.top_logprobs or 0
+        structured = plan.constraint() or structured_constraint(body)
         params = sampling_params(
             temperature=body.temperature,
             top_p=body.top_p,
@@ -134,14 +204,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
             logprobs=top if body.logprobs else None,
             stream=body.stream,
             ignore_eos=body.ignore_eos,
+            logit_bias=body.logit_bias,
+            structured=structured,
         )
+        await gw.engine.verify(params, "tool_choice" if plan.forced else constraint_param(body))
     except BaseException:
         target.release()
         raise
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     gw.metrics.tokens.labels("prompt", target.metric_model).inc(len(prompt_ids))
     if body.stream:
-        events = _stream(gw, body, target, prompt_ids, params, request_id, top)
+        events = _stream(gw, body, target, prompt_ids, params, request_id, top, plan)
         return StreamingResponse(
             guarded_stream(events, target.release),
             media_type="text/event-stream",
@@ -149,7 +222,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
         )
     try:
         return await until_disconnected(
-            request, _complete(gw, body, target, prompt_ids, params, request_id, top)
+            request, _complete(gw, body, target, prompt_ids, params, request_id, top, plan)
         )
     finally:
         target.release()
@@ -163,21 +236,24 @@ async def _complete(
     params: Any,
     request_id: str,
     top: int,
+    plan: ToolPlan,
 ) -> ChatCompletion:
     final = None
     async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id):
         final = out
     if final is None:
         raise APIError(500, "the engine returned nothing", type="server_error")
-    choices = [
-        ChatChoice(
-            index=o.index,
-            message=AssistantMessage(content=o.text),
-            logprobs=chat_logprobs(o.token_ids, o.logprobs, top) if body.logprobs else None,
-            finish_reason=finish_reason(o.finish_reason),  # type: ignore[arg-type]
+    choices = []
+    for o in sorted(final.outputs, key=lambda o: o.index):
+        content, calls, reason = plan.answer(o.text, finish_reason(o.finish_reason))
+        choices.append(
+            ChatChoice(
+                index=o.index,
+                message=AssistantMessage(content=content, tool_calls=calls),
+                logprobs=chat_logprobs(o.token_ids, o.logprobs, top) if body.logprobs else None,
+                finish_reason=reason,  # type: ignore[arg-type]
+            )
         )
-        for o in sorted(final.outputs, key=lambda o: o.index)
-    ]
     completion_tokens = sum(len(o.token_ids) for o in final.outputs)
     gw.metrics.tokens.labels("completion", target.metric_model).inc(completion_tokens)
     return ChatCompletion(
@@ -200,6 +276,7 @@ async def _stream(
     params: Any,
     request_id: str,
     top: int,
+    plan: ToolPlan,
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
@@ -213,22 +290,39 @@ async def _stream(
     for index in range(body.n):
         yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     produced = [0] * body.n
+    # With tools, text is held back while it may be a tool call; what is sent never has to be taken back.
+    text, sent = [""] * body.n, [0] * body.n
     async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id):
         for o in out.outputs:
-            produced[o.index] += len(o.token_ids)
+            i = o.index
+            produced[i] += len(o.token_ids)
             reason = finish_reason(o.finish_reason)
-            # The detokenizer may hold text back (a partial character or stop string): nothing to send yet.
-            if not o.text and reason is None and not body.logprobs:
+            logprobs = chat_logprobs(o.token_ids, o.logprobs, top) if body.logprobs else None
+            if not plan.parses:
+                # The detokenizer may hold text back (a partial character or stop string): nothing to send yet.
+                if not o.text and reason is None and not body.logprobs:
+                    continue
+                choice = ChunkChoice(index=i, delta=Delta(content=o.text), logprobs=logprobs, finish_reason=reason)  # type: ignore[arg-type]
+                yield chunk([choice])
                 continue
+            text[i] += o.text
+            if reason is None:
+                safe = sent[i] if plan.forced else _held_back(text[i])
+                if safe > sent[i] or logprobs is not None:
+                    yield chunk([ChunkChoice(index=i, delta=Delta(content=text[i][sent[i] : safe]), logprobs=logprobs)])
+                    sent[i] = max(sent[i], safe)
+                continue
+            content, calls, final_reason = plan.answer(text[i], reason)
+            # Content is a prefix of the text, so what was sent stays valid.
+            rest = (text[i] if calls is None else content or "")[sent[i] :]
+            if rest or logprobs is not None:
+                yield chunk([ChunkChoice(index=i, delta=Delta(content=rest), logprobs=logprobs)])
+            deltas = [
+                ToolCallDelta(index=k, id=call.id, type="function", function=call.function)
+                for k, call in enumerate(calls or [])
+            ]
             yield chunk(
-                [
-                    ChunkChoice(
-                        index=o.index,
-                        delta=Delta(content=o.text),
-                        logprobs=chat_logprobs(o.token_ids, o.logprobs, top) if body.logprobs else None,
-                        finish_reason=reason,  # type: ignore[arg-type]
-                    )
-                ]
+                [ChunkChoice(index=i, delta=Delta(tool_calls=deltas or None), finish_reason=final_reason)]  # type: ignore[arg-type]
             )
     completion_tokens = sum(produced)
     gw.metrics.tokens.labels("completion", target.metric_model).inc(completion_tokens)

@@ -21,11 +21,13 @@ from service.serving import (
     Target,
     check_count,
     check_prompt_chars,
+    constraint_param,
     finish_reason,
     guarded_stream,
     merge_stops,
     resolve_target,
     sse,
+    structured_constraint,
     token_budget,
     until_disconnected,
 )
@@ -83,9 +85,12 @@ async def completions(body: CompletionRequest, request: Request, gw: GatewayDep)
                 logprobs=body.logprobs,
                 stream=body.stream,
                 ignore_eos=body.ignore_eos,
+                logit_bias=body.logit_bias,
+                structured=structured_constraint(body),
             )
             for ids in prompts
         ]
+        await gw.engine.verify(params[0], constraint_param(body))
     except BaseException:
         target.release()
         raise
