@@ -5,7 +5,9 @@ buffer, then an expand-slice into the layer's output), with the shapes of the se
 projection (576 -> 576) at rank 16 with 8 adapter slots. vLLM's CPU runner sends every step through the
 prefill (`sgmv_*`) ops, so that is what is timed: prefill steps of 16 requests x 128 tokens and decode
 steps of 16 requests x 1 token, on one adapter and on eight interleaved. The two implementations run
-alternately, each timing the median of its repeats.
+alternately, each timing the median of its repeats. One torch thread: vLLM's CPU worker runs on one core
+here (its OpenMP threads are bound to core 0, the other core reserved), and two threads on a busy 2-core
+machine measure the scheduler more than the ops.
 """
 
 from __future__ import annotations
@@ -63,7 +65,15 @@ def timed(fn: Callable[[], None], repeats: int) -> float:
 
 
 def run(size_name: str, workdir: Any = None) -> dict[str, Any]:
-    size = SIZES[size_name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(SIZES[size_name], size_name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(size: dict[str, int], size_name: str) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(SLOTS, 1, RANK, HIDDEN, generator=gen) * 0.05
     b = torch.randn(SLOTS, 1, OUT, RANK, generator=gen) * 0.05
