@@ -7,6 +7,12 @@
 A version is published when, and only when, its manifest.json exists: files go up first, the manifest
 last with a conditional write, so a crash in between leaves nothing visible and two publishers of one
 version cannot both win.
+
+Each file goes up under its content address, `adapters/<name>/<version>/blobs/<sha256>`, and the manifest maps
+file names to those keys. Two publishers of one version therefore never write over each other's bytes: the
+winner's manifest names only blobs whose content is exactly what it hashed, and a loser removes only the blobs
+the winner does not name. Manifests written before this layout (no `key` in their file entries) keep their
+files beside the manifest and are read from there.
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ def manifest_key(name: str, version: str) -> str:
     return adapter_prefix(name, version) + MANIFEST
 
 
+def file_key(manifest: Manifest, filename: str) -> str:
+    """Where one file of a published version lies: its content address, or beside the manifest for manifests
+    published before content addressing."""
+    entry = manifest.files[filename]
+    return adapter_prefix(manifest.name, manifest.version) + (entry.key or _check_filename(filename))
+
+
 def job_key(job_id: str) -> str:
     return f"jobs/{check_job_id(job_id)}.json"
 
@@ -84,21 +97,38 @@ class Registry:
     # Adapters
 
     def publish(self, manifest: Manifest, directory: Path) -> Manifest:
-        """Upload the files in `directory`, then the manifest last; AlreadyExists if the version exists."""
+        """Upload the files in `directory` under their content addresses, then the manifest last, conditionally;
+        AlreadyExists if the version exists or another publisher's manifest landed first."""
         key = manifest_key(manifest.name, manifest.version)
         files = _adapter_files(directory)
         if self.store.exists(key):
             raise AlreadyExists(f"adapter {manifest.ref} is already published")
-        entries = {path.name: FileEntry(sha256=sha256_file(path), size=path.stat().st_size) for path in files}
-        completed = manifest.model_copy(update={"files": entries})
-        prefix = adapter_prefix(manifest.name, manifest.version)
+        entries = {}
         for path in files:
-            self.store.put_file(prefix + path.name, path)
+            digest = sha256_file(path)
+            entries[path.name] = FileEntry(sha256=digest, size=path.stat().st_size, key=f"blobs/{digest}")
+        completed = manifest.model_copy(update={"files": entries})
+        for path in files:
+            self.store.put_file(file_key(completed, path.name), path)
         try:
             self.store.put_bytes(key, completed.model_dump_json(indent=2).encode(), if_absent=True)
         except AlreadyExists:
+            self._discard_loser(completed)
             raise AlreadyExists(f"adapter {manifest.ref} was published by another writer meanwhile") from None
         return completed
+
+    def _discard_loser(self, lost: Manifest) -> None:
+        """Remove the blobs of a publish that lost the manifest race, except those the winner names (same
+        content, same key: they are the winner's too)."""
+        try:
+            winner = self.manifest(lost.name, lost.version)
+        except (NotFound, InvalidAdapter):
+            return  # unknown winner: leaving orphans is safe, deleting a blob someone reads is not
+        kept = {file_key(winner, filename) for filename in winner.files}
+        for filename in lost.files:
+            key = file_key(lost, filename)
+            if key not in kept:
+                self.store.delete(key)
 
     def manifest(self, name: str, version: str | None = None) -> Manifest:
         """One version's manifest, or the newest version's if `version` is None; NotFound if unpublished."""
@@ -146,7 +176,6 @@ class Registry:
         dest = Path(dest)
         if dest.exists():
             return dest
-        prefix = adapter_prefix(manifest.name, manifest.version)
         for filename in manifest.files:
             _check_filename(filename)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +183,7 @@ class Registry:
         try:
             for filename, entry in manifest.files.items():
                 target = temp / filename
-                self.store.get_file(prefix + filename, target)
+                self.store.get_file(file_key(manifest, filename), target)
                 size = target.stat().st_size
                 if size != entry.size:
                     raise ChecksumMismatch(

@@ -8,7 +8,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from adapters.errors import InvalidName
 
@@ -163,9 +163,24 @@ class JobRecord(BaseModel):
     runner_ref: str | None = Field(None, description="the runner's handle: a pid or a Kubernetes Job name")
 
 
+BLOB_KEY_RE = re.compile(r"blobs/[0-9a-f]{64}")
+
+
 class FileEntry(BaseModel):
     sha256: str
     size: int
+    key: str | None = Field(
+        None,
+        description="where the bytes lie under the version's prefix: `blobs/<sha256>`, written by this publish "
+        "attempt alone; null for manifests published before, whose files lie beside the manifest",
+    )
+
+    @model_validator(mode="after")
+    def _key_is_the_content_address(self) -> FileEntry:
+        # A manifest must not point a file at any key but its own content address: no other object is read.
+        if self.key is not None and (not BLOB_KEY_RE.fullmatch(self.key) or self.key != f"blobs/{self.sha256}"):
+            raise ValueError(f"file key {self.key!r} is not blobs/<its sha256>")
+        return self
 
 
 class LoraInfo(BaseModel):

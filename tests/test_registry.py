@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
-from adapters.registry import Registry
+from adapters.registry import Registry, file_key
 from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
 from adapters.store import ObjectStore
 
@@ -114,6 +114,74 @@ def test_racing_publishers_of_one_version_exactly_one_wins(registry: Registry, t
     assert [m.ref for m in registry.versions("shout")] == ["shout@v1"]
 
 
+def test_two_publishers_of_one_version_one_wins_and_every_reader_gets_a_valid_adapter(
+    registry: Registry, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both publishers upload every file before either writes its manifest: the interleaving in which, with
+    files under fixed names, the loser's bytes replaced the winner's and readers failed the checksum."""
+    dirs = {seed: adapter_dir(tmp_path / seed, seed) for seed in ("first", "second")}
+    both_uploaded = threading.Barrier(2)
+    real_put_bytes = store.put_bytes
+
+    def put_bytes(key: str, data: bytes, *, if_absent: bool = False) -> None:
+        if key.endswith("/manifest.json"):
+            both_uploaded.wait(timeout=60)
+        real_put_bytes(key, data, if_absent=if_absent)
+
+    monkeypatch.setattr(store, "put_bytes", put_bytes)
+    outcomes: dict[str, str] = {}
+
+    def publish(seed: str) -> None:
+        try:
+            registry.publish(unpublished("shout", "v1"), dirs[seed])
+            outcomes[seed] = "won"
+        except AlreadyExists:
+            outcomes[seed] = "refused"
+
+    threads = [threading.Thread(target=publish, args=(seed,)) for seed in dirs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["refused", "won"]
+    winner = next(seed for seed, outcome in outcomes.items() if outcome == "won")
+    for reader in range(3):  # fresh readers, each a complete download verified against the manifest
+        dest = registry.fetch(registry.manifest("shout", "v1"), tmp_path / f"reader{reader}")
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            assert (dest / name).read_bytes() == (dirs[winner] / name).read_bytes()
+    # The loser left no blob behind that the winner does not name.
+    published = registry.manifest("shout", "v1")
+    named = {file_key(published, f) for f in published.files}
+    assert set(store.list("adapters/shout/v1/blobs/")) == named
+
+
+def test_a_manifest_published_before_content_addressing_is_read_from_beside_it(
+    registry: Registry, store: ObjectStore, tmp_path: Path
+) -> None:
+    directory = adapter_dir(tmp_path / "old")
+    files = {}
+    for path in sorted(directory.iterdir()):
+        store.put_file(f"adapters/shout/v0/{path.name}", path)
+        files[path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size}
+    old = unpublished("shout", "v0").model_dump(mode="json") | {"files": files}
+    store.put_bytes("adapters/shout/v0/manifest.json", Manifest.model_validate(old).model_dump_json().encode())
+    manifest = registry.manifest("shout", "v0")
+    assert all(entry.key is None for entry in manifest.files.values())
+    dest = registry.fetch(manifest, tmp_path / "cache" / "shout@v0")
+    assert (dest / "adapter_model.safetensors").read_bytes() == (directory / "adapter_model.safetensors").read_bytes()
+    registry.delete("shout", "v0")
+    assert store.list("adapters/shout/") == []
+
+
+def test_a_manifest_cannot_point_a_file_at_another_key() -> None:
+    entry = {"sha256": "a" * 64, "size": 1}
+    with pytest.raises(ValueError, match="blobs"):
+        Manifest.model_validate(
+            unpublished("shout", "v1").model_dump(mode="json")
+            | {"files": {"adapter_config.json": entry | {"key": "../../jobs/x.json"}}}
+        )
+
+
 def test_crash_between_files_and_manifest_leaves_nothing_visible(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,7 +195,7 @@ def test_crash_between_files_and_manifest_leaves_nothing_visible(
     monkeypatch.setattr(registry.store, "put_bytes", crash_on_manifest)
     with pytest.raises(OSError, match="killed"):
         registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "a"))
-    assert "adapters/shout/v1/adapter_model.safetensors" in registry.store.list("adapters/")
+    assert any(k.startswith("adapters/shout/v1/blobs/") for k in registry.store.list("adapters/"))
     assert registry.versions("shout") == []
     assert registry.adapters() == []
     with pytest.raises(NotFound):
@@ -165,7 +233,7 @@ def test_fetch_refuses_a_corrupted_file_and_leaves_nothing(
     registry: Registry, store: ObjectStore, tmp_path: Path, corruption: bytes | None
 ) -> None:
     manifest = registry.publish(unpublished("shout", "v1"), adapter_dir(tmp_path / "out"))
-    key = "adapters/shout/v1/adapter_model.safetensors"
+    key = file_key(manifest, "adapter_model.safetensors")
     original = store.get_bytes(key)
     # Same size, one byte flipped (None) catches the hash check; other bytes catch the size check.
     store.put_bytes(key, corruption or bytes([original[0] ^ 1]) + original[1:])
