@@ -245,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             headers = {"Authorization": f"Bearer {API_KEY}"}
             httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=300).raise_for_status()
         if args.soak:
+            environment = machine()  # before the traffic: its load average is the other work on the machine
             phase, samples = asyncio.run(
                 soak(server.url, server.proc.pid, models, args.concurrency, args.soak, args.sample_every,
                      args.max_tokens)
@@ -258,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "soak": phase.summary(),
                 "memory_samples": samples,
                 "memory_trend": {key: memory_trend(samples, key) for key in ("gateway", "engine")},
-                "environment": machine(),
+                "environment": environment,
             }
         job_id = submit_training(server.url) if args.train else None
         before = rss_mib(server.proc.pid)
