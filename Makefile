@@ -6,7 +6,7 @@ EXTRAS ?= cpu,dev
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install model run test lint bench openapi clean
+.PHONY: install model browser run test lint bench openapi clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ run: model
 
 # Fast tests run first (tests/conftest.py orders them); the slowest are listed at the end, so a slow run shows
 # where its time went.
-test: model
+test: model browser
 	$(PY) -m pytest -q --durations=25
+
+# The dashboard's browser tests drive Debian's chromium (Playwright cannot download a browser here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: install
 	$(VENV)/bin/ruff check adapters trainer service tests bench

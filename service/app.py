@@ -22,7 +22,7 @@ from service.auth import KeyGate
 from service.dependencies import Gateway
 from service.engine import Engine
 from service.metrics import Metrics
-from service.routes import adapters, chat, completions, health, jobs, models
+from service.routes import adapters, chat, completions, health, jobs, models, ui
 from service.runner import Runner
 from service.settings import Settings
 
@@ -177,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (chat, completions, models, adapters, jobs, health):
         app.include_router(module.router)
+    ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(
         BodyLimit, limit=settings.max_request_bytes, inference_limit=settings.max_inference_request_bytes
     )

@@ -14,6 +14,8 @@ from service.settings import Settings
 # Probes must answer without a key; docs and metrics only where the operator says so.
 PROBES = ("/health", "/ready")
 DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+# The dashboard's static files (and its config.json): the page itself asks for a key and sends it on every API call.
+UI = "/ui"
 
 
 ROLE = "skillserve_role"  # where KeyGate leaves its verdict for the route dependencies
@@ -87,7 +89,7 @@ def require_admin(request: Request, settings: SettingsDep) -> None:
 
 def public(path: str, settings: Settings) -> bool:
     """Paths anyone may call on an auth-on gateway."""
-    if path in PROBES:
+    if path in PROBES or path == UI or path.startswith(UI + "/"):
         return True
     if path in DOCS:
         return settings.public_docs

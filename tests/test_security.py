@@ -98,6 +98,8 @@ ROUTE_ROLES = {
     ("GET", "/redoc"): INFER,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
+    # The dashboard's files and config need no key: the page asks for one (its static files are a mount).
+    ("GET", "/ui/config.json"): PUBLIC,
     ("GET", "/metrics"): INFER,
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,

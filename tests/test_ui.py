@@ -1,0 +1,278 @@
+"""The dashboard at /ui, in a real browser (Debian's chromium driven by Playwright) against the session's real gateway.
+
+Each page's screenshot is written into docs/ by these tests, so the README's pictures stay current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from adapters.templates import TEMPLATE_NAMES
+from service.app import create_app
+from service.settings import Settings
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
+from tests.shout import shout_rows
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+UI = REPO / "service" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+# No sandbox (containers and CI run as root), no GPU, and no traffic of the browser's own to anywhere.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LAPTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+SKILL = "ui-shout"
+# A skill small enough to train in well under a minute on two cores, yet one that answers unlike the base.
+TRAINING = {"max_steps": "10", "learning_rate": "0.003", "eval_samples": "4"}
+
+
+# ---------------------------------------------------------------------------- without a browser
+
+
+@pytest.fixture(scope="module")
+def ui_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A management-only gateway (no engine) with auth on."""
+    root = tmp_path_factory.mktemp("ui")
+    settings = Settings(
+        store_uri=f"file://{root / 'store'}",
+        cache_dir=root / "cache",
+        load_engine=False,
+        api_keys=[API_KEY],
+        admin_keys=[ADMIN_KEY],
+    )  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_dashboard_files_load_without_a_key_and_nothing_else_does(ui_client: TestClient) -> None:
+    redirect = ui_client.get("/ui", follow_redirects=False)
+    assert redirect.status_code == 307 and redirect.headers["location"].endswith("/ui/")
+    page = ui_client.get("/ui/")
+    assert page.status_code == 200 and "<title>skillserve</title>" in page.text
+    for asset in ("app.js", "api.js", "app.css", "vendor/uPlot.iife.min.js"):
+        assert ui_client.get(f"/ui/{asset}").status_code == 200, asset
+    config = ui_client.get("/ui/config.json").json()
+    assert config["auth"] is True
+    assert config["templates"] == list(TEMPLATE_NAMES)
+    assert config["hyperparameters"]["properties"]["rank"]["default"] == 8
+    # Only files of the dashboard: no way out of its folder, and the API still needs a key.
+    for path in ("/ui/../routes/ui.py", "/ui/%2e%2e/routes/ui.py", "/ui/..%2fauth.py", "/uiadapters"):
+        assert ui_client.get(path).status_code in (401, 404), path
+    assert ui_client.get("/adapters").status_code == 401
+
+
+def test_vendored_libraries_are_the_recorded_versions() -> None:
+    """service/ui/vendor/README.md records each file's package, version, licence and sha256."""
+    table = (UI / "vendor" / "README.md").read_text()
+    recorded = dict(re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", table, flags=re.M))
+    vendored = {p.name for p in (UI / "vendor").iterdir() if p.suffix in (".js", ".css")}
+    assert set(recorded) == vendored
+    for name, digest in recorded.items():
+        assert hashlib.sha256((UI / "vendor" / name).read_bytes()).hexdigest() == digest, name
+    assert (UI / "vendor" / "uPlot.LICENSE").is_file()
+
+
+# ---------------------------------------------------------------------------- in a browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Console:
+    """What went wrong in the page: uncaught exceptions and console errors, less the HTTP errors a test expects."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.expected_statuses: set[int] = set()
+
+    def record(self, kind: str, text: str) -> None:
+        status = re.search(r"responded with a status of (\d+)", text)
+        if status and int(status.group(1)) in self.expected_statuses:
+            return
+        self.errors.append(f"{kind}: {text}")
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(browser: Any, gateway: GatewayServer, console: Console) -> Iterator[Any]:
+    """A fresh tab (its own session storage, so no key) on the gateway's dashboard; no console errors allowed."""
+    context = browser.new_context(viewport=LAPTOP, base_url=gateway.url)
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    tab.on("console", lambda m: console.record("console", m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: console.record("exception", str(e)))
+    yield tab
+    context.close()
+    assert not console.errors, "\n".join(console.errors)
+
+
+def sign_in(page: Any, key: str, then: str = "#/skills") -> None:
+    page.goto("/ui/")
+    page.get_by_role("textbox", name="API key").fill(key)
+    page.get_by_role("button", name="Use this key").click()
+    page.get_by_role("heading", name="Skills", exact=True).wait_for()
+    page.goto(f"/ui/{then}")
+
+
+def screenshot(page: Any, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(DOCS / name), full_page=True, animations="disabled")
+
+
+@pytest.mark.slow
+def test_without_a_key_the_page_asks_for_one(page: Any) -> None:
+    page.goto("/ui/#/jobs")
+    prompt = page.get_by_role("heading", name="This gateway needs an API key")
+    prompt.wait_for()
+    assert page.get_by_role("textbox", name="API key").is_visible()
+    assert page.get_by_role("button", name="Use this key").is_visible()
+    screenshot(page, "ui-key.png")
+    # With a key the page it was asked for opens.
+    page.get_by_role("textbox", name="API key").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    page.get_by_role("heading", name="Jobs", exact=True).wait_for()
+
+
+@pytest.mark.slow
+def test_a_bad_dataset_shows_each_bad_line_and_nothing_is_queued(
+    page: Any, gateway: GatewayServer, console: Console
+) -> None:
+    console.expected_statuses.add(400)  # the refused upload itself
+    jobs_before = len(gateway.registry.list_jobs())
+    sign_in(page, ADMIN_KEY, "#/new")
+    rows = [json.dumps(r) for r in shout_rows(6)]
+    rows[2] = '{"instruction": "Shout: cat"}'
+    rows.append("{not json")
+    page.get_by_label("Name", exact=True).fill("ui-bad")
+    page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(rows) + "\n")
+    page.get_by_role("button", name="Train").click()
+    errors = page.locator("#dataset-errors")
+    errors.wait_for()
+    assert "2 bad lines; nothing was queued" in errors.inner_text()
+    items = errors.get_by_role("listitem").all_inner_texts()
+    assert items[0].startswith("line 3") and "missing field 'output'" in items[0]
+    assert items[1].startswith("line 7") and "invalid JSON" in items[1]
+    assert len(gateway.registry.list_jobs()) == jobs_before
+    screenshot(page, "ui-new-skill.png")
+
+
+@pytest.fixture(scope="module")
+def trained(browser: Any, gateway: GatewayServer) -> dict[str, Any]:
+    """Train the shout skill from the New skill page, watching its job page until it ends."""
+    context = browser.new_context(viewport=LAPTOP, base_url=gateway.url)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    sign_in(page, ADMIN_KEY, "#/new")
+    page.get_by_label("Name", exact=True).fill(SKILL)
+    page.get_by_label("Template").select_option("alpaca")
+    page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(json.dumps(r) for r in shout_rows(40)))
+    for name, value in TRAINING.items():
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_role("button", name="Train").click()
+    chart = page.locator("#loss-chart")
+    chart.wait_for()
+    job_id = page.url.rsplit("/", 1)[-1]
+    points_seen = []
+    deadline = time.monotonic() + 900  # a hang guard: this trains in well under a minute on an idle machine
+    while time.monotonic() < deadline:
+        points_seen.append(int(chart.get_attribute("data-points") or 0))
+        status = page.locator("h1 .badge").inner_text()
+        if status in ("succeeded", "failed", "cancelled"):
+            break
+        page.wait_for_timeout(500)
+    outcome = page.get_by_role("heading", name=re.compile("^(Published|Why it failed|Cancelled)"))
+    outcome.wait_for()
+    result = {
+        "job_id": job_id,
+        "status": status,
+        "points_seen": points_seen,
+        "curve_paths": page.locator("#loss-chart canvas").count(),
+        "outcome": outcome.inner_text(),
+        "problems": problems,
+    }
+    screenshot(page, "ui-job.png")
+    context.close()
+    return result
+
+
+@pytest.mark.slow
+def test_a_skill_trained_from_the_page_draws_its_loss_curve_as_it_trains(trained: dict[str, Any]) -> None:
+    assert trained["status"] == "succeeded", trained
+    assert trained["outcome"].startswith(f"Published {SKILL}")
+    points = trained["points_seen"]
+    # The curve grew while the page watched: more than one distinct length, never shrinking, ending at max_steps.
+    assert len(set(points)) > 2, points
+    assert points == sorted(points)
+    assert 2 < points[-1] <= int(TRAINING["max_steps"])  # one point per step the stream showed
+    assert trained["curve_paths"] >= 1
+    assert not trained["problems"], trained["problems"]
+
+
+@pytest.mark.slow
+def test_the_skill_page_shows_its_evaluation_against_the_base_and_samples(page: Any, trained: dict[str, Any]) -> None:
+    assert trained["status"] == "succeeded"
+    sign_in(page, API_KEY, f"#/skills/{SKILL}")
+    page.get_by_role("heading", name=re.compile("^Evaluation of v")).wait_for()
+    table = page.locator("table.evaluation")
+    assert table.get_by_role("rowheader", name="ROUGE-L").is_visible()
+    assert table.get_by_role("rowheader", name="Eval loss").is_visible()
+    assert page.locator(".sample").count() >= 1
+    assert page.locator("#versions tbody tr").count() == 1
+    facts = page.locator("dl.facts").inner_text()
+    assert "alpaca" in facts and "rank 8" in facts
+    screenshot(page, "ui-skill.png")
+    page.get_by_role("link", name="Skills", exact=True).click()
+    page.locator("#skills").get_by_role("link", name=SKILL).wait_for()
+    screenshot(page, "ui-skills.png")
+
+
+@pytest.mark.slow
+def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(page: Any, trained: dict[str, Any]) -> None:
+    assert trained["status"] == "succeeded"
+    sign_in(page, API_KEY, f"#/play?skill={SKILL}")
+    page.get_by_label("Prompt").fill("Shout these words: sun dog blue book")
+    page.get_by_label("Prompt").press("Control+Enter")  # the keyboard runs it, too
+    answers = page.locator("#answers article")
+    page.wait_for_function("document.querySelectorAll('#answers article[data-done=true]').length === 2")
+    base, skill = (answers.nth(i).locator("output").inner_text() for i in range(2))
+    assert answers.nth(1).get_attribute("data-model") == SKILL
+    assert base.strip() and skill.strip() and base != skill
+    answers.nth(1).locator("summary", has_text="Prompt template").click()
+    assert "### Instruction:" in answers.nth(1).locator("details pre").inner_text()
+    screenshot(page, "ui-playground.png")
+    page.set_viewport_size(PHONE)
+    screenshot(page, "ui-phone.png")
