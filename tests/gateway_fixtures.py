@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,36 +76,35 @@ def gateway_env(store_uri: str, cache_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    """The session's one gateway; started on first use (about 20-40 s), stopped at the end."""
-    root = tmp_path_factory.mktemp("gateway")
-    store_uri = f"file://{root / 'store'}"
+@contextmanager
+def gateway_process(
+    root: Path, store_uri: str, extra_env: dict[str, str] | None = None, ready: str = "/ready", timeout: float = 600
+) -> Iterator[tuple[GatewayServer, subprocess.Popen[bytes]]]:
+    """`python -m service` on `store_uri`, as `make run` starts it, until `ready` answers 200; stopped on exit.
+
+    The timeout only guards against a hang: on a loaded two-core machine an engine start takes minutes."""
     port = free_port()
+    env = {**gateway_env(store_uri, root / "cache", port), **(extra_env or {})}
     log_path = root / "gateway.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=REPO,
-            env=gateway_env(store_uri, root / "cache", port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     server = GatewayServer(f"http://127.0.0.1:{port}", store_uri, Registry(open_store(store_uri)), log_path)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"the gateway exited with {proc.returncode}:\n{server.log_tail()}")
             try:
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{server.url}{ready}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the gateway was not ready within 240 s:\n{server.log_tail()}")
+                pytest.fail(f"the gateway did not answer {ready} within {timeout:.0f} s:\n{server.log_tail()}")
             time.sleep(1)
-        yield server
+        yield server, proc
     finally:
         proc.terminate()
         try:
@@ -112,6 +112,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """The session's one gateway; started on first use, stopped at the end."""
+    root = tmp_path_factory.mktemp("gateway")
+    with gateway_process(root, f"file://{root / 'store'}") as (server, _):
+        yield server
 
 
 @pytest.fixture(scope="session")
