@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
 from adapters.models import sha256_file, weights_hash
 from adapters.schema import FileEntry, JobRecord, LoraInfo, Manifest, check_job_id, check_name, new_version
+from adapters.servable import REQUIRED_FILES
 from adapters.store import ObjectStore, check_key
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _DATASET_KEY_RE = re.compile(r"datasets/[0-9a-f]{64}\.jsonl")
 
 
@@ -66,6 +66,21 @@ def file_key(manifest: Manifest, filename: str) -> str:
 
 def job_key(job_id: str) -> str:
     return f"jobs/{check_job_id(job_id)}.json"
+
+
+# The one contract between gateway and trainer: a runner launches `python -m trainer run <job URI>`, and the
+# trainer finds the store and its job record from that URI alone.
+def job_uri(store_uri: str, job_id: str) -> str:
+    """`<store-uri>/jobs/<id>.json`: the job record inside the store, what the trainer is launched with."""
+    return f"{store_uri.rstrip('/')}/{job_key(job_id)}"
+
+
+def parse_job_uri(uri: str) -> tuple[str, str]:
+    """`<store-uri>/jobs/<id>.json` -> (store uri, job id); InvalidName for anything else."""
+    root, sep, leaf = uri.rpartition("/jobs/")
+    if not sep or not leaf.endswith(".json"):
+        raise InvalidName(f"not a job URI (expected <store-uri>/jobs/<id>.json): {uri!r}")
+    return root, check_job_id(leaf.removesuffix(".json"))
 
 
 def new_manifest(

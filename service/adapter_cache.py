@@ -8,27 +8,22 @@ vLLM's own LoRA slots, addressed by a stable integer id per adapter version.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from adapters.errors import InvalidAdapter, NotFound, StoreUnavailable
 from adapters.schema import Manifest, parse_ref
+from adapters.servable import base_linear_shapes, check_files, check_manifest
 from service.errors import model_not_found
 from service.metrics import Metrics
 
 log = logging.getLogger("skillserve.adapters")
 
-ALLOWED_SUFFIXES = (".safetensors", ".json")
-# peft writes a model card beside the weights; it is inert text, so it may travel with them.
-INERT_FILES = ("README.md",)
 MANIFEST_TTL_S = 3.0
 
 
@@ -36,117 +31,6 @@ def split_model(model: str) -> tuple[str, str | None]:
     """`adapter` -> (adapter, None); `adapter@version` -> (adapter, version), for refs this cache made."""
     name, _, version = model.partition("@")
     return name, (version or None)
-
-
-def validate_manifest(manifest: Manifest, base_model_id: str, max_lora_rank: int) -> None:
-    """Refuse adapters that must not reach the engine (raises InvalidAdapter, a 400)."""
-    if manifest.base_model != base_model_id:
-        raise InvalidAdapter(
-            f"adapter trained on another base: {manifest.ref} was trained on {manifest.base_model!r}, "
-            f"this gateway serves {base_model_id!r}"
-        )
-    if manifest.lora.rank > max_lora_rank:
-        raise InvalidAdapter(
-            f"adapter {manifest.ref} has LoRA rank {manifest.lora.rank}; "
-            f"this gateway accepts at most {max_lora_rank}"
-        )
-    for name in manifest.files:
-        unsafe = "/" in name or "\\" in name or name.startswith(".")
-        if unsafe or not (name.endswith(ALLOWED_SUFFIXES) or name in INERT_FILES):
-            raise InvalidAdapter(f"adapter {manifest.ref} holds a file that is not allowed: {name!r}")
-    if "adapter_config.json" not in manifest.files:
-        raise InvalidAdapter(f"adapter {manifest.ref} has no adapter_config.json")
-
-
-@lru_cache(maxsize=4)
-def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes of the base model's 2-D weights in its layers (what LoRA may adapt), read from headers only."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                shape = tuple(handle.get_slice(key).get_shape())
-                if ".layers." in key and key.endswith(".weight") and len(shape) == 2:
-                    shapes[key] = shape
-    return shapes
-
-
-def supported_modules(shapes: dict[str, tuple[int, ...]]) -> set[str]:
-    """Module names (q_proj, down_proj, ...) LoRA may target, from base_linear_shapes."""
-    return {key.split(".")[-2] for key in shapes}
-
-
-_LORA_TENSOR = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight")
-
-
-def check_adapter_dir(
-    path: Path, manifest: Manifest, max_lora_rank: int, base_shapes: dict[str, tuple[int, ...]]
-) -> None:
-    """Refuse downloaded adapter files the engine must not load (raises InvalidAdapter, a 400).
-
-    The manifest is checked before the download; this checks what the files themselves say, so a
-    manifest that lies about rank or targets, or weights that are not safetensors or do not fit the
-    base model's layers, never reach vLLM. An empty `base_shapes` (no local base weights) skips the
-    comparison with the base.
-    """
-    from safetensors import safe_open
-
-    ref = manifest.ref
-    try:
-        config = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidAdapter(f"adapter {ref}: adapter_config.json is unreadable: {exc}") from None
-    if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
-        raise InvalidAdapter(f"adapter {ref}: adapter_config.json does not describe a LoRA adapter")
-    rank = config.get("r")
-    if not isinstance(rank, int) or not 1 <= rank <= max_lora_rank:
-        raise InvalidAdapter(
-            f"adapter {ref}: LoRA rank {rank!r} is outside 1..{max_lora_rank} (max_lora_rank)"
-        )
-    if rank != manifest.lora.rank:
-        raise InvalidAdapter(
-            f"adapter {ref}: adapter_config.json has r={rank}, its manifest {manifest.lora.rank}"
-        )
-    if config.get("modules_to_save") or config.get("use_dora"):
-        raise InvalidAdapter(f"adapter {ref}: modules_to_save and DoRA are not supported by the engine")
-    targets = config.get("target_modules")
-    supported = supported_modules(base_shapes)
-    if isinstance(targets, list) and supported and not set(targets) <= supported:
-        raise InvalidAdapter(
-            f"adapter {ref}: target modules {sorted(set(targets) - supported)} are not linear layers of the "
-            f"base model (supported: {sorted(supported)})"
-        )
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise InvalidAdapter(f"adapter {ref} has no adapter_model.safetensors")
-    try:
-        with safe_open(str(weights), framework="pt") as handle:
-            tensors = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error type for every malformed file
-        raise InvalidAdapter(
-            f"adapter {ref}: adapter_model.safetensors is not a valid safetensors file: {exc}"
-        ) from None
-    if not tensors:
-        raise InvalidAdapter(f"adapter {ref}: adapter_model.safetensors holds no tensors")
-    for key, shape in tensors.items():
-        match = _LORA_TENSOR.fullmatch(key)
-        if match is None or len(shape) != 2:
-            raise InvalidAdapter(f"adapter {ref}: unexpected tensor {key!r} {list(shape)} in its weights")
-        is_a = match["ab"] == "A"
-        tensor_rank, features = (shape[0], shape[1]) if is_a else (shape[1], shape[0])
-        if tensor_rank > max_lora_rank:
-            raise InvalidAdapter(f"adapter {ref}: tensor {key} has rank {tensor_rank} > {max_lora_rank}")
-        if not base_shapes:
-            continue
-        base = base_shapes.get(match["module"] + ".weight")
-        if base is None:
-            raise InvalidAdapter(f"adapter {ref}: tensor {key} adapts no linear layer of the base model")
-        if features != (base[1] if is_a else base[0]):
-            raise InvalidAdapter(
-                f"adapter {ref}: tensor {key} {list(shape)} does not fit the base layer {list(base)}"
-            )
 
 
 @dataclass
@@ -247,7 +131,7 @@ class AdapterCache:
 
     async def acquire(self, manifest: Manifest) -> Lease:
         """Validate the adapter, make sure its files are on local disk, and hold them for one request."""
-        validate_manifest(manifest, self.base_model_id, self.max_lora_rank)
+        check_manifest(manifest, self.base_model_id, self.max_lora_rank)
         ref = manifest.ref
         entry = self._entries.get(ref)
         if entry is not None and entry.path.exists():
@@ -283,7 +167,7 @@ class AdapterCache:
             path = Path(await asyncio.to_thread(self.registry.fetch, manifest, dest))
             try:
                 await asyncio.to_thread(
-                    check_adapter_dir, path, manifest, self.max_lora_rank, self._base_shapes()
+                    check_files, path, manifest, self.max_lora_rank, self._base_shapes()
                 )
             except InvalidAdapter:
                 shutil.rmtree(path, ignore_errors=True)  # never served, and fetched afresh if fixed

@@ -8,7 +8,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -185,8 +184,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(KeyGate, settings=settings)
     app.add_middleware(RequestContext, metrics=metrics)
     return app
-
-
-def openapi_schema() -> dict[str, Any]:
-    """The served API's OpenAPI document, without starting anything."""
-    return create_app(Settings()).openapi()

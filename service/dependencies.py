@@ -35,9 +35,5 @@ def get_settings(request: Request) -> Settings:
     return get_gateway(request).settings
 
 
-def get_engine(request: Request) -> Engine:
-    return get_gateway(request).engine
-
-
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

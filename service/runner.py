@@ -33,3 +33,14 @@ class Runner(Protocol):
 def job_spec_uri(store_uri: str, job_id: str) -> str:
     """The URI the trainer is launched with: the job record inside the store."""
     return f"{store_uri.rstrip('/')}/jobs/{job_id}.json"
+
+
+def trainer_command(processes: int = 1) -> list[str]:
+    """Arguments after the Python executable that start the trainer; the job URI follows.
+
+    One process runs `-m trainer run`. More run it data-parallel under torchrun on this node, one process per
+    GPU (trainer/distributed.py): `-m torch.distributed.run` is torchrun without relying on its console script
+    being on PATH, and `--standalone` holds the rendezvous on a free local port."""
+    if processes <= 1:
+        return ["-m", "trainer", "run"]
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "trainer", "run"]

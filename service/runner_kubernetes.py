@@ -22,9 +22,10 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from adapters.errors import NotFound, SkillserveError
+from adapters.errors import SkillserveError
+from adapters.lifecycle import advance
+from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
-from service.runner import job_spec_uri
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def build_job(
         "name": "trainer",
         "image": template.get("image") or settings.k8s_trainer_image,
         "imagePullPolicy": template.get("imagePullPolicy", "IfNotPresent"),
-        "command": ["python", "-m", "trainer", "run", job_spec_uri(settings.store_uri, record.id)],
+        "command": ["python", "-m", "trainer", "run", job_uri(settings.store_uri, record.id)],
         "env": env,
         "resources": _quantities(template.get("resources") or {}),
         "securityContext": {
@@ -378,13 +379,7 @@ class KubernetesRunner:
         except ApiException as exc:
             if exc.status != 404:  # already gone is what we wanted
                 raise KubernetesRunnerError(f"cannot delete the Job of {job_id}: {api_refusal(exc)}") from exc
-        record = self.registry.get_job(job_id)  # the trainer may have written progress meanwhile
-        if record.status.finished:
-            return
-        record.status = JobStatus.cancelled
-        record.finished_at = time.time()
-        record.error = record.error or "cancelled"
-        self.registry.put_job(record)
+        advance(self.registry, job_id, JobStatus.cancelled, error=record.error or "cancelled")
 
     def reconcile(self) -> None:
         """One pass: fail unfinished records whose Job failed for good, cannot create its pod, completed
@@ -446,18 +441,9 @@ class KubernetesRunner:
         return True
 
     def _fail(self, job_id: str, error: str) -> None:
-        # Re-read right before writing: the trainer's own verdict wins over ours.
-        try:
-            record = self.registry.get_job(job_id)
-        except NotFound:
-            return
-        if record.status.finished:
-            return
-        record.status = JobStatus.failed
-        record.error = error
-        record.finished_at = time.time()
-        self.registry.put_job(record)
-        log.info("job %s failed: %s", job_id, error)
+        # The transition table keeps the trainer's own verdict over ours.
+        if advance(self.registry, job_id, JobStatus.failed, error=error) is not None:
+            log.info("job %s failed: %s", job_id, error)
 
     def _watch(self) -> None:
         # Polling a labelled list is enough at training time scales and survives API server restarts.

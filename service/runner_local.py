@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters.errors import NotFound, StoreUnavailable
+from adapters.lifecycle import advance
+from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
-from service.runner import job_spec_uri
 
 log = logging.getLogger("skillserve.runner")
 
@@ -91,6 +92,7 @@ class LocalRunner:
         with self._lock:
             self._cancelled.add(job_id)
             proc = self._procs.get(job_id)
+        # The verdict first, then the signal: the trainer's own "stopped" verdict comes later and is refused.
         self._finish(job_id, JobStatus.cancelled, "cancelled by request")
         if proc is not None:
             _terminate(proc)
@@ -103,16 +105,13 @@ class LocalRunner:
             running = dict(self._procs)
         # A trainer left behind would compete with the next gateway for this machine's CPUs.
         for job_id, proc in running.items():
-            _terminate(proc)
             self._finish(job_id, JobStatus.failed, INTERRUPTED)
+            _terminate(proc)
         for worker in self._workers:
             worker.join(timeout=15)
         self._workers.clear()
 
     # ------------------------------------------------------------ workers
-
-    def queued(self) -> int:
-        return self._queue.qsize()
 
     def _work(self) -> None:
         while True:
@@ -140,7 +139,7 @@ class LocalRunner:
         if record.status is not JobStatus.queued:
             return  # cancelled while queued, or picked up elsewhere
         log_path = self.log_dir / f"{job_id}.log"
-        command = [*self.command, job_spec_uri(self.store_uri, job_id)]
+        command = [*self.command, job_uri(self.store_uri, job_id)]
         log.info("job %s: starting trainer %s", job_id, " ".join(command))
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
@@ -154,22 +153,16 @@ class LocalRunner:
                 self._procs[job_id] = proc
             try:
                 code = proc.wait(timeout=self.max_seconds)
-                timed_out = False
             except subprocess.TimeoutExpired:
+                # The verdict before the signal, so it is the one that stands (the table refuses failed -> failed).
+                reason = f"exceeded the wall-clock limit of {self.max_seconds:g} s (max_job_seconds); stopped"
+                self._finish(job_id, JobStatus.failed, reason)
                 _terminate(proc)
-                code, timed_out = proc.returncode, True
+                code = proc.returncode
         with self._lock:
             self._procs.pop(job_id, None)
             cancelled = job_id in self._cancelled
-        if timed_out and not cancelled:
-            reason = f"exceeded the wall-clock limit of {self.max_seconds:g} s (max_job_seconds); stopped"
-            self._finish(job_id, JobStatus.failed, reason, force=True)
-            return
-        if cancelled:
-            # The trainer may have written progress after the cancel landed; cancelled is the last word.
-            self._finish(job_id, JobStatus.cancelled, "cancelled by request", force=True)
-            return
-        if self._stopping:
+        if cancelled or self._stopping:
             return
         record = self._retrying(lambda: self.registry.get_job(job_id))
         if record.status.finished:
@@ -191,21 +184,9 @@ class LocalRunner:
                 log.warning("store unreachable, retrying in 2 s: %s", exc)
                 time.sleep(2)
 
-    def _finish(self, job_id: str, status: JobStatus, error: str | None, force: bool = False) -> None:
-        def write() -> None:
-            try:
-                record = self.registry.get_job(job_id)
-            except NotFound:
-                return
-            if record.status.finished and not force:
-                return
-            record.status = status
-            record.error = error if status is not JobStatus.succeeded else None
-            record.finished_at = time.time()
-            self.registry.put_job(record)
+    def _finish(self, job_id: str, status: JobStatus, error: str) -> None:
+        if self._retrying(lambda: advance(self.registry, job_id, status, error=error)) is not None:
             log.info("job %s: %s (%s)", job_id, status.value, error)
-
-        self._retrying(write)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

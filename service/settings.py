@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -109,8 +108,3 @@ class Settings(BaseSettings):
     @property
     def base_model_id(self) -> str:
         return self.served_model_name or Path(self.model.rstrip("/")).name
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

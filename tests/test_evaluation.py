@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 
 from adapters.models import DEFAULT_MODEL, resolve_model
-from adapters.registry import Registry
+from adapters.registry import Registry, job_uri
 from adapters.schema import JobRecord, JobStatus
 from adapters.store import FileStore
 from adapters.templates import get_template
 from service.cli import main
-from service.runner import job_spec_uri
 from tests.gateway_fixtures import API_KEY, GatewayServer
 from tests.rows import stored_job
 from tests.shout import shout_rows
@@ -112,7 +111,7 @@ def test_base_answers_come_from_the_base_weights_and_adapter_answers_differ(peft
 def quick_shout(gateway: GatewayServer) -> tuple[Registry, JobRecord]:
     """The shout skill trained briefly through a stored job, published into the gateway's own store."""
     record = stored_job(gateway.registry, shout_rows(40, seed=3), "shout-eval", "alpaca", **QUICK_SHOUT)
-    assert run_job(job_spec_uri(gateway.store_uri, record.id)) == 0
+    assert run_job(job_uri(gateway.store_uri, record.id)) == 0
     return gateway.registry, gateway.registry.get_job(record.id)
 
 
@@ -156,7 +155,7 @@ def test_an_adapter_below_min_score_is_not_published(tmp_path: Path) -> None:
         registry, shout_rows(10, seed=5), "guarded", "chatml",
         max_steps=1, batch_size=4, eval_fraction=0.2, eval_samples=2, min_score=0.99,
     )
-    assert run_job(job_spec_uri(f"file://{tmp_path / 'store'}", record.id)) == 1
+    assert run_job(job_uri(f"file://{tmp_path / 'store'}", record.id)) == 1
     failed = registry.get_job(record.id)
     assert failed.status == JobStatus.failed
     assert failed.error is not None and failed.error.startswith("BelowMinimumScore: adapter ROUGE-L ")

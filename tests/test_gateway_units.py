@@ -16,8 +16,9 @@ from adapters.errors import InvalidAdapter
 from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus, Manifest
+from adapters.servable import check_manifest
 from adapters.store import FileStore
-from service.adapter_cache import AdapterCache, validate_manifest
+from service.adapter_cache import AdapterCache
 from service.app import create_app
 from service.metrics import Metrics
 from service.openapi import render
@@ -44,16 +45,16 @@ def test_openapi_yaml_matches_the_app() -> None:
 
 
 def test_manifest_checks_refuse_what_must_not_reach_the_engine(published: Manifest) -> None:
-    validate_manifest(published, DEFAULT_MODEL, 16)
+    check_manifest(published, DEFAULT_MODEL, 16)
     with pytest.raises(InvalidAdapter, match="another base"):
-        validate_manifest(published, "Llama-3-8B", 16)
+        check_manifest(published, "Llama-3-8B", 16)
     with pytest.raises(InvalidAdapter, match="rank 8"):
-        validate_manifest(published, DEFAULT_MODEL, 4)
+        check_manifest(published, DEFAULT_MODEL, 4)
     pickled = published.model_copy(
         update={"files": {**published.files, "weights.bin": published.files["adapter_config.json"]}}
     )
     with pytest.raises(InvalidAdapter, match="not allowed"):
-        validate_manifest(pickled, DEFAULT_MODEL, 16)
+        check_manifest(pickled, DEFAULT_MODEL, 16)
 
 
 def test_cache_downloads_once_for_concurrent_first_requests_and_evicts_lru(

@@ -13,14 +13,13 @@ import pytest
 from adapters.dataset import rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
-from adapters.registry import Registry
+from adapters.registry import Registry, job_uri, parse_job_uri
 from adapters.schema import JobRecord, JobStatus, Phase
 from adapters.store import FileStore, S3Store
 from adapters.templates import get_template
-from service.runner import job_spec_uri
 from tests.rows import stored_job
 from tests.shout import SHOUT_TRAINING, held_out_prompt, shout_rows
-from trainer.job import run_job, split_job_uri
+from trainer.job import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ def shout_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, JobRe
     store = FileStore(tmp_path_factory.mktemp("trainer") / "store")
     registry = Registry(store)
     record = stored_job(registry, shout_rows(), "shout", "alpaca", **SHOUT_TRAINING)
-    code = run_job(job_spec_uri(store.uri, record.id))
+    code = run_job(job_uri(store.uri, record.id))
     return registry, registry.get_job(record.id), code
 
 
@@ -95,7 +94,7 @@ def test_a_failing_job_ends_failed_with_its_reason_and_publishes_nothing(s3_stor
     registry = Registry(S3Store(s3_store_uri))
     record = stored_job(registry, shout_rows(10), "broken", "chatml")
     registry.store.delete(record.spec.dataset_uri)  # the dataset vanished before the trainer started
-    assert run_job(job_spec_uri(s3_store_uri, record.id)) == 1
+    assert run_job(job_uri(s3_store_uri, record.id)) == 1
     failed = registry.get_job(record.id)
     assert failed.status == JobStatus.failed and "NotFound" in (failed.error or "")
     assert failed.finished_at is not None and failed.started_at is not None
@@ -107,15 +106,15 @@ def test_a_cancelled_job_is_not_run(tmp_path: Path) -> None:
     record = stored_job(registry, shout_rows(10), "never", "chatml")
     record.status = JobStatus.cancelled
     registry.put_job(record)
-    assert run_job(job_spec_uri(f"file://{tmp_path}", record.id)) == 0
+    assert run_job(job_uri(f"file://{tmp_path}", record.id)) == 0
     assert registry.get_job(record.id).status == JobStatus.cancelled and registry.adapters() == []
 
 
 def test_job_uris_are_checked() -> None:
-    assert split_job_uri("s3://bucket/pre/jobs/abc123.json") == ("s3://bucket/pre", "abc123")
+    assert parse_job_uri("s3://bucket/pre/jobs/abc123.json") == ("s3://bucket/pre", "abc123")
     for bad in ("s3://bucket/jobs/../x.json", "file:///tmp/jobs/", "file:///tmp/other/abc.json"):
         with pytest.raises(ValueError):
-            split_job_uri(bad)
+            parse_job_uri(bad)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from adapters.errors import SkillserveError
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.schema import Hyperparameters, check_name, new_version
 from adapters.templates import TEMPLATE_NAMES
-from trainer.job import _template, build_manifest, run_job
+from trainer.job import _template, run_job, trained_manifest
 from trainer.sft import train_lora
 
 
@@ -28,11 +28,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{len(dataset.rows)} rows ({dataset.format}); training on {base_dir.name} with template {template.name}",
           file=sys.stderr)
     result = train_lora(base_dir, template, dataset.rows, hp, args.out)
-    manifest = build_manifest(
+    manifest = trained_manifest(
         result, template, name=name, version=args.version or new_version(),
         base_model_id=Path(args.base).name if args.base != DEFAULT_MODEL else DEFAULT_MODEL, base_dir=base_dir,
-        rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout, dataset_sha256=dataset.sha256,
-        dataset_rows=len(dataset.rows),
+        dataset_sha256=dataset.sha256, dataset_rows=len(dataset.rows),
     )
     if args.publish:
         from adapters.registry import Registry

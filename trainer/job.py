@@ -11,13 +11,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from adapters.dataset import parse_dataset
+from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import InvalidName, SkillserveError
 from adapters.models import resolve_model
 from adapters.registry import Registry, new_manifest
-from adapters.schema import JobRecord, JobStatus, LoraInfo, Manifest, Phase, Progress, check_job_id
+from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress, check_job_id
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
+from trainer import distributed
 from trainer.evaluate import check_min_score
 from trainer.sft import Cancelled, TrainResult, train_lora
 
@@ -91,8 +92,46 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_job(job_uri: str) -> int:
-    """Run the job at `job_uri`; returns the process exit code (0 succeeded or already finished, 1 failed)."""
+    """Run the job at `job_uri`; returns the process exit code (0 succeeded or already finished, 1 failed).
+
+    Under torchrun every rank trains; rank 0 alone writes the record and publishes (trainer/distributed.py)."""
     store_uri, job_id = split_job_uri(job_uri)
+    here = distributed.init()
+    try:
+        return _run_main(store_uri, job_id) if here.main else _run_rank(store_uri, job_id)
+    finally:
+        distributed.shutdown()
+
+
+def _prepare(registry: Registry, spec: JobSpec) -> tuple[Path, ChatTemplate, Dataset]:
+    """Base model, template and dataset, the same on every rank; rank 0 first, so only it fetches the model."""
+    with distributed.main_first():
+        base_dir = resolve_model(spec.base_model)
+    template = _template(spec.template, base_dir)
+    dataset = parse_dataset(registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40)
+    return base_dir, template, dataset
+
+
+def _run_rank(store_uri: str, job_id: str) -> int:
+    """A rank other than 0: train in step with the others, write nothing to the store."""
+    registry = Registry(open_store(store_uri))
+    record = registry.get_job(job_id)
+    if record.status.finished:  # rank 0 sees the same and stops too
+        return 0
+    try:
+        base_dir, template, dataset = _prepare(registry, record.spec)
+        with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
+            train_lora(base_dir, template, dataset.rows, record.spec.hyperparameters, Path(tmp) / "adapter",
+                       progress_bar=False)
+        return 0
+    except Cancelled:
+        return 0
+    except Exception:  # rank 0 records the job's fate; this rank's reason goes to its log
+        log.error("job %s, rank %d failed\n%s", job_id, distributed.world().rank, traceback.format_exc())
+        return 1
+
+
+def _run_main(store_uri: str, job_id: str) -> int:
     registry = Registry(open_store(store_uri))
     record = registry.get_job(job_id)
     if record.status.finished:
@@ -105,9 +144,7 @@ def run_job(job_uri: str) -> int:
     reporter.save()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        base_dir = resolve_model(spec.base_model)
-        template = _template(spec.template, base_dir)
-        dataset = parse_dataset(registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40)
+        base_dir, template, dataset = _prepare(registry, spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
             result = train_lora(
                 base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",

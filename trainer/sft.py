@@ -16,6 +16,7 @@ from typing import Any
 from adapters.masking import encode
 from adapters.schema import Hyperparameters, Phase, Progress
 from adapters.templates import ChatTemplate
+from trainer import distributed
 from trainer.evaluate import evaluate_generations
 
 ProgressFn = Callable[[Progress], None]
@@ -125,6 +126,9 @@ def train_lora(
     from trl import SFTConfig, SFTTrainer
 
     report(Progress(phase=Phase.loading_model))
+    world = distributed.world()
+    # `batch_size` is examples per optimizer step, across all ranks; each rank takes its share (rounded up).
+    device_batch = math.ceil(hp.batch_size / world.size)
     set_seed(hp.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
@@ -142,7 +146,7 @@ def train_lora(
         target_modules=hp.target_modules,
         task_type="CAUSAL_LM",
     )
-    steps_per_epoch = math.ceil(len(train_rows) / hp.batch_size)
+    steps_per_epoch = math.ceil(len(train_rows) / (device_batch * world.size))
     eval_steps = max(1, steps_per_epoch) if eval_data is not None else None
     chosen: dict[str, Any] = {}
 
@@ -168,13 +172,21 @@ def train_lora(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             dtype="float32",
             device=str(args.device),
+            world_size=world.size,
+            per_device_batch_size=device_batch,
+            global_batch_size=device_batch * world.size,
         )
         on_plan(dict(chosen))
+
+    def stop_together() -> bool:
+        # A cancel seen by one rank stops them all at the same step (a no-op without torchrun).
+        return distributed.any_rank(should_stop())
+
     with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
         config = SFTConfig(
             output_dir=scratch,
-            per_device_train_batch_size=hp.batch_size,
-            per_device_eval_batch_size=hp.batch_size,
+            per_device_train_batch_size=device_batch,
+            per_device_eval_batch_size=device_batch,
             num_train_epochs=hp.epochs,
             max_steps=hp.max_steps or -1,
             learning_rate=hp.learning_rate,
@@ -209,7 +221,7 @@ def train_lora(
             eval_dataset=eval_data,
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[_progress_callback(report, should_stop, tokens_per_epoch, plan)],
+            callbacks=[_progress_callback(report, stop_together, tokens_per_epoch, plan)],
         )
         # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
         # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
@@ -236,6 +248,10 @@ def train_lora(
             # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
             with peft_model.disable_adapter():
                 metrics["base_eval_loss"] = round(float(trainer.evaluate(metric_key_prefix="base")["base_loss"]), 6)
+        if not world.main:
+            # The evaluations above are collective (every rank takes part); what follows is rank 0's alone: its
+            # copy of the weights is every rank's, and only it reports and publishes.
+            return TrainResult(out_dir, metrics, [], eval_rows, dict(chosen))
         if eval_rows and hp.eval_samples:
             metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
         out_dir.mkdir(parents=True, exist_ok=True)

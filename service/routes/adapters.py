@@ -18,19 +18,18 @@ from starlette.datastructures import UploadFile
 
 from adapters.dataset import Dataset, parse_dataset, rows_to_jsonl
 from adapters.errors import InvalidAdapter, InvalidName, NotFound
+from adapters.registry import new_manifest
 from adapters.schema import (
     Hyperparameters,
     JobRecord,
     JobSpec,
-    LoraInfo,
     Manifest,
     check_name,
-    new_version,
     parse_ref,
 )
+from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.adapter_cache import ALLOWED_SUFFIXES, base_linear_shapes, supported_modules
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError, overloaded
@@ -317,41 +316,6 @@ async def delete_adapter(model: str, gw: GatewayDep) -> Deleted:
     return Deleted(id=model, object="adapter")
 
 
-def _check_peft_config(config: dict[str, Any], gw: Gateway) -> LoraInfo:
-    """Validate an adapter_config.json for this gateway; InvalidAdapter (400) says what does not fit."""
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise InvalidAdapter(f"only LoRA adapters can be imported, not {config.get('peft_type')!r}")
-    base = str(config.get("base_model_name_or_path") or "")
-    accepted = {gw.engine.base_model_id, str(gw.engine.model_dir)}
-    if base not in accepted and Path(base.rstrip("/")).name != gw.engine.base_model_id:
-        raise InvalidAdapter(
-            f"adapter trained on another base: {base!r}; this gateway serves {gw.engine.base_model_id!r}"
-        )
-    rank = int(config.get("r") or 0)
-    if not 1 <= rank <= gw.settings.max_lora_rank:
-        raise InvalidAdapter(f"LoRA rank {rank} is outside 1..{gw.settings.max_lora_rank} (max_lora_rank)")
-    targets = config.get("target_modules")
-    if isinstance(targets, str):
-        targets = [targets]
-    if not targets:
-        raise InvalidAdapter("adapter_config.json names no target_modules")
-    supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
-    unsupported = sorted(set(targets) - supported)
-    if unsupported:
-        raise InvalidAdapter(
-            f"target modules {unsupported} are not linear layers of the base model "
-            f"(supported: {sorted(supported)})"
-        )
-    if config.get("modules_to_save"):
-        raise InvalidAdapter("adapters with modules_to_save are not supported by the engine")
-    return LoraInfo(
-        rank=rank,
-        alpha=int(config.get("lora_alpha") or rank),
-        dropout=float(config.get("lora_dropout") or 0.0),
-        target_modules=sorted(targets),
-    )
-
-
 @router.post(
     "/adapters/import",
     response_model=Manifest,
@@ -367,8 +331,8 @@ async def import_adapter(body: ImportAdapterRequest, gw: GatewayDep) -> Manifest
 
     def run() -> Manifest:
         keys = [k for k in gw.store.list(prefix) if "/" not in k[len(prefix) :]]
-        # PEFT also writes README.md and the like; only weights and JSON are carried over.
-        wanted = [k for k in keys if k.endswith(ALLOWED_SUFFIXES) and not k.endswith("/manifest.json")]
+        # PEFT also writes README.md and the like; only what an adapter may hold is carried over.
+        wanted = [k for k in keys if allowed_file(k[len(prefix) :]) and not k.endswith("/manifest.json")]
         names = {k[len(prefix) :] for k in wanted}
         for required in ("adapter_config.json", "adapter_model.safetensors"):
             if required not in names:
@@ -377,19 +341,19 @@ async def import_adapter(body: ImportAdapterRequest, gw: GatewayDep) -> Manifest
         try:
             for key in wanted:
                 gw.store.get_file(key, work / key[len(prefix) :])
-            lora = _check_peft_config(json.loads((work / "adapter_config.json").read_text()), gw)
-            manifest = Manifest(
-                name=body.name,
-                version=new_version(),
-                base_model=gw.engine.base_model_id,
-                base_model_sha256=gw.engine.base_weights_sha256() or "",
-                template_name=template.name,
-                template=template.text,
-                stop=list(template.stop),
-                lora=lora,
-                files={},
+            shapes = base_linear_shapes(gw.engine.model_dir)
+            lora = lora_info(
+                json.loads((work / "adapter_config.json").read_text()),
+                base_model_id=gw.engine.base_model_id,
+                base_dir=gw.engine.model_dir,
+                max_lora_rank=gw.settings.max_lora_rank,
+                supported=supported_modules(shapes),
+            )
+            manifest = new_manifest(
+                body.name, template, lora, base_model=gw.engine.base_model_id, base_dir=gw.engine.model_dir,
                 metrics={"imported_from": body.uri},
             )
+            check_files(work, manifest, gw.settings.max_lora_rank, shapes)
             return gw.registry.publish(manifest, work)  # type: ignore[no-any-return]
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from adapters.schema import check_job_id
+from adapters.schema import JobStatus, check_job_id
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError
@@ -73,7 +73,7 @@ async def job_events(
             if data != last:
                 yield f"event: job\ndata: {data}\n\n"
                 last = data
-            if view.status in ("succeeded", "failed", "cancelled") or await request.is_disconnected():
+            if JobStatus(view.status).finished or await request.is_disconnected():
                 return
             await asyncio.sleep(interval)
             view = await _job(gw, job_id)
