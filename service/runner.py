@@ -11,7 +11,7 @@ class Runner(Protocol):
     """A place where training runs: local subprocesses or Kubernetes Jobs.
 
     The gateway stores the JobRecord (status queued) before calling `submit`. The trainer itself
-    (`python -m trainer run <store-uri>/jobs/<id>.json`) moves it to running and then to succeeded or
+    (`python -m trainer run <job URI>`, adapters.registry.job_uri) moves it to running and then to succeeded or
     failed; the runner marks jobs failed when the trainer dies without saying so, and cancelled on cancel.
     """
 
@@ -28,11 +28,6 @@ class Runner(Protocol):
 
     def stop(self) -> None:
         """Stop watching; running trainers are left to finish or be marked failed on the next start."""
-
-
-def job_spec_uri(store_uri: str, job_id: str) -> str:
-    """The URI the trainer is launched with: the job record inside the store."""
-    return f"{store_uri.rstrip('/')}/jobs/{job_id}.json"
 
 
 def trainer_command(processes: int = 1) -> list[str]:

@@ -12,10 +12,12 @@ from types import FrameType
 from typing import Any
 
 from adapters.dataset import Dataset, parse_dataset
-from adapters.errors import InvalidName, SkillserveError
+from adapters.errors import SkillserveError
+from adapters.lifecycle import advance
 from adapters.models import resolve_model
-from adapters.registry import Registry, new_manifest
-from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress, check_job_id
+from adapters.registry import Registry, new_manifest, parse_job_uri
+from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress
+from adapters.servable import MAX_RANK, base_linear_shapes, check_files
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
 from trainer import distributed
@@ -31,26 +33,21 @@ class Terminated(Exception):
     """The process got SIGTERM (a cancel, or a Kubernetes eviction)."""
 
 
-def split_job_uri(uri: str) -> tuple[str, str]:
-    """`<store-uri>/jobs/<id>.json` -> (store uri, job id)."""
-    root, sep, leaf = uri.rpartition("/jobs/")
-    if not sep or not leaf.endswith(".json"):
-        raise InvalidName(f"not a job URI (expected <store-uri>/jobs/<id>.json): {uri!r}")
-    return root, check_job_id(leaf.removesuffix(".json"))
-
-
-def build_manifest(
+def trained_manifest(
     result: TrainResult, template: ChatTemplate, *, name: str, version: str, base_model_id: str, base_dir: Path,
-    rank: int, alpha: int, dropout: float, dataset_sha256: str | None, dataset_rows: int | None,
-    job_id: str | None = None,
+    dataset_sha256: str | None, dataset_rows: int | None, job_id: str | None = None,
 ) -> Manifest:
-    """The manifest of a freshly trained adapter; `files` is filled in when it is published."""
-    lora = LoraInfo(rank=rank, alpha=alpha, dropout=dropout, target_modules=result.target_modules)
-    return new_manifest(
+    """The manifest of a freshly trained adapter, whose files were checked by the rules every servable adapter
+    meets (adapters/servable.py); `files` is filled in when it is published."""
+    hp = result.hyperparameters
+    lora = LoraInfo(rank=hp["rank"], alpha=hp["alpha"], dropout=hp["dropout"], target_modules=result.target_modules)
+    manifest = new_manifest(
         name, template, lora, base_model=base_model_id, base_dir=base_dir, version=version,
         dataset_sha256=dataset_sha256, dataset_rows=dataset_rows, metrics=result.metrics, job_id=job_id,
-        hyperparameters=result.hyperparameters,
+        hyperparameters=hp,
     )
+    check_files(result.adapter_dir, manifest, MAX_RANK, base_linear_shapes(base_dir))
+    return manifest
 
 
 class JobReporter:
@@ -61,9 +58,15 @@ class JobReporter:
         self.registry, self.record = registry, record
         self._last_write = 0.0
         self._last_check = time.monotonic()
+        self._refused = False
 
     def save(self) -> None:
-        self.registry.put_job(self.record)
+        written = advance(
+            self.registry, self.record.id, JobStatus.running, progress=self.record.progress,
+            metrics=self.record.metrics, hyperparameters=self.record.hyperparameters,
+        )
+        # Refused: the job was finished elsewhere (a cancel, a runner's verdict); training stops at the next check.
+        self._refused = written is None
         self._last_write = time.monotonic()
 
     def report(self, progress: Progress) -> None:
@@ -81,6 +84,8 @@ class JobReporter:
         self.save()
 
     def cancelled(self) -> bool:
+        if self._refused:
+            return True
         if time.monotonic() - self._last_check < CANCEL_CHECK_EVERY_S:
             return False
         self._last_check = time.monotonic()
@@ -95,7 +100,7 @@ def run_job(job_uri: str) -> int:
     """Run the job at `job_uri`; returns the process exit code (0 succeeded or already finished, 1 failed).
 
     Under torchrun every rank trains; rank 0 alone writes the record and publishes (trainer/distributed.py)."""
-    store_uri, job_id = split_job_uri(job_uri)
+    store_uri, job_id = parse_job_uri(job_uri)
     here = distributed.init()
     try:
         return _run_main(store_uri, job_id) if here.main else _run_rank(store_uri, job_id)
@@ -138,10 +143,12 @@ def _run_main(store_uri: str, job_id: str) -> int:
         log.info("job %s is already %s; nothing to do", job_id, record.status.value)
         return 0
     spec = record.spec
-    record.status, record.started_at, record.error = JobStatus.running, time.time(), None
-    record.progress = Progress(phase=Phase.validating)
+    started = advance(registry, job_id, JobStatus.running, error=None, progress=Progress(phase=Phase.validating))
+    if started is None:
+        log.info("job %s cannot start from %s; nothing to do", job_id, registry.get_job(job_id).status.value)
+        return 0
+    record = started
     reporter = JobReporter(registry, record)
-    reporter.save()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         base_dir, template, dataset = _prepare(registry, spec)
@@ -152,14 +159,12 @@ def _run_main(store_uri: str, job_id: str) -> int:
             )
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")
-            hp = spec.hyperparameters
             record.metrics = dict(result.metrics)  # kept when the guard below fails the job: the figures say why
-            check_min_score(result.metrics, hp.min_score)
+            check_min_score(result.metrics, spec.hyperparameters.min_score)
             reporter.phase(Phase.publishing)
-            manifest = build_manifest(
+            manifest = trained_manifest(
                 result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,
-                base_dir=base_dir, rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout,
-                dataset_sha256=spec.dataset_sha256, dataset_rows=spec.dataset_rows, job_id=job_id,
+                base_dir=base_dir, dataset_sha256=spec.dataset_sha256, dataset_rows=spec.dataset_rows, job_id=job_id,
             )
             published = registry.publish(manifest, result.adapter_dir)
         record.metrics = {**result.metrics, "adapter": published.ref}
@@ -180,18 +185,12 @@ def _run_main(store_uri: str, job_id: str) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-        record.finished_at = time.time()
-        _save_final(registry, record)
-
-
-def _save_final(registry: Registry, record: JobRecord) -> None:
-    # A cancel recorded by the gateway wins over whatever the trainer concluded.
-    try:
-        if registry.get_job(record.id).status == JobStatus.cancelled and record.status != JobStatus.succeeded:
-            record.status = JobStatus.cancelled
-    except SkillserveError:
-        pass
-    registry.put_job(record)
+        # The table decides: a cancel or a runner's verdict recorded meanwhile stands, unless the adapter was
+        # published (cancelled -> succeeded).
+        advance(
+            registry, job_id, record.status, error=record.error, progress=record.progress, metrics=record.metrics,
+            hyperparameters=record.hyperparameters,
+        )
 
 
 def _template(name: str, base_dir: Path) -> ChatTemplate:
