@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,7 @@ from service.dependencies import Gateway
 from service.engine import Engine
 from service.metrics import Metrics
 from service.routes import adapters, chat, completions, health, jobs, models, ui
-from service.runner import Runner
+from service.runner import Runner, trainer_command
 from service.settings import Settings
 
 log = logging.getLogger("skillserve.http")
@@ -128,6 +129,7 @@ def build_runner(settings: Settings, registry: Registry) -> Runner:
         settings.store_uri,
         settings.cache_dir / "jobs",
         settings.train_concurrency,
+        command=[sys.executable, *trainer_command(settings.train_processes_per_job)],
         max_seconds=settings.max_job_seconds,
     )
 

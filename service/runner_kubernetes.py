@@ -26,6 +26,7 @@ from adapters.errors import SkillserveError
 from adapters.lifecycle import advance
 from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
+from service.runner import trainer_command
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,18 @@ def label_value(text: str) -> str:
     return value.strip("._-")
 
 
+# Extended resources that count accelerators: the trainer runs one process per device under torchrun.
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+
+
+def trainer_processes(template: dict[str, Any]) -> int:
+    """Trainer processes per pod: the GPUs its resources ask for (limits, which extended resources must set),
+    else 1."""
+    resources = template.get("resources") or {}
+    amounts = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+    return max([int(str(amounts[name])) for name in GPU_RESOURCES if name in amounts] or [1])
+
+
 def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
     # Quantities are strings in the API (values files often say `nvidia.com/gpu: 1`).
     return {
@@ -186,12 +199,14 @@ def build_job(
             ref = {"name": secret["name"], "key": secret.get(key_field) or var}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     env += list(template.get("env") or [])
+    processes = trainer_processes(template)
 
     container: dict[str, Any] = {
         "name": "trainer",
         "image": template.get("image") or settings.k8s_trainer_image,
         "imagePullPolicy": template.get("imagePullPolicy", "IfNotPresent"),
-        "command": ["python", "-m", "trainer", "run", job_uri(settings.store_uri, record.id)],
+        # More than one GPU: torchrun with one data-parallel trainer process per GPU (trainer/distributed.py).
+        "command": ["python", *trainer_command(processes), job_uri(settings.store_uri, record.id)],
         "env": env,
         "resources": _quantities(template.get("resources") or {}),
         "securityContext": {
@@ -207,6 +222,11 @@ def build_job(
             *(template.get("extraVolumeMounts") or []),
         ],
     }
+    shm: list[dict[str, Any]] = []
+    if processes > 1:
+        # NCCL passes tensors between the ranks through /dev/shm; a container's default 64 MiB is too small.
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+        shm.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     if template.get("envFrom"):
         container["envFrom"] = list(template["envFrom"])
 
@@ -225,6 +245,7 @@ def build_job(
         "volumes": [
             {"name": "cache", **(template.get("cacheVolume") or {"emptyDir": {}})},
             {"name": "tmp", "emptyDir": {}},
+            *shm,
             *(template.get("extraVolumes") or []),
         ],
     }

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
     training_enabled: bool = Field(True, description="accept training jobs and run the job runner here")
     train_concurrency: int = Field(1, description="local runner: training processes at once")
+    train_processes_per_job: int = Field(
+        1, ge=1, description="local runner: data-parallel trainer processes per job under torchrun (one per GPU)"
+    )
     max_pending_jobs: int = Field(
         32, description="training jobs queued or running (store-wide) before new ones get 429"
     )
