@@ -6,19 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from service.runner_kubernetes import build_job, load_job_template
 from service.settings import Settings
+from tests import crd_schema
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) bundles Helm; pip install -e '.[dev]'")
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "skillserve"
 GPU_VALUES = yaml.safe_load((CHART / "ci" / "gpu-s3-values.yaml").read_text())
 K8S_VERSION = "1.30.0"  # the chart's kubeVersion floor is 1.27; validate against a current-but-conservative one
-CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas: checked by hand below
+# Not in the Kubernetes schemas: ServiceMonitor is checked by hand, InferencePool against its vendored CRD (tests/crds).
+CRD_KINDS = {"ServiceMonitor", "InferencePool"}
+INFERENCE_POOL_CRD = "inference.networking.k8s.io_inferencepools.yaml"
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -305,3 +309,70 @@ def render_named(release: str) -> list[dict[str, Any]]:
     return [
         doc for p, t in sorted(files.items()) if not p.endswith("NOTES.txt") for doc in yaml.safe_load_all(t) if doc
     ]
+
+
+@pytest.fixture(scope="module")
+def pool_manifests() -> list[dict[str, Any]]:
+    return render({**GPU_VALUES, "inferencePool": {"enabled": True}})
+
+
+def test_inference_pool_selects_the_gateway_pods_and_validates_against_its_crd(
+    pool_manifests: list[dict[str, Any]],
+) -> None:
+    (pool,) = by_kind(pool_manifests, "InferencePool")
+    crd_schema.validate(pool, INFERENCE_POOL_CRD)
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    gateway, picker = sorted(by_kind(pool_manifests, "Deployment"), key=lambda d: d["metadata"]["name"])
+    assert picker["metadata"]["name"] == gateway["metadata"]["name"] + "-epp"
+    selector = pool["spec"]["selector"]["matchLabels"]
+    assert selector == gateway["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= picker["spec"]["template"]["metadata"]["labels"].items()  # not the picker itself
+    ports = {p["name"]: p["containerPort"] for p in gateway["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert pool["spec"]["targetPorts"] == [{"number": ports["http"]}]
+    # The CRD's CEL rules, which a schema validator does not run: a Service reference names its port; ports unique.
+    ref = pool["spec"]["endpointPickerRef"]
+    assert ref.get("kind", "Service") == "Service" and ref["port"]["number"]
+    assert len({p["number"] for p in pool["spec"]["targetPorts"]}) == len(pool["spec"]["targetPorts"])
+    (service,) = [s for s in by_kind(pool_manifests, "Service") if s["metadata"]["name"] == ref["name"]]
+    assert service["spec"]["ports"][0]["port"] == ref["port"]["number"]
+    assert service["spec"]["selector"].items() <= picker["spec"]["template"]["metadata"]["labels"].items()
+    assert ref["failureMode"] == "FailOpen"
+
+
+def test_endpoint_picker_reads_lora_requests_info_from_the_metrics_port(pool_manifests: list[dict[str, Any]]) -> None:
+    gateway, picker = sorted(by_kind(pool_manifests, "Deployment"), key=lambda d: d["metadata"]["name"])
+    ports = {p["name"]: p["containerPort"] for p in gateway["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    (container,) = picker["spec"]["template"]["spec"]["containers"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    assert args["lora-info-metric"] == "vllm:lora_requests_info"
+    assert int(args["model-server-metrics-port"]) == ports["metrics"] == 9090  # service.metricsPort
+    assert args["model-server-metrics-path"] == "/metrics"
+    (config,) = [c for c in by_kind(pool_manifests, "ConfigMap") if c["metadata"]["name"].endswith("-epp")]
+    (gateway_config,) = [c for c in by_kind(pool_manifests, "ConfigMap") if c["metadata"]["name"] == "demo-skillserve"]
+    assert gateway_config["data"]["SKILLSERVE_METRICS_PORT"] == args["model-server-metrics-port"]  # served keyless
+    picker_config = yaml.safe_load(config["data"]["epp.yaml"])
+    assert picker_config["kind"] == "EndpointPickerConfig"
+    assert [p["type"] for p in picker_config["plugins"]] == ["lora-affinity-scorer"]
+    assert args["pool-name"] == "demo-skillserve" and args["pool-namespace"] == "ml"
+    (role,) = [r for r in by_kind(pool_manifests, "Role") if r["metadata"]["name"].endswith("-epp")]
+    assert {(tuple(r["apiGroups"]), tuple(r["resources"])) for r in role["rules"]} == {
+        (("",), ("pods",)), (("inference.networking.k8s.io",), ("inferencepools",))
+    }
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in role["rules"])
+    for doc in pool_manifests:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_inference_pool_crd_check_refuses_what_the_server_would() -> None:
+    (pool,) = by_kind(render({"inferencePool": {"enabled": True}}), "InferencePool")
+    crd_schema.validate(pool, INFERENCE_POOL_CRD)
+    broken = {**pool, "spec": {**pool["spec"], "targetPorts": [{"number": 70000}]}}
+    with pytest.raises(jsonschema.ValidationError, match="70000"):
+        crd_schema.validate(broken, INFERENCE_POOL_CRD)
+    unknown = {**pool, "spec": {**pool["spec"], "targetPortNumber": 8000}}  # the v1alpha2 field
+    with pytest.raises(jsonschema.ValidationError, match="targetPortNumber"):
+        crd_schema.validate(unknown, INFERENCE_POOL_CRD)
+    with pytest.raises(Exception, match="failureMode"):
+        render({"inferencePool": {"enabled": True, "endpointPicker": {"failureMode": "Sometimes"}}})

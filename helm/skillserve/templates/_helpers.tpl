@@ -134,3 +134,16 @@ app.kubernetes.io/component: gateway
 {{- fail "modelCache with runner=kubernetes: training pods mount the model too, so modelCache.accessModes needs ReadOnlyMany or ReadWriteMany" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The endpoint picker's pods: never matched by the gateway's selector (component differs). */}}
+{{- define "skillserve.eppSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "skillserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: endpoint-picker
+{{- end -}}
+
+{{- define "skillserve.eppLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "skillserve.eppSelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
