@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,18 @@ from pydantic import ValidationError
 
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
 from adapters.models import sha256_file, weights_hash
-from adapters.schema import FileEntry, JobRecord, LoraInfo, Manifest, check_job_id, check_name, new_version
+from adapters.schema import (
+    LATEST,
+    Aliases,
+    AliasTarget,
+    FileEntry,
+    JobRecord,
+    LoraInfo,
+    Manifest,
+    check_job_id,
+    check_name,
+    new_version,
+)
 from adapters.servable import REQUIRED_FILES
 from adapters.store import ObjectStore, check_key
 
@@ -62,6 +74,27 @@ def file_key(manifest: Manifest, filename: str) -> str:
     published before content addressing."""
     entry = manifest.files[filename]
     return adapter_prefix(manifest.name, manifest.version) + (entry.key or _check_filename(filename))
+
+
+ALIAS_WRITE_ATTEMPTS = 8
+ALIAS_REVISIONS_KEPT = 4
+
+
+def alias_prefix(name: str) -> str:
+    return f"aliases/{check_name(name)}/"
+
+
+def alias_key(name: str, revision: int) -> str:
+    return f"{alias_prefix(name)}{revision:012d}.json"  # zero-padded: list order is revision order
+
+
+def pick_version(aliases: Aliases, ref: str | None, user: str | None) -> str | None:
+    """The version a reference means: an alias's (split by `user`), a version named outright, or None (the
+    newest) for a bare name whose `latest` was never set."""
+    target = aliases.aliases.get(ref or LATEST)
+    if target is None:
+        return ref
+    return target.pick(user if user is not None else uuid.uuid4().hex)
 
 
 def job_key(job_id: str) -> str:
@@ -130,6 +163,7 @@ class Registry:
         except AlreadyExists:
             self._discard_loser(completed)
             raise AlreadyExists(f"adapter {manifest.ref} was published by another writer meanwhile") from None
+        self.set_alias(manifest.name, LATEST, AliasTarget(version=manifest.version))
         return completed
 
     def _discard_loser(self, lost: Manifest) -> None:
@@ -146,7 +180,8 @@ class Registry:
                 self.store.delete(key)
 
     def manifest(self, name: str, version: str | None = None) -> Manifest:
-        """One version's manifest, or the newest version's if `version` is None; NotFound if unpublished."""
+        """One version's manifest, or the newest version's if `version` is None; NotFound if unpublished.
+        (Aliases are resolved by `resolve`; this reads versions only.)"""
         if version is None:
             published = self.versions(name)
             if not published:
@@ -157,6 +192,65 @@ class Registry:
         except NotFound:
             raise NotFound(f"adapter {name}@{version} not found") from None
         return _parse_manifest(data, name, version)
+
+    def resolve(self, name: str, ref: str | None = None, user: str | None = None) -> Manifest:
+        """What `name` (the `latest` alias, else the newest version), `name@alias` or `name@version` means for one
+        request; `user` keeps a canary split sticky."""
+        return self.manifest(name, pick_version(self.aliases(name), ref, user))
+
+    # Aliases: aliases/<name>/<revision>.json, append-only, each revision a conditional put.
+
+    def aliases(self, name: str) -> Aliases:
+        """The aliases in force for `name` (revision 0 and none when never set)."""
+        keys = [k for k in self.store.list(alias_prefix(name)) if k.endswith(".json")]
+        for key in reversed(keys):
+            try:
+                return Aliases.model_validate_json(self.store.get_bytes(key))
+            except NotFound:
+                continue  # deleted between list and get
+        return Aliases(name=name)
+
+    def set_alias(
+        self, name: str, alias: str, target: AliasTarget | None, *, expected_revision: int | None = None
+    ) -> Aliases:
+        """Point `alias` at `target` (None removes it) in a new revision, written with a conditional put.
+
+        With `expected_revision`, the write happens only if that revision is still in force (AlreadyExists
+        otherwise: someone moved an alias since it was read); without, a lost race is retried on the new state."""
+        check_name(alias, "alias")
+        if target is not None:
+            for version in filter(None, (target.version, target.canary)):
+                if not self.store.exists(manifest_key(name, version)):
+                    raise NotFound(f"adapter {name}@{version} not found")
+        for _ in range(ALIAS_WRITE_ATTEMPTS):
+            current = self.aliases(name)
+            if expected_revision is not None and current.revision != expected_revision:
+                raise AlreadyExists(
+                    f"aliases of {name} are at revision {current.revision}, not {expected_revision}: "
+                    "read them again and retry"
+                )
+            changed = dict(current.aliases)
+            if target is None:
+                changed.pop(alias, None)
+            else:
+                changed[alias] = target
+            written = Aliases(name=name, revision=current.revision + 1, aliases=changed)
+            try:
+                self.store.put_bytes(
+                    alias_key(name, written.revision), written.model_dump_json(indent=2).encode(), if_absent=True
+                )
+            except AlreadyExists:
+                if expected_revision is not None:
+                    raise AlreadyExists(f"aliases of {name} were changed by another writer meanwhile") from None
+                continue
+            self._prune_aliases(name, written.revision)
+            return written
+        raise AlreadyExists(f"aliases of {name} keep changing under this writer; retry")
+
+    def _prune_aliases(self, name: str, revision: int) -> None:
+        # Old revisions are history nobody reads; a few stay so a reader between list and get still finds one.
+        for key in self.store.list(alias_prefix(name))[:-ALIAS_REVISIONS_KEPT]:
+            self.store.delete(key)
 
     def versions(self, name: str) -> list[Manifest]:
         """Every published version of `name`, oldest first."""
@@ -231,6 +325,14 @@ class Registry:
             if not self.store.exists(manifest_key(name, version)):
                 raise NotFound(f"adapter {name}@{version} not found")
             versions = [version]
+        if version is None:
+            for key in self.store.list(alias_prefix(name)):
+                self.store.delete(key)
+        else:
+            current = self.aliases(name)
+            for alias in [a for a, t in current.aliases.items() if version in (t.version, t.canary)]:
+                # An alias must never point at nothing; `latest` falls back to the newest version.
+                self.set_alias(name, alias, None)
         for each in versions:
             # The manifest goes first so no reader ever sees a published version with missing files.
             self.store.delete(manifest_key(name, each))

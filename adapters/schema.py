@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -214,3 +215,34 @@ class Manifest(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+LATEST = "latest"
+
+
+class AliasTarget(BaseModel):
+    """Where an alias points: one version, or a weighted split with a canary version (sticky per `user`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Version
+    canary: Version | None = Field(None, description="a second version that takes `canary_weight` of the traffic")
+    canary_weight: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (by user) the canary answers")
+
+    def pick(self, key: str) -> str:
+        """The version that answers for `key` (the request's `user`, or a random token without one): the same
+        user always lands on the same side, so a conversation never switches versions midway."""
+        if self.canary is None or self.canary_weight <= 0:
+            return self.version
+        point = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+        return self.canary if point < self.canary_weight else self.version
+
+
+class Aliases(BaseModel):
+    """Every alias of one adapter (`latest`, `prod`, `canary`, ...). Stored append-only as
+    aliases/<name>/<revision>.json, each revision written with a conditional put: the newest is in force."""
+
+    name: AdapterName
+    revision: int = Field(0, ge=0, description="0 = no alias ever set; a conditional write names the one it read")
+    aliases: dict[AdapterName, AliasTarget] = Field(default_factory=dict)
+    updated_at: float = Field(default_factory=time.time)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import InvalidAdapter, NotFound, StoreUnavailable
+from adapters.registry import pick_version
 from adapters.schema import Manifest, parse_ref
 from adapters.servable import base_linear_shapes, check_files, check_manifest
 from service.errors import model_not_found
@@ -44,8 +45,8 @@ class _Entry:
 
 
 @dataclass
-class _CachedManifest:
-    manifest: Manifest
+class _Cached:
+    value: Any  # a Manifest, or the Aliases of one adapter
     fetched_at: float
 
 
@@ -84,7 +85,7 @@ class AdapterCache:
         self.metrics = metrics
         self.unload = unload
         self.base_dir = base_dir
-        self._manifests: dict[tuple[str, str | None], _CachedManifest] = {}
+        self._manifests: dict[tuple[str, str | None], _Cached] = {}
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._ids: dict[str, int] = {}
@@ -101,31 +102,39 @@ class AdapterCache:
             self._ids[ref] = len(self._ids) + 1
         return self._ids[ref]
 
-    async def manifest(self, model: str) -> Manifest:
-        """The manifest a model name means; 404 (model_not_found) if there is none in the store."""
+    async def manifest(self, model: str, user: str | None = None) -> Manifest:
+        """The manifest a model name means for one request (`name` = its `latest` alias, `name@alias`,
+        `name@version`; `user` keeps a canary split sticky); 404 (model_not_found) if there is none."""
         try:
-            name, version = parse_ref(model)
+            name, ref = parse_ref(model)
         except ValueError:  # not a name any adapter could have: it does not exist
             raise model_not_found(model) from None
+        aliases = await self._cached(("@aliases", name), lambda: self.registry.aliases(name))
+        version = pick_version(aliases, ref, user)
         key = (name, version)
-        cached = self._manifests.get(key)
-        # Re-read after a short TTL: the newest version may change, and another replica may have deleted it.
-        if cached and time.monotonic() - cached.fetched_at < MANIFEST_TTL_S:
-            return cached.manifest
         try:
-            manifest: Manifest = await asyncio.to_thread(self.registry.manifest, name, version)
-        except StoreUnavailable:
-            if cached is None:
-                raise  # 503 with Retry-After
-            # The store is down: what this replica already knows keeps serving until it is back.
-            log.warning("store unreachable; serving %s from its cached manifest", model)
-            return cached.manifest
+            manifest: Manifest = await self._cached(key, lambda: self.registry.manifest(name, version))
         except NotFound:
             if self._manifests.pop(key, None) is not None:
                 await self.forget(name, version)  # deleted elsewhere: unload it here too
             raise model_not_found(model) from None
-        self._manifests[key] = _CachedManifest(manifest, time.monotonic())
         return manifest
+
+    async def _cached(self, key: tuple[str, str | None], read: Callable[[], Any]) -> Any:
+        """A store read kept for MANIFEST_TTL_S: the newest version and aliases may move, and another replica may
+        delete; while the store is unreachable, what this replica already knows keeps serving."""
+        cached = self._manifests.get(key)
+        if cached and time.monotonic() - cached.fetched_at < MANIFEST_TTL_S:
+            return cached.value
+        try:
+            value = await asyncio.to_thread(read)
+        except StoreUnavailable:
+            if cached is None:
+                raise  # 503 with Retry-After
+            log.warning("store unreachable; serving %s from what was read before", key)
+            return cached.value
+        self._manifests[key] = _Cached(value, time.monotonic())
+        return value
 
     # ------------------------------------------------------------ local files
 
@@ -217,6 +226,10 @@ class AdapterCache:
             return "engine"
         return "disk" if ref in self._entries else "store"
 
+    async def forget_aliases(self, name: str) -> None:
+        """After an alias moved through this replica: the next request reads the new ones (others within the TTL)."""
+        self._manifests.pop(("@aliases", name), None)
+
     async def forget(self, name: str, version: str | None = None) -> None:
         """After a delete: drop cached manifests at once (new requests get 404), then local files and the
         engine's slot of each version, but only once no request holds it.
@@ -224,7 +237,9 @@ class AdapterCache:
         vLLM reloads an adapter from its directory whenever its slot was reused, and a failed load kills the
         engine core; so files and the slot of a version in use stay until its last request finishes."""
         for key in [
-            k for k in self._manifests if k[0] == name and (version is None or k[1] in (None, version))
+            k
+            for k in self._manifests
+            if (k[0] == name and (version is None or k[1] in (None, version))) or k == ("@aliases", name)
         ]:
             del self._manifests[key]
         for ref in [r for r in self._ids if split_model(r)[0] == name]:

@@ -501,6 +501,23 @@ class ImportAdapterRequest(BaseModel):
     template: str = Field("chatml", description="the template the adapter was trained with")
 
 
+class SetAliasRequest(BaseModel):
+    """POST /adapters/{name}/aliases: point an alias at a version (or split it with a canary); rollback is pointing
+    it back. `latest` is the alias a bare `name` means, and publishing moves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(description="e.g. latest, prod, canary; the model is then `name@alias`")
+    version: str | None = Field(description="the version it serves; null removes the alias")
+    canary: str | None = Field(None, description="a second version for a weighted split")
+    canary_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of users the canary answers (sticky by `user`)"
+    )
+    expected_revision: int | None = Field(
+        None, description="write only if the aliases are still at this revision (from GET); 409 otherwise"
+    )
+
+
 class JobView(BaseModel):
     """A job as the API shows it."""
 

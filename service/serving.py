@@ -19,6 +19,9 @@ from service.protocol import SamplingFields
 
 T = TypeVar("T")
 
+# Which version answered: with aliases and canary splits, the model name alone no longer says.
+VERSION_HEADER = "X-Skillserve-Model-Version"
+
 
 @dataclass
 class Target:
@@ -29,6 +32,11 @@ class Target:
     lora: Any = None
     lease: Lease | None = None
     metric_model: str = field(default="")
+    answered_by: str = ""  # what the VERSION_HEADER says: the base id or `adapter@version`
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.answered_by}
 
     def release(self) -> None:
         if self.lease is not None:
@@ -36,17 +44,20 @@ class Target:
             self.lease = None
 
 
-async def resolve_target(gw: Gateway, model: str) -> Target:
-    """Base id -> the base model and its own template; else an adapter, fetched and held for the request."""
+async def resolve_target(gw: Gateway, model: str, user: str | None = None) -> Target:
+    """Base id -> the base model and its own template; else an adapter (through its aliases; `user` keeps a
+    canary split sticky), fetched and held for the request."""
     tokenizer = gw.engine.tokenizer
     if model == gw.engine.base_model_id:
-        return Target(model, get_template("base", tokenizer), metric_model=model)
+        return Target(model, get_template("base", tokenizer), metric_model=model, answered_by=model)
     from vllm.lora.request import LoRARequest
 
-    manifest = await gw.cache.manifest(model)
+    manifest = await gw.cache.manifest(model, user)
     lease = await gw.cache.acquire(manifest)
     lora = LoRARequest(lora_name=manifest.ref, lora_int_id=lease.lora_id, lora_path=str(lease.path))
-    return Target(model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name)
+    return Target(
+        model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name, answered_by=manifest.ref
+    )
 
 
 def structured_constraint(body: SamplingFields) -> dict[str, Any] | None:

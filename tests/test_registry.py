@@ -11,7 +11,7 @@ import pytest
 
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
 from adapters.registry import Registry, file_key
-from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
+from adapters.schema import AliasTarget, JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
 from adapters.store import ObjectStore
 
 
@@ -317,3 +317,52 @@ def test_datasets_are_content_addressed_and_verified(registry: Registry, store: 
     store.put_bytes(key, b"changed behind our back")
     with pytest.raises(ChecksumMismatch):
         registry.get_dataset(key)
+
+
+def test_publishing_moves_latest_and_an_alias_rolls_back(registry: Registry, tmp_path: Path) -> None:
+    registry.publish(unpublished("shout", "v1", created_at=1), adapter_dir(tmp_path / "1"))
+    registry.publish(unpublished("shout", "v2", created_at=2), adapter_dir(tmp_path / "2"))
+    assert registry.resolve("shout").version == "v2"
+    prod = registry.set_alias("shout", "prod", AliasTarget(version="v2"))
+    assert registry.resolve("shout", "prod").version == "v2"
+    # Rollback: point it back, conditionally on the revision just read.
+    registry.set_alias("shout", "prod", AliasTarget(version="v1"), expected_revision=prod.revision)
+    assert registry.resolve("shout", "prod").version == "v1"
+    with pytest.raises(AlreadyExists, match="revision"):
+        registry.set_alias("shout", "prod", AliasTarget(version="v2"), expected_revision=prod.revision)
+    registry.set_alias("shout", "latest", AliasTarget(version="v1"))
+    assert registry.resolve("shout").version == "v1"
+    assert registry.resolve("shout", "v2").version == "v2"  # versions by name still resolve
+    with pytest.raises(NotFound):
+        registry.set_alias("shout", "prod", AliasTarget(version="v9"))
+    registry.delete("shout", "v1")  # aliases pointing at it go; `latest` falls back to the newest
+    assert registry.resolve("shout").version == "v2"
+    with pytest.raises(NotFound):
+        registry.resolve("shout", "prod")
+    registry.delete("shout")
+    assert registry.store.list("aliases/") == []
+
+
+def test_concurrent_alias_writers_each_land_in_a_revision_of_their_own(registry: Registry, tmp_path: Path) -> None:
+    for n in range(4):
+        registry.publish(unpublished("shout", f"v{n}", created_at=n), adapter_dir(tmp_path / str(n)))
+    barrier = threading.Barrier(4)
+
+    def point(n: int) -> None:
+        barrier.wait()
+        registry.set_alias("shout", f"a{n}", AliasTarget(version=f"v{n}"))
+
+    threads = [threading.Thread(target=point, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    aliases = registry.aliases("shout").aliases
+    assert {a: t.version for a, t in aliases.items() if a != "latest"} == {f"a{n}": f"v{n}" for n in range(4)}
+
+
+def test_a_canary_split_is_weighted_and_sticky_per_user() -> None:
+    target = AliasTarget(version="v1", canary="v2", canary_weight=0.1)
+    picks = [target.pick(f"user-{n}") for n in range(2000)]
+    assert 0.07 < picks.count("v2") / len(picks) < 0.13
+    assert all(target.pick(f"user-{n}") == picks[n] for n in range(2000))

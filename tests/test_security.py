@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from adapters.models import DEFAULT_MODEL
-from adapters.registry import Registry
+from adapters.registry import Registry, file_key
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
 from service import auth
@@ -107,11 +107,13 @@ ROUTE_ROLES = {
     ("GET", "/v1/models/{model_id:path}"): INFER,
     ("GET", "/adapters"): INFER,
     ("GET", "/adapters/{name}"): INFER,
+    ("GET", "/adapters/{name}/aliases"): INFER,
     ("GET", "/jobs"): INFER,
     ("GET", "/jobs/{job_id}"): INFER,
     ("GET", "/jobs/{job_id}/events"): INFER,
     ("POST", "/adapters"): ADMIN_ONLY,
     ("POST", "/adapters/import"): ADMIN_ONLY,
+    ("POST", "/adapters/{name}/aliases"): ADMIN_ONLY,
     ("DELETE", "/adapters/{model}"): ADMIN_ONLY,
     ("DELETE", "/jobs/{job_id}"): ADMIN_ONLY,
 }
@@ -520,7 +522,7 @@ def _publish_hostile(registry: Registry, source: Path, work: Path, name: str) ->
         spoil(directory)
     manifest = publish_adapter(registry, directory, name, rank=rank)
     if name == "sha-mismatch":  # the store's copy changes after publishing: same size, other bytes
-        key = f"adapters/{name}/{manifest.version}/adapter_model.safetensors"
+        key = file_key(manifest, "adapter_model.safetensors")
         data = bytearray(registry.store.get_bytes(key))
         data[-1] ^= 0xFF
         registry.store.put_bytes(key, bytes(data))

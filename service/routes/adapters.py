@@ -20,6 +20,8 @@ from adapters.dataset import Dataset, parse_dataset, rows_to_jsonl
 from adapters.errors import InvalidAdapter, InvalidName, NotFound
 from adapters.registry import new_manifest
 from adapters.schema import (
+    Aliases,
+    AliasTarget,
     Hyperparameters,
     JobRecord,
     JobSpec,
@@ -43,6 +45,7 @@ from service.protocol import (
     ErrorResponse,
     ImportAdapterRequest,
     JobView,
+    SetAliasRequest,
 )
 
 router = APIRouter(tags=["adapters"])
@@ -300,6 +303,40 @@ async def get_adapter(name: str, gw: GatewayDep) -> AdapterDetail:
         )
 
     return await asyncio.to_thread(collect)
+
+
+@router.get(
+    "/adapters/{name}/aliases",
+    response_model=Aliases,
+    responses=ERRORS,
+    dependencies=[Depends(require_inference)],
+    summary="The aliases of an adapter and their revision (what a conditional write names)",
+)
+async def get_aliases(name: str, gw: GatewayDep) -> Aliases:
+    check_name(name)
+    return await asyncio.to_thread(gw.registry.aliases, name)  # type: ignore[no-any-return]
+
+
+@router.post(
+    "/adapters/{name}/aliases",
+    response_model=Aliases,
+    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    dependencies=[Depends(require_admin)],
+    summary="Point an alias at a version, split it with a canary, roll it back or remove it (admin)",
+)
+async def set_alias(name: str, body: SetAliasRequest, gw: GatewayDep) -> Aliases:
+    check_name(name)
+    try:
+        target = None if body.version is None else AliasTarget(
+            version=body.version, canary=body.canary, canary_weight=body.canary_weight
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    written: Aliases = await asyncio.to_thread(
+        gw.registry.set_alias, name, body.alias, target, expected_revision=body.expected_revision
+    )
+    await gw.cache.forget_aliases(name)
+    return written
 
 
 @router.delete(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from adapters.masking import encode
@@ -171,12 +171,12 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
     responses=STREAMING,
     summary="Create a chat completion (OpenAI-compatible); `stream: true` returns SSE chunks",
 )
-async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Any:
+async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     gw.engine.admit()
     check_prompt_chars(gw, sum(len(m.text()) for m in body.messages), "messages")
     plan = ToolPlan.of(body)
-    target = await resolve_target(gw, body.model)
+    target = await resolve_target(gw, body.model, body.user)
     try:
         tokenizer = gw.engine.tokenizer
         prefill = CALL_OPEN if plan.forced else ""
@@ -218,8 +218,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
         return StreamingResponse(
             guarded_stream(events, target.release),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
         )
+    response.headers.update(target.headers)
     try:
         return await until_disconnected(
             request, _complete(gw, body, target, prompt_ids, params, request_id, top, plan)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.auth import require_inference
@@ -57,12 +57,12 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
     responses=STREAMING,
     summary="Create a text completion (OpenAI-compatible); the template's stop sequences still apply",
 )
-async def completions(body: CompletionRequest, request: Request, gw: GatewayDep) -> Any:
+async def completions(body: CompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
     check_count(len(body.prompts), gw.settings.max_messages, "prompt")
     gw.engine.admit()
     for text in body.prompts:
         check_prompt_chars(gw, len(text), "prompt")
-    target = await resolve_target(gw, body.model)
+    target = await resolve_target(gw, body.model, body.user)
     try:
         tokenizer = gw.engine.tokenizer
         prompts = await gw.engine.tokenize(lambda: [list(tokenizer(p)["input_ids"]) for p in body.prompts])
@@ -101,8 +101,9 @@ async def completions(body: CompletionRequest, request: Request, gw: GatewayDep)
         return StreamingResponse(
             guarded_stream(events, target.release),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
         )
+    response.headers.update(target.headers)
     try:
         return await until_disconnected(request, _complete(gw, body, target, prompts, params, request_id))
     finally:

@@ -9,7 +9,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 
-from adapters.schema import Manifest
+from adapters.errors import NotFound
+from adapters.schema import LATEST, Manifest
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.protocol import ModelCard, ModelList
@@ -45,13 +46,26 @@ def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str, engine_ids: se
     "/v1/models", response_model=ModelList, responses=ERRORS, summary="List the base model and adapters"
 )
 async def list_models(gw: GatewayDep) -> ModelList:
-    newest = await asyncio.to_thread(gw.registry.adapters)
+    def collect() -> list[tuple[str, Manifest]]:
+        named = []
+        for newest in gw.registry.adapters():
+            if newest.base_model != gw.engine.base_model_id:
+                continue
+            aliases = gw.registry.aliases(newest.name)
+            # `name` is what its `latest` alias points at (the main version of a split); every other alias too.
+            for alias, target in sorted(aliases.aliases.items()):
+                try:
+                    manifest = gw.registry.manifest(newest.name, target.version)
+                except NotFound:
+                    continue  # deleted since the aliases were read
+                named.append((newest.name if alias == LATEST else f"{newest.name}@{alias}", manifest))
+            if LATEST not in aliases.aliases:
+                named.append((newest.name, newest))
+        return sorted(named, key=lambda item: item[0])
+
+    named = await asyncio.to_thread(collect)
     engine_ids = await gw.engine.loaded_loras()
-    cards = [_base_card(gw)]
-    cards += [
-        _adapter_card(gw, m, m.name, engine_ids) for m in newest if m.base_model == gw.engine.base_model_id
-    ]
-    return ModelList(data=cards)
+    return ModelList(data=[_base_card(gw)] + [_adapter_card(gw, m, model_id, engine_ids) for model_id, m in named])
 
 
 @router.get(
