@@ -118,6 +118,10 @@ class BodyLimit:
 
 
 def build_runner(settings: Settings, registry: Registry) -> Runner:
+    if settings.runner == "kubernetes" and settings.k8s_job_kind == "trainjob":
+        from service.runner_kubeflow import KubeflowRunner
+
+        return KubeflowRunner(settings, registry)
     if settings.runner == "kubernetes":
         from service.runner_kubernetes import KubernetesRunner
 

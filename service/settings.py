@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     k8s_poll_seconds: float = Field(
         10.0, description="how often the Kubernetes runner reflects Job status into records"
     )
+    k8s_job_kind: Literal["job", "trainjob"] = Field(
+        "job",
+        description="what the Kubernetes runner submits: a batch/v1 Job, or a Kubeflow Trainer TrainJob (multi-node)",
+    )
+    k8s_trainjob_runtime: str = Field(
+        "torch-distributed", description="trainjob: the ClusterTrainingRuntime the TrainJobs run on"
+    )
+    k8s_trainjob_nodes: int = Field(
+        1, ge=1, description="trainjob: nodes per training job, each with the job template's GPUs"
+    )
 
     @property
     def base_model_id(self) -> str:

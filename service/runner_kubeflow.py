@@ -1,0 +1,229 @@
+"""Training as Kubeflow Trainer `TrainJob`s (trainer.kubeflow.org/v1alpha1): multi-node data-parallel training.
+
+With `SKILLSERVE_K8S_JOB_KIND=trainjob` the Kubernetes runner submits a TrainJob instead of a `batch/v1` Job. The
+Kubeflow Trainer controller expands it through a training runtime (default: the `torch-distributed`
+ClusterTrainingRuntime) into one pod per node, and sets torchrun's `PET_*` variables (nodes, processes per node,
+node rank, master address) in each; the trainer runs under `python -m torch.distributed.run`, which reads them, so
+every process joins one data-parallel group and rank 0 alone writes the job record and publishes
+(trainer/distributed.py). The pod is the one `build_job` describes (image, env, secrets, volumes, security), carried
+over as the TrainJob's trainer and a runtime patch. Status comes back as for Jobs: the TrainJob's `Failed` and
+`Complete` conditions, or its disappearance, are reflected into the record unless the trainer has finished it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from adapters.lifecycle import advance
+from adapters.schema import JobRecord, JobStatus
+from service.runner_kubernetes import (
+    JOB_SELECTOR,
+    JobRegistry,
+    KubernetesRunnerError,
+    api_refusal,
+    build_job,
+    default_namespace,
+    job_name,
+    load_job_template,
+    trainer_processes,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
+# The replicated job and container names of Kubeflow's torch runtimes (manifests/base/runtimes/torch_distributed.yaml).
+RUNTIME_NODE = "node"
+PATCH_MANAGER = "skillserve.io/gateway"
+# Pod fields a TrainJob's runtime patch may set (the CRD's schema); the rest of the pod comes from the runtime.
+PATCHABLE_POD_FIELDS = (
+    "affinity", "imagePullSecrets", "nodeSelector", "securityContext", "serviceAccountName", "tolerations", "volumes",
+)
+
+
+def build_trainjob(
+    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str
+) -> dict[str, Any]:
+    """The TrainJob that trains `record` on `settings.k8s_trainjob_nodes` nodes, each with the GPUs the job
+    template asks for (one trainer process per GPU), as a plain dict."""
+    job = build_job(record, settings, template, namespace)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    uri = container["command"][-1]
+    trainer: dict[str, Any] = {
+        "image": container["image"],
+        # No --standalone and no counts: torchrun takes nodes, ranks and the rendezvous from the runtime's PET_* env.
+        "command": ["python", "-m", "torch.distributed.run", "-m", "trainer", "run", uri],
+        "env": container["env"],
+        "numNodes": settings.k8s_trainjob_nodes,
+        "numProcPerNode": trainer_processes(template),
+    }
+    if container.get("resources"):
+        trainer["resourcesPerNode"] = container["resources"]
+    node_pod: dict[str, Any] = {key: pod[key] for key in PATCHABLE_POD_FIELDS if pod.get(key)}
+    node_pod["containers"] = [
+        {"name": RUNTIME_NODE, "securityContext": container["securityContext"],
+         "volumeMounts": container["volumeMounts"]},
+    ]
+    patch = {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {
+            "template": {
+                "spec": {
+                    "replicatedJobs": [
+                        {"name": RUNTIME_NODE, "template": {"spec": {"template": {
+                            "metadata": job["spec"]["template"]["metadata"],
+                            "spec": node_pod,
+                        }}}}
+                    ]
+                }
+            }
+        },
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": job["metadata"],
+        "spec": {
+            "runtimeRef": {"name": settings.k8s_trainjob_runtime},
+            "activeDeadlineSeconds": job["spec"]["activeDeadlineSeconds"],
+            "trainer": trainer,
+            "runtimePatches": [patch],
+        },
+    }
+
+
+def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
+def trainjob_failure(obj: dict[str, Any]) -> str | None:
+    """'<reason>: <message>' once the TrainJob's Failed condition is true, else None."""
+    for condition in _conditions(obj):
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason') or 'Failed'}: {condition.get('message') or 'no message'}"
+    return None
+
+
+def trainjob_complete(obj: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Complete" and c.get("status") == "True" for c in _conditions(obj))
+
+
+def connect_custom_objects() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise KubernetesRunnerError(
+                "k8s_job_kind=trainjob needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
+            ) from exc
+    return client.CustomObjectsApi()
+
+
+class KubeflowRunner:
+    """Runs each training job as a Kubeflow Trainer TrainJob and keeps job records in step with them."""
+
+    # Its own name in the records: a Job runner would find no Job for a TrainJob's record and fail it.
+    name = "kubeflow"
+
+    def __init__(
+        self, settings: Settings, registry: JobRegistry, custom_api: Any | None = None,
+        poll_seconds: float | None = None,
+    ):
+        self.settings = settings
+        self.registry = registry
+        self.template = load_job_template(settings.k8s_job_template)
+        self.namespace = default_namespace(settings)
+        self.api = custom_api if custom_api is not None else connect_custom_objects()
+        self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _where(self) -> dict[str, str]:
+        return {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
+
+    def start(self) -> None:
+        self.reconcile()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="trainjob-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, job: JobRecord) -> None:
+        body = build_trainjob(job, self.settings, self.template, self.namespace)
+        try:
+            self.api.create_namespaced_custom_object(body=body, **self._where())
+        except ApiException as exc:
+            error = f"Kubernetes refused the training TrainJob for {job.id}: {api_refusal(exc)}"
+            raise KubernetesRunnerError(error) from exc
+        record = self.registry.get_job(job.id)
+        record.runner, record.runner_ref = self.name, job_name(job.id)
+        self.registry.put_job(record)
+
+    def cancel(self, job_id: str) -> None:
+        """Delete the TrainJob (its JobSet and pods go with it) and mark the record cancelled."""
+        record = self.registry.get_job(job_id)
+        if record.status.finished:
+            return
+        try:
+            self.api.delete_namespaced_custom_object(
+                name=record.runner_ref or job_name(job_id), propagation_policy="Background", **self._where()
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise KubernetesRunnerError(f"cannot delete the TrainJob of {job_id}: {api_refusal(exc)}") from exc
+        advance(self.registry, job_id, JobStatus.cancelled, error=record.error or "cancelled")
+
+    def reconcile(self) -> None:
+        """One pass: fail unfinished records whose TrainJob failed, completed without a result, or vanished."""
+        try:
+            listed = self.api.list_namespaced_custom_object(label_selector=JOB_SELECTOR, **self._where())
+        except ApiException as exc:
+            log.warning("cannot list TrainJobs in %s: %s", self.namespace, api_refusal(exc))
+            return
+        objects = {item["metadata"]["name"]: item for item in listed.get("items") or []}
+        for record in self.registry.list_jobs():
+            if record.runner != self.name or record.status.finished or not record.runner_ref:
+                continue
+            obj = objects.get(record.runner_ref)
+            if obj is None:
+                if not self._exists(record.runner_ref):  # it may have been created after the list
+                    self._fail(record.id, f"TrainJob {record.runner_ref} no longer exists")
+            elif reason := trainjob_failure(obj):
+                self._fail(record.id, f"TrainJob {record.runner_ref} failed: {reason}")
+            elif trainjob_complete(obj):
+                self._fail(record.id, f"TrainJob {record.runner_ref} completed but the trainer recorded no result")
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.api.get_namespaced_custom_object(name=name, **self._where())
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _fail(self, job_id: str, error: str) -> None:
+        # The transition table keeps the trainer's own verdict over ours.
+        if advance(self.registry, job_id, JobStatus.failed, error=error) is not None:
+            log.info("job %s failed: %s", job_id, error)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.reconcile()
+            except Exception:  # keep watching: one bad pass must not end status reporting
+                log.exception("reconciling TrainJobs failed")
