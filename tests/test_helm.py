@@ -376,3 +376,15 @@ def test_inference_pool_crd_check_refuses_what_the_server_would() -> None:
         crd_schema.validate(unknown, INFERENCE_POOL_CRD)
     with pytest.raises(Exception, match="failureMode"):
         render({"inferencePool": {"enabled": True, "endpointPicker": {"failureMode": "Sometimes"}}})
+
+
+def test_trainjob_kind_lets_the_gateway_manage_trainjobs_and_nothing_more() -> None:
+    manifests = render({**GPU_VALUES, "config": {**GPU_VALUES.get("config", {}), "k8s_job_kind": "trainjob"}})
+    (role,) = by_kind(manifests, "Role")
+    assert role["rules"][-1] == {
+        "apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "list", "delete"]
+    }
+    (config,) = [c for c in by_kind(manifests, "ConfigMap") if c["metadata"]["name"] == "demo-skillserve"]
+    assert config["data"]["SKILLSERVE_K8S_JOB_KIND"] == "trainjob"
+    (plain_role,) = by_kind(render(GPU_VALUES), "Role")
+    assert all("trainer.kubeflow.org" not in rule["apiGroups"] for rule in plain_role["rules"])
