@@ -76,7 +76,7 @@ export async function list(main, { signal }) {
     h("tbody", {}, rows.map((r) => r.row)))));
   // Details fill in as they come; a list of a few dozen skills costs a few dozen small reads.
   await Promise.all(rows.map(async ({ a, cells }) => {
-    const m = a.latest ? (await api(ref(a.name).replace("#/skills", "/adapters"), { signal })).manifest : null;
+    const m = a.latest ? (await api(`/adapters/${encodeURIComponent(a.name)}`, { signal })).manifest : null;
     cells.template.textContent = m ? m.template_name : "—";
     cells.rank.textContent = m ? m.lora.rank : "—";
     cells.created.textContent = m ? when(m.created_at) : "—";

@@ -38,7 +38,7 @@ function hyperField(name, prop) {
       if (consts.includes(text)) return text;
       return text.split(/[\s,]+/).filter(Boolean);
     };
-    help.append(" — a comma-separated list of modules, or ", variants.filter((v) => v.const).map((v) => v.const).join(", "));
+    help.append(" — names separated by commas");
   } else {
     const numeric = main.type === "integer" || main.type === "number";
     input = h("input", {
