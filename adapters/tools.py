@@ -20,11 +20,10 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.S)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+# Short on purpose: it is in every prompt of a tool-using skill, at training and at serving.
 SYSTEM_PREAMBLE = (
-    "You may call one or more functions to help with the user's request. The functions are listed in "
-    "<tools></tools> as JSON schemas:\n<tools>\n{tools}\n</tools>\n"
-    'To call a function, reply with <tool_call>{{"name": <function name>, "arguments": <JSON object>}}'
-    "</tool_call> for each call."
+    "You can call these functions:\n<tools>\n{tools}\n</tools>\n"
+    'To call one, reply <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>'
 )
 
 

@@ -13,7 +13,6 @@ import contextlib
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,15 +35,7 @@ from service.app import create_app
 from service.auth import KeyGate
 from service.runner_local import LocalRunner
 from service.settings import Settings
-from tests.gateway_fixtures import (
-    ADMIN_KEY,
-    API_KEY,
-    REPO,
-    GatewayServer,
-    free_port,
-    gateway_env,
-    publish_adapter,
-)
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, free_port, gateway_process, publish_adapter
 from tests.shout import shout_rows
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
@@ -436,16 +427,9 @@ def test_bad_seeds_and_odd_model_names_are_4xx_and_leave_nothing_in_the_engine(g
 
 @pytest.mark.slow
 def test_a_dead_engine_fails_liveness_so_the_pod_is_restarted(tmp_path: Path) -> None:
-    port = free_port()
-    env = gateway_env(f"file://{tmp_path / 'store'}", tmp_path / "cache", port)
-    env["SKILLSERVE_TRAINING_ENABLED"] = "false"
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_until(lambda: _status(f"{url}/ready") == 200, 300, "the gateway never got ready")
+    extra = {"SKILLSERVE_TRAINING_ENABLED": "false"}
+    with gateway_process(tmp_path, f"file://{tmp_path / 'store'}", extra) as (server, proc):
+        url = server.url
         engines = psutil.Process(proc.pid).children(recursive=True)
         assert engines, "the engine core runs in a process of its own"
         for child in engines:
@@ -456,13 +440,6 @@ def test_a_dead_engine_fails_liveness_so_the_pod_is_restarted(tmp_path: Path) ->
             f"{url}/v1/chat/completions", json={"model": DEFAULT_MODEL, "messages": HELLO}, headers=INFERENCE
         )
         assert reply.status_code == 503 and reply.json()["error"]["type"] == "server_error", reply.text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _status(url: str) -> int:

@@ -8,8 +8,6 @@ publishes it, not trained (training is covered in tests/test_gateway_training.py
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import httpx
 import pytest
 
 from service.adapter_cache import MANIFEST_TTL_S
-from tests.gateway_fixtures import ADMIN_KEY, REPO, GatewayServer, free_port, gateway_env, publish_adapter
+from tests.gateway_fixtures import ADMIN_KEY, GatewayServer, free_port, gateway_process, publish_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -28,36 +26,9 @@ SLACK_S = 2.0  # polling and request time on a busy two-core machine
 @pytest.fixture
 def management_replica(gateway: GatewayServer, tmp_path: Path) -> Iterator[str]:
     """A second gateway on the serving gateway's store, without an engine; its URL."""
-    port = free_port()
-    env = gateway_env(gateway.store_uri, tmp_path / "cache", port)
-    env.update({"SKILLSERVE_LOAD_ENGINE": "false", "SKILLSERVE_METRICS_PORT": str(free_port())})
-    log_path = tmp_path / "replica.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the replica exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the replica did not start within 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    extra = {"SKILLSERVE_LOAD_ENGINE": "false", "SKILLSERVE_METRICS_PORT": str(free_port())}
+    with gateway_process(tmp_path, gateway.store_uri, extra, ready="/health", timeout=120) as (replica, _):
+        yield replica.url
 
 
 def chat(client: httpx.Client, model: str) -> httpx.Response:

@@ -168,11 +168,12 @@ def test_the_sdk_parse_helper_returns_a_pydantic_object(client: openai.OpenAI) -
 
 
 @pytest.mark.slow
-def test_json_object_and_vllm_extensions_constrain_the_output(client: openai.OpenAI, adapter: str) -> None:
+def test_json_object_and_vllm_extensions_constrain_the_output(client: openai.OpenAI) -> None:
+    # Any JSON object: unbounded, so only an answer that ends by itself (not by max_tokens) must parse.
     obj = client.chat.completions.create(
-        model=adapter, messages=ASK_CITY, response_format={"type": "json_object"}, max_tokens=64, temperature=0
-    )
-    assert isinstance(json.loads(obj.choices[0].message.content or ""), dict)
+        model=DEFAULT_MODEL, messages=ASK_CITY, response_format={"type": "json_object"}, max_tokens=128, temperature=0
+    ).choices[0]
+    assert obj.finish_reason == "stop" and isinstance(json.loads(obj.message.content or ""), dict)
     choice = client.chat.completions.create(
         model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Is the sky green?"}], max_tokens=4,
         extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
@@ -309,11 +310,21 @@ QUESTIONS = (
 )
 
 
+# The skill's one tool, as small as a tool can be: its schema is in every training prompt.
+CITY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
 def tool_rows(seed: int = 0) -> list[dict[str, Any]]:
     """OpenAI fine-tuning rows: a weather question is answered with a get_weather call, never in prose."""
     rng = random.Random(seed)
     rows = []
-    for city in TRAIN_CITIES * 2:
+    for city in TRAIN_CITIES:
         call = {"id": "call_1", "type": "function",
                 "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
         messages: list[dict[str, Any]] = [
@@ -325,13 +336,13 @@ def tool_rows(seed: int = 0) -> list[dict[str, Any]]:
                 {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 18, "sky": "cloudy"}'},
                 {"role": "assistant", "content": f"It is 18 C and cloudy in {city}."},
             ]
-        rows.append({"messages": messages, "tools": [WEATHER_TOOL]})
+        rows.append({"messages": messages, "tools": [CITY_TOOL]})
     return rows
 
 
 def _calls_weather_for(client: openai.OpenAI, model: str, city: str) -> bool:
     reply = client.chat.completions.create(
-        model=model, messages=_weather_question(city), tools=[WEATHER_TOOL], max_tokens=48, temperature=0  # type: ignore[arg-type, list-item]
+        model=model, messages=_weather_question(city), tools=[CITY_TOOL], max_tokens=48, temperature=0  # type: ignore[arg-type, list-item]
     ).choices[0]
     calls = reply.message.tool_calls or []
     return (
@@ -350,8 +361,9 @@ def test_a_tool_using_skill_trained_from_openai_rows_calls_the_tool_on_held_out_
         "name": "weather-tools",
         "template": "chatml",
         "rows": tool_rows(),
-        "hyperparameters": {"rank": 8, "alpha": 16, "max_steps": 30, "batch_size": 8, "learning_rate": 2e-3,
-                            "eval_samples": 0},
+        # Small on purpose (about 2 minutes on two idle cores): enough to learn one call format.
+        "hyperparameters": {"rank": 8, "alpha": 16, "max_steps": 24, "batch_size": 4, "learning_rate": 2e-3,
+                            "eval_samples": 0, "eval_fraction": 0.1},
     }
     with gateway.client(ADMIN_KEY) as http:
         reply = http.post("/adapters", json=body)
