@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +47,10 @@ CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
 _upstream: dict[str, Callable[..., None]] = {}
 
 
-# A slot with at most this many rows in the batch (decode steps, short prompt chunks) is multiplied in one
-# batched matmul over all slots, zero-padded to the deepest: one call instead of one per slot, whose fixed
-# cost (about 10 us each on these CPUs) would exceed the arithmetic.
+# Runs of more rows than this (prompts) are multiplied in place, one matmul per run. Shorter ones (decode
+# rows, short chunks) are gathered, sorted by slot; where no slot has more than this many of them, they go
+# through one batched matmul over all slots, zero-padded to the deepest: one call instead of one per run,
+# whose fixed cost (about 10 us on these CPUs) would exceed the arithmetic.
 BATCHED_DEPTH = 32
 
 
@@ -56,28 +58,43 @@ BATCHED_DEPTH = 32
 class Plan:
     """Which rows each adapter slot multiplies, made once per batch and shared by every op call of a step.
 
-    Without `order`, each span is a slice of the batch's own rows: requests on one slot that are neighbours
-    in the batch, multiplied in place with no copy. With `order` (the rows that have an adapter, sorted by
-    slot), each span is a slice of `order`; `slot_of` and `position` say where each of those rows sits in
-    a zero-padded (slots, depth, features) stack for the batched matmul. Rows with the index -1 (no
-    adapter) are in no span.
+    `spans` are long runs of the batch's rows on one slot, multiplied in place with no copy. `order` (if
+    any) holds the other rows that have an adapter, sorted by slot; `groups` are each slot's slice of it,
+    and `slot_of` and `position` place each of those rows in the zero-padded (slots, depth, features)
+    stack of the batched matmul. Rows with the index -1 (no adapter) are in neither.
     """
 
-    spans: tuple[tuple[int, slice], ...]
+    spans: tuple[tuple[int, slice], ...] = ()
     order: torch.Tensor | None = None
+    groups: tuple[tuple[int, slice], ...] = ()
     slot_of: torch.Tensor | None = None
     position: torch.Tensor | None = None
     depth: int = 0
 
     @property
     def rows(self) -> int:
-        return sum(span.stop - span.start for _, span in self.spans)
+        return sum(span.stop - span.start for _, span in self.spans) + sum(g.stop - g.start for _, g in self.groups)
 
 
-NOTHING = Plan(())
+NOTHING = Plan()
 
 
 # ---------------------------------------------------------------- grouping rows by adapter slot
+
+
+def _gathered(rows: torch.Tensor, slots: torch.Tensor, spans: tuple[tuple[int, slice], ...] = ()) -> Plan:
+    """A plan that gathers `rows` (batch row numbers, each on slot `slots[i]` >= 0) sorted by slot."""
+    by_slot = torch.argsort(slots, stable=True)
+    order, slot_of = rows[by_slot], slots[by_slot]
+    counts = torch.bincount(slot_of)
+    groups, start = [], 0
+    for slot, count in enumerate(counts.tolist()):
+        if count:
+            groups.append((slot, slice(start, start + count)))
+            start += count
+    first_row = torch.cumsum(counts, 0) - counts  # where each slot's rows start in `order`
+    position = torch.arange(order.numel(), device=order.device) - first_row[slot_of]
+    return Plan(spans, order, tuple(groups), slot_of, position, int(counts.max()))
 
 
 def token_plan(indices: torch.Tensor) -> Plan:
@@ -88,19 +105,8 @@ def token_plan(indices: torch.Tensor) -> Plan:
     lo, hi = int(indices.min()), int(indices.max())
     if lo == hi:  # one slot for the whole batch, the common case: no sort, no gather
         return NOTHING if lo < 0 else Plan(((lo, slice(0, n)),))
-    order = torch.argsort(indices, stable=True)
-    counts = torch.bincount(indices + 1, minlength=hi + 2)
-    order = order[int(counts[0]) :]  # the -1 rows sort first and are dropped
-    counts = counts[1:]
-    spans, start = [], 0
-    for slot, count in enumerate(counts.tolist()):
-        if count:
-            spans.append((slot, slice(start, start + count)))
-            start += count
-    slot_of = indices[order]
-    first_row = torch.cumsum(counts, 0) - counts  # where each slot's rows start in `order`
-    position = torch.arange(order.numel(), device=order.device) - first_row[slot_of]
-    return Plan(tuple(spans), order, slot_of, position, int(counts.max()))
+    rows = torch.nonzero(indices >= 0).flatten()
+    return _gathered(rows, indices[rows]) if rows.numel() else NOTHING
 
 
 _last_segments: tuple[tuple[Any, ...], Plan] | None = None
@@ -115,15 +121,16 @@ def segment_plan(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices:
     key = (tuple(seq_starts.tolist()), tuple(seq_lens.tolist()), tuple(lora_indices.tolist()))
     if _last_segments is not None and _last_segments[0] == key:
         return _last_segments[1]
-    runs: dict[int, list[slice]] = {}
-    for start, length, slot in zip(*key, strict=True):
-        if slot >= 0 and length > 0:
-            runs.setdefault(slot, []).append(slice(start, start + length))
-    spans = [(slot, slices[0]) for slot, slices in runs.items() if len(slices) == 1]
-    if len(spans) == len(runs) and (len(spans) <= 1 or min(s.stop - s.start for _, s in spans) > BATCHED_DEPTH):
-        plan = Plan(tuple(spans))  # each slot's rows are one run, long enough to multiply in place
+    runs = [(slot, start, n) for start, n, slot in zip(*key, strict=True) if slot >= 0 and n > 0]
+    long = tuple((slot, slice(start, start + n)) for slot, start, n in runs if n > BATCHED_DEPTH or len(runs) == 1)
+    short = [(slot, start, n) for slot, start, n in runs if not (n > BATCHED_DEPTH or len(runs) == 1)]
+    if not short:
+        plan = Plan(long)
     else:
-        plan = token_plan(torch.repeat_interleave(lora_indices, seq_lens))
+        starts, lens = torch.tensor([r[1] for r in short]), torch.tensor([r[2] for r in short])
+        slots = torch.repeat_interleave(torch.tensor([r[0] for r in short]), lens)
+        offsets = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        plan = _gathered(torch.repeat_interleave(starts, lens) + offsets, slots, long)
     _last_segments = (key, plan)
     return plan
 
@@ -138,14 +145,48 @@ def _stack(weights: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor
 # ---------------------------------------------------------------- the grouped computation
 
 
+# weights tensor id -> (the tensor, weakly; its version counter; per slot, whether its matrix is all zeros)
+_empty: dict[int, tuple[weakref.ref[torch.Tensor], int, tuple[bool, ...]]] = {}
+
+
+def empty_slots(weights: torch.Tensor) -> tuple[bool, ...]:
+    """Per slot, True where its matrix is all zeros: a module that slot's adapter does not target.
+
+    vLLM wraps every linear layer it can (the MLP too) and zeroes the slot of a module an adapter leaves
+    out; the ops would multiply by those zeros. The answer is cached per tensor until its version counter
+    moves, which every in-place write (vLLM loading an adapter into a slot) does. Tensors created in
+    inference mode have no version counter and are checked on every call.
+    """
+    try:
+        version = weights._version
+    except RuntimeError:
+        version = None
+    hit = _empty.get(id(weights))
+    if version is not None and hit is not None and hit[0]() is weights and hit[1] == version:
+        return hit[2]
+    flags = tuple((~weights.reshape(weights.shape[0], -1).any(dim=1)).tolist())
+    if version is not None:
+        _empty[id(weights)] = (weakref.ref(weights), version, flags)
+    return flags
+
+
 def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tensor, add: bool, alpha: float) -> None:
     """dest[rows] = alpha * x[rows] @ W[slot]^T for every slot's rows, or += with `add`."""
     width, dtype = dest.shape[1], dest.dtype
+    empty = empty_slots(weights)
     w = _stack(weights, width, dtype)
+    for slot, rows in plan.spans:
+        if empty[slot]:
+            if not add:
+                dest[rows].zero_()
+            continue
+        # In place; beta=0 ignores what dest held (NaN included), as an assignment would.
+        dest[rows].addmm_(x[rows].to(dtype=dtype), w[slot], beta=int(add), alpha=alpha)
     if plan.order is None:
-        for slot, rows in plan.spans:
-            # In place; beta=0 ignores what dest held (NaN included), as an assignment would.
-            dest[rows].addmm_(x[rows].to(dtype=dtype), w[slot], beta=int(add), alpha=alpha)
+        return
+    if all(empty[slot] for slot, _ in plan.groups):  # a module no adapter of these rows targets
+        if not add:
+            dest.index_fill_(0, plan.order, 0)
         return
     xs = x.index_select(0, plan.order).to(dtype=dtype)
     if plan.depth <= BATCHED_DEPTH:
@@ -153,9 +194,10 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         padded[plan.slot_of, plan.position] = xs
         ys = torch.bmm(padded, w)[plan.slot_of, plan.position]
     else:
-        ys = xs.new_empty(xs.shape[0], width)
-        for slot, rows in plan.spans:
-            torch.mm(xs[rows], w[slot], out=ys[rows])
+        ys = xs.new_zeros(xs.shape[0], width)
+        for slot, rows in plan.groups:
+            if not empty[slot]:
+                torch.mm(xs[rows], w[slot], out=ys[rows])
     if alpha != 1.0:
         ys.mul_(alpha)
     if add:

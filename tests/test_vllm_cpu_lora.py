@@ -29,9 +29,12 @@ SEGMENTS = {
     "every slot used": ([3, 2, 1, 0], [1, 4, 2, 6]),
     "uneven segments, slots repeated": ([1, 0, 1, 2, 1], [13, 1, 2, 7, 1]),
     "decode: one row per request": ([0, 1, 2, 3, 0, 1, 2, 3, -1], [1] * 9),
-    # Longer than BATCHED_DEPTH: multiplied slot by slot, in place or after one gather.
+    # Runs longer than BATCHED_DEPTH are multiplied in place; shorter ones gathered, in one batched matmul
+    # or, where a slot's gathered rows outnumber BATCHED_DEPTH, one matmul per slot.
     "long prompts, two adapters": ([0, 3], [40, 37]),
     "long prompts, a slot repeated, base rows": ([1, 0, -1, 1], [35, 40, 9, 33]),
+    "a prompt beside decode rows": ([2, 0, 1, -1, 2], [40, 1, 1, 1, 1]),
+    "short runs adding up past the depth": ([0, 1, 0, -1, 1, 0], [20, 5, 20, 2, 3, 1]),
 }
 CASES = list(SEGMENTS)
 DTYPES = [torch.float32, torch.bfloat16]
@@ -127,6 +130,44 @@ def test_expand_slice_touches_only_its_slice(kind: str, case: str, dtype: torch.
     expected = start.clone()
     expected[:, 4 : 4 + OUT] = (part + delta if add_inputs else delta).where(~base, part if add_inputs else 0)
     torch.testing.assert_close(out, expected, **tol(dtype))
+
+
+@pytest.mark.parametrize(
+    "case", ["one adapter", "several interleaved", "a prompt beside decode rows", "short runs adding up past the depth"]
+)
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_slots_of_a_module_the_adapter_leaves_out_are_skipped_exactly(case: str, add_inputs: bool) -> None:
+    """vLLM zeroes the slot of a module an adapter does not target; skipping it must change nothing, and a
+    slot that is written afterwards (an adapter loaded into it) must be multiplied again."""
+    idx = token_indices(case)
+    n = idx.numel()
+    x, a = weights((n, HIDDEN), torch.float32, 15), weights((SLOTS, 1, RANK, HIDDEN), torch.float32, 16)
+    h, b = weights((n, RANK), torch.float32, 17), weights((SLOTS, 1, OUT, RANK), torch.float32, 18)
+    a[1:3], b[1:3] = 0, 0  # slots 1 and 2 leave this module out
+    for _ in range(2):  # the second time, from the cache
+        out = torch.full((n, RANK), 7.0)
+        vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 0.5)
+        torch.testing.assert_close(out, (0.5 * oracle(x, a, idx, torch.float32)).nan_to_num(0.0))
+        start = weights((n, OUT), torch.float32, 19)
+        out = start.clone()
+        vllm_cpu_lora.sgmv_expand(h, b, out, *segments(case), add_inputs)
+        delta = oracle(h, b, idx, torch.float32)
+        expected = (start + delta if add_inputs else delta).where(~delta.isnan(), start if add_inputs else 0)
+        torch.testing.assert_close(out, expected)
+    assert vllm_cpu_lora.empty_slots(a) == (False, True, True, False)
+    a[2, 0].copy_(weights((RANK, HIDDEN), torch.float32, 20))  # an adapter loaded into slot 2, in place
+    assert vllm_cpu_lora.empty_slots(a) == (False, True, False, False)
+    out = torch.zeros(n, RANK)
+    vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 1.0)
+    torch.testing.assert_close(out, oracle(x, a, idx, torch.float32).nan_to_num(0.0))
+
+
+def test_empty_slots_of_inference_tensors_are_checked_every_time() -> None:
+    with torch.inference_mode():
+        a = torch.zeros(2, 1, RANK, HIDDEN)
+        assert vllm_cpu_lora.empty_slots(a) == (True, True)
+        a[1] = 1.0
+        assert vllm_cpu_lora.empty_slots(a) == (True, False)
 
 
 def test_expand_keeps_vllms_rules_for_width_and_a_single_row() -> None:
