@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from adapters.schema import Hyperparameters
 from adapters.templates import TEMPLATE_NAMES
@@ -20,7 +22,25 @@ from service.dependencies import SettingsDep
 PATH = "/ui"
 STATIC = Path(__file__).resolve().parents[1] / "ui"
 
+# The page runs only its own scripts and talks only to this gateway: an injected script could read the key from
+# session storage, and a framing page could trick a click on Delete. Inline styles stay allowed (the chart sets them).
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 router = APIRouter(include_in_schema=False)
+
+
+class DashboardFiles(StaticFiles):
+    """The dashboard's files, each with the security headers above."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(HEADERS)
+        return response
 
 
 @router.get(f"{PATH}/config.json")
@@ -38,4 +58,4 @@ async def config(settings: SettingsDep) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """The config route, then the static files (html=True: /ui/ serves index.html; /ui redirects there)."""
     app.include_router(router)
-    app.mount(PATH, StaticFiles(directory=STATIC, html=True), name="ui")
+    app.mount(PATH, DashboardFiles(directory=STATIC, html=True), name="ui")

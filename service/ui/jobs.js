@@ -106,7 +106,8 @@ function chart(container, curve) {
     width: Math.max(container.clientWidth, 280),
     height: 280,
     scales: { x: { time: false } },
-    axes: [axis("step"), axis("loss")],
+    // Whole steps only on the x axis.
+    axes: [{ ...axis("step"), incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] }, axis("loss")],
     series: [
       { label: "step" },
       { label: "train loss", stroke: color("--skill"), width: 2, spanGaps: true, value: (_, v) => fixed(v, 4) },
@@ -188,7 +189,10 @@ export async function detail(main, { params: [id], signal }) {
     bar.value = job.status === "succeeded" ? bar.max : p.step;
     cancel.hidden = done;
     plotBox.dataset.points = String(curve.steps.length);
-    empty.hidden = curve.steps.length > 0;
+    empty.hidden = curve.steps.length > 0 && !(done && curve.steps.length < p.step);
+    if (done && curve.steps.length < p.step) {
+      empty.textContent = "A job record keeps only its latest figures: the curve shows the steps this tab saw live.";
+    }
     plot.setData([curve.steps, curve.loss, curve.eval]);
     hyper.replaceChildren(...Object.entries(job.hyperparameters).map(([k, v]) => h("tr", {}, h("th", { scope: "row", class: "mono" }, k),
       h("td", { class: "mono" }, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)))));
