@@ -67,6 +67,9 @@ def test_dashboard_files_load_without_a_key_and_nothing_else_does(ui_client: Tes
     assert redirect.status_code == 307 and redirect.headers["location"].endswith("/ui/")
     page = ui_client.get("/ui/")
     assert page.status_code == 200 and "<title>skillserve</title>" in page.text
+    # Only its own scripts run (the key sits in session storage), and no other site may frame it.
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
     for asset in ("app.js", "api.js", "app.css", "vendor/uPlot.iife.min.js"):
         assert ui_client.get(f"/ui/{asset}").status_code == 200, asset
     config = ui_client.get("/ui/config.json").json()
