@@ -42,7 +42,7 @@ def run(positive: int, negative: int) -> dict[str, Any]:
         "SKILLSERVE_API_KEYS": json.dumps([API_KEY]),
         "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
     }
-    server = start_gateway(shape, store.uri, work, extra)
+    server = start_gateway(shape, store.uri, work, extra, ready_timeout_s=1800)
     started = time.monotonic()
     try:
         tried, statuses, failures = fuzz_gateway(server.url, {"positive": positive, "negative": negative}, ADMIN_KEY)

@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "SKILLSERVE_TRAINING_ENABLED": "true" if args.train else "false",
         "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
     }
-    server = start_gateway(shape, store.uri, work, extra)
+    server = start_gateway(shape, store.uri, work, extra, ready_timeout_s=1800)
     try:
         for model in models:  # warm: every adapter fetched and loaded once before measuring
             body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}

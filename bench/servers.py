@@ -124,8 +124,17 @@ def _spawn(label: str, cmd: list[str], env: dict[str, str], log_path: Path, port
     return Server(label, f"http://127.0.0.1:{port}", proc, log_path)
 
 
-def start_gateway(shape: EngineShape, store_uri: str, workdir: Path, extra_env: dict[str, str] | None = None) -> Server:
-    """`python -m service` as `make run` starts it, with the shape's engine settings; returns when ready."""
+def start_gateway(
+    shape: EngineShape,
+    store_uri: str,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout_s: float = 300,
+) -> Server:
+    """`python -m service` as `make run` starts it, with the shape's engine settings; returns when ready.
+
+    Long runs (the soak, deep fuzzing) pass a longer `ready_timeout_s`: on a loaded shared machine the
+    engine has taken more than 300 s to start."""
     port = free_port()
     env = dict(os.environ)
     env.update(shape.gateway_env())
@@ -141,7 +150,7 @@ def start_gateway(shape: EngineShape, store_uri: str, workdir: Path, extra_env: 
         }
     )
     server = _spawn("gateway", [sys.executable, "-m", "service"], env, workdir / "gateway.log", port)
-    server.wait_ready("/ready")
+    server.wait_ready("/ready", ready_timeout_s)
     return server
 
 
