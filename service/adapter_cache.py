@@ -142,15 +142,19 @@ class AdapterCache:
         """Validate the adapter, make sure its files are on local disk, and hold them for one request."""
         check_manifest(manifest, self.base_model_id, self.max_lora_rank)
         ref = manifest.ref
+        started = time.perf_counter()
         entry = self._entries.get(ref)
         if entry is not None and entry.path.exists():
             self.metrics.adapter_cache_hits.inc()
+            tier = "disk"
         else:
             path = await self._download_once(manifest)
             entry = self._entries[ref] = _Entry(
                 path, sum(f.size for f in manifest.files.values()), time.monotonic()
             )
             self._evict(keep=ref)
+            tier = "store"
+        self.metrics.adapter_load.labels(tier).observe(time.perf_counter() - started)
         entry.users += 1
         entry.last_used = time.monotonic()
         held = entry
@@ -219,6 +223,11 @@ class AdapterCache:
         the dict in one step under the GIL, so iteration never sees it change size."""
         entries = list(self._entries.items())
         return sorted({split_model(ref)[0] for ref, entry in entries if entry.users > 0})
+
+    def resident(self, tier: str) -> int:
+        """Adapter versions on local disk ("disk"), or with requests in the engine now ("in_use")."""
+        entries = list(self._entries.values())  # a snapshot: /metrics reads this from a worker thread
+        return len(entries) if tier == "disk" else sum(entry.users > 0 for entry in entries)
 
     def tier(self, ref: str, engine_ids: set[int]) -> str:
         """Where this process holds an adapter version: "engine", "disk" or "store"."""

@@ -141,7 +141,7 @@ def build_runner(settings: Settings, registry: Registry) -> Runner:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway; its lifespan starts the engine (unless disabled) and the job runner."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_max_models, settings.base_model_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
         metrics.watch_loras(cache.in_use, settings.max_loras)
         metrics.watch_engine(lambda: engine.in_flight, engine.unfinished)
+        metrics.watch_residency(cache.resident)
         app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics)
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         if runner is not None:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from vllm.outputs import RequestOutput
     from vllm.sampling_params import SamplingParams
 
+    from service.metrics import RequestMeter
+
 log = logging.getLogger("skillserve.engine")
 T = TypeVar("T")
 
@@ -131,11 +133,16 @@ class Engine:
         params: SamplingParams,
         lora: LoRARequest | None = None,
         request_id: str | None = None,
+        meter: RequestMeter | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream RequestOutputs; closing the iterator (a client disconnect) aborts the request in vLLM."""
+        """Stream RequestOutputs; closing the iterator (a client disconnect) aborts the request in vLLM.
+        `meter` times the first token (seen only when outputs stream)."""
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         llm = self._require()
+        # A request that waits for its whole answer gets one output at the end: no first token to time.
+        first_token = meter if params.output_kind is not RequestOutputKind.FINAL_ONLY else None
         if len(prompt_ids) >= self.max_model_len:
             raise APIError(
                 400,
@@ -150,6 +157,8 @@ class Engine:
             async for out in llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
             ):
+                if first_token is not None and any(o.token_ids for o in out.outputs):
+                    first_token.token()
                 yield out
         except Exception as exc:
             # A submit that failed half-way (vLLM registered the request, then could not send it to the

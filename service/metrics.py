@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,12 +61,90 @@ class _LoraInfoCollector(Collector):
         yield family
 
 
+OTHER = "other"
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+class ModelLabels:
+    """Bounded `model` label values: the base model and the first `limit` adapters this process serves get a
+    label of their own, every later adapter shares `other`. A label once given is never taken back, so no
+    series vanishes and rates stay right; the bound keeps a store of thousands of skills from becoming
+    thousands of series per metric."""
+
+    def __init__(self, limit: int, always: str = ""):
+        self.limit, self.always = limit, always
+        self._given: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str) -> str:
+        if model == self.always or model in self._given:
+            return model
+        with self._lock:
+            if len(self._given) < self.limit:
+                self._given.add(model)
+                return model
+        return OTHER
+
+
+class RequestMeter:
+    """One generation request's per-model figures: time to first token (streamed requests: a request that
+    waits for its whole answer has no first token to time), time per output token, tokens, and outcome."""
+
+    def __init__(self, metrics: Metrics, model: str):
+        self.metrics, self.model = metrics, model
+        self.started = time.perf_counter()
+        self.first: float | None = None
+
+    def token(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+            self.metrics.ttft.labels(self.model).observe(self.first - self.started)
+
+    def tokens(self, kind: str, count: int) -> None:
+        self.metrics.tokens.labels(kind, self.model).inc(count)
+
+    def generated(self, count: int) -> None:
+        """The request's output is complete: `count` tokens over the time since its first (or its start)."""
+        self.tokens("completion", count)
+        if count > 0:
+            elapsed = time.perf_counter() - (self.first or self.started)
+            self.metrics.tpot.labels(self.model).observe(elapsed / count)
+
+    def outcome(self, failed: bool) -> None:
+        self.metrics.model_requests.labels(self.model, "error" if failed else "ok").inc()
+
+
 class Metrics:
     """One registry per app, so several apps (tests) never collide on global metric names."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_models: int = 20, base_model: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.model_label = ModelLabels(max_models, base_model)
+        self.model_requests = Counter(
+            "skillserve_model_requests", "generation requests per model (top adapters, then other)",
+            ["model", "outcome"], registry=r,
+        )
+        self.ttft = Histogram(
+            "skillserve_time_to_first_token_seconds", "streamed requests: seconds to the first token, per model",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tpot = Histogram(
+            "skillserve_time_per_output_token_seconds", "seconds per generated token after the first, per model",
+            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.adapter_load = Histogram(
+            "skillserve_adapter_load_seconds",
+            "seconds to make an adapter version's files ready for a request, by where they were found "
+            "(store: fetched and verified; disk: already in the local cache)",
+            ["tier"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.resident = Gauge(
+            "skillserve_adapters_resident",
+            "adapter versions this replica holds on local disk (disk) and with requests in the engine now (in_use)",
+            ["tier"], registry=r,
+        )
         self.requests = Counter(
             "skillserve_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )
@@ -73,10 +152,12 @@ class Metrics:
             "skillserve_request_seconds",
             "HTTP request latency (to the last byte for streams)",
             ["route"],
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter("skillserve_tokens", "tokens processed", ["kind", "model"], registry=r)
+        self.tokens = Counter(
+            "skillserve_tokens", "tokens processed per model (top adapters, then other)", ["kind", "model"], registry=r
+        )
         self.adapter_loads = Counter(
             "skillserve_adapter_loads",
             "adapter versions fetched from the store into the disk cache",
@@ -110,6 +191,14 @@ class Metrics:
         """/metrics on a port of its own, for operators who keep scraping off the API port; returns the server."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+    def meter(self, model: str) -> RequestMeter:
+        return RequestMeter(self, self.model_label(model))
+
+    def watch_residency(self, count: Callable[[str], int]) -> None:
+        """Adapter versions on disk and in use in the engine, counted at scrape time."""
+        for tier in ("disk", "in_use"):
+            self.resident.labels(tier).set_function(lambda tier=tier: count(tier))  # type: ignore[misc]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

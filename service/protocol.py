@@ -596,3 +596,26 @@ class Deleted(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+# ---------------------------------------------------------------- OpenAPI response tables
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` entry of errors in OpenAI's body, for these statuses."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 429, 503)
+MANAGEMENT_ERRORS = error_responses(400, 401, 403, 404, 503)
+# With `stream: true` the 200 is Server-Sent Events: chunks as `data: {json}` lines, then `data: [DONE]`.
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+            }
+        }
+    },
+    **INFERENCE_ERRORS,
+}

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from adapters.templates import ChatTemplate, get_template, template_from_manifest
 from service.adapter_cache import Lease
 from service.dependencies import Gateway
+from service.engine import sampling_params
 from service.errors import APIError
+from service.metrics import RequestMeter
 from service.protocol import SamplingFields
 
 T = TypeVar("T")
@@ -33,10 +37,16 @@ class Target:
     lease: Lease | None = None
     metric_model: str = field(default="")
     answered_by: str = ""  # what the VERSION_HEADER says: the base id or `adapter@version`
+    meter: RequestMeter | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.answered_by}
+
+    def generated(self, tokens: int) -> None:
+        """The answer is complete: count its tokens against the model."""
+        if self.meter is not None:
+            self.meter.generated(tokens)
 
     def release(self) -> None:
         if self.lease is not None:
@@ -171,11 +181,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
-async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[], None]) -> AsyncIterator[str]:
-    """Stream events; a mid-stream error becomes an error event then [DONE] (the 200 is already sent)."""
+async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[bool], None]) -> AsyncIterator[str]:
+    """Stream events; a mid-stream error becomes an error event then [DONE] (the 200 is already sent).
+    `on_close(failed)` runs however the stream ends."""
+    failed = True
     try:
         async for event in events:
             yield event
+        failed = False
     except APIError as exc:
         yield sse(exc.body())
         yield sse("[DONE]")
@@ -192,4 +205,85 @@ async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[], None
         )
         yield sse("[DONE]")
     finally:
-        on_close()
+        on_close(failed)
+
+
+@dataclass
+class Prepared:
+    """An endpoint's engine work for one target: its prompt tokens, and how to answer whole or streamed."""
+
+    prompt_tokens: int
+    complete: Callable[[str], Awaitable[Any]]  # request id -> the response body
+    events: Callable[[str], AsyncIterator[str]]  # request id -> Server-Sent Events
+
+
+async def serve(
+    gw: Gateway,
+    request: Request,
+    response: Response,
+    body: SamplingFields,
+    id_prefix: str,
+    prepare: Callable[[Target], Awaitable[Prepared]],
+) -> Any:
+    """What chat and completions share: admission, the target held for exactly the request's life, per-model
+    metrics, the answer whole or streamed, and the engine requests aborted when the client goes away. The
+    endpoints differ only in `prepare`: how they build prompts and sampling, and how they shape answers."""
+    gw.engine.admit()
+    target = await resolve_target(gw, body.model, body.user)
+    meter = target.meter = gw.metrics.meter(target.metric_model)
+    try:
+        prepared = await prepare(target)
+    except BaseException:
+        target.release()
+        raise
+    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    meter.tokens("prompt", prepared.prompt_tokens)
+    if body.stream:
+
+        def close(failed: bool) -> None:
+            meter.outcome(failed)
+            target.release()
+
+        return StreamingResponse(
+            guarded_stream(prepared.events(request_id), close),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
+        )
+    response.headers.update(target.headers)
+    failed = True
+    try:
+        answer = await until_disconnected(request, prepared.complete(request_id))
+        failed = False
+        return answer
+    finally:
+        meter.outcome(failed)
+        target.release()
+
+
+def request_sampling(
+    body: SamplingFields,
+    target: Target,
+    tokenizer: Any,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    structured: dict[str, Any] | None,
+) -> Any:
+    """A request's sampling fields as vLLM SamplingParams; the target's template adds its stop sequences (an
+    adapter speaks its template's format even on raw prompts, so its stops end a turn there too)."""
+    return sampling_params(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=max_tokens,
+        stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
+        stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),
+        n=body.n,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logprobs=logprobs,
+        stream=body.stream,
+        ignore_eos=body.ignore_eos,
+        logit_bias=body.logit_bias,
+        structured=structured,
+    )

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, description="serve /metrics on this port instead (no key; keep it off the Service); null = main port"
     )
+    metrics_max_models: int = Field(
+        20, description="adapters with a `model` label of their own in per-model metrics; the rest count as other"
+    )
     public_metrics: bool = Field(
         False, description="with auth on: /metrics on the main port needs no key (it names adapters and jobs)"
     )

@@ -171,15 +171,20 @@ def test_without_engine_inference_is_503_with_retry_after(management: tuple[Test
 
 # A stand-in for `python -m trainer run <uri>` (test double): it only does what the runner relies on,
 # moving the job record in the file store, so restart and cancel semantics are tested in seconds.
+# Writes its record as the store does, whole or not at all (a reader must never see a half-written file).
 STAND_IN_TRAINER = """
-import json, sys, time
+import json, os, sys, time
 path = sys.argv[1].removeprefix("file://")
+def write(record):
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
 record = json.load(open(path))
-record["status"] = "running"; json.dump(record, open(path, "w"))
+record["status"] = "running"; write(record)
 time.sleep(float(record["spec"]["hyperparameters"]["seed"]) / 1000)
 if record["spec"]["name"] == "crash":
     print("trainer blew up", flush=True); sys.exit(3)
-record["status"] = "succeeded"; json.dump(record, open(path, "w"))
+record["status"] = "succeeded"; write(record)
 """
 
 

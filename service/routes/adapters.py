@@ -36,6 +36,7 @@ from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError, overloaded
 from service.protocol import (
+    MANAGEMENT_ERRORS,
     AdapterDetail,
     AdapterList,
     AdapterSummary,
@@ -46,19 +47,14 @@ from service.protocol import (
     ImportAdapterRequest,
     JobView,
     SetAliasRequest,
+    error_responses,
 )
 
 router = APIRouter(tags=["adapters"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
-}
+ERRORS = MANAGEMENT_ERRORS
 # Bodies may be too large (413) and training may be at its max_pending_jobs (429).
-CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    413: {"model": ErrorResponse},
-    429: {"model": ErrorResponse},
-}
+CREATE_ERRORS = {**ERRORS, **error_responses(413, 429)}
 
 MULTIPART_SCHEMA = {
     "type": "object",

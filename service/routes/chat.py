@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
 
 from adapters.masking import encode
 from adapters.templates import ChatTemplate
 from adapters.tools import CALL_OPEN, call_schema, flatten, forced_call, parse_calls
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
-from service.engine import sampling_params
 from service.errors import APIError
 from service.protocol import (
+    STREAMING_RESPONSES,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -28,7 +26,6 @@ from service.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
-    ErrorResponse,
     FunctionCall,
     NamedToolChoice,
     TokenLogprob,
@@ -38,37 +35,20 @@ from service.protocol import (
     Usage,
 )
 from service.serving import (
+    Prepared,
     Target,
     check_count,
     check_prompt_chars,
     constraint_param,
     finish_reason,
-    guarded_stream,
-    merge_stops,
-    resolve_target,
+    request_sampling,
+    serve,
     sse,
     structured_constraint,
     token_budget,
-    until_disconnected,
 )
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
-}
-# With `stream: true` the 200 is Server-Sent Events: chunks as `data: {json}` lines, then `data: [DONE]`.
-STREAMING: dict[int | str, dict[str, Any]] = {
-    200: {
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
-            }
-        }
-    },
-    **ERRORS,
-}
-
 
 def chat_prompt_ids(
     tokenizer: Any,
@@ -168,65 +148,38 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses=STREAMING,
+    responses=STREAMING_RESPONSES,
     summary="Create a chat completion (OpenAI-compatible); `stream: true` returns SSE chunks",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
     check_count(len(body.messages), gw.settings.max_messages, "messages")
-    gw.engine.admit()
     check_prompt_chars(gw, sum(len(m.text()) for m in body.messages), "messages")
     plan = ToolPlan.of(body)
-    target = await resolve_target(gw, body.model, body.user)
-    try:
+
+    async def prepare(target: Target) -> Prepared:
         tokenizer = gw.engine.tokenizer
         prefill = CALL_OPEN if plan.forced else ""
         prompt_ids = await gw.engine.tokenize(
             lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill)
         )
-        max_tokens = token_budget(
-            body.token_limit,
-            len(prompt_ids),
-            gw.engine.max_model_len,
-            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
-        )
+        limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         top = body.top_logprobs or 0
-        structured = plan.constraint() or structured_constraint(body)
-        params = sampling_params(
-            temperature=body.temperature,
-            top_p=body.top_p,
-            max_tokens=max_tokens,
-            stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
-            stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),
-            n=body.n,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
+        params = request_sampling(
+            body,
+            target,
+            tokenizer,
+            max_tokens=token_budget(body.token_limit, len(prompt_ids), gw.engine.max_model_len, limit),
             logprobs=top if body.logprobs else None,
-            stream=body.stream,
-            ignore_eos=body.ignore_eos,
-            logit_bias=body.logit_bias,
-            structured=structured,
+            structured=plan.constraint() or structured_constraint(body),
         )
         await gw.engine.verify(params, "tool_choice" if plan.forced else constraint_param(body))
-    except BaseException:
-        target.release()
-        raise
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gw.metrics.tokens.labels("prompt", target.metric_model).inc(len(prompt_ids))
-    if body.stream:
-        events = _stream(gw, body, target, prompt_ids, params, request_id, top, plan)
-        return StreamingResponse(
-            guarded_stream(events, target.release),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
+        return Prepared(
+            len(prompt_ids),
+            lambda rid: _complete(gw, body, target, prompt_ids, params, rid, top, plan),
+            lambda rid: _stream(gw, body, target, prompt_ids, params, rid, top, plan),
         )
-    response.headers.update(target.headers)
-    try:
-        return await until_disconnected(
-            request, _complete(gw, body, target, prompt_ids, params, request_id, top, plan)
-        )
-    finally:
-        target.release()
+
+    return await serve(gw, request, response, body, "chatcmpl", prepare)
 
 
 async def _complete(
@@ -240,7 +193,7 @@ async def _complete(
     plan: ToolPlan,
 ) -> ChatCompletion:
     final = None
-    async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id):
+    async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id, target.meter):
         final = out
     if final is None:
         raise APIError(500, "the engine returned nothing", type="server_error")
@@ -256,7 +209,7 @@ async def _complete(
             )
         )
     completion_tokens = sum(len(o.token_ids) for o in final.outputs)
-    gw.metrics.tokens.labels("completion", target.metric_model).inc(completion_tokens)
+    target.generated(completion_tokens)
     return ChatCompletion(
         id=request_id,
         model=body.model,
@@ -293,7 +246,7 @@ async def _stream(
     produced = [0] * body.n
     # With tools, text is held back while it may be a tool call; what is sent never has to be taken back.
     text, sent = [""] * body.n, [0] * body.n
-    async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id):
+    async for out in gw.engine.generate(prompt_ids, params, target.lora, request_id, target.meter):
         for o in out.outputs:
             i = o.index
             produced[i] += len(o.token_ids)
@@ -326,7 +279,7 @@ async def _stream(
                 [ChunkChoice(index=i, delta=Delta(tool_calls=deltas or None), finish_reason=final_reason)]  # type: ignore[arg-type]
             )
     completion_tokens = sum(produced)
-    gw.metrics.tokens.labels("completion", target.metric_model).inc(completion_tokens)
+    target.generated(completion_tokens)
     if body.include_usage:
         yield chunk(
             [],

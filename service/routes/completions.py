@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
 
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
-from service.engine import sampling_params
 from service.errors import APIError
-from service.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
-from service.routes.chat import STREAMING
+from service.protocol import (
+    STREAMING_RESPONSES,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+)
 from service.serving import (
+    Prepared,
     Target,
     check_count,
     check_prompt_chars,
     constraint_param,
     finish_reason,
-    guarded_stream,
-    merge_stops,
-    resolve_target,
+    request_sampling,
+    serve,
     sse,
     structured_constraint,
     token_budget,
-    until_disconnected,
 )
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
@@ -54,65 +56,45 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
 @router.post(
     "/v1/completions",
     response_model=Completion,
-    responses=STREAMING,
+    responses=STREAMING_RESPONSES,
     summary="Create a text completion (OpenAI-compatible); the template's stop sequences still apply",
 )
 async def completions(body: CompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
     check_count(len(body.prompts), gw.settings.max_messages, "prompt")
-    gw.engine.admit()
     for text in body.prompts:
         check_prompt_chars(gw, len(text), "prompt")
-    target = await resolve_target(gw, body.model, body.user)
-    try:
+
+    async def prepare(target: Target) -> Prepared:
         tokenizer = gw.engine.tokenizer
         prompts = await gw.engine.tokenize(lambda: [list(tokenizer(p)["input_ids"]) for p in body.prompts])
         if any(not ids for ids in prompts):
             raise APIError(400, "prompts must not be empty", param="prompt")
         params = [
-            sampling_params(
-                temperature=body.temperature,
-                top_p=body.top_p,
+            request_sampling(
+                body,
+                target,
+                tokenizer,
                 max_tokens=token_budget(
                     body.max_tokens, len(ids), gw.engine.max_model_len, "max_tokens", prompt_param="prompt"
                 ),
-                # An adapter speaks its template's format even on raw prompts, so its stops still end a turn.
-                stop=merge_stops(body.stop or [], target.template, body.ignore_eos),  # type: ignore[arg-type]
-                stop_token_ids=[] if body.ignore_eos else target.template.stop_token_ids(tokenizer),
-                n=body.n,
-                seed=body.seed,
-                presence_penalty=body.presence_penalty,
-                frequency_penalty=body.frequency_penalty,
                 logprobs=body.logprobs,
-                stream=body.stream,
-                ignore_eos=body.ignore_eos,
-                logit_bias=body.logit_bias,
                 structured=structured_constraint(body),
             )
             for ids in prompts
         ]
         await gw.engine.verify(params[0], constraint_param(body))
-    except BaseException:
-        target.release()
-        raise
-    request_id = f"cmpl-{uuid.uuid4().hex}"
-    gw.metrics.tokens.labels("prompt", target.metric_model).inc(sum(len(p) for p in prompts))
-    if body.stream:
-        events = _stream(gw, body, target, prompts, params, request_id)
-        return StreamingResponse(
-            guarded_stream(events, target.release),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
+        return Prepared(
+            sum(len(p) for p in prompts),
+            lambda rid: _complete(gw, body, target, prompts, params, rid),
+            lambda rid: _stream(gw, body, target, prompts, params, rid),
         )
-    response.headers.update(target.headers)
-    try:
-        return await until_disconnected(request, _complete(gw, body, target, prompts, params, request_id))
-    finally:
-        target.release()
+
+    return await serve(gw, request, response, body, "cmpl", prepare)
 
 
 async def _one(gw: Gateway, target: Target, ids: list[int], params: Any, request_id: str) -> Any:
     final = None
-    async for out in gw.engine.generate(ids, params, target.lora, request_id):
+    async for out in gw.engine.generate(ids, params, target.lora, request_id, target.meter):
         final = out
     return final
 
@@ -148,7 +130,7 @@ async def _complete(
                 )
             )
     prompt_tokens = sum(len(p) for p in prompts)
-    gw.metrics.tokens.labels("completion", target.metric_model).inc(completion_tokens)
+    target.generated(completion_tokens)
     return Completion(
         id=request_id,
         model=body.model,
@@ -174,7 +156,7 @@ async def _stream(
     queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
 
     async def pump(i: int) -> None:
-        async for out in gw.engine.generate(prompts[i], params[i], target.lora, f"{request_id}-{i}"):
+        async for out in gw.engine.generate(prompts[i], params[i], target.lora, f"{request_id}-{i}", target.meter):
             await queue.put((i, out))
 
     async def run_all() -> None:
@@ -207,7 +189,7 @@ async def _stream(
         await runner  # re-raise an engine error
     finally:
         runner.cancel()
-    gw.metrics.tokens.labels("completion", target.metric_model).inc(produced)
+    target.generated(produced)
     if body.include_usage:
         prompt_tokens = sum(len(p) for p in prompts)
         yield sse(

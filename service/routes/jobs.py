@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -13,13 +12,11 @@ from adapters.schema import JobStatus, check_job_id
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.errors import APIError
-from service.protocol import ErrorResponse, JobList, JobView
+from service.protocol import MANAGEMENT_ERRORS, JobList, JobView
 
 router = APIRouter(tags=["jobs"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)
-}
+ERRORS = MANAGEMENT_ERRORS
 
 
 async def _job(gw: Gateway, job_id: str) -> JobView:

@@ -13,8 +13,8 @@ from adapters.errors import NotFound
 from adapters.schema import LATEST, Manifest
 from service.auth import require_inference
 from service.dependencies import Gateway, GatewayDep
+from service.protocol import INFERENCE_ERRORS as ERRORS
 from service.protocol import ModelCard, ModelList
-from service.routes.chat import ERRORS
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
 
