@@ -158,11 +158,12 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
     if not view:
         return []
     concurrencies = sorted({int(c) for by_c in view.values() for c in by_c})
-    rows = [
-        [mix, *(f"{_f(by_c[str(c)]['ours'], 3)} / {_f(by_c[str(c)]['vllm'], 3)}" if str(c) in by_c else "-"
-                for c in concurrencies)]
-        for mix, by_c in view.items()
-    ]  # fmt: skip
+    def cell(by_c: dict[str, Any], c: int, suffix: str) -> str:
+        r = by_c.get(str(c))
+        return f"{_f(r.get('ours' + suffix), 3)} / {_f(r.get('vllm' + suffix), 3)}" if r else "-"
+
+    rows = [[mix, *(cell(by_c, c, "") for c in concurrencies)] for mix, by_c in view.items()]
+    cpu_rows = [[mix, *(cell(by_c, c, "_cpu") for c in concurrencies)] for mix, by_c in view.items()]
     plugins = ", ".join(r["settings"].get("vllm_serve_plugins") or []) or "none"
     return [
         "",
@@ -173,6 +174,12 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
         f"(service/vllm_cpu_lora.py); `vllm serve` runs vLLM's own (its plugins: {plugins}).",
         "",
         *_table(["mix", *(f"c={c} (ours / vLLM)" for c in concurrencies)], rows),
+        "",
+        "The same in compute: engine CPU seconds of the base model over those of the adapter mix, for the same "
+        "requests and tokens (1.0: an adapter costs no more CPU). It depends far less than the rates above on the time "
+        "other processes take from a shared machine.",
+        "",
+        *_table(["mix", *(f"c={c} (ours / vLLM)" for c in concurrencies)], cpu_rows),
         "",
     ]
 

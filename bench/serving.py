@@ -335,16 +335,20 @@ def _case(cases: list[dict[str, Any]], mix: str, concurrency: int) -> dict[str, 
     return next((c for c in cases if c["mix"] == mix and c["concurrency"] == concurrency), None)
 
 
-def adapter_vs_base(cases: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def adapter_vs_base(cases: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
     """Each server's adapter throughput over its own base throughput, per mix and concurrency, same run."""
-    view: dict[str, dict[str, dict[str, float]]] = {}
+    view: dict[str, dict[str, dict[str, float | None]]] = {}
     for c in cases:
         base = _case(cases, "base", c["concurrency"])
         if c["mix"] == "base" or base is None:
             continue
-        view.setdefault(c["mix"], {})[str(c["concurrency"])] = {
-            side: round(c[side]["output_tok_s"] / base[side]["output_tok_s"], 3) for side in ("ours", "vllm")
-        }
+        ratios = {side: round(c[side]["output_tok_s"] / base[side]["output_tok_s"], 3) for side in ("ours", "vllm")}
+        # The same work (equal requests and tokens) in engine CPU seconds, base over adapter: what an adapter
+        # costs in compute, which CPU taken by other processes on a shared machine does not bend.
+        for side in ("ours", "vllm"):
+            cpu = c[side].get("engine_cpu_s")
+            ratios[f"{side}_cpu"] = round(base[side]["engine_cpu_s"] / cpu, 3) if cpu else None
+        view.setdefault(c["mix"], {})[str(c["concurrency"])] = ratios
     return view
 
 
@@ -370,8 +374,8 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
     view = adapter_vs_base(cases)
 
     def over_base(mix: str, target: float) -> dict[str, Any]:
-        ours = {conc: ratios["ours"] for conc, ratios in view.get(mix, {}).items()}
-        worst = min(ours.values(), default=None)
+        ours = [r["ours"] for r in view.get(mix, {}).values() if r["ours"] is not None]
+        worst = min(ours, default=None)
         return {
             "by_concurrency": view.get(mix, {}),
             "value": worst,
