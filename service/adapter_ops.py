@@ -1,0 +1,204 @@
+"""The adapter operations behind the management API: train, import, list, describe and delete.
+
+Routes parse a request, call one of these and render what it returns; these hold the rules (limits checked
+at submit time, quotas, what an importable directory is) and reach the store only through the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+from adapters.dataset import Dataset, parse_dataset
+from adapters.errors import InvalidAdapter, InvalidName, NotFound
+from adapters.registry import new_manifest
+from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name, parse_ref
+from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
+from adapters.store import check_key
+from adapters.templates import get_template
+from service.dependencies import Gateway
+from service.errors import APIError, overloaded
+from service.protocol import AdapterDetail, AdapterList, AdapterSummary, AdapterVersion, CreateAdapterJSON, JobView
+
+
+def _store_key(gw: Gateway, uri: str) -> str:
+    """A key inside this gateway's store, from a bare key or a URI under the store's root."""
+    root = gw.settings.store_uri.rstrip("/") + "/"
+    if "://" in uri:
+        if not uri.startswith(root):
+            # The store's own URI is not told: on a file store it is a path on this machine.
+            raise InvalidName(f"{uri!r} is not inside this gateway's store")
+        uri = uri[len(root) :]
+    return check_key(uri)  # an absolute path is refused, not read as a key
+
+
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
+    """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later."""
+    settings = gw.settings
+    if hyper.rank > settings.max_lora_rank:
+        raise APIError(
+            400,
+            f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank {settings.max_lora_rank}",
+            param="hyperparameters.rank",
+        )
+    if isinstance(hyper.target_modules, list):
+        supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
+        unknown = sorted(set(hyper.target_modules) - supported) if supported else []
+        if unknown:
+            raise APIError(
+                400,
+                f"hyperparameters.target_modules {unknown} are not linear layers of the base model's blocks "
+                f"(choose from {sorted(supported)}, or 'all-linear')",
+                param="hyperparameters.target_modules",
+            )
+    rows = len(dataset.rows)
+    steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
+    if steps > settings.max_job_steps:
+        raise APIError(
+            400,
+            f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
+    per_row = sum(dataset.tokens) / len(dataset.tokens) if dataset.tokens else hyper.max_seq_length
+    tokens = int(steps * hyper.batch_size * per_row) if hyper.max_steps else int(sum(dataset.tokens) * hyper.epochs)
+    if tokens > settings.max_job_tokens:
+        raise APIError(
+            400,
+            f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
+            "(max_job_tokens)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
+
+
+async def train(gw: Gateway, body: CreateAdapterJSON, data: bytes | None) -> JobRecord:
+    """Validate a training request and its dataset, store the dataset and the job, and queue the job."""
+    assert gw.runner is not None
+    check_name(body.name)  # before any I/O
+    settings = gw.settings
+    tokenizer = gw.engine.tokenizer
+    template = get_template(body.template, tokenizer)
+    hyper = body.hyperparameters
+    if data is None:
+        assert body.dataset_uri is not None
+        raw: bytes = await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))
+    else:
+        raw = data
+    dataset = await asyncio.to_thread(
+        parse_dataset,
+        raw,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        tokenizer=tokenizer,
+        template=template,
+        max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
+    )
+    _check_plan(gw, hyper, dataset)
+    pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
+    if pending >= settings.max_pending_jobs:
+        raise overloaded(
+            f"{pending} training jobs are queued or running (max_pending_jobs); retry when one finishes",
+            retry_after=60,
+        )
+    # Only a valid dataset reaches the store.
+    key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
+    spec = JobSpec(
+        name=body.name,
+        base_model=str(gw.engine.model_dir),
+        base_model_id=gw.engine.base_model_id,
+        template=body.template,
+        dataset_uri=key,
+        dataset_sha256=sha,
+        dataset_rows=len(dataset.rows),
+        hyperparameters=hyper,
+    )
+    job = JobRecord(spec=spec, runner=gw.runner.name)
+    await asyncio.to_thread(gw.registry.put_job, job)
+    await asyncio.to_thread(gw.runner.submit, job)
+    return job
+
+
+def _version(m: Manifest) -> AdapterVersion:
+    return AdapterVersion(
+        version=m.version,
+        created_at=m.created_at,
+        base_model=m.base_model,
+        template=m.template_name,
+        rank=m.lora.rank,
+        metrics=m.metrics,
+    )
+
+
+def summaries(gw: Gateway) -> AdapterList:
+    """Every adapter: published ones, and names still in training with their newest job's status."""
+    found: dict[str, AdapterSummary] = {}
+    for m in gw.registry.adapters():
+        found[m.name] = AdapterSummary(
+            name=m.name, latest=m.version, versions=len(gw.registry.versions(m.name)), status="ready"
+        )
+    for job in gw.registry.list_jobs():  # newest first: the first job seen per name is its status
+        if job.spec.name not in found:
+            found[job.spec.name] = AdapterSummary(name=job.spec.name, latest=None, versions=0, status=job.status.value)
+    return AdapterList(data=[found[n] for n in sorted(found)])
+
+
+def detail(gw: Gateway, name: str) -> AdapterDetail:
+    """One adapter: its versions, newest manifest and jobs; NotFound if there is neither."""
+    versions = gw.registry.versions(name)
+    jobs = [JobView.of(j) for j in gw.registry.list_jobs() if j.spec.name == name]
+    if not versions and not jobs:
+        raise NotFound(f"adapter {name!r} not found")
+    return AdapterDetail(
+        name=name,
+        status="ready" if versions else jobs[0].status,
+        latest=versions[-1].version if versions else None,
+        versions=[_version(m) for m in versions],
+        manifest=versions[-1] if versions else None,
+        jobs=jobs,
+    )
+
+
+async def delete(gw: Gateway, model: str) -> None:
+    """Unpublish `name` (every version) or `name@version`, then let this replica's cache let go of it."""
+    name, version = parse_ref(model)  # `name@` is a 400, never "every version"
+    await asyncio.to_thread(gw.registry.delete, name, version)
+    await gw.cache.forget(name, version)
+
+
+def import_directory(gw: Gateway, name: str, uri: str, template_name: str) -> Manifest:
+    """Publish a PEFT LoRA directory already in the store as a new version of `name`, checked like any other."""
+    template = get_template(template_name, gw.engine.tokenizer)
+    prefix = _store_key(gw, uri.rstrip("/")) + "/"
+    store = gw.registry.store
+    keys = [k for k in store.list(prefix) if "/" not in k[len(prefix) :]]
+    # PEFT also writes README.md and the like; only what an adapter may hold is carried over.
+    wanted = [k for k in keys if allowed_file(k[len(prefix) :]) and not k.endswith("/manifest.json")]
+    names = {k[len(prefix) :] for k in wanted}
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if required not in names:
+            raise InvalidAdapter(f"{uri} has no {required}: not a PEFT adapter directory")
+    work = Path(tempfile.mkdtemp(prefix="skillserve-import-"))
+    try:
+        for key in wanted:
+            store.get_file(key, work / key[len(prefix) :])
+        shapes = base_linear_shapes(gw.engine.model_dir)
+        lora = lora_info(
+            json.loads((work / "adapter_config.json").read_text()),
+            base_model_id=gw.engine.base_model_id,
+            base_dir=gw.engine.model_dir,
+            max_lora_rank=gw.settings.max_lora_rank,
+            supported=supported_modules(shapes),
+        )
+        manifest = new_manifest(
+            name, template, lora, base_model=gw.engine.base_model_id, base_dir=gw.engine.model_dir,
+            metrics={"imported_from": uri},
+        )
+        check_files(work, manifest, gw.settings.max_lora_rank, shapes)
+        return gw.registry.publish(manifest, work)  # type: ignore[no-any-return]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
