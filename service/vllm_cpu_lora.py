@@ -6,9 +6,11 @@ vLLM's CPU build applies adapters with plain PyTorch ops (`vllm.lora.ops.torch_o
   multiplies each token by its own copy. A prefill of 16 x 128 tokens copies each A and B matrix 2048 times,
   per projection, per layer, so an adapter request cost about five times a base request (BENCHMARKS.md).
   A batch holds at most `max_loras` distinct adapters, so the same result is one dense matmul per adapter
-  over the rows that use it. These ops do that: the prefill ops (`sgmv_*`, which vLLM's CPU runner uses for
-  every step) take the rows of each adapter as the contiguous slices vLLM already computed, the others
-  (`bgmv_*`) sort the rows by adapter once. No per-token copy of a weight is made.
+  over the rows that use it. These ops do that (see `Plan`): the prefill ops (`sgmv_*`, which vLLM's CPU
+  runner uses for every step) multiply long runs of a request's rows in place, as the slices vLLM already
+  computed; short runs (decode rows) and the `bgmv_*` ops gather their rows sorted by adapter once. No
+  per-token copy of a weight is made, and a slot whose matrix is all zeros (a module the adapter does not
+  target, which vLLM wraps anyway) is skipped.
 - **Base rows.** vLLM marks rows without an adapter with the index -1. The CUDA kernels skip them; the
   PyTorch ops index with it, and -1 selects the last slot, so a base request batched with adapter requests
   got the last slot's adapter (a base request answered "FRANCE!" with the shout adapter's weights;
