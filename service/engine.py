@@ -239,21 +239,25 @@ def sampling_params(
     """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise);
     `structured` holds the one constraint of vLLM's StructuredOutputsParams (json, regex, choice, grammar,
     json_object)."""
+    from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
-    return SamplingParams(
-        n=n,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        max_tokens=max_tokens,
-        stop=stop or None,
-        stop_token_ids=stop_token_ids or None,
-        seed=seed,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        logprobs=logprobs,
-        ignore_eos=ignore_eos,
-        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-        logit_bias={int(token): bias for token, bias in logit_bias.items()} if logit_bias else None,
-        structured_outputs=StructuredOutputsParams(**structured) if structured else None,
-    )
+    try:
+        return SamplingParams(
+            n=n,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            max_tokens=max_tokens,
+            stop=stop or None,
+            stop_token_ids=stop_token_ids or None,
+            seed=seed,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logprobs=logprobs,
+            ignore_eos=ignore_eos,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            logit_bias={int(token): bias for token, bias in logit_bias.items()} if logit_bias else None,
+            structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+        )
+    except VLLMClientError as exc:  # e.g. n > 1 with greedy sampling: the client's to fix, never a 500
+        raise APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_parameter") from None

@@ -416,6 +416,10 @@ def test_bad_seeds_and_odd_model_names_are_4xx_and_leave_nothing_in_the_engine(g
         for seed in (2**63 - 1, -(2**63)):
             body = {"model": DEFAULT_MODEL, "messages": HELLO, "seed": seed, "max_tokens": 2, "temperature": 1}
             assert http.post("/v1/chat/completions", json=body).status_code == 200
+        # Sampling vLLM refuses (found by deep fuzzing: n > 1 with greedy decoding) is the client's 400, not a 500.
+        greedy_n = {"model": DEFAULT_MODEL, "messages": HELLO, "n": 2, "temperature": 0, "max_tokens": 2}
+        reply = http.post("/v1/chat/completions", json=greedy_n)
+        assert reply.status_code == 400 and "greedy" in reply.json()["error"]["message"], reply.text
         lone_surrogate = '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
         reply = http.post(
             "/v1/chat/completions", content=lone_surrogate, headers={"content-type": "application/json"}
