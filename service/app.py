@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -190,4 +191,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside the body limit: a request without a key is refused before anything else looks at it.
     app.add_middleware(KeyGate, settings=settings)
     app.add_middleware(RequestContext, metrics=metrics)
+    _document_manual_bodies(app)
     return app
+
+
+def _document_manual_bodies(app: FastAPI) -> None:
+    """Put the request models that routes parse themselves (POST /adapters takes JSON or multipart, so FastAPI
+    never sees its model) into the OpenAPI components, so the `$ref`s that point at them resolve."""
+    from service.protocol import CreateAdapterJSON
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        model = CreateAdapterJSON.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in model.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault("CreateAdapterJSON", model)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

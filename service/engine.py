@@ -235,6 +235,9 @@ def sampling_params(
     ignore_eos: bool = False,
     logit_bias: dict[str, float] | None = None,
     structured: dict[str, Any] | None = None,
+    repetition_penalty: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
 ) -> SamplingParams:
     """OpenAI's sampling fields as vLLM SamplingParams (deltas when streaming, the final output otherwise);
     `structured` holds the one constraint of vLLM's StructuredOutputsParams (json, regex, choice, grammar,
@@ -258,6 +261,9 @@ def sampling_params(
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             logit_bias={int(token): bias for token, bias in logit_bias.items()} if logit_bias else None,
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+            repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+            top_k=-1 if top_k is None else top_k,
+            min_p=0.0 if min_p is None else min_p,
         )
     except VLLMClientError as exc:  # e.g. n > 1 with greedy sampling: the client's to fix, never a 500
         raise APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_parameter") from None

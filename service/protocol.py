@@ -186,6 +186,9 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = Field(
         None, description="token id (as a string) -> bias added to its logit, -100 to 100"
     )
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0, description="vLLM extension: >1 discourages repeats")
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension: sample from the k likeliest tokens; -1 = all")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="vLLM extension: drop tokens below min_p x the top")
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the output is JSON (for the schema), by constrained decoding"
     )

@@ -286,4 +286,7 @@ def request_sampling(
         ignore_eos=body.ignore_eos,
         logit_bias=body.logit_bias,
         structured=structured,
+        repetition_penalty=body.repetition_penalty,
+        top_k=body.top_k,
+        min_p=body.min_p,
     )
