@@ -196,14 +196,15 @@ def memory_trend(samples: list[dict[str, float]], key: str) -> dict[str, float |
 
 
 def submit_training(url: str) -> str:
-    """A real training job with far more steps than the run lasts; it is cancelled at the end."""
-    from tests.shout import shout_rows
+    """A real training job with far more steps than the run lasts (within the gateway's max_job_steps); it is
+    cancelled at the end."""
+    from bench.training import mixed_length_rows
 
     body = {
         "name": "load-training",
-        "template": "alpaca",
-        "rows": shout_rows(32),
-        "hyperparameters": {"max_steps": 100_000, "batch_size": 2, "rank": RANK},
+        "template": "chatml",
+        "rows": [{"messages": messages} for messages in mixed_length_rows(32, 2, 6)],
+        "hyperparameters": {"max_steps": 10_000, "batch_size": 2, "rank": RANK},
     }
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     reply = httpx.post(f"{url}/adapters", json=body, headers=headers, timeout=120)

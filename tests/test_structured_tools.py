@@ -76,6 +76,24 @@ def test_tool_calls_are_read_back_from_text_and_anything_else_stays_content() ->
         assert parse_calls(not_a_call, {"get_weather"}) == (not_a_call, [])
 
 
+def test_parallel_tool_calls_false_keeps_the_first_call_of_a_turn() -> None:
+    from service.protocol import ChatCompletionRequest
+    from service.routes.chat import ToolPlan
+
+    text = (
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>\n'
+        '<tool_call>{"name": "get_time", "arguments": {"city": "Rome"}}</tool_call>'
+    )
+    for parallel, expected in ((True, ["get_weather", "get_time"]), (False, ["get_weather"])):
+        body = ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL, TIME_TOOL],
+             "parallel_tool_calls": parallel}
+        )
+        content, calls, reason = ToolPlan.of(body).answer(text, "stop")
+        assert content is None and reason == "tool_calls"
+        assert [call.function.name for call in calls or []] == expected
+
+
 def test_training_rows_with_tools_are_validated_with_line_numbers_and_flattened_like_requests() -> None:
     good = {
         "messages": [

@@ -71,6 +71,7 @@ class ToolPlan:
     tools: list[dict[str, Any]] | None = None  # rendered into the prompt
     forced: str | None = None  # "required" or a function name: structured decoding writes one call
     names: frozenset[str] = frozenset()
+    parallel: bool = True  # parallel_tool_calls: false keeps the first call of a turn only
 
     @classmethod
     def of(cls, body: ChatCompletionRequest) -> ToolPlan:
@@ -79,7 +80,8 @@ class ToolPlan:
             return cls()
         tools = [tool.model_dump(exclude_none=True) for tool in body.tools]
         forced = choice.function["name"] if isinstance(choice, NamedToolChoice) else choice
-        return cls(tools, None if forced == "auto" else forced, frozenset(t["function"]["name"] for t in tools))
+        names = frozenset(t["function"]["name"] for t in tools)
+        return cls(tools, None if forced == "auto" else forced, names, body.parallel_tool_calls)
 
     @property
     def parses(self) -> bool:
@@ -99,6 +101,7 @@ class ToolPlan:
             content = None if found else text
         elif self.parses:
             content, found = parse_calls(text, set(self.names))
+            found = found if self.parallel else found[:1]
         else:
             return text, None, reason
         if not found:
