@@ -270,9 +270,9 @@ def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(page: A
     page.get_by_label("Prompt").fill("Shout these words: sun dog blue book")
     page.get_by_label("Prompt").press("Control+Enter")  # the keyboard runs it, too
     answers = page.locator("#answers article")
-    page.wait_for_function(
-        "document.querySelectorAll('#answers article[data-done=true]').length === 2", timeout=300_000
-    )
+    # A locator wait, not wait_for_function: the page's CSP (script-src 'self') forbids the eval that uses.
+    page.locator("#answers article[data-done=true]").nth(1).wait_for(timeout=300_000)
+    assert answers.count() == 2
     base, skill = (answers.nth(i).locator("output").inner_text() for i in range(2))
     assert answers.nth(1).get_attribute("data-model") == SKILL
     assert base.strip() and skill.strip() and base != skill
