@@ -13,7 +13,6 @@ over as the TrainJob's trainer and a runtime patch. Status comes back as for Job
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +23,7 @@ from service.runner_kubernetes import (
     JOB_SELECTOR,
     JobRegistry,
     KubernetesRunnerError,
+    ReconcilingRunner,
     api_refusal,
     build_job,
     default_namespace,
@@ -128,11 +128,12 @@ def connect_custom_objects() -> Any:
     return client.CustomObjectsApi()
 
 
-class KubeflowRunner:
+class KubeflowRunner(ReconcilingRunner):
     """Runs each training job as a Kubeflow Trainer TrainJob and keeps job records in step with them."""
 
     # Its own name in the records: a Job runner would find no Job for a TrainJob's record and fail it.
     name = "kubeflow"
+    thread_name = "trainjob-watch"
 
     def __init__(
         self, settings: Settings, registry: JobRegistry, custom_api: Any | None = None,
@@ -144,23 +145,9 @@ class KubeflowRunner:
         self.namespace = default_namespace(settings)
         self.api = custom_api if custom_api is not None else connect_custom_objects()
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _where(self) -> dict[str, str]:
         return {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
-
-    def start(self) -> None:
-        self.reconcile()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="trainjob-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     def submit(self, job: JobRecord) -> None:
         body = build_trainjob(job, self.settings, self.template, self.namespace)
@@ -207,23 +194,5 @@ class KubeflowRunner:
             elif trainjob_complete(obj):
                 self._fail(record.id, f"TrainJob {record.runner_ref} completed but the trainer recorded no result")
 
-    def _exists(self, name: str) -> bool:
-        try:
-            self.api.get_namespaced_custom_object(name=name, **self._where())
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    def _fail(self, job_id: str, error: str) -> None:
-        # The transition table keeps the trainer's own verdict over ours.
-        if advance(self.registry, job_id, JobStatus.failed, error=error) is not None:
-            log.info("job %s failed: %s", job_id, error)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.reconcile()
-            except Exception:  # keep watching: one bad pass must not end status reporting
-                log.exception("reconciling TrainJobs failed")
+    def _read(self, name: str) -> Any:
+        return self.api.get_namespaced_custom_object(name=name, **self._where())

@@ -331,10 +331,66 @@ def connect_apis() -> tuple[k8s.BatchV1Api, k8s.CoreV1Api]:
     return k8s.BatchV1Api(), k8s.CoreV1Api()
 
 
-class KubernetesRunner:
+class ReconcilingRunner:
+    """What the cluster runners share: reconcile job records with the cluster once at start, then every
+    `poll_seconds` on a thread of their own; a failure goes through the transition table. Subclasses say
+    how to reconcile (`reconcile`) and how to read one of their objects by name (`_read`)."""
+
+    name: str
+    thread_name: str
+    registry: JobRegistry
+    poll_seconds: float
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    def reconcile(self) -> None:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Reconcile once (objects that failed or vanished while no gateway watched), then keep watching."""
+        self.reconcile()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(self._stop,), name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._read(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _fail(self, job_id: str, error: str) -> None:
+        # The transition table keeps the trainer's own verdict over ours.
+        if advance(self.registry, job_id, JobStatus.failed, error=error) is not None:
+            log.info("job %s failed: %s", job_id, error)
+
+    def _watch(self, stop: threading.Event) -> None:
+        # Polling a labelled list is enough at training time scales and survives API server restarts.
+        while not stop.wait(self.poll_seconds):
+            try:
+                self.reconcile()
+            except Exception:  # keep watching: one bad pass must not end status reporting
+                log.exception("the %s runner's reconcile pass failed", self.name)
+
+
+class KubernetesRunner(ReconcilingRunner):
     """Runs each training job as a Kubernetes Job and keeps job records in step with the Jobs."""
 
     name = "kubernetes"
+    thread_name = "k8s-job-watch"
 
     def __init__(
         self,
@@ -356,21 +412,6 @@ class KubernetesRunner:
         self.core_api = core_api
         self.failed_create_grace = failed_create_grace
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Reconcile once (Jobs that failed or vanished while no gateway watched), then keep watching."""
-        self.reconcile()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="k8s-job-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     def submit(self, job: JobRecord) -> None:
         """Create the Job, then record its name: the record is the source of truth for any replica."""
@@ -452,24 +493,5 @@ class KubernetesRunner:
         latest = max(failures, key=lambda e: e.last_timestamp or e.event_time or created)
         return f"FailedCreate: {latest.message or 'no message'}"
 
-    def _exists(self, name: str) -> bool:
-        try:
-            self.api.read_namespaced_job(name=name, namespace=self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    def _fail(self, job_id: str, error: str) -> None:
-        # The transition table keeps the trainer's own verdict over ours.
-        if advance(self.registry, job_id, JobStatus.failed, error=error) is not None:
-            log.info("job %s failed: %s", job_id, error)
-
-    def _watch(self) -> None:
-        # Polling a labelled list is enough at training time scales and survives API server restarts.
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.reconcile()
-            except Exception:  # keep watching: one bad pass must not end status reporting
-                log.exception("reconciling training Jobs failed")
+    def _read(self, name: str) -> Any:
+        return self.api.read_namespaced_job(name=name, namespace=self.namespace)
