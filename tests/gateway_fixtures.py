@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from adapters.registry import Registry, new_manifest
 from adapters.schema import LoraInfo, Manifest
 from adapters.store import open_store
 from adapters.templates import get_template
+from service.settings import Settings
 
 API_KEY = "test-inference-key"
 ADMIN_KEY = "test-admin-key"
@@ -74,6 +76,18 @@ def gateway_env(store_uri: str, cache_dir: Path, port: int) -> dict[str, str]:
         }
     )
     return env
+
+
+def management_settings(root: Path, **overrides: Any) -> Settings:
+    """A management-only gateway (no engine) on a file store under `root`, with inference and admin keys."""
+    return Settings(
+        store_uri=f"file://{root / 'store'}",
+        cache_dir=root / "cache",
+        load_engine=False,
+        api_keys=[API_KEY],
+        admin_keys=[ADMIN_KEY],
+        **overrides,
+    )  # type: ignore[arg-type]
 
 
 @contextmanager

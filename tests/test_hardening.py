@@ -35,7 +35,15 @@ from service.app import create_app
 from service.auth import KeyGate
 from service.runner_local import LocalRunner
 from service.settings import Settings
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, free_port, gateway_process, publish_adapter
+from tests.gateway_fixtures import (
+    ADMIN_KEY,
+    API_KEY,
+    GatewayServer,
+    free_port,
+    gateway_process,
+    management_settings,
+    publish_adapter,
+)
 from tests.shout import shout_rows
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
@@ -54,17 +62,13 @@ def _nested(depth: int) -> str:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Settings]]:
     """A management-only gateway with keys, small per-job limits and /metrics on a port of its own."""
     root = tmp_path_factory.mktemp("hardening")
-    settings = Settings(
-        store_uri=f"file://{root / 'store'}",
-        cache_dir=root / "cache",
-        load_engine=False,
-        api_keys=[API_KEY],
-        admin_keys=[ADMIN_KEY],
+    settings = management_settings(
+        root,
         max_dataset_rows=1000,
         max_job_steps=200,
         max_job_tokens=100_000,
         metrics_port=free_port(),
-    )  # type: ignore[arg-type]
+    )
     with TestClient(create_app(settings)) as client:
         yield client, settings
 

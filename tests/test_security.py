@@ -30,8 +30,7 @@ from service import auth
 from service.adapter_cache import AdapterCache
 from service.app import create_app
 from service.metrics import Metrics
-from service.settings import Settings
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, publish_adapter
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -71,14 +70,7 @@ LIMITS = {
 def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, RecordingStore]]:
     """A management-only gateway (no engine) with keys and small limits; its store records every call."""
     root = tmp_path_factory.mktemp("security")
-    settings = Settings(
-        store_uri=f"file://{root / 'store'}",
-        cache_dir=root / "cache",
-        load_engine=False,
-        api_keys=[API_KEY],
-        admin_keys=[ADMIN_KEY],
-        **LIMITS,
-    )  # type: ignore[arg-type]
+    settings = management_settings(root, **LIMITS)
     with TestClient(create_app(settings)) as client:
         gw = client.app.state.gateway  # type: ignore[attr-defined]
         recorder = RecordingStore(gw.store)

@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 
 from adapters.templates import TEMPLATE_NAMES
 from service.app import create_app
-from service.settings import Settings
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings
 from tests.shout import shout_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,13 +50,7 @@ TRAINING = {"max_steps": "10", "learning_rate": "0.003", "eval_samples": "3"}
 def ui_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A management-only gateway (no engine) with auth on."""
     root = tmp_path_factory.mktemp("ui")
-    settings = Settings(
-        store_uri=f"file://{root / 'store'}",
-        cache_dir=root / "cache",
-        load_engine=False,
-        api_keys=[API_KEY],
-        admin_keys=[ADMIN_KEY],
-    )  # type: ignore[arg-type]
+    settings = management_settings(root)
     with TestClient(create_app(settings)) as client:
         yield client
 
