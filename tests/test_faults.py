@@ -167,15 +167,12 @@ class GatewayProcess:
             self.start()
 
     def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would. What the gateway started must die with it (trainers and
+        vLLM's engine processes take a parent-death signal; tests/test_engine_lifetime.py checks the engine);
+        anything left over is found by this object's marker in `reap`, never by name."""
         assert self.proc is not None
-        # vLLM's engine processes outlive a SIGKILLed parent (in a pod they go with the container); reap them
-        # so they do not hold memory for the rest of the run. Trainers are left alone: they must die by themselves.
-        engines = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
         self.proc.kill()
         self.proc.wait()
-        for engine in engines:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                engine.kill()
 
     def stop(self) -> None:
         if self.running:
