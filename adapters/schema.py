@@ -105,6 +105,15 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class Method(BaseModel):
+    """How the adapter learns: supervised fine-tuning on answers, or DPO on preference pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo (preference)")
+    beta: float = Field(0.1, gt=0, le=10, description="DPO only: how far the adapter may move from the base")
+
+
 class JobSpec(BaseModel):
     """What the trainer needs to run one job; stored in the job record, so any process can pick it up."""
 
@@ -119,6 +128,8 @@ class JobSpec(BaseModel):
     dataset_sha256: str
     dataset_rows: int
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    method: Method = Field(default_factory=Method)
+    metadata: dict[str, str] = Field(default_factory=dict, description="the submitter's own labels, kept as given")
 
 
 class Phase(StrEnum):
@@ -143,6 +154,31 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
+class JobEvent(BaseModel):
+    """One line of a job's history: a status change or message, or the figures of one logged step."""
+
+    at: float = Field(default_factory=time.time)
+    level: Literal["info", "warn", "error"] = "info"
+    type: Literal["message", "metrics"] = "message"
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict, description="metrics events: step, train_loss, eval_loss")
+
+
+class Checkpoint(BaseModel):
+    """The adapter as it was at one evaluation during training."""
+
+    step: int
+    epoch: float = 0.0
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    at: float = Field(default_factory=time.time)
+    best: bool = Field(False, description="the checkpoint with the lowest held-out loss: the one published")
+    stored: str | None = Field(
+        None, description="store prefix holding its adapter files when kept (publishable as a version later)"
+    )
+    version: str | None = Field(None, description="the version it was published as, if it was")
+
+
 class JobRecord(BaseModel):
     """The state of one training job, stored at jobs/<id>.json and updated by the trainer as it runs."""
 
@@ -159,6 +195,8 @@ class JobRecord(BaseModel):
         description="what the trainer used, written when training starts: every hyperparameter with its default "
         "filled in, and the values it chose itself (total_steps, warmup_steps, lora_target_modules, ...)",
     )
+    events: list[JobEvent] = Field(default_factory=list, description="the job's history, oldest first")
+    checkpoints: list[Checkpoint] = Field(default_factory=list, description="one per evaluation during training")
     error: str | None = None
     runner: str = "local"
     runner_ref: str | None = Field(None, description="the runner's handle: a pid or a Kubernetes Job name")
