@@ -127,6 +127,10 @@ class JobSpec(BaseModel):
     dataset_uri: str = Field(description="store key of the validated JSONL dataset")
     dataset_sha256: str
     dataset_rows: int
+    validation_uri: str | None = Field(
+        None, description="store key of a validated JSONL dataset evaluated on instead of a split of the training rows"
+    )
+    validation_rows: int | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     method: Method = Field(default_factory=Method)
     metadata: dict[str, str] = Field(default_factory=dict, description="the submitter's own labels, kept as given")

@@ -117,6 +117,13 @@ def _prepare(registry: Registry, spec: JobSpec) -> tuple[Path, ChatTemplate, Dat
     return base_dir, template, dataset
 
 
+def _validation_rows(registry: Registry, spec: JobSpec) -> list[Any] | None:
+    """The job's own validation rows (OpenAI's `validation_file`), or None to hold out a split of the training rows."""
+    if spec.validation_uri is None:
+        return None
+    return parse_dataset(registry.get_dataset(spec.validation_uri), max_bytes=1 << 40, max_rows=1 << 40).rows
+
+
 def _run_rank(store_uri: str, job_id: str) -> int:
     """A rank other than 0: train in step with the others, write nothing to the store."""
     registry = Registry(open_store(store_uri))
@@ -127,7 +134,7 @@ def _run_rank(store_uri: str, job_id: str) -> int:
         base_dir, template, dataset = _prepare(registry, record.spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
             train_lora(base_dir, template, dataset.rows, record.spec.hyperparameters, Path(tmp) / "adapter",
-                       progress_bar=False)
+                       progress_bar=False, eval_rows=_validation_rows(registry, record.spec))
         return 0
     except Cancelled:
         return 0
@@ -156,6 +163,7 @@ def _run_main(store_uri: str, job_id: str) -> int:
             result = train_lora(
                 base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",
                 report=reporter.report, should_stop=reporter.cancelled, progress_bar=False, on_plan=reporter.plan,
+                eval_rows=_validation_rows(registry, spec),
             )
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")

@@ -114,11 +114,13 @@ def train_lora(
     should_stop: Callable[[], bool] = lambda: False,
     progress_bar: bool | None = None,
     on_plan: PlanFn = lambda h: None,
+    eval_rows: list[Messages] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir.
 
     `report` gets progress (phase, step, losses, ETA); `on_plan` gets every hyperparameter in use, the trainer's
-    own choices included, once training starts."""
+    own choices included, once training starts. `eval_rows`, when given, are evaluated on instead of a held-out
+    split of `rows`."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -133,7 +135,8 @@ def train_lora(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
+    # A validation set of its own (OpenAI's `validation_file`) replaces the held-out split.
+    train_rows, eval_rows = (rows, eval_rows) if eval_rows else split_rows(rows, hp.eval_fraction, hp.seed)
     train_data = Dataset.from_dict(encode_rows(tokenizer, template, train_rows, hp.max_seq_length))
     eval_data = Dataset.from_dict(encode_rows(tokenizer, template, eval_rows, hp.max_seq_length)) if eval_rows else None
     tokens_per_epoch = sum(len(ids) for ids in train_data["input_ids"])
