@@ -288,3 +288,55 @@ class Aliases(BaseModel):
     revision: int = Field(0, ge=0, description="0 = no alias ever set; a conditional write names the one it read")
     aliases: dict[AdapterName, AliasTarget] = Field(default_factory=dict)
     updated_at: float = Field(default_factory=time.time)
+
+
+# The OpenAI fine-tuning API's own records: what it takes and names beyond the job and the adapter it makes.
+
+FILE_ID_RE = re.compile(r"^file-[0-9a-f]{32}$")
+
+
+def new_file_id() -> str:
+    return "file-" + uuid.uuid4().hex
+
+
+class StoredFile(BaseModel):
+    """An uploaded file (OpenAI's Files API): this record at files/<id>.json, the bytes content-addressed at
+    datasets/<sha256>.jsonl, where a job's dataset lies too."""
+
+    id: str = Field(default_factory=new_file_id)
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float | None = Field(None, description="gone (404) from this time on; null = kept until deleted")
+    rows: int = 0
+    kind: Literal["supervised", "preference"] = Field(
+        "supervised", description="what its rows look like: answers to learn, or preference pairs (DPO)"
+    )
+
+
+class FineTune(BaseModel):
+    """What a job created through the OpenAI API asked for beyond the job itself, at fine_tunes/<job-id>.json:
+    the files it names, the hyperparameters as requested ("auto" or a number) and the model id it publishes as."""
+
+    job_id: JobId
+    model: str = Field(description="the fine_tuned_model it publishes as: ft:<base>:<owner>:<suffix>:<short id>")
+    suffix: str | None = None
+    training_file: str
+    validation_file: str | None = None
+    requested: dict[str, Any] = Field(default_factory=dict, description="method hyperparameters as sent")
+    learning_rate_multiplier: float | None = Field(None, description="null = auto (1)")
+    organization_id: str = "skillserve"
+
+
+class FineTunedModel(BaseModel):
+    """An OpenAI-style model id (`ft:...`, or a checkpoint's `ft:...:ckpt-step-<n>`) and the adapter version it
+    serves; stored at ft_models/<sha256 of the id>.json, since the id holds characters no store key may."""
+
+    id: str
+    name: AdapterName
+    version: Version
+    job_id: JobId
+    step: int | None = Field(None, description="a checkpoint's step; null = the job's own model")
+    created_at: float = Field(default_factory=time.time)
