@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,13 +35,17 @@ from pydantic import ValidationError
 from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
 from adapters.models import sha256_file, weights_hash
 from adapters.schema import (
+    FILE_ID_RE,
     LATEST,
     Aliases,
     AliasTarget,
     FileEntry,
+    FineTune,
+    FineTunedModel,
     JobRecord,
     LoraInfo,
     Manifest,
+    StoredFile,
     check_job_id,
     check_name,
     new_version,
@@ -378,6 +383,100 @@ class Registry:
                 self.store.put_bytes(key, data, if_absent=True)
         return key, digest
 
+    def dataset_in_use(self, key: str) -> bool:
+        """Whether a job or a stored file still names the dataset at `key`."""
+        sha = key.removeprefix("datasets/").removesuffix(".jsonl")
+        if any(f.sha256 == sha for f in self.list_files()):
+            return True
+        return any(key in (j.spec.dataset_uri, j.spec.validation_uri) for j in self.list_jobs())
+
+    # Files (OpenAI's Files API): files/<id>.json, the bytes content-addressed under datasets/ where jobs find them
+
+    def put_file(self, record: StoredFile, data: bytes) -> StoredFile:
+        """Store the bytes (once per content), then the record; returns the record with size and hash filled in."""
+        _, digest = self.put_dataset(data)
+        stored = record.model_copy(update={"sha256": digest, "bytes": len(data)})
+        self.store.put_bytes(stored_file_key(stored.id), stored.model_dump_json(indent=2).encode(), if_absent=True)
+        return stored
+
+    def get_file(self, file_id: str) -> StoredFile:
+        """A stored file's record; NotFound for an id that is not one, an unknown one or an expired one."""
+        not_found = NotFound(f"No such File object: {file_id}")
+        if not isinstance(file_id, str) or not FILE_ID_RE.fullmatch(file_id):
+            raise not_found
+        try:
+            record = StoredFile.model_validate_json(self.store.get_bytes(stored_file_key(file_id)))
+        except NotFound:
+            raise not_found from None
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise not_found
+        return record
+
+    def list_files(self) -> list[StoredFile]:
+        """Every stored file not expired, newest first."""
+        records = []
+        now = time.time()
+        for key in self.store.list("files/"):
+            try:
+                record = StoredFile.model_validate_json(self.store.get_bytes(key))
+            except NotFound:
+                continue
+            except ValidationError as exc:
+                log.warning("skipping unreadable file record %s: %s", key, exc)
+                continue
+            if record.expires_at is None or record.expires_at > now:
+                records.append(record)
+        return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+
+    def file_content(self, file_id: str) -> bytes:
+        return self.get_dataset(dataset_key(self.get_file(file_id).sha256))
+
+    def delete_file(self, file_id: str) -> StoredFile:
+        """Remove a file's record, then its bytes unless a job or another file still names them."""
+        record = self.get_file(file_id)
+        self.store.delete(stored_file_key(file_id))
+        key = dataset_key(record.sha256)
+        if not self.dataset_in_use(key):
+            self.store.delete(key)
+        return record
+
+    # Jobs created through the OpenAI API: what they asked for, and the ft: model ids naming adapter versions
+
+    def put_fine_tune(self, fine_tune: FineTune) -> None:
+        self.store.put_bytes(f"fine_tunes/{check_job_id(fine_tune.job_id)}.json", fine_tune.model_dump_json().encode())
+
+    def get_fine_tune(self, job_id: str) -> FineTune | None:
+        """What a job created through the OpenAI API asked for; None for a job created through POST /adapters."""
+        try:
+            return FineTune.model_validate_json(self.store.get_bytes(f"fine_tunes/{check_job_id(job_id)}.json"))
+        except NotFound:
+            return None
+
+    def put_fine_tuned_model(self, model: FineTunedModel) -> None:
+        self.store.put_bytes(fine_tuned_model_key(model.id), model.model_dump_json(indent=2).encode())
+
+    def fine_tuned_model(self, model_id: str) -> FineTunedModel:
+        """The adapter version an ft: model id names (published or not yet); NotFound if it names none."""
+        try:
+            return FineTunedModel.model_validate_json(self.store.get_bytes(fine_tuned_model_key(model_id)))
+        except NotFound:
+            raise NotFound(f"The model `{model_id}` does not exist.") from None
+
+    def fine_tuned_models(self) -> list[FineTunedModel]:
+        models = []
+        for key in self.store.list("ft_models/"):
+            with contextlib.suppress(NotFound):
+                models.append(FineTunedModel.model_validate_json(self.store.get_bytes(key)))
+        return sorted(models, key=lambda m: m.id)
+
+    def delete_fine_tuned_model(self, model_id: str) -> FineTunedModel:
+        """Forget an ft: model id (new requests get 404 at once), then unpublish the version it named."""
+        model = self.fine_tuned_model(model_id)
+        self.store.delete(fine_tuned_model_key(model_id))
+        with contextlib.suppress(NotFound):
+            self.delete(model.name, model.version)
+        return model
+
     def get_dataset(self, key: str) -> bytes:
         """The dataset stored at `key` (a "datasets/<sha256>.jsonl" key), verified against its hash."""
         if not _DATASET_KEY_RE.fullmatch(check_key(key)):
@@ -390,6 +489,19 @@ class Registry:
         if hashlib.sha256(data).hexdigest() != expected:
             raise ChecksumMismatch(f"dataset {key} does not match its sha256")
         return data
+
+
+def dataset_key(sha256: str) -> str:
+    return f"datasets/{sha256}.jsonl"
+
+
+def stored_file_key(file_id: str) -> str:
+    return f"files/{file_id}.json"
+
+
+def fine_tuned_model_key(model_id: str) -> str:
+    # ft: ids hold ':' and capitals, which store keys may not: the record lies under the id's hash.
+    return f"ft_models/{hashlib.sha256(model_id.encode()).hexdigest()}.json"
 
 
 def _adapter_files(directory: Path) -> list[Path]:
