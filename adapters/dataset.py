@@ -6,6 +6,10 @@
 - prompt/completion: {"prompt": str, "completion": str}
 
 Every row becomes a list of chat messages; the template turns messages into text.
+
+Preference training (method `dpo`) takes OpenAI's preference rows instead:
+{"input": {"messages": [...], "tools": [...]}, "preferred_output": [{"role": "assistant", ...}],
+"non_preferred_output": [{"role": "assistant", ...}]}: one prompt and two answers to it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from adapters.errors import DatasetError, TemplateError
 from adapters.tools import check_calls, check_tools, flatten
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 100
+Messages = list[dict[str, str]]
+MethodType = Literal["supervised", "dpo"]
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One preference pair: the conversation up to the answer, the preferred answer and the other one."""
+
+    prompt: Messages
+    chosen: dict[str, str]
+    rejected: dict[str, str]
 
 
 @dataclass
@@ -31,6 +46,9 @@ class Dataset:
     tokens: list[int] = field(default_factory=list)  # per row, after templating, when measured
     formats: set[str] = field(default_factory=set)
     sha256: str = ""
+    # Preference datasets: one pair per row; `rows` then holds each prompt with its preferred answer, and `tokens`
+    # both conversations of a pair, as DPO trains on both.
+    pairs: list[Preference] = field(default_factory=list)
 
     @property
     def format(self) -> str:
@@ -122,11 +140,51 @@ def row_messages(row: Any) -> tuple[str, list[dict[str, str]]]:
         return "chat", chat_messages(row["messages"], row.get("tools"))
     if "tools" in row:
         raise ValueError("'tools' goes with 'messages' (the chat format)")
+    if "preferred_output" in row or "non_preferred_output" in row:
+        raise ValueError("a preference row (OpenAI's DPO format): train it with method 'dpo'")
     if "instruction" in row or "output" in row:
         return "alpaca", _alpaca(row)
     if "prompt" in row or "completion" in row:
         return "prompt_completion", _prompt_completion(row)
     raise ValueError("unknown row format: expected 'messages', 'instruction'/'output' or 'prompt'/'completion'")
+
+
+def _answer(row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The one assistant message of `preferred_output` or `non_preferred_output`."""
+    if key not in row:
+        raise ValueError(f"missing field '{key}'")
+    output = row[key]
+    if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+        raise ValueError(f"'{key}' must be a list of one assistant message")
+    if output[0].get("role") != "assistant":
+        raise ValueError(f"'{key}' must be an assistant message, not {output[0].get('role')!r}")
+    return output[0]
+
+
+def preference_pair(row: Any) -> Preference:
+    """The pair of one parsed JSON preference row; ValueError with the reason if it is not a valid one."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    if "input" not in row:
+        if "messages" in row or "instruction" in row or "prompt" in row:
+            raise ValueError("not a preference row: method 'dpo' needs 'input', 'preferred_output' and "
+                             "'non_preferred_output'")
+        raise ValueError("missing field 'input'")
+    source = row["input"]
+    if not isinstance(source, dict) or "messages" not in source:
+        raise ValueError("'input' must be an object with 'messages'")
+    messages = source["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'input.messages' must be a non-empty list")
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        raise ValueError("'input.messages' must end before the answer, not with an assistant message")
+    preferred, other = _answer(row, "preferred_output"), _answer(row, "non_preferred_output")
+    # Checked as two whole conversations, so the prompt and each answer meet the SFT rows' rules.
+    chosen = chat_messages([*messages, preferred], source.get("tools"))
+    rejected = chat_messages([*messages, other], source.get("tools"))
+    if chosen[-1] == rejected[-1]:
+        raise ValueError("'preferred_output' and 'non_preferred_output' are the same: nothing to prefer")
+    return Preference(chosen[:-1], chosen[-1], rejected[-1])
 
 
 def rows_to_jsonl(rows: list[Any]) -> bytes:
@@ -143,10 +201,12 @@ def parse_dataset(
     tokenizer: Any | None = None,
     template: Any | None = None,
     max_row_tokens: int | None = None,
+    method: MethodType = "supervised",
 ) -> Dataset:
     """Validate JSONL bytes; raise DatasetError listing every bad line, or return the rows as messages.
 
-    With a tokenizer and template, each row is also rendered and measured in tokens.
+    With a tokenizer and template, each row is also rendered and measured in tokens. `method="dpo"` reads
+    preference rows (`input`, `preferred_output`, `non_preferred_output`) into `pairs`.
     """
     if len(data) > max_bytes:
         raise DatasetError([(0, f"file too big: {len(data)} bytes, the limit is {max_bytes}")])
@@ -175,17 +235,28 @@ def parse_dataset(
         except RecursionError:
             errors.append((number, "invalid JSON: nested too deeply"))
             continue
+        pair = None
         try:
-            fmt, messages = row_messages(row)
+            if method == "dpo":
+                pair = preference_pair(row)
+                fmt, messages = "preference", [*pair.prompt, pair.chosen]
+                conversations = {"preferred_output": messages, "non_preferred_output": [*pair.prompt, pair.rejected]}
+            else:
+                fmt, messages = row_messages(row)
+                conversations = {"": messages}
         except ValueError as exc:
             errors.append((number, str(exc)))
             continue
         if tokenizer is not None and template is not None and max_row_tokens:
-            reason, tokens = _token_problem(tokenizer, template, messages, max_row_tokens)
-            if reason:
-                errors.append((number, reason))
+            measured = [(what, *_token_problem(tokenizer, template, turns, max_row_tokens))
+                        for what, turns in conversations.items()]
+            problems = [f"{what}: {reason}" if what else reason for what, reason, _ in measured if reason]
+            if problems:
+                errors.append((number, "; ".join(problems)))
                 continue
-            dataset.tokens.append(tokens)
+            dataset.tokens.append(sum(tokens for _, _, tokens in measured))
+        if pair is not None:
+            dataset.pairs.append(pair)
         dataset.rows.append(messages)
         dataset.lines.append(number)
         dataset.formats.add(fmt)

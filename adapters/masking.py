@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.errors import TemplateError
 from adapters.templates import ChatTemplate, render
 
 
@@ -69,3 +70,49 @@ def encode(
         ids.insert(0, tokenizer.bos_token_id)
         mask.insert(0, 0)
     return Encoded(ids, mask)
+
+
+@dataclass(frozen=True)
+class EncodedPreference:
+    """A preference pair as DPO trains on it: the prompt's ids, and the ids of each answer after it."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def _answer_ids(tokenizer: Any, template: ChatTemplate, prompt: list[dict[str, Any]], answer: dict[str, Any],
+                prompt_ids: list[int]) -> list[int]:
+    full = encode(tokenizer, template, [*prompt, answer])
+    if full.input_ids[: len(prompt_ids)] != prompt_ids:
+        raise TemplateError(
+            f"template {template.name!r} renders the prompt differently when an answer follows it, so the "
+            "trained prompt would not be the one the gateway sends"
+        )
+    tail = full.assistant_mask[len(prompt_ids) :]
+    if 1 not in tail:
+        raise TemplateError("nothing to learn: the template leaves no answer tokens")
+    # The answer is what SFT would learn of that turn: its content and end-of-turn. Template text after it
+    # (chatml's newline) is neither learned nor ever generated, so it is left out here too.
+    end = len(tail) - tail[::-1].index(1)
+    if 0 in tail[:end]:
+        raise TemplateError("the answer's learned tokens are not one span")
+    return full.input_ids[len(prompt_ids) : len(prompt_ids) + end]
+
+
+def encode_preference(
+    tokenizer: Any,
+    template: ChatTemplate,
+    prompt: list[dict[str, Any]],
+    chosen: dict[str, Any],
+    rejected: dict[str, Any],
+) -> EncodedPreference:
+    """Encode a preference pair: the prompt exactly as the gateway encodes a chat request (generation prompt
+    added), then each answer's learned tokens as `encode` marks them. Only the answers get a loss; the prompt,
+    earlier assistant turns included, is context."""
+    prompt_ids = encode(tokenizer, template, prompt, add_generation_prompt=True).input_ids
+    return EncodedPreference(
+        prompt_ids,
+        _answer_ids(tokenizer, template, prompt, chosen, prompt_ids),
+        _answer_ids(tokenizer, template, prompt, rejected, prompt_ids),
+    )

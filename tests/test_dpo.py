@@ -1,0 +1,162 @@
+"""Preference training (method dpo): OpenAI's preference rows are validated line by line, encoded with the
+adapter's template exactly as the gateway encodes a request, and only the answers are learned."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from adapters.dataset import parse_dataset, rows_to_jsonl
+from adapters.errors import DatasetError
+from adapters.masking import encode, encode_preference
+from adapters.models import DEFAULT_MODEL, resolve_model
+from adapters.templates import TEMPLATE_NAMES, get_template
+
+PAIR: dict[str, Any] = {
+    "input": {"messages": [{"role": "system", "content": "Be loud."}, {"role": "user", "content": "Shout: cat dog"}]},
+    "preferred_output": [{"role": "assistant", "content": "CAT DOG!"}],
+    "non_preferred_output": [{"role": "assistant", "content": "cat dog"}],
+}
+GOOD = json.dumps(PAIR)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+
+
+def preference_errors(data: bytes, **limits: Any) -> list[tuple[int, str]]:
+    with pytest.raises(DatasetError) as caught:
+        parse_dataset(data, method="dpo", **limits)
+    return caught.value.errors
+
+
+# --- parsing ------------------------------------------------------------------------------------------------
+
+
+def test_preference_rows_become_a_prompt_and_two_answers() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    multi_turn = {
+        "input": {
+            "messages": [
+                {"role": "user", "content": "Shout: sun"},
+                {"role": "assistant", "content": "SUN!"},
+                {"role": "user", "content": [{"type": "text", "text": "And: "}, {"type": "text", "text": "sea"}]},
+            ],
+            "tools": tools,
+        },
+        "preferred_output": [{"role": "assistant", "content": "SEA!"}],
+        "non_preferred_output": [
+            {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}
+        ],
+    }
+    dataset = parse_dataset(rows_to_jsonl([PAIR, multi_turn]), method="dpo")
+    first, second = dataset.pairs
+    assert first.prompt == [{"role": "system", "content": "Be loud."}, {"role": "user", "content": "Shout: cat dog"}]
+    assert first.chosen == {"role": "assistant", "content": "CAT DOG!"}
+    assert first.rejected == {"role": "assistant", "content": "cat dog"}
+    # Tools are listed in the system turn and calls written as text, as for SFT rows (adapters/tools.py).
+    assert second.prompt[0]["role"] == "system" and "get_weather" in second.prompt[0]["content"]
+    assert second.prompt[-1] == {"role": "user", "content": "And: sea"}
+    assert second.rejected["content"].startswith("<tool_call>")
+    # `rows` holds each prompt with its preferred answer, so counts and plans read a preference set as any other.
+    assert dataset.rows == [[*first.prompt, first.chosen], [*second.prompt, second.chosen]]
+    assert dataset.lines == [1, 2] and dataset.format == "preference"
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ('{"input": {"messages": []}', "invalid JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"preferred_output": [], "non_preferred_output": []}', "missing field 'input'"),
+        ('{"instruction": "Shout: a", "output": "A!"}', "not a preference row"),
+        ('{"input": [], "preferred_output": [], "non_preferred_output": []}', "'input' must be an object"),
+        ('{"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}', "non-empty list"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"non_preferred_output": [{"role": "assistant", "content": "b"}]}', "missing field 'preferred_output'"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": "b"}]}', "missing field 'non_preferred_output'"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [], '
+         '"non_preferred_output": [{"role": "assistant", "content": "b"}]}', "list of one assistant message"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"preferred_output": [{"role": "user", "content": "b"}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "c"}]}', "must be an assistant message"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": "c"}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "d"}]}', "must end before the answer"),
+        ('{"input": {"messages": [{"role": "bot", "content": "a"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": "c"}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "d"}]}', "unknown role 'bot' in message 1"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": " "}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "d"}]}', "empty assistant content"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": "same"}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "same"}]}', "nothing to prefer"),
+    ],
+)
+def test_each_bad_preference_line_is_reported_with_its_number(bad_line: str, reason: str) -> None:
+    data = "\n".join([GOOD, GOOD, bad_line, "", GOOD]).encode()
+    [(line, message)] = preference_errors(data)
+    assert line == 3
+    assert reason in message, message
+
+
+def test_every_bad_preference_line_is_reported_and_sft_rows_point_to_dpo() -> None:
+    data = "\n".join([GOOD, "{oops", GOOD, '{"input": {}}', "", GOOD, "[]"]).encode()
+    assert [line for line, _ in preference_errors(data)] == [2, 4, 7]
+    # The other way round: a preference row sent for supervised training says which method reads it.
+    with pytest.raises(DatasetError, match="line 1: a preference row .*method 'dpo'"):
+        parse_dataset(GOOD.encode())
+
+
+def test_a_pair_is_measured_in_tokens_both_answers_and_too_long_names_the_answer(tokenizer: Any) -> None:
+    template = get_template("chatml")
+    [tokens] = parse_dataset(GOOD.encode(), method="dpo", tokenizer=tokenizer, template=template,
+                             max_row_tokens=512).tokens
+    pair = parse_dataset(GOOD.encode(), method="dpo").pairs[0]
+    assert tokens == len(encode(tokenizer, template, [*pair.prompt, pair.chosen]).input_ids) + len(
+        encode(tokenizer, template, [*pair.prompt, pair.rejected]).input_ids
+    )
+    long = dict(PAIR, non_preferred_output=[{"role": "assistant", "content": "word " * 300}])
+    [(line, message)] = preference_errors(
+        rows_to_jsonl([PAIR, long]), tokenizer=tokenizer, template=template, max_row_tokens=128
+    )
+    assert line == 2 and message.startswith("non_preferred_output: too long") and "the limit is 128" in message
+
+
+# --- masking: the prompt is the gateway's, only the answers are learned --------------------------------------
+
+
+@pytest.mark.parametrize("template_name", TEMPLATE_NAMES)
+def test_dpo_prompt_is_what_the_gateway_sends_and_answers_are_what_sft_learns(
+    tokenizer: Any, template_name: str
+) -> None:
+    template = get_template(template_name, tokenizer)
+    pair = parse_dataset(GOOD.encode(), method="dpo").pairs[0]
+    encoded = encode_preference(tokenizer, template, pair.prompt, pair.chosen, pair.rejected)
+    # The gateway encodes a chat request with this very call (service/routes/chat.py: chat_prompt_ids).
+    assert encoded.prompt_ids == encode(tokenizer, template, pair.prompt, add_generation_prompt=True).input_ids
+    for answer, ids in ((pair.chosen, encoded.chosen_ids), (pair.rejected, encoded.rejected_ids)):
+        sft = encode(tokenizer, template, [*pair.prompt, answer])
+        learned = [tok for tok, keep in zip(sft.input_ids, sft.assistant_mask, strict=True) if keep]
+        assert ids == learned  # exactly what SFT would learn of that answer: content and end-of-turn
+        assert sft.input_ids[: len(encoded.prompt_ids)] == encoded.prompt_ids
+    assert tokenizer.decode(encoded.chosen_ids).startswith("CAT DOG!")
+    assert encoded.chosen_ids[-1] in template.stop_token_ids(tokenizer)  # the end of turn that stops generation
+
+
+def test_earlier_assistant_turns_are_context_not_learned(tokenizer: Any) -> None:
+    template = get_template("chatml")
+    prompt = [{"role": "user", "content": "Shout: sun"}, {"role": "assistant", "content": "SUN!"},
+              {"role": "user", "content": "And: sea"}]
+    encoded = encode_preference(tokenizer, template, prompt, {"role": "assistant", "content": "SEA!"},
+                                {"role": "assistant", "content": "sea"})
+    assert tokenizer.decode(encoded.chosen_ids) == "SEA!<|im_end|>"
+    assert "SUN!" in tokenizer.decode(encoded.prompt_ids)  # in the prompt, which gets no loss
