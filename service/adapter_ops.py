@@ -7,21 +7,23 @@ at submit time, quotas, what an importable directory is) and reach the store onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
+from adapters import auto
 from adapters.dataset import Dataset, parse_dataset
-from adapters.errors import InvalidAdapter, InvalidName, NotFound
+from adapters.errors import DatasetError, InvalidAdapter, InvalidName, NotFound
 from adapters.registry import new_manifest
 from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name, parse_ref
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
 from service.dependencies import Gateway
-from service.errors import APIError, overloaded
+from service.errors import APIError, from_domain, overloaded
 from service.protocol import AdapterDetail, AdapterList, AdapterSummary, AdapterVersion, CreateAdapterJSON, JobView
 
 
@@ -76,8 +78,14 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
         )
 
 
-async def train(gw: Gateway, body: CreateAdapterJSON, data: bytes | None) -> JobRecord:
-    """Validate a training request and its dataset, store the dataset and the job, and queue the job."""
+async def train(
+    gw: Gateway, body: CreateAdapterJSON, data: bytes | None, *, validation: bytes | None = None,
+    learning_rate_multiplier: float | None = None,
+) -> JobRecord:
+    """Validate a training request and its dataset, store the dataset and the job, and queue the job.
+
+    `validation` is a dataset evaluated on instead of a held-out split (OpenAI's `validation_file`); a bad one is a
+    400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose."""
     assert gw.runner is not None
     check_name(body.name)  # before any I/O
     settings = gw.settings
@@ -89,15 +97,26 @@ async def train(gw: Gateway, body: CreateAdapterJSON, data: bytes | None) -> Job
         raw: bytes = await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))
     else:
         raw = data
-    dataset = await asyncio.to_thread(
+    parse = functools.partial(
         parse_dataset,
-        raw,
         max_bytes=settings.max_dataset_bytes,
         max_rows=settings.max_dataset_rows,
         tokenizer=tokenizer,
         template=template,
         max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
+        method=body.method.type,
     )
+    dataset = await asyncio.to_thread(parse, raw)
+    held_out = None
+    if validation is not None:
+        try:
+            held_out = await asyncio.to_thread(parse, validation)
+        except DatasetError as exc:
+            error = from_domain(exc)
+            error.param, error.message = "validation", f"validation {error.message}"
+            raise error from None
+    if learning_rate_multiplier is not None:
+        hyper = scaled_learning_rate(hyper, len(dataset.rows), body.method.type, learning_rate_multiplier)
     _check_plan(gw, hyper, dataset)
     pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
     if pending >= settings.max_pending_jobs:
@@ -107,6 +126,7 @@ async def train(gw: Gateway, body: CreateAdapterJSON, data: bytes | None) -> Job
         )
     # Only a valid dataset reaches the store.
     key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
+    validation_key = None if validation is None else (await asyncio.to_thread(gw.registry.put_dataset, validation))[0]
     spec = JobSpec(
         name=body.name,
         base_model=str(gw.engine.model_dir),
@@ -115,12 +135,24 @@ async def train(gw: Gateway, body: CreateAdapterJSON, data: bytes | None) -> Job
         dataset_uri=key,
         dataset_sha256=sha,
         dataset_rows=len(dataset.rows),
+        validation_uri=validation_key,
+        validation_rows=len(held_out.rows) if held_out is not None else None,
         hyperparameters=hyper,
+        method=body.method,
+        metadata=body.metadata,
     )
     job = JobRecord(spec=spec, runner=gw.runner.name)
     await asyncio.to_thread(gw.registry.put_job, job)
     await asyncio.to_thread(gw.runner.submit, job)
     return job
+
+
+def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multiplier: float) -> Hyperparameters:
+    """`hyper` with the learning rate set to `multiplier` x the one it would train with on `rows` rows: its own if
+    given, else what adapters/auto.py chooses from the data (OpenAI's `learning_rate_multiplier`)."""
+    rate = auto.choose(hyper, rows, method).learning_rate
+    assert rate is not None  # chosen when not given
+    return hyper.model_copy(update={"learning_rate": rate * multiplier})
 
 
 def _version(m: Manifest) -> AdapterVersion:

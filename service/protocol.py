@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from adapters.schema import Hyperparameters, JobRecord, Manifest
+from adapters.schema import Hyperparameters, JobRecord, Manifest, Method
 
 # ---------------------------------------------------------------- requests
 
@@ -486,6 +486,8 @@ class CreateAdapterJSON(BaseModel):
         None, description="a dataset already in the store: a key or a URI inside it"
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    method: Method = Field(default_factory=Method, description="supervised (SFT rows) or dpo (preference rows)")
+    metadata: dict[str, str] = Field(default_factory=dict, description="your own labels, kept with the job")
 
     @model_validator(mode="after")
     def _one_dataset(self) -> CreateAdapterJSON:
