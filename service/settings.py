@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     max_job_seconds: int = Field(
         6 * 3600, description="wall-clock limit of one training job; it is failed, with the reason, when exceeded"
     )
+    fine_tune_owner: str = Field(
+        "skillserve", description="owner in fine-tuned model ids (ft:<base>:<owner>:<suffix>:<id>) and organization_id"
+    )
 
     # Kubernetes runner
     k8s_namespace: str | None = Field(None, description="namespace for training Jobs (default: the gateway's own)")
