@@ -26,6 +26,8 @@ from service.metrics import Metrics
 log = logging.getLogger("skillserve.adapters")
 
 MANIFEST_TTL_S = 3.0
+# OpenAI's fine-tuned model ids, `ft:<base>:<owner>:<suffix>:<id>`: aliases of one adapter version each.
+FT_PREFIX = "ft:"
 
 
 def split_model(model: str) -> tuple[str, str | None]:
@@ -104,11 +106,19 @@ class AdapterCache:
 
     async def manifest(self, model: str, user: str | None = None) -> Manifest:
         """The manifest a model name means for one request (`name` = its `latest` alias, `name@alias`,
-        `name@version`; `user` keeps a canary split sticky); 404 (model_not_found) if there is none."""
-        try:
-            name, ref = parse_ref(model)
-        except ValueError:  # not a name any adapter could have: it does not exist
-            raise model_not_found(model) from None
+        `name@version`, or an `ft:` id naming one version; `user` keeps a canary split sticky); 404
+        (model_not_found) if there is none."""
+        if model.startswith(FT_PREFIX):
+            try:
+                target = await self._cached(("@ft", model), lambda: self.registry.fine_tuned_model(model))
+            except NotFound:
+                raise model_not_found(model) from None
+            name, ref = target.name, target.version
+        else:
+            try:
+                name, ref = parse_ref(model)
+            except ValueError:  # not a name any adapter could have: it does not exist
+                raise model_not_found(model) from None
         aliases = await self._cached(("@aliases", name), lambda: self.registry.aliases(name))
         version = pick_version(aliases, ref, user)
         key = (name, version)
@@ -247,8 +257,10 @@ class AdapterCache:
         engine core; so files and the slot of a version in use stay until its last request finishes."""
         for key in [
             k
-            for k in self._manifests
-            if (k[0] == name and (version is None or k[1] in (None, version))) or k == ("@aliases", name)
+            for k, cached in self._manifests.items()
+            if (k[0] == name and (version is None or k[1] in (None, version)))
+            or k == ("@aliases", name)
+            or (k[0] == "@ft" and cached.value.name == name and version in (None, cached.value.version))
         ]:
             del self._manifests[key]
         for ref in [r for r in self._ids if split_model(r)[0] == name]:

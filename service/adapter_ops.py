@@ -18,7 +18,7 @@ from adapters import auto
 from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, NotFound
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name, parse_ref
+from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_job_id, check_name, parse_ref
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
@@ -153,6 +153,16 @@ def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multipl
     rate = auto.choose(hyper, rows, method).learning_rate
     assert rate is not None  # chosen when not given
     return hyper.model_copy(update={"learning_rate": rate * multiplier})
+
+
+async def cancel(gw: Gateway, job_id: str) -> None:
+    """Stop a queued or running job (nothing is published); a finished job is left as it is."""
+    job = await asyncio.to_thread(gw.registry.get_job, check_job_id(job_id))
+    if gw.runner is None:
+        raise APIError(503, "training is disabled on this gateway", type="server_error", code="training_disabled")
+    if job.runner != gw.runner.name:
+        raise APIError(409, f"job {job_id} runs on the {job.runner} runner, this gateway uses {gw.runner.name}")
+    await asyncio.to_thread(gw.runner.cancel, job_id)
 
 
 def _version(m: Manifest) -> AdapterVersion:

@@ -23,7 +23,7 @@ from service.auth import KeyGate
 from service.dependencies import Gateway
 from service.engine import Engine
 from service.metrics import Metrics
-from service.routes import adapters, chat, completions, health, jobs, models, ui
+from service.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
 from service.runner import Runner, trainer_command
 from service.settings import Settings
 
@@ -96,7 +96,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        inference = scope["path"].startswith("/v1/")
+        # Fine-tuning files are uploads, however OpenAI's path names them.
+        inference = scope["path"].startswith("/v1/") and not scope["path"].startswith("/v1/files")
         limit = min(self.limit, self.inference_limit) if inference else self.limit
         setting = "max_request_bytes" if limit == self.limit else "max_inference_request_bytes"
         message = f"request body too large: the limit is {limit} bytes ({setting})"
@@ -182,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (chat, completions, models, adapters, jobs, health):
+    for module in (chat, completions, models, files, fine_tuning, adapters, jobs, health):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from adapters.schema import JobStatus, check_job_id
+from adapters.schema import JobStatus, Manifest, check_job_id
+from service import adapter_ops, fine_tuning
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
-from service.errors import APIError
-from service.protocol import MANAGEMENT_ERRORS, JobList, JobView
+from service.protocol import MANAGEMENT_ERRORS, ErrorResponse, JobList, JobView
 
 router = APIRouter(tags=["jobs"])
 
@@ -86,14 +86,18 @@ async def job_events(
     summary="Cancel a queued or running job; nothing is published (admin)",
 )
 async def cancel_job(job_id: str, gw: GatewayDep) -> JobView:
-    job = await _job(gw, job_id)
-    if gw.runner is None:
-        raise APIError(
-            503, "training is disabled on this gateway", type="server_error", code="training_disabled"
-        )
-    if job.runner != gw.runner.name:
-        raise APIError(
-            409, f"job {job_id} runs on the {job.runner} runner, this gateway uses {gw.runner.name}"
-        )
-    await asyncio.to_thread(gw.runner.cancel, job_id)
+    await adapter_ops.cancel(gw, job_id)
     return await _job(gw, job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/checkpoints/{step}/publish",
+    response_model=Manifest,
+    status_code=201,
+    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    dependencies=[Depends(require_admin)],
+    summary="Publish a checkpoint the job kept as a new version of its adapter (admin); its ft: checkpoint "
+    "model id serves it",
+)
+async def publish_checkpoint(job_id: str, step: int, gw: GatewayDep) -> Manifest:
+    return await fine_tuning.publish_checkpoint(gw, job_id, step)

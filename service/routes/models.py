@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: the base model plus every published adapter (parent = base).
+"""GET /v1/models and /v1/models/{id}: the base model plus every published adapter (parent = base) and fine-tuned
+model (`ft:` ids); DELETE /v1/models/{id} deletes a fine-tuned model.
 
 Each card says where this replica holds the model (`tier`), which is what an adapter-aware router needs.
 """
@@ -11,10 +12,12 @@ from fastapi import APIRouter, Depends
 
 from adapters.errors import NotFound
 from adapters.schema import LATEST, Manifest
-from service.auth import require_inference
+from service import fine_tuning
+from service.adapter_cache import FT_PREFIX
+from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
 from service.protocol import INFERENCE_ERRORS as ERRORS
-from service.protocol import ModelCard, ModelList
+from service.protocol import Deleted, ErrorResponse, ModelCard, ModelList
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
 
@@ -34,6 +37,7 @@ def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str, engine_ids: se
     return ModelCard(
         id=model_id,
         created=int(manifest.created_at),
+        owned_by=gw.settings.fine_tune_owner if model_id.startswith(FT_PREFIX) else "skillserve",
         root=manifest.ref,
         parent=gw.engine.base_model_id,
         max_model_len=gw.engine.max_model_len,
@@ -61,6 +65,13 @@ async def list_models(gw: GatewayDep) -> ModelList:
                 named.append((newest.name if alias == LATEST else f"{newest.name}@{alias}", manifest))
             if LATEST not in aliases.aliases:
                 named.append((newest.name, newest))
+        for alias in gw.registry.fine_tuned_models():  # ft: ids of fine-tuning jobs, once their version is published
+            try:
+                manifest = gw.registry.manifest(alias.name, alias.version)
+            except NotFound:
+                continue  # still training, or deleted
+            if manifest.base_model == gw.engine.base_model_id:
+                named.append((alias.id, manifest))
         return sorted(named, key=lambda item: item[0])
 
     named = await asyncio.to_thread(collect)
@@ -79,3 +90,15 @@ async def get_model(model_id: str, gw: GatewayDep) -> ModelCard:
         return _base_card(gw)
     manifest = await gw.cache.manifest(model_id)
     return _adapter_card(gw, manifest, model_id, await gw.engine.loaded_loras())
+
+
+@router.delete(
+    "/v1/models/{model_id:path}",
+    response_model=Deleted,
+    responses={**ERRORS, 403: {"model": ErrorResponse}},
+    dependencies=[Depends(require_admin)],
+    summary="Delete a fine-tuned model (admin): an ft: id with the adapter version it names, an adapter or "
+    "`adapter@version`",
+)
+async def delete_model(model_id: str, gw: GatewayDep) -> Deleted:
+    return await fine_tuning.delete_model(gw, model_id)
