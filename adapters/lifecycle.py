@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from adapters.errors import NotFound
-from adapters.schema import JobRecord, JobStatus
+from adapters.schema import JobEvent, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,13 @@ def advance(registry: Any, job_id: str, status: JobStatus, **fields: Any) -> Job
         update.setdefault("finished_at", now)
         if status is JobStatus.succeeded:
             update["error"] = None
+    if status is not record.status:
+        # Every status change is in the job's history, whoever made it (the fine-tuning API's events show it).
+        events = list(update.get("events", record.events))
+        error = update.get("error", record.error)
+        said = f"{status.value}: {JOB_TRANSITIONS[(record.status, status)]}" + (f" ({error})" if error else "")
+        events.append(JobEvent(at=now, level="error" if status is JobStatus.failed else "info", message=said))
+        update["events"] = events
     written = record.model_copy(update=update)
     registry.put_job(written)
     return written

@@ -121,6 +121,10 @@ def parse_job_uri(uri: str) -> tuple[str, str]:
     return root, check_job_id(leaf.removesuffix(".json"))
 
 
+def checkpoint_prefix(job_id: str, step: int) -> str:
+    return f"checkpoints/{check_job_id(job_id)}/step-{int(step)}/"
+
+
 def new_manifest(
     name: str, template: ChatTemplate, lora: LoraInfo, *, base_model: str, base_dir: Path,
     version: str | None = None, **fields: Any,
@@ -370,6 +374,47 @@ class Registry:
             except ValidationError as exc:
                 log.warning("skipping unreadable job record %s: %s", key, exc)
         return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+
+    # Checkpoints: adapters a job kept beside the one it published, publishable as versions later
+
+    def store_checkpoint(self, job_id: str, step: int, directory: Path) -> str:
+        """Upload a kept checkpoint's adapter files; returns its prefix (what `Checkpoint.stored` records)."""
+        prefix = checkpoint_prefix(job_id, step)
+        for path in _adapter_files(directory):
+            self.store.put_file(prefix + path.name, path)
+        return prefix
+
+    def publish_checkpoint(self, job_id: str, step: int) -> Manifest:
+        """Publish the checkpoint a job stored at `step` as a new version of the job's adapter (the manifest of the
+        version the job published, with this step's files and figures); NotFound when none was stored."""
+        record = self.get_job(job_id)
+        checkpoint = next((c for c in record.checkpoints if c.step == step), None)
+        if checkpoint is not None and checkpoint.version is not None:
+            return self.manifest(record.spec.name, checkpoint.version)
+        if checkpoint is None or checkpoint.stored is None:
+            raise NotFound(f"job {job_id} kept no checkpoint at step {step}")
+        published = record.metrics.get("adapter")
+        if not published:
+            raise NotFound(f"job {job_id} published no adapter to take the checkpoint's manifest from")
+        name, _, version = str(published).partition("@")
+        origin = self.manifest(name, version)
+        metrics = {"kept": "checkpoint", "kept_step": step, "eval_loss": checkpoint.eval_loss,
+                   "train_loss": checkpoint.train_loss, "checkpoint_of": origin.ref}
+        manifest = origin.model_copy(
+            update={"version": f"{record.spec.version}-step{step}", "metrics": metrics, "files": {},
+                    "created_at": time.time()}
+        )
+        with tempfile.TemporaryDirectory(prefix="skillserve-checkpoint-") as tmp:
+            directory = Path(tmp)
+            for key in self.store.list(checkpoint.stored):
+                self.store.get_file(key, directory / _check_filename(key.rsplit("/", 1)[-1]))
+            completed = self.publish(manifest, directory)
+        written = record.model_copy(
+            update={"checkpoints": [c.model_copy(update={"version": manifest.version}) if c.step == step else c
+                                    for c in record.checkpoints]}
+        )
+        self.put_job(written)
+        return completed
 
     # Datasets
 

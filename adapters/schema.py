@@ -7,15 +7,16 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from adapters.errors import InvalidName
 
 # Names and versions become path segments in the store: a strict alphabet keeps them there.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}$")
 JOB_ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+T = TypeVar("T")
 
 
 def check_name(value: str, what: str = "adapter name") -> str:
@@ -59,21 +60,38 @@ def new_version() -> str:
     return time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
 
 
+def _auto(value: Any) -> Any:
+    return None if value == "auto" else value
+
+
+# A hyperparameter the data decides when left out (or given as null or "auto"): adapters/auto.py holds the rules.
+# The schema says so (`x-auto`), so forms can show "auto" rather than an empty field.
+Auto = Annotated[T | None, BeforeValidator(_auto), Field(json_schema_extra={"x-auto": True})]
+
+
 class Hyperparameters(BaseModel):
-    """LoRA and optimisation settings of one training run."""
+    """LoRA and optimisation settings of one training run; the fields typed `Auto` are chosen from the data when
+    not given (adapters/auto.py `choose`), before a job is planned or trained."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rank: int = Field(8, ge=1, le=256, description="LoRA rank r")
-    alpha: int = Field(16, ge=1, le=1024, description="LoRA alpha (scale = alpha / rank)")
+    rank: Auto[int] = Field(None, ge=1, le=256, description="LoRA rank r; null = chosen from the data")
+    alpha: Auto[int] = Field(None, ge=1, le=1024, description="LoRA alpha (scale = alpha / rank); null = 2 x rank")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
     target_modules: Annotated[list[str], Field(min_length=1)] | Literal["all-linear"] = Field(
         "all-linear", description="modules that get LoRA weights; 'all-linear' = every linear layer but the head"
     )
-    epochs: float = Field(4.0, gt=0, le=100, description="passes over the training split (ignored if max_steps > 0)")
+    epochs: Auto[float] = Field(
+        None, gt=0, le=100, description="passes over the training split (ignored if max_steps > 0); null = chosen "
+        "from the data"
+    )
     max_steps: int = Field(0, ge=0, le=100_000, description="total optimizer steps; 0 = use epochs")
-    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate")
-    batch_size: int = Field(8, ge=1, le=1024, description="examples per optimizer step")
+    learning_rate: Auto[float] = Field(
+        None, gt=0, le=1.0, description="peak learning rate; null = chosen from the data"
+    )
+    batch_size: Auto[int] = Field(
+        None, ge=1, le=1024, description="examples per optimizer step; null = chosen from the data"
+    )
     warmup_ratio: float = Field(0.0, ge=0, le=0.5, description="share of steps spent warming up the learning rate")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay")
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
@@ -90,6 +108,12 @@ class Hyperparameters(BaseModel):
     )
     padding_free: bool = Field(
         False, description="train each batch as one unpadded row, attention kept per example (faster on mixed lengths)"
+    )
+    keep: Literal["best", "last"] = Field(
+        "best", description="publish the checkpoint with the lowest held-out loss (best) or the last step's (last)"
+    )
+    early_stopping_patience: int = Field(
+        2, ge=0, le=100, description="stop after this many evaluations without a better held-out loss; 0 = never"
     )
 
 

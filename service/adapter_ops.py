@@ -24,7 +24,15 @@ from adapters.store import check_key
 from adapters.templates import get_template
 from service.dependencies import Gateway
 from service.errors import APIError, from_domain, overloaded
-from service.protocol import AdapterDetail, AdapterList, AdapterSummary, AdapterVersion, CreateAdapterJSON, JobView
+from service.protocol import (
+    AdapterDetail,
+    AdapterList,
+    AdapterSummary,
+    AdapterVersion,
+    CreateAdapterJSON,
+    Forgetting,
+    JobView,
+)
 
 
 def _store_key(gw: Gateway, uri: str) -> str:
@@ -39,8 +47,11 @@ def _store_key(gw: Gateway, uri: str) -> str:
 
 
 def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
-    """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later."""
+    """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
+    values the trainer will choose from the data for what the request left out)."""
     settings = gw.settings
+    hyper = auto.choose(hyper, len(dataset.rows))
+    assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
     if hyper.rank > settings.max_lora_rank:
         raise APIError(
             400,
@@ -200,6 +211,8 @@ def detail(gw: Gateway, name: str) -> AdapterDetail:
         status="ready" if versions else jobs[0].status,
         latest=versions[-1].version if versions else None,
         versions=[_version(m) for m in versions],
+        forgetting=Forgetting.of(versions[-1].metrics) if versions else None,
+        kept=versions[-1].metrics.get("kept_reason") if versions else None,
         manifest=versions[-1] if versions else None,
         jobs=jobs,
     )

@@ -170,8 +170,19 @@ def evaluation_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def checkpoint_lines(metrics: dict[str, Any]) -> list[str]:
+    """Which step was published and why, and how far the skill moved the model outside itself."""
+    lines = [f"kept: {metrics['kept_reason']}"] if metrics.get("kept_reason") else []
+    if "forgetting_kl" in metrics:
+        lines.append(
+            f"forgetting on {metrics.get('forgetting_prompts')} general prompts: KL from the base "
+            f"{metrics['forgetting_kl']:.3f} nats/token, top-token agreement {metrics['forgetting_agreement']:.1%}"
+        )
+    return lines
+
+
 def _report(job: dict[str, Any]) -> int:
-    for line in evaluation_lines(job.get("metrics") or {}):
+    for line in checkpoint_lines(job.get("metrics") or {}) + evaluation_lines(job.get("metrics") or {}):
         print(line)
     if job.get("status") == "succeeded":
         print(f"adapter {job['name']} is ready: call it with model={job['name']!r}")
@@ -205,7 +216,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  base {manifest['base_model']}, template {manifest['template_name']}, "
             f"LoRA rank {lora.get('rank')} alpha {lora.get('alpha')}, {manifest.get('dataset_rows')} rows"
         )
-    lines = evaluation_lines((manifest or {}).get("metrics") or {})
+    metrics = (manifest or {}).get("metrics") or {}
+    lines = checkpoint_lines(metrics) + evaluation_lines(metrics)
     print("\n".join(lines) if lines else "  no evaluation recorded for this version")
     jobs = adapter.get("jobs") or []
     if jobs and jobs[0]["status"] == "failed":  # the newest training run, e.g. one the score guard stopped

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from adapters.models import home
+from adapters.auto import RULES
 from adapters.schema import Hyperparameters
 from service.settings import Settings
 
@@ -18,6 +19,8 @@ END = "<!-- end of {} table -->"
 
 
 def _default(field: Any) -> str:
+    if (field.json_schema_extra or {}).get("x-auto"):
+        return "auto"  # chosen from the data: the README's table of rules says how
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, list):
         return "[]" if not value else ", ".join(map(str, value))
@@ -32,10 +35,17 @@ def table(model: type[BaseModel], name_of: Any) -> str:
     return "\n".join(rows)
 
 
+def auto_table() -> str:
+    rows = ["| hyperparameter | chosen as | why |", "| --- | --- | --- |"]
+    rows += [f"| `{rule.field}` | {rule.rule} | {rule.reason} |" for rule in RULES]
+    return "\n".join(rows)
+
+
 def tables() -> dict[str, str]:
     return {
         "settings": table(Settings, lambda name: f"SKILLSERVE_{name.upper()}"),
         "hyperparameters": table(Hyperparameters, lambda name: name),
+        "auto": auto_table(),
     }
 
 

@@ -583,11 +583,32 @@ class AdapterList(BaseModel):
     data: list[AdapterSummary]
 
 
+class Forgetting(BaseModel):
+    """How far a skill moved the model from its base outside the skill (docs/evaluation.md)."""
+
+    kl: float = Field(description="mean per-token KL(base || adapter) on general prompts, in nats; 0 = unchanged")
+    agreement: float = Field(description="share of answer tokens where the adapter's top token is the base's")
+    prompts: int = Field(description="how many general prompts were measured")
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any]) -> Forgetting | None:
+        if "forgetting_kl" not in metrics:
+            return None
+        return cls(
+            kl=metrics["forgetting_kl"], agreement=metrics["forgetting_agreement"],
+            prompts=metrics.get("forgetting_prompts", 0),
+        )
+
+
 class AdapterDetail(BaseModel):
     name: str
     status: str
     latest: str | None
     versions: list[AdapterVersion]
+    forgetting: Forgetting | None = Field(
+        None, description="the newest version's forgetting figure; null for imported adapters and older versions"
+    )
+    kept: str | None = Field(None, description="the newest version: which training step was published, and why")
     manifest: Manifest | None = Field(None, description="the newest version's manifest")
     jobs: list[JobView] = Field(default_factory=list, description="training jobs for this name, newest first")
 

@@ -16,7 +16,7 @@ from adapters.errors import SkillserveError
 from adapters.lifecycle import advance
 from adapters.models import resolve_model
 from adapters.registry import Registry, new_manifest, parse_job_uri
-from adapters.schema import JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress
+from adapters.schema import Checkpoint, JobEvent, JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress
 from adapters.servable import MAX_RANK, base_linear_shapes, check_files
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
@@ -63,7 +63,8 @@ class JobReporter:
     def save(self) -> None:
         written = advance(
             self.registry, self.record.id, JobStatus.running, progress=self.record.progress,
-            metrics=self.record.metrics, hyperparameters=self.record.hyperparameters,
+            metrics=self.record.metrics, hyperparameters=self.record.hyperparameters, events=self.record.events,
+            checkpoints=self.record.checkpoints,
         )
         # Refused: the job was finished elsewhere (a cancel, a runner's verdict); training stops at the next check.
         self._refused = written is None
@@ -81,7 +82,19 @@ class JobReporter:
 
     def plan(self, hyperparameters: dict[str, Any]) -> None:
         self.record.hyperparameters = hyperparameters
-        self.save()
+        auto = hyperparameters.get("auto_chosen") or []
+        chosen = ", ".join(f"{name} {hyperparameters[name]}" for name in auto)
+        self.note(JobEvent(message=f"training {hyperparameters.get('total_steps')} steps"
+                           + (f"; chosen from the data: {chosen}" if chosen else "")))
+
+    def note(self, event: JobEvent) -> None:
+        """Add to the job's history: messages are written at once, step figures with the next progress write."""
+        self.record.events.append(event)
+        if event.type == "message":
+            self.save()
+
+    def checkpoints(self, checkpoints: list[Checkpoint]) -> None:
+        self.record.checkpoints = checkpoints
 
     def cancelled(self) -> bool:
         if self._refused:
@@ -163,6 +176,7 @@ def _run_main(store_uri: str, job_id: str) -> int:
             result = train_lora(
                 base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",
                 report=reporter.report, should_stop=reporter.cancelled, progress_bar=False, on_plan=reporter.plan,
+                note=reporter.note, on_checkpoints=reporter.checkpoints,
                 eval_rows=_validation_rows(registry, spec),
             )
             if registry.get_job(job_id).status == JobStatus.cancelled:
@@ -175,6 +189,7 @@ def _run_main(store_uri: str, job_id: str) -> int:
                 base_dir=base_dir, dataset_sha256=spec.dataset_sha256, dataset_rows=spec.dataset_rows, job_id=job_id,
             )
             published = registry.publish(manifest, result.adapter_dir)
+            record.checkpoints = _stored(registry, job_id, result, published.version)
         record.metrics = {**result.metrics, "adapter": published.ref}
         record.status = JobStatus.succeeded
         return 0
@@ -197,8 +212,17 @@ def _run_main(store_uri: str, job_id: str) -> int:
         # published (cancelled -> succeeded).
         advance(
             registry, job_id, record.status, error=record.error, progress=record.progress, metrics=record.metrics,
-            hyperparameters=record.hyperparameters,
+            hyperparameters=record.hyperparameters, events=record.events, checkpoints=record.checkpoints,
         )
+
+
+def _stored(registry: Registry, job_id: str, result: TrainResult, version: str) -> list[Checkpoint]:
+    """The job's checkpoints once published: the kept one names its version, the others kept are uploaded."""
+    stored = {step: registry.store_checkpoint(job_id, step, path) for step, path in result.kept.items()}
+    return [
+        c.model_copy(update={"version": version if c.best else None, "stored": stored.get(c.step)})
+        for c in result.checkpoints
+    ]
 
 
 def _template(name: str, base_dir: Path) -> ChatTemplate:

@@ -13,15 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters import auto
 from adapters.masking import encode
-from adapters.schema import Hyperparameters, Phase, Progress
+from adapters.schema import Checkpoint, Hyperparameters, JobEvent, Phase, Progress
 from adapters.templates import ChatTemplate
-from trainer import distributed
+from trainer import distributed, forgetting
 from trainer.evaluate import evaluate_generations
 
 ProgressFn = Callable[[Progress], None]
 PlanFn = Callable[[dict[str, Any]], None]
+EventFn = Callable[[JobEvent], None]
+CheckpointsFn = Callable[[list[Checkpoint]], None]
 Messages = list[dict[str, str]]
+# Evaluations per epoch when an epoch has enough steps: finer than one per epoch, so the best point is not
+# missed by most of an epoch; each costs a forward pass over the held-out rows (a tenth of the data).
+EVALS_PER_EPOCH = 2
 
 
 class Cancelled(Exception):
@@ -35,6 +41,42 @@ class TrainResult:
     target_modules: list[str] = field(default_factory=list)
     eval_rows: list[Messages] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    # Adapter directories of checkpoints kept beside the published one (the last step's, when the best was
+    # earlier), by step: publishable as versions later.
+    kept: dict[int, Path] = field(default_factory=dict)
+
+
+def eval_every(steps_per_epoch: int) -> int:
+    """Optimizer steps between two held-out evaluations."""
+    return max(1, steps_per_epoch // EVALS_PER_EPOCH) if steps_per_epoch >= 2 * EVALS_PER_EPOCH else steps_per_epoch
+
+
+class BestCheckpoint:
+    """Which evaluation had the lowest held-out loss, and whether training should stop: the rule alone, so it is
+    unit-tested without a trainer. `patience` evaluations in a row without a better loss stop training (0: never).
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_step: int | None = None
+        self.best_loss = math.inf
+        self.since_best = 0
+        self.stopped_at: int | None = None
+
+    def update(self, step: int, eval_loss: float) -> bool:
+        """Record one evaluation; True when it is the best so far (ties keep the earlier, less-trained one)."""
+        if eval_loss < self.best_loss:
+            self.best_step, self.best_loss, self.since_best = step, eval_loss, 0
+            return True
+        self.since_best += 1
+        return False
+
+    def should_stop(self, step: int) -> bool:
+        if self.patience and self.since_best >= self.patience:
+            self.stopped_at = step
+            return True
+        return False
 
 
 def split_rows(rows: list[Messages], eval_fraction: float, seed: int) -> tuple[list[Messages], list[Messages]]:
@@ -59,7 +101,11 @@ def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], ma
 
 
 def _progress_callback(
-    report: ProgressFn, should_stop: Callable[[], bool], tokens_per_epoch: int, plan: Callable[[Any, Any], None]
+    report: ProgressFn,
+    should_stop: Callable[[], bool],
+    tokens_per_epoch: int,
+    plan: Callable[[Any, Any], None],
+    note: EventFn,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -100,8 +146,74 @@ def _progress_callback(
                 p.eta_seconds = round(elapsed / p.step * max(p.total_steps - p.step, 0), 1)
                 p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
             report(p.model_copy())
+            figures = {k: round(float(logs[k]), 6) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
+            if figures and p.phase is not Phase.evaluating:
+                data = {"step": p.step, "epoch": round(p.epoch, 4), **figures}
+                if "loss" in data:
+                    data["train_loss"] = data.pop("loss")
+                said = ", ".join(f"{k} {v:.4g}" for k, v in data.items() if k not in ("step", "epoch"))
+                note(JobEvent(type="metrics", message=f"step {p.step}/{p.total_steps}: {said}", data=data))
 
     return ReportProgress()
+
+
+def _best_callback(rule: BestCheckpoint, note: EventFn, on_checkpoints: CheckpointsFn) -> Any:
+    from transformers import TrainerCallback
+
+    class KeepBest(TrainerCallback):
+        """Evaluates at the last step too, snapshots the LoRA weights at every new best held-out loss (in memory:
+        the same on every rank, no checkpoint files) and stops early by `rule`."""
+
+        def __init__(self) -> None:
+            self.best: dict[str, Any] = {}
+            self.checkpoints: list[Checkpoint] = []
+            self.train_loss: float | None = None
+            self.training = True
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step >= state.max_steps and args.eval_strategy != "no":
+                control.should_evaluate = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                self.train_loss = round(float(logs["loss"]), 6)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+            loss = (metrics or {}).get("eval_loss")
+            if not self.training or loss is None:
+                return  # the evaluations after training (adapter and base) are reports, not candidates
+            step = state.global_step
+            if self.checkpoints and self.checkpoints[-1].step == step:
+                return  # the last step's forced evaluation, when it fell on a scheduled one too
+            better = rule.update(step, float(loss))
+            checkpoint = Checkpoint(
+                step=step, epoch=round(float(state.epoch or 0), 4), train_loss=self.train_loss,
+                eval_loss=round(float(loss), 6),
+            )
+            self.checkpoints.append(checkpoint)
+            if better:
+                model = kwargs["model"]
+                self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            verdict = "best so far" if better else f"best is still step {rule.best_step} ({rule.best_loss:.4g})"
+            note(JobEvent(message=f"evaluation at step {step}: held-out loss {loss:.4g}, {verdict}"))
+            if step < state.max_steps and rule.should_stop(step):
+                control.should_training_stop = True
+                note(JobEvent(message=f"stopping early at step {step}: {rule.since_best} evaluations without a "
+                              f"lower held-out loss than step {rule.best_step}'s"))
+            on_checkpoints(list(self.checkpoints))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.training = False
+
+        def restore_best(self, model: Any) -> None:
+            import torch
+
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.best:
+                        param.copy_(self.best[name])
+
+    return KeepBest()
 
 
 def train_lora(
@@ -115,8 +227,14 @@ def train_lora(
     progress_bar: bool | None = None,
     on_plan: PlanFn = lambda h: None,
     eval_rows: list[Messages] | None = None,
+    note: EventFn = lambda e: None,
+    on_checkpoints: CheckpointsFn = lambda c: None,
 ) -> TrainResult:
     """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir.
+
+    Hyperparameters left to the data are chosen first (adapters/auto.py). With held-out rows, the adapter is
+    evaluated during training and the checkpoint with the lowest held-out loss is the one saved (`hp.keep`);
+    `note` gets the job's events and `on_checkpoints` the evaluations so far.
 
     `report` gets progress (phase, step, losses, ETA); `on_plan` gets every hyperparameter in use, the trainer's
     own choices included, once training starts. `eval_rows`, when given, are evaluated on instead of a held-out
@@ -128,6 +246,9 @@ def train_lora(
     from trl import SFTConfig, SFTTrainer
 
     report(Progress(phase=Phase.loading_model))
+    automatic = auto.chosen_fields(hp)
+    hp = auto.choose(hp, len(rows))
+    assert hp.batch_size and hp.rank and hp.alpha and hp.epochs and hp.learning_rate  # chosen above
     world = distributed.world()
     # `batch_size` is examples per optimizer step, across all ranks; each rank takes its share (rounded up).
     device_batch = math.ceil(hp.batch_size / world.size)
@@ -150,7 +271,9 @@ def train_lora(
         task_type="CAUSAL_LM",
     )
     steps_per_epoch = math.ceil(len(train_rows) / (device_batch * world.size))
-    eval_steps = max(1, steps_per_epoch) if eval_data is not None else None
+    eval_steps = eval_every(steps_per_epoch) if eval_data is not None else None
+    rule = BestCheckpoint(hp.early_stopping_patience if hp.keep == "best" else 0)
+    keep_best = _best_callback(rule, note, on_checkpoints)
     chosen: dict[str, Any] = {}
 
     def plan(args: Any, state: Any) -> None:
@@ -159,6 +282,7 @@ def train_lora(
         targets = trained.peft_config["default"].target_modules  # "all-linear" is resolved to module names by now
         chosen.update(hp.model_dump(mode="json"))
         chosen.update(
+            auto_chosen=automatic,
             total_steps=state.max_steps,
             steps_per_epoch=steps_per_epoch,
             warmup_steps=args.get_warmup_steps(state.max_steps),
@@ -224,7 +348,7 @@ def train_lora(
             eval_dataset=eval_data,
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[_progress_callback(report, stop_together, tokens_per_epoch, plan)],
+            callbacks=[_progress_callback(report, stop_together, tokens_per_epoch, plan, note), keep_best],
         )
         # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
         # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
@@ -246,6 +370,17 @@ def train_lora(
             metrics["train_loss_first"] = round(float(losses[0]), 6)
         metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
         peft_model: Any = trainer.model
+        final_step = output.global_step
+        kept: dict[int, Path] = {}
+        metrics.update(_kept(hp, rule, final_step, len(rows), eval_data is not None))
+        if metrics["kept_step"] != final_step:
+            if world.main:  # the last step's weights stay publishable beside the best's
+                kept[final_step] = Path(scratch) / f"step-{final_step}"
+                peft_model.save_pretrained(kept[final_step], safe_serialization=True)
+            keep_best.restore_best(peft_model)
+        checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
+        on_checkpoints(checkpoints)
+        note(JobEvent(message=f"kept: {metrics['kept_reason']}"))
         if eval_data is not None:
             metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
             # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
@@ -257,10 +392,35 @@ def train_lora(
             return TrainResult(out_dir, metrics, [], eval_rows, dict(chosen))
         if eval_rows and hp.eval_samples:
             metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
+        metrics.update(forgetting.measure(peft_model, tokenizer, template))
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(out_dir, safe_serialization=True)
+        # Out of the scratch directory before it goes: the caller stores them.
+        for step, path in list(kept.items()):
+            kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
+            path.rename(kept[step])
     adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
     targets = adapter_config.get("target_modules") or []
     return TrainResult(
-        out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows, dict(chosen)
+        out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows, dict(chosen),
+        checkpoints, kept,
     )
+
+
+def _kept(hp: Hyperparameters, rule: BestCheckpoint, final_step: int, rows: int, evaluated: bool) -> dict[str, Any]:
+    """Which step's weights are published, and why, for the manifest."""
+    if not evaluated:
+        return {
+            "kept": "last", "kept_step": final_step,
+            "kept_reason": f"no held-out rows ({rows} rows, eval_fraction {hp.eval_fraction}): nothing to choose a "
+            f"checkpoint by, so the last step ({final_step}) is kept",
+        }
+    if hp.keep == "last" or rule.best_step is None:
+        return {"kept": "last", "kept_step": final_step, "kept_reason": f"the last step ({final_step}): keep=last"}
+    stopped = f"; stopped early at step {rule.stopped_at}" if rule.stopped_at is not None else ""
+    return {
+        "kept": "best", "kept_step": rule.best_step, "best_eval_loss": round(rule.best_loss, 6),
+        "stopped_early": rule.stopped_at is not None,
+        "kept_reason": f"lowest held-out loss ({rule.best_loss:.4g}) at step {rule.best_step} of {final_step}"
+        + stopped,
+    }

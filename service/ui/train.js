@@ -49,7 +49,7 @@ function hyperField(name, prop) {
       min: main.minimum ?? main.exclusiveMinimum ?? null,
       max: main.maximum ?? main.exclusiveMaximum ?? null,
       value: prop.default === null || prop.default === undefined ? "" : String(prop.default),
-      placeholder: nullable ? "none" : null,
+      placeholder: prop["x-auto"] ? "auto: chosen from the data" : nullable ? "none" : null,
     });
     read = () => {
       const text = input.value.trim();
