@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adapters.models import home
 from adapters.auto import RULES
+from adapters.models import home
 from adapters.schema import Hyperparameters
 from service.settings import Settings
 
