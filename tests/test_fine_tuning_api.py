@@ -11,6 +11,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -18,8 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.models import DEFAULT_MODEL
+from adapters.registry import Registry
+from adapters.schema import FineTunedModel
+from adapters.store import FileStore
 from service.app import create_app
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 from tests.shout import WORDS, shout
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
@@ -173,6 +177,30 @@ def test_rows_that_do_not_fit_the_method_are_400s_about_the_file_with_their_line
     with pytest.raises(openai.BadRequestError) as same_answers:
         client.files.create(file=("same.jsonl", jsonl([PREFERENCE_ROW, bad_pair])), purpose="fine-tune")
     assert "line 2" in same_answers.value.body["message"]  # type: ignore[index]
+
+
+def test_an_ft_model_id_is_an_alias_of_one_version_listed_served_and_deleted_with_it(
+    app: TestClient, peft_adapter_dir: Path
+) -> None:
+    registry = Registry(FileStore(Path(app.app.state.gateway.settings.store_uri.removeprefix("file://"))))  # type: ignore[attr-defined]
+    first = publish_adapter(registry, peft_adapter_dir, "aliased")
+    second = publish_adapter(registry, peft_adapter_dir, "aliased")
+    model = f"ft:{DEFAULT_MODEL}:skillserve:aliased:0123abcd"
+    registry.put_fine_tuned_model(FineTunedModel(id=model, name="aliased", version=first.version, job_id="0" * 32))
+    client = sdk(app, API_KEY)
+    listed = {m.id: m for m in client.models.list()}
+    # The alias names the first version, though `aliased` (its latest) is the second.
+    assert listed[model].model_extra["root"] == first.ref and listed["aliased"].model_extra["root"] == second.ref  # type: ignore[index]
+    assert client.models.retrieve(model).model_extra["root"] == first.ref  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(model + "x")
+    deleted = sdk(app).models.delete(model)
+    assert (deleted.id, deleted.object, deleted.deleted) == (model, "model", True)
+    assert [m.version for m in registry.versions("aliased")] == [second.version]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(model)
+    with pytest.raises(openai.BadRequestError):
+        sdk(app).models.delete(DEFAULT_MODEL)
 
 
 # ------------------------------------------------------------------ the real gateway (real trainer and engine)
