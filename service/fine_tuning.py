@@ -420,6 +420,13 @@ def _history(record: JobRecord, model: str) -> list[JobEvent]:
     return said
 
 
+def _openai_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """A metrics event's figures with OpenAI's names beside the trainer's (`valid_loss` for `eval_loss`)."""
+    if "eval_loss" in data and "valid_loss" not in data:
+        return {**data, "valid_loss": data["eval_loss"]}
+    return data
+
+
 def list_events(gw: Gateway, ftjob: str, after: str | None, limit: int) -> FineTuningJobEventList:
     """The job's history, newest first: the trainer's messages and step figures, or what its record tells."""
     job_id = job_id_of(ftjob)
@@ -435,7 +442,7 @@ def list_events(gw: Gateway, ftjob: str, after: str | None, limit: int) -> FineT
             level=event.level,
             message=event.message,
             type=event.type,
-            data=event.data or None,
+            data=_openai_figures(event.data) or None,
         )
         for number, event in enumerate(history)
     ]
