@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ORDER = ("serving", "calibration", "lora_ops", "loading", "training")
+ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality")
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -316,12 +316,118 @@ def training_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pct(record: dict[str, Any] | None) -> str:
+    if not record or "score" not in record:
+        return "failed" if record else "-"
+    return f"{record['score']:.0%} ({record['right']}/{record['of']})"
+
+
+def _hp(record: dict[str, Any]) -> str:
+    chosen = record.get("chosen") or {}
+    parts = [f"lr {_f(chosen.get('learning_rate'))}", f"{_f(chosen.get('epochs'))} ep"]
+    if chosen.get("batch_size") is not None:
+        parts.append(f"batch {chosen['batch_size']}")
+    if chosen.get("rank") is not None:
+        parts.append(f"r {chosen['rank']}")
+    if chosen.get("total_steps") is not None:
+        parts.append(f"{chosen['total_steps']} steps")
+    return ", ".join(parts)
+
+
+def _kept(record: dict[str, Any]) -> str:
+    """The checkpoint the trainer kept, of those it evaluated: `step/last` (or `-` when it records none)."""
+    checkpoints = record.get("checkpoints") or []
+    best = next((c for c in checkpoints if c.get("best")), None)
+    if not checkpoints or best is None:
+        return "-"
+    return f"{best['step']}/{checkpoints[-1]['step']}"
+
+
+def quality_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    sweep = ", ".join(f"lr {p['learning_rate']:g} x {p['epochs']:g} ep" for p in s["sweep"])
+    lines = [
+        "## Skill quality: base model / defaults / best of a sweep",
+        "",
+        f"Command: `python -m bench --only quality --size {r['size']}` (bench/quality.py, tasks in "
+        "bench/quality_tasks.py). Each task's adapters are trained through `POST /adapters` of one gateway and "
+        "asked every held-out row (never trained on) through the same gateway with the openai SDK, temperature 0. "
+        f"Defaults: no hyperparameters sent. Sweep: only learning rate and epochs set ({sweep}); best = highest "
+        f"score, then the shorter training. Gateway start-up {_f(r.get('startup_s'), 1)} s; training phase "
+        f"{_f(r.get('train_phase_s'), 0)} s; whole run {_f(r.get('seconds'), 0)} s.",
+        "",
+    ]
+    rows = []
+    for t in r["tasks"]:
+        d = t["adapters"]["defaults"]
+        best = t["adapters"].get(t["best_sweep"] or "") or {}
+        base = _pct(t["base"])
+        if t.get("base_prose"):
+            base += f"; in prose {_pct(t['base_prose'])}"
+        rows.append(
+            [
+                t["task"], t["template"], t["dataset_format"], t["metric"], f"{t['train_rows']} / {t['held_out_rows']}",
+                base, _pct(d), _hp(d), _pct(best), t["best_sweep"] or "-",
+                f"{_f(d.get('train_seconds'), 0)} / {_f(best.get('train_seconds'), 0)}",
+            ]
+        )  # fmt: skip
+    header = [
+        "task", "template", "format", "metric", "rows train / held-out", "base", "defaults", "defaults chose",
+        "best sweep", "best point", "train s (defaults / best)",
+    ]  # fmt: skip
+    lines += _table(header, rows)
+    labels = list(r["tasks"][0]["adapters"]) if r["tasks"] else []
+    lines += [
+        "",
+        "Every adapter: held-out score, train seconds (the trainer's, steps only), the checkpoint kept "
+        "(step / last evaluated step) and the manifest's eval loss and forgetting figure where the trainer "
+        "records them.",
+        "",
+    ]
+    grid = []
+    for t in r["tasks"]:
+        for label in labels:
+            a = t["adapters"][label]
+            m = a.get("manifest_metrics") or {}
+            forgetting = m.get("forgetting")
+            if isinstance(forgetting, dict):
+                flat = {k: v for k, v in forgetting.items() if not isinstance(v, (dict, list))}
+                forgetting = ", ".join(f"{k} {_f(v, 3)}" for k, v in flat.items())
+            grid.append(
+                [
+                    t["task"], label, _pct(a), _f(a.get("train_seconds"), 0), _hp(a), _kept(a),
+                    _f(m.get("eval_loss"), 3), _f(m.get("base_eval_loss"), 3), _f(forgetting, 3),
+                ]
+            )  # fmt: skip
+    lines += _table(
+        ["task", "adapter", "score", "train s", "hyperparameters used", "kept", "eval loss", "base eval loss",
+         "forgetting"],
+        grid,
+    )  # fmt: skip
+    tg = r["targets"]
+    per = ", ".join(
+        f"{k} {_f(v['defaults'])} vs {_f(v['best'])}" for k, v in tg["defaults_vs_best"]["per_task"].items()
+    )
+    nf = tg["no_forgetting"]
+    lines += [
+        "",
+        "Targets (issue #11):",
+        f"- defaults >= 90% where the best sweep point reaches 95%, and within 5 points of it on every task "
+        f"({per}): {_met(tg['defaults_vs_best'])}",
+        f"- facts: defaults right on >= as many held-out rows as the base model in prose "
+        f"({_f(nf.get('adapter_right'))} vs {_f(nf.get('base_prose_right'))}): {_met(nf)}",
+        "",
+    ]
+    return lines
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
     "lora_ops": lora_ops_section,
     "loading": loading_section,
     "training": training_section,
+    "quality": quality_section,
 }
 
 

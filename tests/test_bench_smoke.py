@@ -106,3 +106,38 @@ def test_training_runs_ours_and_the_baseline_on_the_same_work(tiny_run: Any) -> 
     # Padding-free changes the batch layout, not what is learned from it.
     assert runs["ours_padding_free"]["eval_loss"] == pytest.approx(runs["ours"]["eval_loss"], rel=1e-2)
     assert set(training["ratio"]["ours"]) == TRAINING_FIGURES
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """`python -m bench --only quality --size small`: two small tasks, the defaults and one sweep point each."""
+    out = tmp_path_factory.mktemp("quality")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "quality", "--size", "small", "--results-dir",
+         str(out / "results"), "--markdown", str(out / "BENCHMARKS.md"), "--workdir", str(out / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=3500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "results" / "quality.json").read_text()), (out / "BENCHMARKS.md").read_text()
+
+
+def test_quality_scores_the_base_the_defaults_and_a_sweep_point_on_held_out_rows(quality_run: Any) -> None:
+    quality, markdown = quality_run
+    assert [t["task"] for t in quality["tasks"]] == ["shout", "topic"]
+    sweep = [f"lr{p['learning_rate']:g}-ep{p['epochs']:g}" for p in quality["settings"]["sweep"]]
+    for task in quality["tasks"]:
+        held = task["held_out_rows"]
+        assert task["base"]["of"] == held and 0 <= task["base"]["right"] <= held
+        assert list(task["adapters"]) == ["defaults", *sweep]
+        for label, adapter in task["adapters"].items():
+            assert adapter["status"] == "succeeded", (label, adapter["error"])
+            assert adapter["of"] == held and adapter["train_seconds"] > 0
+            # The defaults run sent no hyperparameters; a sweep point sent exactly its two.
+            assert set(adapter["requested"]) == (set() if label == "defaults" else {"learning_rate", "epochs"})
+            assert {"learning_rate", "epochs", "total_steps"} <= set(adapter["chosen"])
+            assert "eval_loss" in adapter["manifest_metrics"]
+        assert task["best_sweep"] in sweep
+    point = quality["settings"]["sweep"][0]
+    assert quality["tasks"][0]["adapters"][sweep[0]]["chosen"]["learning_rate"] == point["learning_rate"]
+    assert set(quality["targets"]) == {"defaults_vs_best", "no_forgetting"}
+    assert "## Skill quality" in markdown and "| shout | base |" in markdown
