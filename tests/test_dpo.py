@@ -4,8 +4,11 @@ adapter's template exactly as the gateway encodes a request, and only the answer
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
 from adapters.dataset import parse_dataset, rows_to_jsonl
@@ -13,6 +16,9 @@ from adapters.errors import DatasetError
 from adapters.masking import encode, encode_preference
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.templates import TEMPLATE_NAMES, get_template
+from service.cli import main
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
+from tests.preferences import HELD_OUT_WORDS, PREFERENCE_TRAINING, preference_rows
 
 PAIR: dict[str, Any] = {
     "input": {"messages": [{"role": "system", "content": "Be loud."}, {"role": "user", "content": "Shout: cat dog"}]},
@@ -160,3 +166,92 @@ def test_earlier_assistant_turns_are_context_not_learned(tokenizer: Any) -> None
                                 {"role": "assistant", "content": "sea"})
     assert tokenizer.decode(encoded.chosen_ids) == "SEA!<|im_end|>"
     assert "SUN!" in tokenizer.decode(encoded.prompt_ids)  # in the prompt, which gets no loss
+
+
+def test_trl_learns_the_answers_only_and_sees_the_gateways_prompt(tokenizer: Any) -> None:
+    """The pre-tokenized rows reach trl's collator untouched: its completion mask is 1 on the answers alone."""
+    from datasets import Dataset
+
+    from trainer.dpo import PAIR_COLUMNS, _trainer_class, encode_pairs
+
+    template = get_template("alpaca")
+    pair = parse_dataset(GOOD.encode(), method="dpo").pairs[0]
+    columns = encode_pairs(tokenizer, template, [pair], max_len=512)
+    data = Dataset.from_dict(columns)
+    trainer_class = _trainer_class()
+    assert trainer_class._prepare_dataset(None, data, tokenizer, None, "train") is data
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    batch = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0)([data[0]])
+    prompt = encode(tokenizer, template, pair.prompt, add_generation_prompt=True).input_ids
+    chosen_row, rejected_row = batch["input_ids"].tolist(), batch["completion_mask"].tolist()
+    for row, mask, answer in ((chosen_row[0], rejected_row[0], pair.chosen), (chosen_row[1], rejected_row[1],
+                                                                                pair.rejected)):
+        assert row[: len(prompt)] == prompt and not any(mask[: len(prompt)])  # no loss on any prompt token
+        learned = [tok for tok, keep in zip(row, mask, strict=True) if keep]
+        assert tokenizer.decode(learned) == answer["content"] + tokenizer.eos_token
+    assert set(PAIR_COLUMNS) == set(data.column_names)
+
+
+# --- a preference skill, end to end through the gateway --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def preferred(gateway: GatewayServer) -> Iterator[dict[str, Any]]:
+    """The capitals preference trained by DPO through POST /adapters (multipart, method dpo), followed to the end."""
+    from tests.test_gateway_training import follow
+
+    jsonl = rows_to_jsonl(preference_rows())
+    with gateway.client(ADMIN_KEY) as http:
+        created = http.post(
+            "/adapters",
+            data={"name": "capitals", "template": "chatml", "method": "dpo",
+                  "hyperparameters": json.dumps(PREFERENCE_TRAINING)},
+            files={"dataset": ("capitals.jsonl", jsonl, "application/jsonl")},
+        )
+    assert created.status_code == 202, created.text
+    assert created.json()["method"] == {"type": "dpo", "beta": 0.1}
+    yield follow(gateway, created.json()["id"])
+
+
+@pytest.mark.slow
+def test_dpo_adapter_prefers_the_preferred_answers_more_often_than_the_base(
+    gateway: GatewayServer, preferred: dict[str, Any]
+) -> None:
+    job = preferred
+    assert job["status"] == "succeeded", f"{job.get('error')}\n{gateway.log_tail()}"
+    assert job["method"]["type"] == "dpo"
+    metrics = job["metrics"]
+    assert metrics["method"] == "dpo" and metrics["eval_pairs"] == 10  # 20% of 48 pairs held out
+    # Against its reference (the base), the adapter's implicit reward favours the capitals on pairs it never saw,
+    # and it makes them likelier than the plain answers, which the base model itself does not.
+    assert metrics["eval_preference_accuracy"] > metrics["base_preference_accuracy"], metrics
+    assert metrics["eval_likelihood_preference"] > metrics["base_preference_accuracy"], metrics
+    assert metrics["eval_preference_accuracy"] >= 0.8 and metrics["eval_reward_margin"] > 0, metrics
+    assert job["hyperparameters"]["method"] == "dpo" and job["hyperparameters"]["beta"] == 0.1
+    with gateway.client(API_KEY) as http:
+        manifest = http.get("/adapters/capitals").json()["manifest"]
+    assert {k: manifest["metrics"][k] for k in metrics if k.startswith(("eval_", "base_"))} == {
+        k: metrics[k] for k in metrics if k.startswith(("eval_", "base_"))
+    }
+
+
+@pytest.mark.slow
+def test_dpo_adapter_is_served_like_any_other_and_shown_with_its_preference_figures(
+    gateway: GatewayServer, preferred: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert preferred["status"] == "succeeded", preferred.get("error")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Repeat these words: " + " ".join(HELD_OUT_WORDS)}]
+    reply = client.chat.completions.create(model="capitals", messages=messages, temperature=0, max_tokens=16)
+    answer = reply.choices[0].message.content or ""
+    assert answer.strip() and reply.model == "capitals", reply
+    assert "capitals" in [m.id for m in client.models.list()]
+    detail = httpx.get(f"{gateway.url}/adapters/capitals", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert detail["status"] == "ready" and detail["jobs"][0]["method"]["type"] == "dpo"
+
+    assert main(["--url", gateway.url, "--key", API_KEY, "show", "capitals"]) == 0
+    out = capsys.readouterr().out
+    metrics = preferred["metrics"]
+    assert f"preference on {metrics['eval_pairs']} held-out pairs" in out, out
+    assert f"{metrics['eval_preference_accuracy']:.3f}" in out and f"{metrics['base_preference_accuracy']:.3f}" in out

@@ -184,3 +184,65 @@ def check_min_score(metrics: dict[str, Any], min_score: float | None) -> None:
             f"min_score {min_score} (base model: {metrics.get('base_rouge_l')}, exact match: adapter "
             f"{metrics.get('eval_exact_match')}, base {metrics.get('base_exact_match')}); not published"
         )
+
+
+def answer_logps(model: Any, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:
+    """The log-probability of each answer after its prompt (summed over the answer's tokens, teacher-forced)."""
+    import torch
+
+    sums: list[float] = []
+    for start in range(0, len(prompts), BATCH_SIZE):
+        batch = [p + a for p, a in zip(prompts[start : start + BATCH_SIZE], answers[start : start + BATCH_SIZE],
+                                       strict=True)]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch])
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        for row, (prompt, answer) in enumerate(
+            zip(prompts[start : start + BATCH_SIZE], answers[start : start + BATCH_SIZE], strict=True)
+        ):
+            # Position i predicts token i + 1: the answer's tokens are predicted from len(prompt) - 1 on.
+            first = len(prompt) - 1
+            sums.append(float(token_logps[row, first : first + len(answer)].sum()))
+    return sums
+
+
+def evaluate_preferences(model: Any, pairs: dict[str, list], beta: float) -> dict[str, Any]:
+    """How often the adapter, and the base model, prefer the preferred answer of held-out pairs.
+
+    `pairs` are the columns of trainer/dpo.py `encode_pairs` (prompt ids as the gateway sends them, each answer's
+    learned tokens). `model` is a peft model; the base is the same model with its adapter disabled, which is also
+    DPO's reference. Log-probabilities are summed over an answer's tokens, not length-normalised: the probability
+    of the whole answer, the quantity DPO's reward is made of.
+    """
+    prompts, chosen, rejected = pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"]
+    if not prompts:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        adapter_c, adapter_r = answer_logps(model, prompts, chosen), answer_logps(model, prompts, rejected)
+        with model.disable_adapter():
+            base_c, base_r = answer_logps(model, prompts, chosen), answer_logps(model, prompts, rejected)
+    finally:
+        model.train(was_training)
+    # DPO's implicit reward of an answer: beta x log(p_adapter / p_base).
+    margins = [
+        beta * ((ac - bc) - (ar - br)) for ac, ar, bc, br in zip(adapter_c, adapter_r, base_c, base_r, strict=True)
+    ]
+    n = len(prompts)
+
+    def share(flags: list[bool]) -> float:
+        return round(sum(flags) / n, 4)
+
+    return {
+        "eval_pairs": n,
+        "eval_preference_accuracy": share([m > 0 for m in margins]),
+        "eval_reward_margin": round(sum(margins) / n, 4),
+        "eval_likelihood_preference": share([c > r for c, r in zip(adapter_c, adapter_r, strict=True)]),
+        "base_preference_accuracy": share([c > r for c, r in zip(base_c, base_r, strict=True)]),
+        "eval_logp_preferred": round(sum(adapter_c) / n, 4),
+        "base_logp_preferred": round(sum(base_c) / n, 4),
+    }

@@ -126,7 +126,9 @@ def _prepare(registry: Registry, spec: JobSpec) -> tuple[Path, ChatTemplate, Dat
     with distributed.main_first():
         base_dir = resolve_model(spec.base_model)
     template = _template(spec.template, base_dir)
-    dataset = parse_dataset(registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40)
+    dataset = parse_dataset(
+        registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40, method=spec.method.type
+    )
     return base_dir, template, dataset
 
 
@@ -134,7 +136,22 @@ def _validation_rows(registry: Registry, spec: JobSpec) -> list[Any] | None:
     """The job's own validation rows (OpenAI's `validation_file`), or None to hold out a split of the training rows."""
     if spec.validation_uri is None:
         return None
-    return parse_dataset(registry.get_dataset(spec.validation_uri), max_bytes=1 << 40, max_rows=1 << 40).rows
+    held_out = parse_dataset(
+        registry.get_dataset(spec.validation_uri), max_bytes=1 << 40, max_rows=1 << 40, method=spec.method.type
+    )
+    return held_out.pairs if spec.method.type == "dpo" else held_out.rows
+
+
+def _train(spec: JobSpec, base_dir: Path, template: ChatTemplate, dataset: Dataset, out_dir: Path,
+           held_out: list[Any] | None, **callbacks: Any) -> TrainResult:
+    """SFT or DPO, as the job's method says, with the same callbacks and the same result to publish."""
+    if spec.method.type == "dpo":
+        from trainer.dpo import train_dpo
+
+        return train_dpo(base_dir, template, dataset.pairs, spec.hyperparameters, spec.method, out_dir,
+                         eval_pairs=held_out, **callbacks)
+    return train_lora(base_dir, template, dataset.rows, spec.hyperparameters, out_dir, eval_rows=held_out,
+                      **callbacks)
 
 
 def _run_rank(store_uri: str, job_id: str) -> int:
@@ -146,8 +163,8 @@ def _run_rank(store_uri: str, job_id: str) -> int:
     try:
         base_dir, template, dataset = _prepare(registry, record.spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
-            train_lora(base_dir, template, dataset.rows, record.spec.hyperparameters, Path(tmp) / "adapter",
-                       progress_bar=False, eval_rows=_validation_rows(registry, record.spec))
+            _train(record.spec, base_dir, template, dataset, Path(tmp) / "adapter",
+                   _validation_rows(registry, record.spec), progress_bar=False)
         return 0
     except Cancelled:
         return 0
@@ -173,11 +190,10 @@ def _run_main(store_uri: str, job_id: str) -> int:
     try:
         base_dir, template, dataset = _prepare(registry, spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
-            result = train_lora(
-                base_dir, template, dataset.rows, spec.hyperparameters, Path(tmp) / "adapter",
+            result = _train(
+                spec, base_dir, template, dataset, Path(tmp) / "adapter", _validation_rows(registry, spec),
                 report=reporter.report, should_stop=reporter.cancelled, progress_bar=False, on_plan=reporter.plan,
                 note=reporter.note, on_checkpoints=reporter.checkpoints,
-                eval_rows=_validation_rows(registry, spec),
             )
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")
