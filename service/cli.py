@@ -146,14 +146,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def evaluation_lines(metrics: dict[str, Any]) -> list[str]:
     """The held-out evaluation of a trained skill, adapter beside base, as lines of text (none if absent)."""
-    if "eval_rouge_l" not in metrics:
-        return []
 
     def figure(key: str) -> str:
         value = metrics.get(key)
         return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
-    lines = [
+    lines = []
+    if "eval_preference_accuracy" in metrics:  # a DPO skill (trainer/evaluate.py evaluate_preferences)
+        lines += [
+            f"preference on {metrics.get('eval_pairs')} held-out pairs (log-probability of the whole answer):",
+            f"  {'':12} {'adapter':>8} {'base':>8}",
+            f"  {'accuracy':12} {figure('eval_preference_accuracy'):>8} {figure('base_preference_accuracy'):>8}"
+            "   (adapter: implicit reward vs the base; base: preferred answer likelier)",
+            f"  {'likelier':12} {figure('eval_likelihood_preference'):>8} {figure('base_preference_accuracy'):>8}"
+            "   (preferred answer likelier than the other)",
+            f"  {'margin':12} {figure('eval_reward_margin'):>8} {'-':>8}   (mean reward margin, beta x log-ratio)",
+        ]
+    if "eval_rouge_l" not in metrics:
+        return lines
+    lines += [
         f"evaluation on {metrics.get('eval_generated')} held-out rows (greedy):",
         f"  {'':12} {'adapter':>8} {'base':>8}",
         f"  {'exact match':12} {figure('eval_exact_match'):>8} {figure('base_exact_match'):>8}",

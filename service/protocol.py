@@ -531,6 +531,7 @@ class JobView(BaseModel):
     name: str
     version: str
     template: str
+    method: Method = Field(default_factory=Method, description="how the adapter learns: supervised or dpo")
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -551,6 +552,7 @@ class JobView(BaseModel):
             name=job.spec.name,
             version=job.spec.version,
             template=job.spec.template,
+            method=job.spec.method,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -255,3 +255,11 @@ def test_dpo_adapter_is_served_like_any_other_and_shown_with_its_preference_figu
     metrics = preferred["metrics"]
     assert f"preference on {metrics['eval_pairs']} held-out pairs" in out, out
     assert f"{metrics['eval_preference_accuracy']:.3f}" in out and f"{metrics['base_preference_accuracy']:.3f}" in out
+
+
+def test_the_multipart_method_field_is_a_type_name_or_a_json_object() -> None:
+    from service.routes.adapters import _form_method
+
+    assert _form_method("dpo") == {"type": "dpo"}
+    assert _form_method('{"type": "dpo", "beta": 0.5}') == {"type": "dpo", "beta": 0.5}
+    assert _form_method(None) == {} and _form_method(" ") == {}  # the default: supervised

@@ -45,8 +45,19 @@ MULTIPART_SCHEMA = {
         "dataset": {"type": "string", "format": "binary", "description": "JSONL file, one row per line"},
         "template": {"type": "string", "default": "chatml"},
         "hyperparameters": {"type": "string", "description": "JSON object of Hyperparameters"},
+        "method": {
+            "type": "string",
+            "description": "supervised (default) or dpo (preference rows), or a JSON object of Method",
+        },
     },
 }
+
+
+def _form_method(value: Any) -> Any:
+    """The multipart `method` field: a bare type name, or a JSON object of Method."""
+    if not isinstance(value, str) or not value.strip():
+        return {}
+    return json.loads(value) if value.strip().startswith("{") else {"type": value.strip()}
 
 
 async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSON, bytes | None]:
@@ -65,6 +76,7 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
                 "name": form.get("name"),
                 "template": form.get("template") or "chatml",
                 "hyperparameters": json.loads(hyper) if isinstance(hyper, str) and hyper.strip() else {},
+                "method": _form_method(form.get("method")),
                 "rows": [],  # stands for the uploaded file in validation
             }
             return _validated(fields), data
