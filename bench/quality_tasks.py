@@ -294,9 +294,8 @@ def extract(n_train: int, n_held: int, seed: int) -> Task:
 # --- shout: a style transfer, in the base model's own template ----------------------------------------------
 
 SHOUT_WORDS = (  # noqa: SIM905
-    "otter maple lantern pebble harbor velvet comet meadow falcon copper thistle ember quartz willow canyon "
-    "saddle beacon orchid glacier tundra marble cactus parrot walnut lagoon pepper summit violet badger "
-    "cobalt juniper anchor prairie tulip raven saffron granite puffin bamboo cinder"
+    "sun moon dog lamp door road bird milk rain snow wind fire king queen ship farm star blue red green gold bell "
+    "cake rock sand song ring hand foot coat boat bear wolf lion frog duck goat tea box map"
 ).split()
 
 

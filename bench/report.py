@@ -324,7 +324,8 @@ def _pct(record: dict[str, Any] | None) -> str:
 
 def _hp(record: dict[str, Any]) -> str:
     chosen = record.get("chosen") or {}
-    parts = [f"lr {_f(chosen.get('learning_rate'))}", f"{_f(chosen.get('epochs'))} ep"]
+    lr, epochs = chosen.get("learning_rate"), chosen.get("epochs")
+    parts = [f"lr {lr:g}" if lr is not None else "lr -", f"{epochs:g} ep" if epochs is not None else "- ep"]
     if chosen.get("batch_size") is not None:
         parts.append(f"batch {chosen['batch_size']}")
     if chosen.get("rank") is not None:
@@ -335,12 +336,19 @@ def _hp(record: dict[str, Any]) -> str:
 
 
 def _kept(record: dict[str, Any]) -> str:
-    """The checkpoint the trainer kept, of those it evaluated: `step/last` (or `-` when it records none)."""
-    checkpoints = record.get("checkpoints") or []
-    best = next((c for c in checkpoints if c.get("best")), None)
-    if not checkpoints or best is None:
+    """The step the trainer published, of the steps it ran (`kept/steps`, early stop marked), if it says."""
+    m = record.get("manifest_metrics") or {}
+    if m.get("kept_step") is None:
         return "-"
-    return f"{best['step']}/{checkpoints[-1]['step']}"
+    return f"{m['kept_step']}/{m.get('steps', '?')}" + (" (stopped early)" if m.get("stopped_early") else "")
+
+
+def _forgetting(record: dict[str, Any]) -> str:
+    """Whatever forgetting figures the manifest carries (keys starting with `forgetting`), as they come."""
+    m = record.get("manifest_metrics") or {}
+    figures = {k.removeprefix("forgetting_"): v for k, v in m.items() if k.startswith("forgetting")}
+    shown = [f"{k} {_f(v, 3)}" for k, v in figures.items() if isinstance(v, float)]
+    return ", ".join(shown) or "-"
 
 
 def quality_section(r: dict[str, Any]) -> list[str]:
@@ -379,9 +387,9 @@ def quality_section(r: dict[str, Any]) -> list[str]:
     labels = list(r["tasks"][0]["adapters"]) if r["tasks"] else []
     lines += [
         "",
-        "Every adapter: held-out score, train seconds (the trainer's, steps only), the checkpoint kept "
-        "(step / last evaluated step) and the manifest's eval loss and forgetting figure where the trainer "
-        "records them.",
+        "Every adapter: held-out score, train seconds (the trainer's, steps only), the step published of the steps "
+        "run, and from its manifest the eval loss (the trainer's own held-out split of the train rows) and the "
+        "forgetting figures where the trainer records them.",
         "",
     ]
     grid = []
@@ -389,14 +397,10 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         for label in labels:
             a = t["adapters"][label]
             m = a.get("manifest_metrics") or {}
-            forgetting = m.get("forgetting")
-            if isinstance(forgetting, dict):
-                flat = {k: v for k, v in forgetting.items() if not isinstance(v, (dict, list))}
-                forgetting = ", ".join(f"{k} {_f(v, 3)}" for k, v in flat.items())
             grid.append(
                 [
                     t["task"], label, _pct(a), _f(a.get("train_seconds"), 0), _hp(a), _kept(a),
-                    _f(m.get("eval_loss"), 3), _f(m.get("base_eval_loss"), 3), _f(forgetting, 3),
+                    _f(m.get("eval_loss"), 3), _f(m.get("base_eval_loss"), 3), _forgetting(a),
                 ]
             )  # fmt: skip
     lines += _table(
