@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "name": args.name,
         "template": args.template,
         "hyperparameters": json.dumps(_hyperparameters(args.set)),
+        "method": args.method,
     }
     with _client(args) as client:
         job = _check(
@@ -320,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a hyperparameter, e.g. --set rank=16 --set max_steps=40 (repeatable)",
+    )
+    train.add_argument(
+        "--method", default="supervised", choices=("supervised", "dpo"),
+        help="supervised (the rows above) or dpo (OpenAI preference rows: input, preferred_output, "
+        "non_preferred_output)",
     )
     train.add_argument("--follow", action="store_true", help="show progress until the job finishes")
     train.set_defaults(func=cmd_train)
