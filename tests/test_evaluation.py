@@ -132,6 +132,48 @@ def test_trained_skill_is_scored_against_the_base_model(quick_shout: tuple[Regis
 
 
 @pytest.mark.slow
+def test_the_published_adapter_is_the_best_evaluated_checkpoint(quick_shout: tuple[Registry, JobRecord]) -> None:
+    """Every evaluation during training is a checkpoint; the one with the lowest held-out loss is published, and
+    the published weights are that checkpoint's (their held-out loss, measured again after training, is its)."""
+    registry, record = quick_shout
+    checkpoints = record.checkpoints
+    assert len(checkpoints) >= 2 and [c.step for c in checkpoints] == sorted({c.step for c in checkpoints})
+    assert all(c.eval_loss is not None and c.train_loss is not None for c in checkpoints)
+    best = min(checkpoints, key=lambda c: (c.eval_loss, c.step))
+    assert [c.step for c in checkpoints if c.best] == [best.step]
+    manifest = registry.manifest("shout-eval")
+    assert best.version == manifest.version
+    metrics = manifest.metrics
+    assert metrics["kept"] == "best" and metrics["kept_step"] == best.step
+    assert metrics["best_eval_loss"] == pytest.approx(best.eval_loss)
+    assert metrics["eval_loss"] == pytest.approx(best.eval_loss, abs=1e-4)
+    assert f"at step {best.step} of " in metrics["kept_reason"]
+    if best.step != checkpoints[-1].step:  # the last step's weights are kept too, publishable later
+        assert checkpoints[-1].stored and registry.store.list(checkpoints[-1].stored)
+    # The forgetting figure: how far the skill moved the model on general prompts, next to its score.
+    assert metrics["forgetting_prompts"] == 24
+    assert metrics["forgetting_kl"] > 0.0 and 0.0 < metrics["forgetting_agreement"] <= 1.0
+    # The job's history: the start, the plan, every evaluation, the kept step, the end.
+    messages = [e.message for e in record.events if e.type == "message"]
+    assert any(m.startswith("running") for m in messages) and messages[-1].startswith("succeeded")
+    assert sum(m.startswith("evaluation at step") for m in messages) == len(checkpoints)
+    assert any(m.startswith("kept: lowest held-out loss") for m in messages)
+    steps = [e.data["step"] for e in record.events if e.type == "metrics" and "train_loss" in e.data]
+    assert steps == list(range(1, record.metrics["steps"] + 1))
+
+
+@pytest.mark.slow
+def test_a_dataset_too_small_to_hold_rows_out_keeps_the_last_step(tmp_path: Path) -> None:
+    registry = Registry(FileStore(tmp_path / "store"))
+    record = stored_job(registry, shout_rows(4, seed=5), "tiny", "chatml", max_steps=2, batch_size=2)
+    assert run_job(job_uri(f"file://{tmp_path / 'store'}", record.id)) == 0
+    metrics = registry.manifest("tiny").metrics
+    assert metrics["kept"] == "last" and metrics["kept_step"] == 2
+    assert metrics["kept_reason"].startswith("no held-out rows (4 rows")
+    assert registry.get_job(record.id).checkpoints == []
+
+
+@pytest.mark.slow
 def test_adapter_detail_and_cli_show_the_evaluation(
     gateway: GatewayServer, quick_shout: tuple[Registry, JobRecord], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,8 +183,15 @@ def test_adapter_detail_and_cli_show_the_evaluation(
     assert detail["manifest"]["metrics"]["eval_rouge_l"] == record.metrics["eval_rouge_l"]
     assert detail["versions"][-1]["metrics"]["samples"] == record.metrics["samples"]
 
+    assert detail["forgetting"] == {
+        "kl": record.metrics["forgetting_kl"], "agreement": record.metrics["forgetting_agreement"], "prompts": 24,
+    }
+    assert detail["kept"] == record.metrics["kept_reason"]
+
     assert main(["--url", gateway.url, "--key", API_KEY, "show", "shout-eval"]) == 0
     out = capsys.readouterr().out
+    assert f"kept: {record.metrics['kept_reason']}" in out
+    assert f"forgetting on 24 general prompts: KL from the base {record.metrics['forgetting_kl']:.3f}" in out
     assert "evaluation on 8 held-out rows" in out
     assert f"{record.metrics['eval_rouge_l']:.3f}" in out and f"{record.metrics['base_rouge_l']:.3f}" in out
     assert repr(record.metrics["samples"][0]["reference"]) in out

@@ -52,33 +52,33 @@ def measure(model: Any, tokenizer: Any, template: ChatTemplate) -> dict[str, Any
     import torch
     import torch.nn.functional as F
 
+    encoded = [
+        encode(tokenizer, template, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        for q, a in GENERAL
+    ]
+    # One right-padded batch: position i predicts token i + 1, so the answer's tokens are scored from the
+    # positions just before them; padding is never scored.
+    width = max(len(e.input_ids) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
+    attention = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded])
+    scored = torch.tensor([e.assistant_mask[1:] + [0] * (width - len(e.input_ids)) for e in encoded], dtype=torch.bool)
+    if not scored.any():
+        return {}
     was_training = model.training
     model.eval()
-    kl_sum, agree, count = 0.0, 0, 0
     try:
-        for question, answer in GENERAL:
-            encoded = encode(
-                tokenizer, template, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            )
-            ids = torch.tensor([encoded.input_ids])
-            # Position i predicts token i + 1: the answer's tokens are predicted from the positions before them.
-            scored = torch.tensor(encoded.assistant_mask[1:], dtype=torch.bool)
-            if not scored.any():
-                continue
-            with torch.no_grad():
-                adapter = model(input_ids=ids).logits[0, :-1][scored].float()
-                with model.disable_adapter():
-                    base = model(input_ids=ids).logits[0, :-1][scored].float()
-            base_logp, adapter_logp = F.log_softmax(base, -1), F.log_softmax(adapter, -1)
-            kl_sum += float((base_logp.exp() * (base_logp - adapter_logp)).sum())
-            agree += int((base.argmax(-1) == adapter.argmax(-1)).sum())
-            count += int(scored.sum())
+        with torch.no_grad():
+            adapter = model(input_ids=ids, attention_mask=attention).logits[:, :-1][scored].float()
+            with model.disable_adapter():
+                base = model(input_ids=ids, attention_mask=attention).logits[:, :-1][scored].float()
     finally:
         model.train(was_training)
-    if not count:
-        return {}
+    base_logp, adapter_logp = F.log_softmax(base, -1), F.log_softmax(adapter, -1)
+    kl = (base_logp.exp() * (base_logp - adapter_logp)).sum(-1)
+    agree = base.argmax(-1) == adapter.argmax(-1)
     return {
-        "forgetting_kl": round(kl_sum / count, 4),
-        "forgetting_agreement": round(agree / count, 4),
+        "forgetting_kl": round(float(kl.mean()), 4),
+        "forgetting_agreement": round(float(agree.float().mean()), 4),
         "forgetting_prompts": len(GENERAL),
     }

@@ -115,6 +115,7 @@ def _progress_callback(
         def __init__(self) -> None:
             self.started = time.monotonic()
             self.progress = Progress(phase=Phase.loading_model)
+            self.finished = False
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # Only now are the step count and the warmup known; the ETA counts from the first step's start.
@@ -123,6 +124,9 @@ def _progress_callback(
             p = self.progress
             p.phase, p.total_steps = Phase.training, state.max_steps
             report(p.model_copy())
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.finished = True
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if should_stop():
@@ -147,7 +151,7 @@ def _progress_callback(
                 p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
             report(p.model_copy())
             figures = {k: round(float(logs[k]), 6) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
-            if figures and p.phase is not Phase.evaluating:
+            if figures and not self.finished:  # the evaluations after training are in the metrics, not history
                 data = {"step": p.step, "epoch": round(p.epoch, 4), **figures}
                 if "loss" in data:
                     data["train_loss"] = data.pop("loss")
