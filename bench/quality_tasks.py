@@ -20,7 +20,7 @@ answer parses as JSON and equals the reference object (key order and spacing do 
 `facts` also carries, per held-out row, the same question in plain prose and its true value: the base
 model's prose answer counts as right when it contains the value as a word. The facts were picked by
 asking the base model each question in prose through the gateway (temperature 0) and keeping the ones
-it answered right (69 of 102 capitals, 38 of 40 languages, 17 of 25 currencies: the kept ones are
+it answered right (69 of 102 capitals, 38 of 40 languages, 19 of 25 currencies of which 17 kept: they are
 listed below); the benchmark measures it again on every run.
 """
 

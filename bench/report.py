@@ -362,7 +362,13 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         "asked every held-out row (never trained on) through the same gateway with the openai SDK, temperature 0. "
         f"Defaults: no hyperparameters sent. Sweep: only learning rate and epochs set ({sweep}); best = highest "
         f"score, then the shorter training. Gateway start-up {_f(r.get('startup_s'), 1)} s; training phase "
-        f"{_f(r.get('train_phase_s'), 0)} s; whole run {_f(r.get('seconds'), 0)} s.",
+        f"{_f(r.get('train_phase_s'), 0)} s; whole run {_f(r.get('seconds'), 0)} s; "
+        f"{s.get('train', 'jobs queued on the gateway')}, {s.get('threads_per_process', '-')} thread(s) per process.",
+        "",
+        "Metrics: exact = the answer, surrounding whitespace stripped, equals the reference; json = the answer "
+        "parses as JSON and equals the reference object. Base = the base model asked the same messages; on facts, "
+        "in prose = the base model asked the bare question (no format instruction), right when its answer names "
+        "the true value as a word: the knowledge the adapter must keep.",
         "",
     ]
     rows = []
