@@ -20,13 +20,14 @@ from fastapi.testclient import TestClient
 
 from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
-from adapters.schema import FineTunedModel
+from adapters.schema import Checkpoint, FineTune, FineTunedModel, JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
 from service.app import create_app
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 from tests.shout import WORDS, shout
 
 INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def chat_rows(n: int, seed: int) -> list[dict[str, object]]:
@@ -203,6 +204,48 @@ def test_an_ft_model_id_is_an_alias_of_one_version_listed_served_and_deleted_wit
         sdk(app).models.delete(DEFAULT_MODEL)
 
 
+def test_a_kept_checkpoint_publishes_as_a_version_that_its_checkpoint_model_id_serves(
+    app: TestClient, peft_adapter_dir: Path
+) -> None:
+    registry = Registry(FileStore(Path(app.app.state.gateway.settings.store_uri.removeprefix("file://"))))  # type: ignore[attr-defined]
+    published = publish_adapter(registry, peft_adapter_dir, "kept-skill")
+    spec = JobSpec(
+        name="kept-skill", version=published.version, base_model=DEFAULT_MODEL, base_model_id=DEFAULT_MODEL,
+        dataset_uri="datasets/" + "0" * 64 + ".jsonl", dataset_sha256="0" * 64, dataset_rows=8,
+    )
+    job = JobRecord(spec=spec, status=JobStatus.succeeded, metrics={"adapter": published.ref})
+    # As the trainer leaves a job whose best checkpoint was not its last: the last one's files kept in the store.
+    job.checkpoints = [
+        Checkpoint(step=2, train_loss=1.5, eval_loss=1.1, best=True, version=published.version),
+        Checkpoint(
+            step=4, train_loss=1.2, eval_loss=1.3, stored=registry.store_checkpoint(job.id, 4, peft_adapter_dir)
+        ),
+    ]
+    registry.put_job(job)
+    model = f"ft:{DEFAULT_MODEL}:skillserve:kept:89abcdef"
+    registry.put_fine_tune(FineTune(job_id=job.id, model=model, suffix="kept", training_file="file-" + "1" * 32))
+    registry.put_fine_tuned_model(FineTunedModel(id=model, name="kept-skill", version=published.version, job_id=job.id))
+    client = sdk(app, API_KEY)
+    last, best = client.fine_tuning.jobs.checkpoints.list(f"ftjob-{job.id}").data
+    assert (last.step_number, best.step_number) == (4, 2)
+    assert best.fine_tuned_model_checkpoint == model
+    assert (best.metrics.train_loss, best.metrics.valid_loss) == (1.5, 1.1)
+    assert last.fine_tuned_model_checkpoint == model + ":ckpt-step-4" and (last.model_extra or {})["publishable"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(last.fine_tuned_model_checkpoint)  # not published yet
+    route = f"/jobs/{job.id}/checkpoints/4/publish"
+    assert app.post(route, headers=INFERENCE).status_code == 403
+    assert app.post(f"/jobs/{job.id}/checkpoints/3/publish", headers=ADMIN).status_code == 404
+    reply = app.post(route, headers=ADMIN)
+    assert reply.status_code == 201, reply.text
+    version = reply.json()["version"]
+    assert client.models.retrieve(last.fine_tuned_model_checkpoint).model_extra["root"] == f"kept-skill@{version}"  # type: ignore[index]
+    again = client.fine_tuning.jobs.checkpoints.list(f"ftjob-{job.id}").data[0].model_extra or {}
+    assert (again["version"], again["publishable"]) == (version, False)
+    # The job's own model still names the version the job published.
+    assert client.models.retrieve(model).model_extra["root"] == published.ref  # type: ignore[index]
+
+
 # ------------------------------------------------------------------ the real gateway (real trainer and engine)
 
 
@@ -219,11 +262,11 @@ def wait_for(client: openai.OpenAI, job_id: str, timeout: float = 1200) -> list[
 
 @pytest.fixture(scope="module")
 def fine_tuned(gateway: GatewayServer) -> dict[str, object]:
-    """A tiny shout skill trained through the OpenAI API: 16 rows, 4 held out as the validation file, "auto"
-    hyperparameters but for the batch size (2 steps an epoch), and a second job cancelled while it waits."""
+    """A tiny shout skill trained through the OpenAI API: 8 rows and 2 more as the validation file, two epochs,
+    the rest "auto" (batches of 4: 4 steps, 2 checkpoints), and a second job cancelled while it waits."""
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=300)
-    training = client.files.create(file=("shout.jsonl", jsonl(chat_rows(16, seed=11))), purpose="fine-tune")
-    validation = client.files.create(file=("held.jsonl", jsonl(chat_rows(4, seed=12))), purpose="fine-tune")
+    training = client.files.create(file=("shout.jsonl", jsonl(chat_rows(8, seed=11))), purpose="fine-tune")
+    validation = client.files.create(file=("held.jsonl", jsonl(chat_rows(2, seed=12))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=DEFAULT_MODEL,
         training_file=training.id,
@@ -233,7 +276,9 @@ def fine_tuned(gateway: GatewayServer) -> dict[str, object]:
         metadata={"team": "tests"},
         method={
             "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": 4}},
+            "supervised": {
+                "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+            },
         },
     )
     other = client.fine_tuning.jobs.create(model=DEFAULT_MODEL, training_file=training.id, suffix="cancel-me")
@@ -260,8 +305,8 @@ def test_a_job_created_with_the_sdk_trains_and_serves_under_its_fine_tuned_model
     assert job.method is not None and job.method.type == "supervised"
     assert job.method.supervised is not None
     hyper = job.method.supervised.hyperparameters
-    assert hyper is not None and hyper.batch_size == 8 and hyper.learning_rate_multiplier == 4
-    assert isinstance(hyper.n_epochs, int)
+    # "auto" resolved: what the data chose (adapters/auto.py), and the multiplier of the rate it chose.
+    assert hyper is not None and hyper.n_epochs == 2 and hyper.batch_size == 4 and hyper.learning_rate_multiplier == 1
     assert job.validation_file is not None and job.training_file.startswith("file-")
     # The history, newest first, followed page by page by the SDK.
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))
@@ -314,28 +359,6 @@ def test_a_cancelled_job_publishes_nothing(gateway: GatewayServer, fine_tuned: d
     job = client.fine_tuning.jobs.retrieve(cancelled.id)  # type: ignore[attr-defined]
     assert job.status == "cancelled" and job.fine_tuned_model is None
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
-
-
-@pytest.mark.slow
-def test_a_kept_checkpoint_publishes_as_a_version_and_serves_under_its_checkpoint_id(
-    gateway: GatewayServer, fine_tuned: dict[str, object]
-) -> None:
-    client: openai.OpenAI = fine_tuned["client"]  # type: ignore[assignment]
-    job = client.fine_tuning.jobs.retrieve(fine_tuned["created"].id)  # type: ignore[attr-defined]
-    kept = [c for c in client.fine_tuning.jobs.checkpoints.list(job.id) if (c.model_extra or {}).get("publishable")]
-    if not kept:
-        pytest.skip("the trainer kept no checkpoint beside the best one")
-    checkpoint = kept[0]
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300) as http:
-        published = http.post(f"/jobs/{(job.model_extra or {})['job_id']}/checkpoints/{checkpoint.step_number}/publish")
-    assert published.status_code == 201, published.text
-    ask = [{"role": "user", "content": "Shout these words: sun"}]
-    reply = client.chat.completions.create(
-        model=checkpoint.fine_tuned_model_checkpoint, messages=ask, max_tokens=4  # type: ignore[arg-type]
-    )
-    assert reply.choices[0].message.content is not None
-    again = client.fine_tuning.jobs.checkpoints.list(job.id)
-    assert [c.model_extra["version"] for c in again if c.id == checkpoint.id] == [published.json()["version"]]  # type: ignore[index]
 
 
 @pytest.mark.slow
