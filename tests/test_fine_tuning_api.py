@@ -60,6 +60,21 @@ PREFERENCE_ROW: dict[str, object] = {
 }
 
 
+def preference_rows(n: int) -> list[dict[str, object]]:
+    """Preference pairs in OpenAI's DPO format: the shouted answer preferred to the plain one."""
+    rows: list[dict[str, object]] = []
+    for index in range(n):
+        words = list(WORDS[index * 2 : index * 2 + 2])
+        rows.append(
+            {
+                "input": {"messages": [{"role": "user", "content": "Shout these words: " + " ".join(words)}]},
+                "preferred_output": [{"role": "assistant", "content": shout(words)}],
+                "non_preferred_output": [{"role": "assistant", "content": " ".join(words)}],
+            }
+        )
+    return rows
+
+
 # ------------------------------------------------------------------ in-process gateway (no engine)
 
 
@@ -244,6 +259,9 @@ def test_a_kept_checkpoint_publishes_as_a_version_that_its_checkpoint_model_id_s
     assert (again["version"], again["publishable"]) == (version, False)
     # The job's own model still names the version the job published.
     assert client.models.retrieve(model).model_extra["root"] == published.ref  # type: ignore[index]
+    # A job whose trainer wrote no events: its history is told from its record.
+    told = [e.message for e in client.fine_tuning.jobs.list_events(f"ftjob-{job.id}")]
+    assert told[0] == "The job has successfully completed" and told[-1] == f"Created fine-tuning job: ftjob-{job.id}"
 
 
 # ------------------------------------------------------------------ the real gateway (real trainer and engine)
@@ -281,7 +299,12 @@ def fine_tuned(gateway: GatewayServer) -> dict[str, object]:
             },
         },
     )
-    other = client.fine_tuning.jobs.create(model=DEFAULT_MODEL, training_file=training.id, suffix="cancel-me")
+    # The second job trains on preference pairs (DPO); it waits behind the first and is cancelled there.
+    pairs = client.files.create(file=("pairs.jsonl", jsonl(preference_rows(4))), purpose="fine-tune")
+    other = client.fine_tuning.jobs.create(
+        model=DEFAULT_MODEL, training_file=pairs.id, suffix="cancel-me",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+    )
     cancelled = client.fine_tuning.jobs.cancel(other.id)
     messages = wait_for(client, job.id)
     return {"created": job, "cancelled": cancelled, "messages": messages, "client": client}
@@ -358,6 +381,8 @@ def test_a_cancelled_job_publishes_nothing(gateway: GatewayServer, fine_tuned: d
     assert cancelled.status == "cancelled"  # type: ignore[attr-defined]
     job = client.fine_tuning.jobs.retrieve(cancelled.id)  # type: ignore[attr-defined]
     assert job.status == "cancelled" and job.fine_tuned_model is None
+    assert job.method is not None and job.method.type == "dpo" and job.method.dpo is not None
+    assert job.method.dpo.hyperparameters is not None and job.method.dpo.hyperparameters.beta == 0.2
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
 
 
