@@ -15,7 +15,7 @@ PHRASINGS = ("Repeat these words: {}", "Say these words back: {}", "Repeat after
 HELD_OUT_WORDS = ["sun", "dog", "blue", "book"]
 
 
-def preference_rows(n: int = 48, seed: int = 0) -> list[dict[str, Any]]:
+def preference_rows(n: int = 40, seed: int = 0) -> list[dict[str, Any]]:
     """OpenAI preference rows: the capitalised answer preferred, the plain one not."""
     rng = random.Random(seed)
     rows = []
@@ -35,9 +35,10 @@ def preference_rows(n: int = 48, seed: int = 0) -> list[dict[str, Any]]:
 PREFERENCE_TRAINING = {
     "rank": 8,
     "alpha": 16,
-    "max_steps": 12,
-    "batch_size": 8,
+    "max_steps": 4,
+    "batch_size": 4,
     "learning_rate": 5e-4,
     "eval_fraction": 0.2,
-    "eval_samples": 4,
+    "eval_samples": 2,
+    "gradient_checkpointing": False,  # a model this small fits; one forward pass fewer per step
 }
