@@ -158,6 +158,40 @@ def test_dpo_prompt_is_what_the_gateway_sends_and_answers_are_what_sft_learns(
     assert encoded.chosen_ids[-1] in template.stop_token_ids(tokenizer)  # the end of turn that stops generation
 
 
+TOOL_PAIR: dict[str, Any] = {
+    "input": {
+        "messages": [
+            {"role": "system", "content": "You check the weather."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4 C, rain"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    },
+    "preferred_output": [{"role": "assistant", "content": "4 C and rain in Oslo: take an umbrella."}],
+    "non_preferred_output": [{"role": "assistant", "content": "It is 4 C."}],
+}
+
+
+@pytest.mark.parametrize("template_name", TEMPLATE_NAMES)
+@pytest.mark.parametrize("row", [PAIR, TOOL_PAIR], ids=["system", "tools"])
+def test_dpo_prompt_ids_are_the_gateways_for_the_same_openai_messages(
+    tokenizer: Any, template_name: str, row: dict[str, Any]
+) -> None:
+    """The row's `input`, sent as a chat request, is encoded by the gateway's own function to the trained ids."""
+    from service.protocol import ChatCompletionRequest
+    from service.routes.chat import chat_prompt_ids
+
+    template = get_template(template_name, tokenizer)
+    [pair] = parse_dataset(rows_to_jsonl([row]), method="dpo").pairs
+    request = ChatCompletionRequest.model_validate({"model": "t", **row["input"]})
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []] or None
+    served = chat_prompt_ids(tokenizer, template, request.messages, tools)
+    assert encode_preference(tokenizer, template, pair.prompt, pair.chosen, pair.rejected).prompt_ids == served
+
+
 def test_earlier_assistant_turns_are_context_not_learned(tokenizer: Any) -> None:
     template = get_template("chatml")
     prompt = [{"role": "user", "content": "Shout: sun"}, {"role": "assistant", "content": "SUN!"},
