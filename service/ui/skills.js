@@ -7,6 +7,10 @@ const ref = (name) => `#/skills/${encodeURIComponent(name)}`;
 /** The evaluation figures of one version: [label, adapter, base, higher is better?, format]. */
 function figures(metrics) {
   const rows = [
+    // Preference (DPO) skills: held-out pairs; the base's accuracy is how often it prefers the preferred answer itself.
+    ["Preference accuracy", metrics.eval_preference_accuracy, metrics.base_preference_accuracy, true, percent],
+    ["Preferred likelier", metrics.eval_likelihood_preference, metrics.base_preference_accuracy, true, percent],
+    ["Reward margin", metrics.eval_reward_margin, null, true, fixed],
     ["Exact match", metrics.eval_exact_match, metrics.base_exact_match, true, percent],
     ["ROUGE-L", metrics.eval_rouge_l, metrics.base_rouge_l, true, fixed],
     ["Eval loss", metrics.eval_loss, metrics.base_eval_loss, false, fixed],
