@@ -10,11 +10,8 @@ instead, and cut prompt from answer where two tokenizations first differ.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -22,7 +19,7 @@ from typing import Any, cast
 from adapters import auto
 from adapters.dataset import Preference
 from adapters.masking import encode_preference
-from adapters.schema import Hyperparameters, JobEvent, Method, Phase, Progress
+from adapters.schema import Hyperparameters, Method, Phase, Progress
 from adapters.templates import ChatTemplate
 from trainer import distributed, forgetting
 from trainer.evaluate import evaluate_generations, evaluate_preferences
@@ -34,10 +31,13 @@ from trainer.sft import (
     ProgressFn,
     TrainResult,
     _best_callback,
-    _kept,
     _progress_callback,
     eval_every,
+    plan_record,
+    save_adapter,
     split_rows,
+    train_and_keep,
+    trainer_args,
 )
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -141,34 +141,14 @@ def train_dpo(
     chosen: dict[str, Any] = {}
 
     def plan(args: Any, state: Any) -> None:
-        """Every hyperparameter with its default filled in, then what the trainer chose itself."""
-        trained: Any = trainer.model
-        targets = trained.peft_config["default"].target_modules
-        chosen.update(hp.model_dump(mode="json"))
-        chosen.update(
-            method="dpo",
-            beta=method.beta,
-            loss_type="sigmoid",
+        chosen.update(plan_record(
+            hp, args, state, trainer, world, method="dpo", beta=method.beta, loss_type="sigmoid",
             reference_model="the base model (adapter disabled)",
             # trl switches dropout off in DPO, so the adapter and the reference read the same network.
-            dropout_in_training=0.0 if args.disable_dropout else hp.dropout,
-            auto_chosen=automatic,
-            total_steps=state.max_steps,
-            steps_per_epoch=steps_per_epoch,
-            warmup_steps=args.get_warmup_steps(state.max_steps),
-            eval_every_steps=eval_steps,
-            train_rows=len(train_pairs),
+            dropout_in_training=0.0 if args.disable_dropout else hp.dropout, auto_chosen=automatic,
+            steps_per_epoch=steps_per_epoch, eval_every_steps=eval_steps, train_rows=len(train_pairs),
             eval_rows=len(held_out),
-            lora_target_modules=sorted(targets) if not isinstance(targets, str) else [targets],
-            optimizer=str(getattr(args.optim, "value", args.optim)),
-            lr_scheduler=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            max_grad_norm=args.max_grad_norm,
-            dtype="float32",
-            device=str(args.device),
-            world_size=world.size,
-            per_device_batch_size=device_batch,
-            global_batch_size=device_batch * world.size,
-        )
+        ))
         on_plan(dict(chosen))
 
     def stop_together() -> bool:
@@ -176,31 +156,9 @@ def train_dpo(
 
     with tempfile.TemporaryDirectory(prefix="skillserve-dpo-") as scratch:
         config = DPOConfig(
-            output_dir=scratch,
+            **trainer_args(hp, scratch, device_batch, eval_steps, progress_bar),
             beta=method.beta,
-            per_device_train_batch_size=device_batch,
-            per_device_eval_batch_size=device_batch,
-            num_train_epochs=hp.epochs,
-            max_steps=hp.max_steps or -1,
-            learning_rate=hp.learning_rate,
-            warmup_steps=hp.warmup_ratio,  # a float below 1 is a share of all steps
-            weight_decay=hp.weight_decay,
-            lr_scheduler_type="linear",
-            logging_steps=1,
-            eval_strategy="steps" if eval_data is not None else "no",
-            eval_steps=eval_steps,
-            save_strategy="no",
-            report_to=[],
-            seed=hp.seed,
-            data_seed=hp.seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            fp16=False,
             max_length=hp.max_seq_length,
-            dataloader_num_workers=0,
-            gradient_checkpointing=hp.gradient_checkpointing,
-            disable_tqdm=not (sys.stderr.isatty() if progress_bar is None else progress_bar),
-            pad_to_multiple_of=None,
         )
         trainer = _trainer_class()(
             model=model,
@@ -212,35 +170,12 @@ def train_dpo(
             callbacks=[_progress_callback(report, stop_together, tokens_per_epoch, plan, note), keep_best],
         )
         trainer.remove_callback(PrinterCallback)
-        started = time.monotonic()
-        output = trainer.train()
-        runtime = time.monotonic() - started
-        metrics: dict[str, Any] = {
-            "method": "dpo",
-            "train_rows": len(train_pairs),
-            "eval_rows": len(held_out),
-            "steps": output.global_step,
-            "train_loss_mean": round(float(output.training_loss), 6),
-            "train_seconds": round(runtime, 2),
-            "train_tokens": int(tokens_per_epoch * float(trainer.state.epoch or 0)),
-        }
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        if losses:
-            metrics["train_loss"] = round(float(losses[-1]), 6)
-            metrics["train_loss_first"] = round(float(losses[0]), 6)
-        metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
-        peft_model: Any = trainer.model
-        final_step = output.global_step
-        kept: dict[int, Path] = {}
-        metrics.update(_kept(hp, rule, final_step, len(pairs), eval_data is not None))
-        if metrics["kept_step"] != final_step:
-            if world.main:  # the last step's weights stay publishable beside the best's
-                kept[final_step] = Path(scratch) / f"step-{final_step}"
-                peft_model.save_pretrained(kept[final_step], safe_serialization=True)
-            keep_best.restore_best(peft_model)
-        checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
-        on_checkpoints(checkpoints)
-        note(JobEvent(message=f"kept: {metrics['kept_reason']}"))
+        trained = train_and_keep(
+            trainer, hp, rule, keep_best, rows=len(pairs), train_rows=len(train_pairs), eval_rows=len(held_out),
+            tokens_per_epoch=tokens_per_epoch, evaluated=eval_data is not None, scratch=scratch, note=note,
+            on_checkpoints=on_checkpoints,
+        )
+        metrics, peft_model = {"method": "dpo", **trained.metrics}, cast(Any, trainer.model)
         if eval_data is not None:
             # The held-out DPO loss (ln 2 = 0.693 is no preference either way); the base model has none of its own.
             metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
@@ -254,14 +189,5 @@ def train_dpo(
                 # Greedy answers beside the base's, the preferred answer as the reference: what `show` prints.
                 metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
         metrics.update(forgetting.measure(peft_model, tokenizer, template))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(out_dir, safe_serialization=True)
-        for step, path in list(kept.items()):  # out of the scratch directory before it goes
-            kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
-            path.rename(kept[step])
-    adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
-    targets = adapter_config.get("target_modules") or []
-    return TrainResult(
-        out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows, dict(chosen),
-        checkpoints, kept,
-    )
+        targets = save_adapter(peft_model, out_dir, trained.kept)
+    return TrainResult(out_dir, metrics, targets, eval_rows, dict(chosen), trained.checkpoints, trained.kept)

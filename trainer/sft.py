@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from adapters import auto
 from adapters.masking import encode
@@ -220,6 +220,127 @@ def _best_callback(rule: BestCheckpoint, note: EventFn, on_checkpoints: Checkpoi
     return KeepBest()
 
 
+def plan_record(
+    hp: Hyperparameters, args: Any, state: Any, trainer: Any, world: Any, **figures: Any
+) -> dict[str, Any]:
+    """Every hyperparameter with its default filled in, then what the trainer chose itself (`figures` adds the
+    method's own: rows, steps per epoch, ...); written to the job once training starts."""
+    targets = trainer.model.peft_config["default"].target_modules  # "all-linear" is resolved to names by now
+    device_batch = args.per_device_train_batch_size
+    return {
+        **hp.model_dump(mode="json"),
+        **figures,
+        "total_steps": state.max_steps,
+        "warmup_steps": args.get_warmup_steps(state.max_steps),
+        "lora_target_modules": sorted(targets) if not isinstance(targets, str) else [targets],
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "adam_beta1": args.adam_beta1,
+        "adam_beta2": args.adam_beta2,
+        "adam_epsilon": args.adam_epsilon,
+        "max_grad_norm": args.max_grad_norm,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "dtype": "float32",
+        "device": str(args.device),
+        "world_size": world.size,
+        "per_device_batch_size": device_batch,
+        "global_batch_size": device_batch * world.size,
+    }
+
+
+def trainer_args(
+    hp: Hyperparameters, scratch: str, device_batch: int, eval_steps: int | None, progress_bar: bool | None
+) -> dict[str, Any]:
+    """The TrainingArguments SFT and DPO share: the schedule, evaluation, seeds, fp32 on the CPU, no saving (the
+    best checkpoint is kept in memory by `BestCheckpoint`)."""
+    import torch
+
+    return {
+        "output_dir": scratch,
+        "per_device_train_batch_size": device_batch,
+        "per_device_eval_batch_size": device_batch,
+        "num_train_epochs": hp.epochs,
+        "max_steps": hp.max_steps or -1,
+        "learning_rate": hp.learning_rate,
+        "warmup_steps": hp.warmup_ratio,  # a float below 1 is a share of all steps
+        "weight_decay": hp.weight_decay,
+        "lr_scheduler_type": "linear",
+        "logging_steps": 1,
+        "eval_strategy": "steps" if eval_steps is not None else "no",
+        "eval_steps": eval_steps,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": hp.seed,
+        "data_seed": hp.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "fp16": False,
+        "dataloader_num_workers": 0,
+        # On by default, as in trl: in the training benchmark it cut peak memory 1.76x at no loss of speed.
+        "gradient_checkpointing": hp.gradient_checkpointing,
+        "disable_tqdm": not (sys.stderr.isatty() if progress_bar is None else progress_bar),
+        "pad_to_multiple_of": None,
+    }
+
+
+@dataclass
+class Trained:
+    """What `train_and_keep` gives back: the run's figures, its checkpoints, the kept extra adapters."""
+
+    metrics: dict[str, Any]
+    checkpoints: list[Checkpoint]
+    kept: dict[int, Path]
+
+
+def train_and_keep(
+    trainer: Any, hp: Hyperparameters, rule: BestCheckpoint, keep_best: Any, *, rows: int, train_rows: int,
+    eval_rows: int, tokens_per_epoch: int, evaluated: bool, scratch: str, note: EventFn,
+    on_checkpoints: CheckpointsFn,
+) -> Trained:
+    """Run the trainer, then put the kept checkpoint's weights back into the model (saving the last step's beside
+    them when the best was earlier) and say which was kept and why."""
+    started = time.monotonic()
+    output = trainer.train()
+    runtime = time.monotonic() - started
+    metrics: dict[str, Any] = {
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "steps": output.global_step,
+        "train_loss_mean": round(float(output.training_loss), 6),
+        "train_seconds": round(runtime, 2),
+        "train_tokens": int(tokens_per_epoch * float(trainer.state.epoch or 0)),
+    }
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    if losses:
+        metrics["train_loss"] = round(float(losses[-1]), 6)
+        metrics["train_loss_first"] = round(float(losses[0]), 6)
+    metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
+    final_step = output.global_step
+    kept: dict[int, Path] = {}
+    metrics.update(_kept(hp, rule, final_step, rows, evaluated))
+    if metrics["kept_step"] != final_step:
+        if distributed.world().main:  # the last step's weights stay publishable beside the best's
+            kept[final_step] = Path(scratch) / f"step-{final_step}"
+            trainer.model.save_pretrained(kept[final_step], safe_serialization=True)
+        keep_best.restore_best(trainer.model)
+    checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
+    on_checkpoints(checkpoints)
+    note(JobEvent(message=f"kept: {metrics['kept_reason']}"))
+    return Trained(metrics, checkpoints, kept)
+
+
+def save_adapter(peft_model: Any, out_dir: Path, kept: dict[int, Path]) -> list[str]:
+    """Save the adapter to out_dir and move the kept extra checkpoints beside it (out of the scratch directory
+    before it goes: the caller stores them); returns the modules it adapts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out_dir, safe_serialization=True)
+    for step, path in list(kept.items()):
+        kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
+        path.rename(kept[step])
+    targets = json.loads((out_dir / "adapter_config.json").read_text()).get("target_modules") or []
+    return sorted(targets) if isinstance(targets, list) else [targets]
+
+
 def train_lora(
     base_dir: Path,
     template: ChatTemplate,
@@ -281,32 +402,10 @@ def train_lora(
     chosen: dict[str, Any] = {}
 
     def plan(args: Any, state: Any) -> None:
-        """Every hyperparameter with its default filled in, then what the trainer chose itself."""
-        trained: Any = trainer.model
-        targets = trained.peft_config["default"].target_modules  # "all-linear" is resolved to module names by now
-        chosen.update(hp.model_dump(mode="json"))
-        chosen.update(
-            auto_chosen=automatic,
-            total_steps=state.max_steps,
-            steps_per_epoch=steps_per_epoch,
-            warmup_steps=args.get_warmup_steps(state.max_steps),
-            eval_every_steps=eval_steps,
-            train_rows=len(train_rows),
-            eval_rows=len(eval_rows),
-            lora_target_modules=sorted(targets) if not isinstance(targets, str) else [targets],
-            optimizer=str(getattr(args.optim, "value", args.optim)),
-            lr_scheduler=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            adam_beta1=args.adam_beta1,
-            adam_beta2=args.adam_beta2,
-            adam_epsilon=args.adam_epsilon,
-            max_grad_norm=args.max_grad_norm,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            dtype="float32",
-            device=str(args.device),
-            world_size=world.size,
-            per_device_batch_size=device_batch,
-            global_batch_size=device_batch * world.size,
-        )
+        chosen.update(plan_record(
+            hp, args, state, trainer, world, auto_chosen=automatic, steps_per_epoch=steps_per_epoch,
+            eval_every_steps=eval_steps, train_rows=len(train_rows), eval_rows=len(eval_rows),
+        ))
         on_plan(dict(chosen))
 
     def stop_together() -> bool:
@@ -315,32 +414,9 @@ def train_lora(
 
     with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
         config = SFTConfig(
-            output_dir=scratch,
-            per_device_train_batch_size=device_batch,
-            per_device_eval_batch_size=device_batch,
-            num_train_epochs=hp.epochs,
-            max_steps=hp.max_steps or -1,
-            learning_rate=hp.learning_rate,
-            warmup_steps=hp.warmup_ratio,  # a float below 1 is a share of all steps
-            weight_decay=hp.weight_decay,
-            lr_scheduler_type="linear",
-            logging_steps=1,
-            eval_strategy="steps" if eval_data is not None else "no",
-            eval_steps=eval_steps,
-            save_strategy="no",
-            report_to=[],
-            seed=hp.seed,
-            data_seed=hp.seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            fp16=False,
+            **trainer_args(hp, scratch, device_batch, eval_steps, progress_bar),
             # encode_rows truncates already; trl refuses a max_length it cannot enforce without packing.
             max_length=None if hp.padding_free else hp.max_seq_length,
-            dataloader_num_workers=0,
-            # On by default, as in trl: in the training benchmark it cut peak memory 1.76x at no loss of speed.
-            gradient_checkpointing=hp.gradient_checkpointing,
-            disable_tqdm=not (sys.stderr.isatty() if progress_bar is None else progress_bar),
-            pad_to_multiple_of=None,
             # One unpadded row per batch; position ids restart per example, and transformers turns them into a
             # block-diagonal mask on sdpa/eager too, so no example attends to another (tests/test_padding_free.py).
             padding_free=hp.padding_free,
@@ -357,34 +433,12 @@ def train_lora(
         # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
         # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
         trainer.remove_callback(PrinterCallback)
-        started = time.monotonic()
-        output = trainer.train()
-        runtime = time.monotonic() - started
-        metrics: dict[str, Any] = {
-            "train_rows": len(train_rows),
-            "eval_rows": len(eval_rows),
-            "steps": output.global_step,
-            "train_loss_mean": round(float(output.training_loss), 6),
-            "train_seconds": round(runtime, 2),
-            "train_tokens": int(tokens_per_epoch * float(trainer.state.epoch or 0)),
-        }
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        if losses:
-            metrics["train_loss"] = round(float(losses[-1]), 6)
-            metrics["train_loss_first"] = round(float(losses[0]), 6)
-        metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
-        peft_model: Any = trainer.model
-        final_step = output.global_step
-        kept: dict[int, Path] = {}
-        metrics.update(_kept(hp, rule, final_step, len(rows), eval_data is not None))
-        if metrics["kept_step"] != final_step:
-            if world.main:  # the last step's weights stay publishable beside the best's
-                kept[final_step] = Path(scratch) / f"step-{final_step}"
-                peft_model.save_pretrained(kept[final_step], safe_serialization=True)
-            keep_best.restore_best(peft_model)
-        checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
-        on_checkpoints(checkpoints)
-        note(JobEvent(message=f"kept: {metrics['kept_reason']}"))
+        trained = train_and_keep(
+            trainer, hp, rule, keep_best, rows=len(rows), train_rows=len(train_rows), eval_rows=len(eval_rows),
+            tokens_per_epoch=tokens_per_epoch, evaluated=eval_data is not None, scratch=scratch, note=note,
+            on_checkpoints=on_checkpoints,
+        )
+        metrics, peft_model = trained.metrics, cast(Any, trainer.model)
         if eval_data is not None:
             metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
             # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
@@ -397,18 +451,8 @@ def train_lora(
         if eval_rows and hp.eval_samples:
             metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
         metrics.update(forgetting.measure(peft_model, tokenizer, template))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(out_dir, safe_serialization=True)
-        # Out of the scratch directory before it goes: the caller stores them.
-        for step, path in list(kept.items()):
-            kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
-            path.rename(kept[step])
-    adapter_config = json.loads((out_dir / "adapter_config.json").read_text())
-    targets = adapter_config.get("target_modules") or []
-    return TrainResult(
-        out_dir, metrics, sorted(targets) if isinstance(targets, list) else [targets], eval_rows, dict(chosen),
-        checkpoints, kept,
-    )
+        targets = save_adapter(peft_model, out_dir, trained.kept)
+    return TrainResult(out_dir, metrics, targets, eval_rows, dict(chosen), trained.checkpoints, trained.kept)
 
 
 def _kept(hp: Hyperparameters, rule: BestCheckpoint, final_step: int, rows: int, evaluated: bool) -> dict[str, Any]:
