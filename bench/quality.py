@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class QualitySize:
     train_rows: int
     held_out_rows: int
     sweep: tuple[tuple[float, float], ...]  # (learning_rate, epochs)
+    # Variants of the defaults: each sends one or two hyperparameters and leaves the rest to the trainer, to see
+    # what a knob does to the score, the time and the forgetting figure. Not sweep points: never "best".
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Jobs the gateway trains at once, one compute thread each (THREADS): two use the two cores a single
     # two-thread job would, without its threads waiting on each other when other work shares the machine.
     train_concurrency: int = 2
@@ -60,7 +63,13 @@ SIZES = {
     "small": QualitySize(tasks=("shout", "topic"), train_rows=30, held_out_rows=8, sweep=((2e-3, 1.0),)),
     # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
     # them for its own eval loss), the defaults (4 epochs at this size) and two shorter, hotter sweep points.
-    "full": QualitySize(tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0))),
+    "full": QualitySize(
+        tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)),
+        variants={
+            "padding-free": {"padding_free": True},
+            "attention-only": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        },
+    ),
 }
 SIZES["tiny"] = SIZES["small"]  # `python -m bench --size tiny` runs every benchmark's smoke size
 # What the trainer chose that explains a score: echoed per adapter into the result and the table.
@@ -181,7 +190,7 @@ def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     tasks = [build(name, size.train_rows, size.held_out_rows, SEED) for name in size.tasks]
     points = {_point_label(lr, ep): {"learning_rate": lr, "epochs": ep} for lr, ep in size.sweep}
-    runs: dict[str, dict[str, Any] | None] = {"defaults": None, **points}
+    runs: dict[str, dict[str, Any] | None] = {"defaults": None, **points, **size.variants}
     shape = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_rank=64)
     extra_env = {
         "SKILLSERVE_TRAINING_ENABLED": "true",

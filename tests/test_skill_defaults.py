@@ -7,23 +7,23 @@ from pydantic import ValidationError
 
 from adapters.auto import AUTO_FIELDS, RULES, choose, chosen_fields
 from adapters.schema import Hyperparameters
-from trainer.sft import BestCheckpoint, _kept, eval_every
+from trainer.sft import MIN_ROWS_TO_STOP_EARLY, BestCheckpoint, _kept, eval_every, patience
 
 # --- the rules that choose the defaults ----------------------------------------------------------------------
 
 
 def test_every_auto_field_is_chosen_from_the_number_of_rows() -> None:
     small, medium, large = (choose(Hyperparameters(), rows) for rows in (50, 500, 5000))
-    assert (small.batch_size, small.epochs, small.rank, small.alpha) == (4, 4.0, 8, 16)
+    assert (small.batch_size, small.epochs, small.rank, small.alpha) == (4, 3.0, 8, 16)
     assert (medium.batch_size, medium.epochs, medium.rank) == (8, 3.0, 8)
     assert (large.batch_size, large.epochs, large.rank, large.alpha) == (16, 2.0, 16, 32)
     assert choose(Hyperparameters(), 20_000).epochs == 1.0
     # The learning rate follows the batch size (square root), so the update noise stays alike.
-    assert medium.learning_rate == 5e-4
-    assert small.learning_rate == pytest.approx(5e-4 * 0.5**0.5, rel=0.02)
-    assert large.learning_rate == pytest.approx(5e-4 * 2**0.5, rel=0.02)
+    assert medium.learning_rate == 1e-3
+    assert small.learning_rate == pytest.approx(1e-3 * 0.5**0.5, rel=0.02)
+    assert large.learning_rate == pytest.approx(1e-3 * 2**0.5, rel=0.02)
     # Preference training moves the model with a tenth of the rate.
-    assert choose(Hyperparameters(), 500, method="dpo").learning_rate == 5e-5
+    assert choose(Hyperparameters(), 500, method="dpo").learning_rate == 1e-4
     for hp in (small, medium, large):
         assert all(getattr(hp, name) is not None for name in AUTO_FIELDS)
 
@@ -32,7 +32,7 @@ def test_a_value_the_user_sets_is_kept() -> None:
     asked = Hyperparameters(learning_rate=1e-3, batch_size=2, rank=4)
     chosen = choose(asked, 50)
     assert (chosen.learning_rate, chosen.batch_size, chosen.rank) == (1e-3, 2, 4)
-    assert chosen.alpha == 8 and chosen.epochs == 4.0  # alpha follows the rank the user chose
+    assert chosen.alpha == 8 and chosen.epochs == 3.0  # alpha follows the rank the user chose
     assert chosen_fields(asked) == ["alpha", "epochs"]
     assert choose(Hyperparameters(epochs=1, alpha=64), 50).model_dump(include={"epochs", "alpha"}) == {
         "epochs": 1.0, "alpha": 64,
@@ -94,3 +94,10 @@ def test_the_manifest_says_which_step_was_kept_and_why() -> None:
 
 def test_evaluations_come_twice_an_epoch_when_an_epoch_is_long_enough() -> None:
     assert [eval_every(n) for n in (1, 2, 3, 4, 9, 20)] == [1, 2, 3, 2, 4, 10]
+
+
+def test_early_stopping_needs_enough_held_out_rows_to_mean_something() -> None:
+    hp = Hyperparameters(early_stopping_patience=3)
+    assert patience(hp, MIN_ROWS_TO_STOP_EARLY) == 3
+    assert patience(hp, MIN_ROWS_TO_STOP_EARLY - 1) == 0  # too few rows: one odd row would decide; best still kept
+    assert patience(hp.model_copy(update={"keep": "last"}), 100) == 0

@@ -33,6 +33,7 @@ from trainer.sft import (
     _best_callback,
     _progress_callback,
     eval_every,
+    patience,
     plan_record,
     save_adapter,
     split_rows,
@@ -136,7 +137,7 @@ def train_dpo(
     )
     steps_per_epoch = math.ceil(len(train_pairs) / (device_batch * world.size))
     eval_steps = eval_every(steps_per_epoch) if eval_data is not None else None
-    rule = BestCheckpoint(hp.early_stopping_patience if hp.keep == "best" else 0)
+    rule = BestCheckpoint(patience(hp, len(held_out)))
     keep_best = _best_callback(rule, note, on_checkpoints)
     chosen: dict[str, Any] = {}
 
