@@ -8,6 +8,8 @@ runner) trains adapters through `POST /adapters` exactly as a user would:
 - **sweep**: the same rows with only `learning_rate` and `epochs` set, one adapter per point of a small
   grid; the best of them (highest held-out score, then the shorter training) is the yardstick the
   defaults are held to.
+- **variants** (full size): the defaults with one knob set (`padding_free`, LoRA on the attention
+  projections only), to see what it does to the score, the time and the forgetting figure; never "best".
 
 Then every held-out row is asked through the same gateway with the official openai SDK at temperature 0,
 of the base model and of every adapter, and scored by the task's metric (exact match, or parsed JSON
