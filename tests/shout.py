@@ -42,11 +42,13 @@ def held_out_prompt() -> tuple[str, str]:
     """A prompt whose words never appear in training, and the answer the skill gives."""
     return "Shout these words: " + " ".join(HELD_OUT), shout(HELD_OUT)
 
-# Hyperparameters that teach the skill in about a minute on two CPU cores.
+# Hyperparameters that teach the skill in about a minute on two CPU cores. Every one of the 40 steps runs (no
+# early stopping), so the tests that count steps and phases see them all; the best checkpoint is still kept.
 SHOUT_TRAINING = {
     "rank": 8,
     "alpha": 16,
     "max_steps": 40,
     "batch_size": 8,
     "learning_rate": 2e-3,
+    "early_stopping_patience": 0,
 }

@@ -108,6 +108,21 @@ ROUTE_ROLES = {
     ("POST", "/adapters/{name}/aliases"): ADMIN_ONLY,
     ("DELETE", "/adapters/{model}"): ADMIN_ONLY,
     ("DELETE", "/jobs/{job_id}"): ADMIN_ONLY,
+    ("POST", "/jobs/{job_id}/checkpoints/{step}/publish"): ADMIN_ONLY,
+    # OpenAI's fine-tuning API: reading files' metadata, jobs, events and checkpoints takes any key; uploading,
+    # reading a file's rows, creating and cancelling jobs and deleting models take an admin key.
+    ("GET", "/v1/files"): INFER,
+    ("GET", "/v1/files/{file_id}"): INFER,
+    ("POST", "/v1/files"): ADMIN_ONLY,
+    ("GET", "/v1/files/{file_id}/content"): ADMIN_ONLY,
+    ("DELETE", "/v1/files/{file_id}"): ADMIN_ONLY,
+    ("GET", "/v1/fine_tuning/jobs"): INFER,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): INFER,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): INFER,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): INFER,
+    ("POST", "/v1/fine_tuning/jobs"): ADMIN_ONLY,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): ADMIN_ONLY,
+    ("DELETE", "/v1/models/{model_id:path}"): ADMIN_ONLY,
 }
 
 
@@ -131,7 +146,7 @@ def test_every_route_enforces_its_role(app_client: tuple[TestClient, RecordingSt
     }
     for (method, template), role in ROUTE_ROLES.items():
         path = template.replace("{model_id:path}", "x").replace("{name}", "x").replace("{model}", "x")
-        path = path.replace("{job_id}", "x")
+        path = path.replace("{job_id}", "x").replace("{file_id}", "x").replace("{step}", "1")
         for who, headers in credentials.items():
             reply = client.request(method, path, headers=headers, json={} if method == "POST" else None)
             if role == PUBLIC or who == "admin" or (who == "inference" and role == INFER):
