@@ -43,6 +43,7 @@ from adapters.schema import (
     FineTune,
     FineTunedModel,
     JobRecord,
+    JobStatus,
     LoraInfo,
     Manifest,
     StoredFile,
@@ -393,11 +394,9 @@ class Registry:
             return self.manifest(record.spec.name, checkpoint.version)
         if checkpoint is None or checkpoint.stored is None:
             raise NotFound(f"job {job_id} kept no checkpoint at step {step}")
-        published = record.metrics.get("adapter")
-        if not published:
+        if record.status is not JobStatus.succeeded:
             raise NotFound(f"job {job_id} published no adapter to take the checkpoint's manifest from")
-        name, _, version = str(published).partition("@")
-        origin = self.manifest(name, version)
+        origin = self.manifest(record.spec.name, record.spec.version)  # what the job published
         metrics = {"kept": "checkpoint", "kept_step": step, "eval_loss": checkpoint.eval_loss,
                    "train_loss": checkpoint.train_loss, "checkpoint_of": origin.ref}
         manifest = origin.model_copy(
