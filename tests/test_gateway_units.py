@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.openapi import render
 from service.runner_local import LocalRunner
 from service.settings import Settings
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, publish_adapter
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, management_settings, publish_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,14 +92,7 @@ def test_cache_downloads_once_for_concurrent_first_requests_and_evicts_lru(
 @pytest.fixture
 def management(tmp_path: Path) -> Iterator[tuple[TestClient, FileStore]]:
     """A management-only gateway (no engine) with keys, on a tmp store."""
-    settings = Settings(
-        store_uri=f"file://{tmp_path / 'store'}",
-        cache_dir=tmp_path / "cache",
-        load_engine=False,
-        api_keys=[API_KEY],
-        admin_keys=[ADMIN_KEY],
-    )  # type: ignore[call-arg]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(management_settings(tmp_path))) as client:
         yield client, FileStore(tmp_path / "store")
 
 
