@@ -61,16 +61,19 @@ class Plan:
     """Which rows each adapter slot multiplies, made once per batch and shared by every op call of a step.
 
     `spans` are long runs of the batch's rows on one slot, multiplied in place with no copy. `order` (if
-    any) holds the other rows that have an adapter, sorted by slot; `groups` are each slot's slice of it,
-    and `slot_of` and `position` place each of those rows in the zero-padded (slots, depth, features)
-    stack of the batched matmul. Rows with the index -1 (no adapter) are in neither.
+    any) holds the other rows that have an adapter, sorted by slot; `groups` are each slot's slice of it.
+    For the batched matmul, the (slots, depth, features) stack is gathered in one `index_select` by
+    `source` (the batch row at each place of the stack; a place no row fills repeats one that does, and its
+    product is never read), and `placed` is where each row of `order` sits in the flattened stack. Rows with
+    the index -1 (no adapter) are in neither.
     """
 
     spans: tuple[tuple[int, slice], ...] = ()
     order: torch.Tensor | None = None
     groups: tuple[tuple[int, slice], ...] = ()
-    slot_of: torch.Tensor | None = None
-    position: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    placed: torch.Tensor | None = None
+    slots: int = 0  # the stack's first dimension: the highest slot used, plus one
     depth: int = 0
 
     @property
@@ -95,8 +98,11 @@ def _gathered(rows: torch.Tensor, slots: torch.Tensor, spans: tuple[tuple[int, s
             groups.append((slot, slice(start, start + count)))
             start += count
     first_row = torch.cumsum(counts, 0) - counts  # where each slot's rows start in `order`
-    position = torch.arange(order.numel(), device=order.device) - first_row[slot_of]
-    return Plan(spans, order, tuple(groups), slot_of, position, int(counts.max()))
+    depth = int(counts.max())
+    placed = slot_of * depth + torch.arange(order.numel(), device=order.device) - first_row[slot_of]
+    source = order[:1].repeat(counts.numel() * depth)
+    source[placed] = order
+    return Plan(spans, order, tuple(groups), source, placed, counts.numel(), depth)
 
 
 def token_plan(indices: torch.Tensor) -> Plan:
@@ -190,12 +196,11 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         if not add:
             dest.index_fill_(0, plan.order, 0)
         return
-    xs = x.index_select(0, plan.order).to(dtype=dtype)
-    if plan.depth <= BATCHED_DEPTH:
-        padded = xs.new_zeros(w.shape[0], plan.depth, xs.shape[1])
-        padded[plan.slot_of, plan.position] = xs
-        ys = torch.bmm(padded, w)[plan.slot_of, plan.position]
+    if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
+        stack = x.index_select(0, plan.source).to(dtype=dtype).view(plan.slots, plan.depth, x.shape[1])
+        ys = torch.bmm(stack, w[: plan.slots]).view(-1, width).index_select(0, plan.placed)
     else:
+        xs = x.index_select(0, plan.order).to(dtype=dtype)
         ys = xs.new_zeros(xs.shape[0], width)
         for slot, rows in plan.groups:
             if not empty[slot]:
