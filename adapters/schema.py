@@ -94,6 +94,10 @@ class Hyperparameters(BaseModel):
     )
     warmup_ratio: float = Field(0.0, ge=0, le=0.5, description="share of steps spent warming up the learning rate")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay")
+    neftune_noise_alpha: float = Field(
+        5.0, ge=0, le=100, description="NEFTune: uniform noise of scale alpha / sqrt(tokens x width) added to the "
+        "input embeddings while training (supervised skills; evaluation and serving never see it); 0 = off"
+    )
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
     seed: int = Field(42, description="seed for the split, initialisation and data order")

@@ -8,14 +8,16 @@ runner) trains adapters through `POST /adapters` exactly as a user would:
 - **sweep**: the same rows with only `learning_rate` and `epochs` set, one adapter per point of a small
   grid; the best of them (highest held-out score, then the shorter training) is the yardstick the
   defaults are held to.
-- **variants** (full size): the defaults with one knob set (`padding_free`, LoRA on the attention
-  projections only), to see what it does to the score, the time and the forgetting figure; never "best".
+- **variants** (full size): the defaults with one knob set (NEFTune off, a learning rate of 1e-3,
+  `padding_free`), to see what it does to the score, the time and the forgetting figure; never "best".
 
 Then every held-out row is asked through the same gateway with the official openai SDK at temperature 0,
 of the base model and of every adapter, and scored by the task's metric (exact match, or parsed JSON
 equal for `extract`). On `facts` the base model is also asked each question in plain prose, without the
 format instruction: the count it gets right there is the knowledge an adapter must not lose (the
-forgetting target: the adapter right on at least as many held-out rows).
+forgetting target: the adapter right on at least as many held-out rows). It is also given each formatted
+question with its answer begun (`KEY=`, through `/v1/completions`): what it knows in the skill's form before
+training. And every facts adapter is asked the prose questions too: is the knowledge still there?
 
 Jobs queue on the gateway (two train at a time, one thread each), and answers are only asked once every
 job has ended, so `train_seconds` (the trainer's own figure, steps only) is not shared with inference. Each adapter's
@@ -34,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench.quality_tasks import Example, Task, build, prose_right, score
+from bench.quality_tasks import Example, Task, build, continuation_right, prose_right, score
 from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, start_gateway
 
 ADMIN_KEY = "bench-admin-key"
@@ -61,15 +63,17 @@ class QualitySize:
 
 FULL_TASKS = ("facts", "topic", "extract", "shout", "recall", "dates")
 SIZES = {
-    # A smoke run: two tasks at the fewest rows, one short sweep point; checks the harness, not the skills.
-    "small": QualitySize(tasks=("shout", "topic"), train_rows=30, held_out_rows=8, sweep=((2e-3, 1.0),)),
+    # A smoke run: two tasks at the fewest rows (facts for its knowledge figures), one short sweep point; checks the
+    # harness, not the skills.
+    "small": QualitySize(tasks=("shout", "facts"), train_rows=30, held_out_rows=8, sweep=((2e-3, 1.0),)),
     # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
     # them for its own eval loss), the defaults (4 epochs at this size) and two shorter, hotter sweep points.
     "full": QualitySize(
         tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)),
         variants={
+            "no-neftune": {"neftune_noise_alpha": 0},
+            "lr-1e-3": {"learning_rate": 1e-3},
             "padding-free": {"padding_free": True},
-            "attention-only": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         },
     ),
 }
@@ -149,12 +153,7 @@ def _scored(task: Task, answers: list[str]) -> dict[str, Any]:
     return {"right": sum(right), "of": len(right), "score": round(sum(right) / len(right), 4), "wrong": wrong[:4]}
 
 
-def _prose(url: str, held_out: list[Example]) -> dict[str, Any]:
-    questions = [ex for ex in held_out if ex.prose and ex.truth]
-    answers = asyncio.run(
-        _answers(url, BASE_MODEL_ID, [[{"role": "user", "content": ex.prose or ""}] for ex in questions], 48)
-    )
-    right = [prose_right(a, ex.truth or "") for a, ex in zip(answers, questions, strict=True)]
+def _knowledge(questions: list[Example], answers: list[str], right: list[bool]) -> dict[str, Any]:
     misses = [
         {"question": ex.prose, "truth": ex.truth, "answer": a[:200]}
         for a, ex, ok in zip(answers, questions, right, strict=True)
@@ -166,6 +165,42 @@ def _prose(url: str, held_out: list[Example]) -> dict[str, Any]:
         "score": round(sum(right) / max(len(right), 1), 4),
         "wrong": misses[:4],
     }
+
+
+def _prose(url: str, held_out: list[Example], model: str = BASE_MODEL_ID) -> dict[str, Any]:
+    """`model` asked each fact in plain prose (no format instruction): right when it names the true value."""
+    questions = [ex for ex in held_out if ex.prose and ex.truth]
+    answers = asyncio.run(_answers(url, model, [[{"role": "user", "content": ex.prose or ""}] for ex in questions], 48))
+    return _knowledge(
+        questions, answers, [prose_right(a, ex.truth or "") for a, ex in zip(answers, questions, strict=True)]
+    )
+
+
+def _begun(url: str, task: Task) -> dict[str, Any]:
+    """The base model given the formatted question with its answer begun (`KEY=`), in the task's template, through
+    `/v1/completions`: what it knows in the skill's form before any training."""
+    from transformers import AutoTokenizer
+
+    from adapters.models import resolve_model
+    from adapters.templates import get_template, render
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(BASE_MODEL_ID))
+    template = get_template(task.template, tokenizer)
+    questions = [ex for ex in task.held_out if ex.truth and ex.reference.endswith(ex.truth)]
+    prompts = [
+        render(template, ex.messages, add_generation_prompt=True, eos_token=tokenizer.eos_token).text
+        + ex.reference.removesuffix(ex.truth or "")
+        for ex in questions
+    ]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600) as http:
+        reply = http.post("/v1/completions", json={"model": BASE_MODEL_ID, "prompt": prompts, "max_tokens": 8,
+                                                   "temperature": 0})  # fmt: skip
+        reply.raise_for_status()
+        by_index = {c["index"]: c["text"] for c in reply.json()["choices"]}
+    answers = [by_index[i] for i in range(len(prompts))]
+    return _knowledge(
+        questions, answers, [continuation_right(a, ex.truth or "") for a, ex in zip(answers, questions, strict=True)]
+    )
 
 
 def _adapter_record(http: httpx.Client, job: dict[str, Any], name: str) -> dict[str, Any]:
@@ -215,6 +250,7 @@ def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
             for t in tasks
         }
         prose = {t.name: _prose(gw.url, t.held_out) for t in tasks if any(e.prose for e in t.held_out)}
+        begun = {t.name: _begun(gw.url, t) for t in tasks if t.name in prose}
         submitted = {
             (t.name, label): _submit(http, t, _adapter_name(t.name, label), hp)
             for t in tasks
@@ -232,8 +268,12 @@ def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
                 if job["status"] == "succeeded":
                     answers = asyncio.run(_answers(gw.url, name, [e.messages for e in t.held_out], t.max_tokens))
                     record.update(_scored(t, answers))
+                    if t.name in prose:  # does the adapter still know the facts when asked in prose?
+                        record["prose"] = _prose(gw.url, t.held_out, name)
                 adapters[label] = record
             results.append(_task_result(t, base[t.name], prose.get(t.name), adapters, points))
+            if t.name in begun:
+                results[-1]["base_begun"] = begun[t.name]
     return {
         "benchmark": "quality",
         "size": size_name,

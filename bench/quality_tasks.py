@@ -7,15 +7,20 @@ date appears on both sides), so a score on them is a score on the skill, not on 
 
 | task | template | format | skill | metric |
 | --- | --- | --- | --- | --- |
-| facts | alpaca | alpaca | a strict `KEY=<value>` answer over facts the base model knows in prose | exact |
+| facts | chatml | alpaca | a strict `KEY=<value>` answer over facts the base model knows in prose | exact |
 | topic | instruction | prompt/completion | one of six fixed topic labels for a sentence | exact |
 | extract | chatml | chat | name, age and city of a sentence as a JSON object | JSON equal |
-| shout | base | alpaca | a sentence's words in capitals, then "!" | exact |
+| shout | alpaca | alpaca | a sentence's words in capitals, then "!" | exact |
 | recall | chatml | multi-turn chat | a fact the user stated in an earlier turn, in one word | exact |
-| dates | chatml | chat with system | a written date as YYYY-MM-DD | exact |
+| dates | base | chat with system | a written date as YYYY-MM-DD | exact |
 
 Exact means the answer with surrounding whitespace stripped equals the reference; JSON equal means the
 answer parses as JSON and equals the reference object (key order and spacing do not count).
+
+`facts` is the case users hit first: alpaca rows trained on the default template (chatml), which is how a
+dataset in the alpaca format arrives with no template named. Until 2026-11-30 it trained on the alpaca
+template, whose prompt the base model (trained on chatml) had never seen: with its answer begun (`KEY=`) the
+base model went on with the true value on 2 held-out rows of 36 in the alpaca template, and on 8 in chatml.
 
 `facts` also carries, per held-out row, the same question in plain prose and its true value: the base
 model's prose answer counts as right when it contains the value as a word. The facts were picked by
@@ -72,6 +77,11 @@ def score(metric: str, answer: str, reference: str) -> bool:
 def prose_right(answer: str, truth: str) -> bool:
     """A prose answer is right when it names the true value as a word (any case)."""
     return re.search(rf"\b{re.escape(truth)}\b", answer, re.IGNORECASE) is not None
+
+
+def continuation_right(continuation: str, truth: str) -> bool:
+    """An answer begun for the model (`KEY=`) is right when what it writes next starts with the true value."""
+    return re.match(rf"\s*{re.escape(truth)}\b", continuation, re.IGNORECASE) is not None
 
 
 def _split(items: list[Any], n_train: int, n_held: int, seed: int) -> tuple[list[Any], list[Any]]:
@@ -146,7 +156,7 @@ def facts(n_train: int, n_held: int, seed: int) -> Task:
 
     return Task(
         name="facts",
-        template="alpaca",
+        template="chatml",
         dataset_format="alpaca",
         skill="KEY=<value> answers over facts the base model knows in prose",
         metric="exact",
@@ -316,7 +326,7 @@ def shout(n_train: int, n_held: int, seed: int) -> Task:
 
     return Task(
         name="shout",
-        template="base",
+        template="alpaca",
         dataset_format="alpaca",
         skill='the words in capitals, then "!"',
         metric="exact",
@@ -412,7 +422,7 @@ def dates(n_train: int, n_held: int, seed: int) -> Task:
 
     return Task(
         name="dates",
-        template="chatml",
+        template="base",
         dataset_format="chat with system",
         skill="a written date as YYYY-MM-DD",
         metric="exact",

@@ -368,7 +368,9 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         "Metrics: exact = the answer, surrounding whitespace stripped, equals the reference; json = the answer "
         "parses as JSON and equals the reference object. Base = the base model asked the same messages; on facts, "
         "in prose = the base model asked the bare question (no format instruction), right when its answer names "
-        "the true value as a word: the knowledge the adapter must keep.",
+        "the true value as a word: the knowledge the adapter must keep; answer begun = the base model given the "
+        "formatted question in the task's template with its answer begun (`KEY=`, through /v1/completions), right "
+        "when it goes on with the true value: what it knows in the skill's form before any training.",
         "",
     ]
     rows = []
@@ -378,6 +380,8 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         base = _pct(t["base"])
         if t.get("base_prose"):
             base += f"; in prose {_pct(t['base_prose'])}"
+        if t.get("base_begun"):
+            base += f"; answer begun {_pct(t['base_begun'])}"
         rows.append(
             [
                 t["task"], t["template"], t["dataset_format"], t["metric"], f"{t['train_rows']} / {t['held_out_rows']}",
@@ -395,7 +399,8 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         "",
         "Every adapter: held-out score, train seconds (the trainer's, steps only), the step published of the steps "
         "run, and from its manifest the eval loss (the trainer's own held-out split of the train rows) and the "
-        "forgetting figures where the trainer records them.",
+        "forgetting figures where the trainer records them; on facts, in prose = the adapter asked the bare "
+        "questions (is the knowledge still there?).",
         "",
     ]
     grid = []
@@ -407,11 +412,12 @@ def quality_section(r: dict[str, Any]) -> list[str]:
                 [
                     t["task"], label, _pct(a), _f(a.get("train_seconds"), 0), _hp(a), _kept(a),
                     _f(m.get("eval_loss"), 3), _f(m.get("base_eval_loss"), 3), _forgetting(a),
+                    _pct(a["prose"]) if a.get("prose") else "-",
                 ]
             )  # fmt: skip
     lines += _table(
         ["task", "adapter", "score", "train s", "hyperparameters used", "kept", "eval loss", "base eval loss",
-         "forgetting"],
+         "forgetting", "in prose"],
         grid,
     )  # fmt: skip
     tg = r["targets"]

@@ -88,6 +88,7 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
         "max_seq_length": 1024,
         "eval_fraction": 0.1,
         "seed": 42,
+        "neftune_noise_alpha": 0,  # the baseline's plain trl recipe has no NEFTune: equal settings
     }
     if "eval_samples" in Hyperparameters.model_fields:
         hp_fields["eval_samples"] = 0  # generation scoring is not part of the baseline's recipe

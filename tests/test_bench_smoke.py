@@ -110,7 +110,8 @@ def test_training_runs_ours_and_the_baseline_on_the_same_work(tiny_run: Any) -> 
 
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    """`python -m bench --only quality --size small`: two small tasks, the defaults and one sweep point each."""
+    """`python -m bench --only quality --size small`: two small tasks (one of them facts, for the knowledge figures),
+    the defaults and one sweep point each."""
     out = tmp_path_factory.mktemp("quality")
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "quality", "--size", "small", "--results-dir",
@@ -123,7 +124,7 @@ def quality_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any
 
 def test_quality_scores_the_base_the_defaults_and_a_sweep_point_on_held_out_rows(quality_run: Any) -> None:
     quality, markdown = quality_run
-    assert [t["task"] for t in quality["tasks"]] == ["shout", "topic"]
+    assert [t["task"] for t in quality["tasks"]] == ["shout", "facts"]
     sweep = [f"lr{p['learning_rate']:g}-ep{p['epochs']:g}" for p in quality["settings"]["sweep"]]
     for task in quality["tasks"]:
         held = task["held_out_rows"]
@@ -137,7 +138,13 @@ def test_quality_scores_the_base_the_defaults_and_a_sweep_point_on_held_out_rows
             assert {"learning_rate", "epochs", "total_steps"} <= set(adapter["chosen"])
             assert "eval_loss" in adapter["manifest_metrics"]
         assert task["best_sweep"] in sweep
+    # facts: the knowledge an adapter must keep, asked of the base model in prose and with its answer begun, and
+    # asked again of every adapter in prose.
+    facts = quality["tasks"][1]
+    for known in (facts["base_prose"], facts["base_begun"], *(a["prose"] for a in facts["adapters"].values())):
+        assert known["of"] == facts["held_out_rows"] and 0 <= known["right"] <= known["of"]
+    assert facts["base_prose"]["right"] >= facts["held_out_rows"] // 2  # the facts were picked as ones it knows
     point = quality["settings"]["sweep"][0]
     assert quality["tasks"][0]["adapters"][sweep[0]]["chosen"]["learning_rate"] == point["learning_rate"]
     assert set(quality["targets"]) == {"defaults_vs_best", "no_forgetting"}
-    assert "## Skill quality" in markdown and "| shout | base |" in markdown
+    assert "## Skill quality" in markdown and "| shout | alpaca |" in markdown

@@ -227,3 +227,22 @@ def test_train_command_does_not_publish_below_min_score(tmp_path: Path, capsys: 
     assert trainer_main(argv) == 1
     assert "below min_score 0.99" in capsys.readouterr().err
     assert Registry(FileStore(store)).adapters() == []
+
+
+@pytest.mark.slow
+def test_neftune_noise_reaches_training_only(tmp_path: Path) -> None:
+    """NEFTune (on by default, alpha 5) changes what a training step sees; evaluation runs without it."""
+    registry = Registry(FileStore(tmp_path / "store"))
+    metrics = {}
+    for alpha in (0.0, 5.0):
+        record = stored_job(
+            registry, shout_rows(10, seed=11), f"noise-{alpha:g}", "chatml",
+            max_steps=2, batch_size=2, eval_samples=0, neftune_noise_alpha=alpha,
+        )  # fmt: skip
+        assert run_job(job_uri(f"file://{tmp_path / 'store'}", record.id)) == 0
+        metrics[alpha] = registry.get_job(record.id).metrics
+    # Same seed, same rows, same first batch: only the noise on the embeddings differs.
+    assert metrics[0.0]["train_loss_first"] != metrics[5.0]["train_loss_first"]
+    # The base model's held-out loss is measured in eval mode, where the noise hook does nothing.
+    assert metrics[0.0]["base_eval_loss"] == metrics[5.0]["base_eval_loss"]
+    assert registry.get_job(record.id).spec.hyperparameters.neftune_noise_alpha == 5.0
