@@ -20,10 +20,11 @@ from tests.shout import shout_rows
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for two processes on two cores: 12 training rows, 3 steps of 4 examples, 4 held-out rows.
-# No LoRA dropout: each rank draws its own dropout masks, which would make the runs differ by chance.
+# No LoRA dropout and no NEFTune: each rank draws its own dropout masks and embedding noise (whose scale also
+# follows the padded length of its half-batch), which would make the runs differ by chance.
 TINY = {
     "rank": 4, "alpha": 8, "dropout": 0.0, "max_steps": 3, "batch_size": 4, "learning_rate": 2e-3,
-    "eval_fraction": 0.25, "eval_samples": 0, "max_seq_length": 64,
+    "eval_fraction": 0.25, "eval_samples": 0, "max_seq_length": 64, "neftune_noise_alpha": 0,
 }
 
 
