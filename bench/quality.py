@@ -67,7 +67,7 @@ SIZES = {
     # harness, not the skills.
     "small": QualitySize(tasks=("shout", "facts"), train_rows=30, held_out_rows=8, sweep=((2e-3, 1.0),)),
     # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
-    # them for its own eval loss), the defaults (4 epochs at this size) and two shorter, hotter sweep points.
+    # them for its own eval loss), the defaults (3 epochs at this size) and two shorter, hotter sweep points.
     "full": QualitySize(
         tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)),
         variants={
@@ -271,9 +271,7 @@ def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
                     if t.name in prose:  # does the adapter still know the facts when asked in prose?
                         record["prose"] = _prose(gw.url, t.held_out, name)
                 adapters[label] = record
-            results.append(_task_result(t, base[t.name], prose.get(t.name), adapters, points))
-            if t.name in begun:
-                results[-1]["base_begun"] = begun[t.name]
+            results.append(_task_result(t, base[t.name], prose.get(t.name), begun.get(t.name), adapters, points))
     return {
         "benchmark": "quality",
         "size": size_name,
@@ -297,6 +295,7 @@ def _task_result(
     task: Task,
     base: dict[str, Any],
     prose: dict[str, Any] | None,
+    begun: dict[str, Any] | None,
     adapters: dict[str, dict[str, Any]],
     points: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
@@ -313,6 +312,7 @@ def _task_result(
         "held_out_rows": len(task.held_out),
         "base": base,
         "base_prose": prose,
+        "base_begun": begun,
         "adapters": adapters,
         "best_sweep": best,
     }
