@@ -47,6 +47,8 @@ OPS_MODULE = "vllm.lora.ops.torch_ops.lora_ops"
 # which imports them by name.
 CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
 _upstream: dict[str, Callable[..., None]] = {}
+# vLLM's own `PunicaWrapperCPU.add_lora_linear`, once `register()` has replaced it.
+_upstream_linear: list[Callable[..., None]] = []
 
 
 # Runs of more rows than this (prompts) are multiplied in place, one matmul per run. Shorter ones (decode
@@ -343,6 +345,137 @@ OPS: dict[str, Callable[..., None]] = {
 }
 
 
+# ---------------------------------------------------------------- a whole LoRA layer at once
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A layer's LoRA slices (q, k, v of a fused QKV projection; gate and up) as one shrink and one expand.
+
+    `a` is every slice's A side by side, (slots, in, slices * rank), in fp32 as vLLM's shrink buffer is.
+    `b` is the slices' B on a block diagonal, (slots, slices * rank, width), in the output's dtype: the
+    zeros off the diagonal add nothing, and one matmul then writes every slice's columns. `empty` is, per
+    slot, whether the slot leaves this whole layer out.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    empty: tuple[bool, ...]
+
+
+# the stacks' ids and the dtype -> (the stacks, weakly; their version counters; their fused form)
+_fused: dict[tuple[Any, ...], tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[int, ...], Fused]] = {}
+
+
+def _versions(tensors: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The tensors' version counters, or None where one is an inference tensor (which has none)."""
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:
+        return None
+
+
+def fused_weights(
+    a_stacks: tuple[torch.Tensor, ...], b_stacks: tuple[torch.Tensor, ...], slices: tuple[int, ...], dtype: torch.dtype
+) -> Fused | None:
+    """The layer's `Fused` weights, rebuilt when vLLM writes a slot; None for inference tensors.
+
+    The stacks are vLLM's, (slots, 1, rank, in) for A and (slots, 1, out, rank) for B, one per slice.
+    Without a version counter a write could not be noticed, so those layers keep the per-slice path.
+    """
+    tensors = (*a_stacks, *b_stacks)
+    versions = _versions(tensors)
+    if versions is None:
+        return None
+    key = (*(id(t) for t in tensors), dtype)
+    hit = _fused.get(key)
+    if hit is not None and hit[1] == versions and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
+        return hit[2]
+    slots, ranks = a_stacks[0].shape[0], [a.shape[-2] for a in a_stacks]
+    a = torch.cat([stack[:, 0].to(torch.float32).transpose(1, 2) for stack in a_stacks], dim=2)
+    b = torch.zeros(slots, sum(ranks), sum(slices), dtype=dtype)
+    row = col = 0
+    for stack, rank, width in zip(b_stacks, ranks, slices, strict=True):
+        part = stack[:, 0, :width].to(dtype).transpose(1, 2)  # vLLM's rule: the narrower of adapter and slice
+        b[:, row : row + rank, col : col + part.shape[2]] = part
+        row, col = row + rank, col + width
+    empty = tuple(all(flags) for flags in zip(*(empty_slots(stack) for stack in a_stacks), strict=True))
+    fused = Fused(a.contiguous(), b, empty)
+    if hit is None:  # the copy goes when vLLM's stacks do (an engine shut down in a long-lived process)
+        weakref.finalize(tensors[0], _fused.pop, key, None)
+    _fused[key] = (tuple(weakref.ref(t) for t in tensors), versions, fused)
+    return fused
+
+
+def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, scale: float) -> None:
+    """out[rows] += (scale * x[rows] @ A[slot]) @ B[slot] for every slot's rows, every slice at once."""
+    dtype, width = out.dtype, out.shape[1]
+    for slot, rows in plan.spans:
+        if not fused.empty[slot]:
+            h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
+            if scale != 1.0:
+                h.mul_(scale)
+            out[rows].addmm_(h.to(dtype), fused.b[slot])
+    if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
+        return
+    if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
+        stack = x.index_select(0, plan.source).to(torch.float32).view(plan.slots, plan.depth, x.shape[1])
+        h = torch.bmm(stack, fused.a[: plan.slots])
+        if scale != 1.0:
+            h.mul_(scale)
+        ys = torch.bmm(h.to(dtype), fused.b[: plan.slots]).view(-1, width).index_select(0, plan.placed)
+    else:
+        xs = x.index_select(0, plan.order).to(torch.float32)
+        ys = out.new_zeros(xs.shape[0], width)
+        for slot, rows in plan.groups:
+            if not fused.empty[slot]:
+                h = torch.mm(xs[rows], fused.a[slot])
+                if scale != 1.0:
+                    h.mul_(scale)
+                torch.mm(h.to(dtype), fused.b[slot], out=ys[rows])
+    out.index_add_(0, plan.order, ys)
+
+
+def wrapper_plan(wrapper: Any) -> Plan:
+    """The plan of the step a `PunicaWrapperCPU` holds the metadata of, as its own ops would read it."""
+    if wrapper.is_prefill:
+        return NOTHING if wrapper.no_lora else segment_plan(*wrapper.prefill_metadata[:3])
+    return token_plan(wrapper.token_lora_indices)
+
+
+def add_lora_linear(
+    self: Any,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a_stacked: tuple[torch.Tensor, ...],
+    lora_b_stacked: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    *,
+    buffer: tuple[torch.Tensor, ...] | None = None,
+    **kwargs: Any,
+) -> None:
+    """`PunicaWrapperCPU.add_lora_linear`: y += scale * x @ A @ B per row's adapter, for every slice at once.
+
+    vLLM's runs a shrink into a fresh fp32 buffer and an expand per slice (six op calls for q, k, v) even
+    for a layer no loaded adapter targets. This makes one plan per step, skips a layer the rows' adapters
+    all leave out, and otherwise runs one shrink and one expand over all slices (`Fused`).
+    """
+    plan = wrapper_plan(self)
+    if plan.rows == 0:
+        return
+    used = {slot for slot, _ in plan.spans} | {slot for slot, _ in plan.groups}
+    per_slice = [empty_slots(stack) for stack in lora_a_stacked]
+    if all(all(flags[slot] for flags in per_slice) for slot in used):
+        return
+    out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
+    fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, out.dtype)
+    if fused is None:
+        upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
+        return
+    _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
+
+
 # ---------------------------------------------------------------- checks and installation
 
 
@@ -381,10 +514,46 @@ def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:
     return None
 
 
+def cpu_wrapper(indices: torch.Tensor, prefill: bool = True) -> Any:
+    """A `PunicaWrapperCPU` holding the metadata of one step whose rows have these slot indices."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    wrapper = PunicaWrapperCPU(max(indices.numel(), 1), max(indices.numel(), 1), "cpu")
+    wrapper._token_lora_indices[: indices.numel()].copy_(indices)
+    wrapper.indices_len[0] = indices.numel()
+    if prefill:
+        wrapper._update_prefill_metadata(indices)
+    wrapper.is_prefill = prefill
+    return wrapper
+
+
+def linear_disagreement(upstream: Callable[..., None]) -> bool:
+    """Run `add_lora_linear` and vLLM's on a 3-slice layer over a small batch with an adapter on every row."""
+    gen = torch.Generator().manual_seed(1)
+    slots, rank, hidden, slices = 3, 4, 8, (6, 2, 2)
+    x, start = torch.randn(5, hidden, generator=gen), torch.randn(5, sum(slices) + 1, generator=gen)
+    a = tuple(torch.randn(slots, 1, rank, hidden, generator=gen) for _ in slices)
+    b = tuple(torch.randn(slots, 1, width, rank, generator=gen) for width in slices)
+    for prefill in (True, False):
+        wrapper = cpu_wrapper(torch.tensor([2, 0, 0, 1, 2]), prefill)
+        ours, theirs = start.clone(), start.clone()
+        add_lora_linear(wrapper, ours, x, a, b, 0.5, slices)
+        upstream(wrapper, theirs, x, a, b, 0.5, slices)
+        if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5):
+            return True
+    return False
+
+
 def upstream_ops() -> dict[str, Callable[..., None]]:
     """vLLM's own ops, whether or not `register()` replaced them in this process."""
     ops = importlib.import_module(OPS_MODULE)
     return {name: _upstream.get(name, getattr(ops, name)) for name in OPS}
+
+
+def upstream_linear() -> Callable[..., None]:
+    """vLLM's own `PunicaWrapperCPU.add_lora_linear`, whether or not `register()` replaced it."""
+    wrapper = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu").PunicaWrapperCPU
+    return _upstream_linear[0] if _upstream_linear else wrapper.add_lora_linear
 
 
 def why_not(ops: Any) -> str | None:
@@ -398,7 +567,14 @@ def why_not(ops: Any) -> str | None:
         if theirs is None or list(inspect.signature(theirs).parameters) != list(inspect.signature(op).parameters):
             return f"vLLM's {name} has changed its signature"
     broken = disagreement(upstream_ops())
-    return f"self-check: {broken} disagrees with vLLM's own op" if broken else None
+    if broken:
+        return f"self-check: {broken} disagrees with vLLM's own op"
+    theirs = upstream_linear()
+    if list(inspect.signature(theirs).parameters) != list(inspect.signature(add_lora_linear).parameters):
+        return "vLLM's PunicaWrapperCPU.add_lora_linear has changed its signature"
+    if linear_disagreement(theirs):
+        return "self-check: add_lora_linear disagrees with vLLM's own"
+    return None
 
 
 def register() -> None:
@@ -419,5 +595,11 @@ def register() -> None:
         for name, op in OPS.items():
             if hasattr(module, name):
                 setattr(module, name, op)
+    wrapper = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu").PunicaWrapperCPU
+    _upstream_linear.append(wrapper.add_lora_linear)
+    wrapper.add_lora_linear = add_lora_linear
     ops._skillserve_grouped = True
-    log.info("vLLM CPU LoRA ops replaced by grouped ones: one matmul per adapter, rows without one left alone")
+    log.info(
+        "vLLM CPU LoRA ops replaced by grouped ones: one matmul per adapter, every slice of a layer at once, "
+        "rows without one left alone"
+    )

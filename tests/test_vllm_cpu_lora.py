@@ -200,6 +200,92 @@ def test_the_ops_agree_with_vllms_on_rows_that_have_an_adapter(case: str) -> Non
         torch.testing.assert_close(ours, theirs)
 
 
+SLICES = (OUT, 8, 8)  # a fused QKV projection's q, k and v
+
+
+def layer_oracle(x, a, b, idx, scale, dtype):  # type: ignore[no-untyped-def]
+    """Row by row, every slice: (scale * x_r @ A_i[slot]^T in fp32, as vLLM's buffer) @ B_i[slot]^T in `dtype`."""
+    rows = []
+    for r, slot in enumerate(idx.tolist()):
+        if slot < 0:
+            rows.append(torch.zeros(sum(SLICES), dtype=dtype))
+            continue
+        parts = []
+        for a_i, b_i in zip(a, b, strict=True):
+            h = scale * (a_i[slot, 0].to(torch.float32) @ x[r].to(torch.float32))
+            parts.append(b_i[slot, 0].to(dtype) @ h.to(dtype))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def layer_weights(dtype: torch.dtype, seed: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    a = tuple(weights((SLOTS, 1, RANK, HIDDEN), dtype, seed + i) for i in range(len(SLICES)))
+    b = tuple(weights((SLOTS, 1, width, RANK), dtype, seed + 10 + i) for i, width in enumerate(SLICES))
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("prefill", [True, False])
+def test_a_whole_layer_matches_the_oracle(case: str, dtype: torch.dtype, prefill: bool) -> None:
+    """`add_lora_linear`, every slice in one shrink and one expand: each row gets its own adapter's delta
+    on every slice, base rows nothing, and the output's columns past the slices are left alone."""
+    idx = token_indices(case)
+    n = idx.numel()
+    x = weights((n, HIDDEN), dtype, 30)
+    a, b = layer_weights(dtype, 31)
+    start = weights((n, sum(SLICES) + 3), dtype, 32)
+    out = start.clone()
+    vllm_cpu_lora.add_lora_linear(vllm_cpu_lora.cpu_wrapper(idx, prefill), out, x, a, b, 0.5, SLICES)
+    expected = start.clone()
+    expected[:, : sum(SLICES)] += layer_oracle(x, a, b, idx, 0.5, dtype)
+    torch.testing.assert_close(out, expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("case", ["one adapter", "several interleaved", "long prompts, a slot repeated, base rows"])
+def test_a_whole_layer_agrees_with_vllms_and_follows_slot_writes(case: str) -> None:
+    """Against vLLM's own `add_lora_linear` (rows with an adapter only, where vLLM's are right). A slot
+    whose adapter leaves the layer out is skipped; an adapter written into it later is used (the fused
+    weights are rebuilt when a stack's version counter moves)."""
+    upstream = vllm_cpu_lora.upstream_linear()
+    idx = token_indices(case)
+    n = idx.numel()
+    x = weights((n, HIDDEN), torch.float32, 40)
+    a, b = layer_weights(torch.float32, 41)
+    for stack in (*a, *b):
+        stack[1] = 0  # slot 1 leaves this layer out
+    wrapper = vllm_cpu_lora.cpu_wrapper(idx.clamp(min=0))
+    for _ in range(2):  # the second time, from the cache
+        ours, theirs = torch.ones(n, sum(SLICES)), torch.ones(n, sum(SLICES))
+        vllm_cpu_lora.add_lora_linear(wrapper, ours, x, a, b, 1.0, SLICES)
+        upstream(wrapper, theirs, x, a, b, 1.0, SLICES)
+        torch.testing.assert_close(ours, theirs)
+    a[0][1, 0].copy_(weights((RANK, HIDDEN), torch.float32, 42))  # an adapter loaded into slot 1, in place
+    b[2][1, 0].copy_(weights((SLICES[2], RANK), torch.float32, 43))
+    ours = torch.zeros(n, sum(SLICES))
+    vllm_cpu_lora.add_lora_linear(wrapper, ours, x, a, b, 1.0, SLICES)
+    torch.testing.assert_close(ours, layer_oracle(x, a, b, idx.clamp(min=0), 1.0, torch.float32))
+
+
+def test_a_layer_of_inference_tensors_takes_the_per_slice_path() -> None:
+    """No version counter, so a write could not be seen: no fused copy is kept, and the result is the same."""
+    pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
+    vllm_cpu_lora.register()  # that path runs the grouped ops, which leave base rows alone
+    idx = token_indices("several interleaved")
+    with torch.inference_mode():
+        x = weights((idx.numel(), HIDDEN), torch.float32, 50)
+        a, b = layer_weights(torch.float32, 51)
+        assert vllm_cpu_lora.fused_weights(a, b, SLICES, torch.float32) is None
+        out = torch.zeros(idx.numel(), sum(SLICES))
+        vllm_cpu_lora.add_lora_linear(vllm_cpu_lora.cpu_wrapper(idx), out, x, a, b, 1.0, SLICES)
+    torch.testing.assert_close(out, layer_oracle(x, a, b, idx, 1.0, torch.float32))
+
+
+def test_the_self_check_finds_a_layer_that_disagrees() -> None:
+    assert not vllm_cpu_lora.linear_disagreement(vllm_cpu_lora.upstream_linear())
+    assert vllm_cpu_lora.linear_disagreement(lambda *args, **kwargs: None)
+
+
 def test_vllms_ops_give_base_rows_the_last_slot() -> None:
     """One reason the ops are replaced; ours leave base rows alone."""
     assert vllm_cpu_lora.base_rows_get_an_adapter(vllm_cpu_lora.upstream_ops()["bgmv_shrink"])
@@ -220,8 +306,10 @@ def test_register_installs_the_ops_where_vllm_would_run_its_own() -> None:
     for name, op in vllm_cpu_lora.OPS.items():
         assert getattr(punica_cpu, name) is op  # what PunicaWrapperCPU calls
         assert getattr(ops, name) is op
+    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is vllm_cpu_lora.add_lora_linear
     vllm_cpu_lora.register()  # vLLM loads plugins once per process, but twice must be harmless
     assert punica_cpu.sgmv_shrink is vllm_cpu_lora.sgmv_shrink
+    assert vllm_cpu_lora.upstream_linear() is not vllm_cpu_lora.add_lora_linear
     assert vllm_cpu_lora.upstream_ops()["sgmv_shrink"] is not vllm_cpu_lora.sgmv_shrink
 
 
@@ -244,3 +332,11 @@ def test_the_plugins_are_registered_with_vllm() -> None:
     plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
     assert plugins.get("skillserve-cpu-lora") == "service.vllm_cpu_lora:register"
     assert plugins.get("skillserve-engine-lifetime") == "service.vllm_engine_lifetime:register"
+
+
+def test_a_layers_fused_copy_goes_with_its_stacks() -> None:
+    a, b = layer_weights(torch.float32, 60)
+    assert vllm_cpu_lora.fused_weights(a, b, SLICES, torch.float32) is not None
+    before = len(vllm_cpu_lora._fused)
+    del a, b
+    assert len(vllm_cpu_lora._fused) == before - 1
