@@ -1,57 +1,52 @@
-"""The CPU LoRA ops alone: vLLM's PyTorch ops / the grouped ones (service/vllm_cpu_lora.py), same inputs.
+"""The CPU LoRA path alone: vLLM's / the grouped one (service/vllm_cpu_lora.py), same inputs.
 
-One LoRA linear layer as vLLM's CPU punica wrapper runs it (`add_lora_linear`: a shrink into an fp32
-buffer, then an expand-slice into the layer's output), with the shapes of the served model's q
-projection (576 -> 576) at rank 16 with 8 adapter slots. vLLM's CPU runner sends every step through the
-prefill (`sgmv_*`) ops, so that is what is timed: prefill steps of 16 requests x 128 tokens and decode
-steps of 16 requests x 1 token, on one adapter and on eight interleaved. The two implementations run
-alternately, each timing the median of its repeats. One torch thread: vLLM's CPU worker runs on one core
-here (its OpenMP threads are bound to core 0, the other core reserved), and two threads on a busy 2-core
-machine measure the scheduler more than the ops.
+One LoRA layer as vLLM's CPU punica wrapper runs it (`PunicaWrapperCPU.add_lora_linear`), with the shapes
+of the served model's fused QKV projection (576 -> 576 + 192 + 192, three slices) at rank 16 with 8 adapter
+slots. vLLM's side is its own `add_lora_linear` on its own PyTorch ops: a shrink into an fp32 buffer and
+an expand-slice per slice. Ours is the replacement: one shrink and one expand over all slices, grouped by
+adapter. vLLM's CPU runner sends every step through the prefill (`sgmv_*`) metadata, so that is what is
+timed: prefill steps of 16 requests x 128 tokens and decode steps of 16 requests x 1 token, on one
+adapter and on eight interleaved. The two implementations run alternately, each timing the median of its
+repeats. One torch thread: vLLM's CPU worker runs on one core here (its OpenMP threads are bound to core
+0, the other core reserved), and two threads on a busy 2-core machine measure the scheduler more than the
+ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from service import vllm_cpu_lora
 
-HIDDEN, OUT, RANK, SLOTS, REQUESTS = 576, 576, 16, 8, 16
+HIDDEN, SLICES, RANK, SLOTS, REQUESTS = 576, (576, 192, 192), 16, 8, 16
 SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats": 30}}
 
 
-def layer(
-    ops: dict[str, Callable[..., None]],
-    x: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    y: torch.Tensor,
-    meta: tuple[Any, ...],
-) -> None:
-    """What `PunicaWrapperCPU.add_lora_linear` runs for one single-slice layer."""
-    buffer = torch.zeros(x.shape[0], RANK, dtype=torch.float32)
-    ops["sgmv_shrink"](x, a, buffer, *meta, 1.0)
-    ops["sgmv_expand_slice"](buffer, b, y, *meta, 0, OUT, True)
+@contextlib.contextmanager
+def vllms_ops() -> Iterator[None]:
+    """vLLM's own PyTorch ops where its CPU wrapper calls them, for as long as the block runs."""
+    module = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")
+    installed = {name: getattr(module, name) for name in vllm_cpu_lora.OPS}
+    for name, op in vllm_cpu_lora.upstream_ops().items():
+        setattr(module, name, op)
+    try:
+        yield
+    finally:
+        for name, op in installed.items():
+            setattr(module, name, op)
 
 
-def metadata(slots: list[int], lengths: list[int]) -> tuple[Any, ...]:
-    """vLLM's prefill metadata, with consecutive requests on one slot merged as `compute_meta` does."""
-    merged: list[list[int]] = []
-    for slot, n in zip(slots, lengths, strict=True):
-        if merged and merged[-1][0] == slot:
-            merged[-1][1] += n
-        else:
-            merged.append([slot, n])
-    lens = [n for _, n in merged]
-    starts = [sum(lens[:i]) for i in range(len(lens))]
-    idx = [s for s, _ in merged]
-    return torch.tensor(starts), torch.tensor(lens), torch.tensor(idx), len(lens), max(lens), sum(lens)
+def vllms_layer(*args: Any) -> None:
+    with vllms_ops():
+        vllm_cpu_lora.upstream_linear()(*args)
 
 
 def timed(fn: Callable[[], None], repeats: int) -> float:
@@ -75,33 +70,37 @@ def run(size_name: str, workdir: Any = None) -> dict[str, Any]:
 
 def _run(size: dict[str, int], size_name: str) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(SLOTS, 1, RANK, HIDDEN, generator=gen) * 0.05
-    b = torch.randn(SLOTS, 1, OUT, RANK, generator=gen) * 0.05
-    ours, theirs = vllm_cpu_lora.OPS, vllm_cpu_lora.upstream_ops()
+    a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=gen) * 0.05 for _ in SLICES)
+    b = tuple(torch.randn(SLOTS, 1, width, RANK, generator=gen) * 0.05 for width in SLICES)
+    implementations: dict[str, Callable[..., None]] = {"vllm": vllms_layer, "ours": vllm_cpu_lora.add_lora_linear}
     cases = []
     for step, tokens in (("prefill", size["prompt"]), ("decode", 1)):
         for mix, slots in (
             ("one adapter", [0] * REQUESTS),
             ("8 adapters interleaved", [i % SLOTS for i in range(REQUESTS)]),
         ):
-            lengths = [tokens] * REQUESTS
-            meta = metadata(slots, lengths)
-            x = torch.randn(sum(lengths), HIDDEN, generator=gen)
-            y_ours, y_theirs = torch.zeros(x.shape[0], OUT), torch.zeros(x.shape[0], OUT)
-            layer(ours, x, a, b, y_ours, meta)
-            layer(theirs, x, a, b, y_theirs, meta)
-            same = bool(torch.allclose(y_ours, y_theirs, rtol=1e-4, atol=1e-5))
-            t_theirs, t_ours = [], []
+            indices = torch.repeat_interleave(torch.tensor(slots), tokens)
+            wrapper = vllm_cpu_lora.cpu_wrapper(indices)
+            x = torch.randn(indices.numel(), HIDDEN, generator=gen)
+            ys = {name: torch.zeros(x.shape[0], sum(SLICES)) for name in implementations}
+            calls = {
+                name: functools.partial(fn, wrapper, ys[name], x, a, b, 1.0, SLICES)
+                for name, fn in implementations.items()
+            }
+            for call in calls.values():
+                call()
+            same = bool(torch.allclose(ys["ours"], ys["vllm"], rtol=1e-4, atol=1e-5))
+            times: dict[str, list[float]] = {name: [] for name in calls}
             for _ in range(3):  # alternate, so drift of a shared machine hits both
-                t_theirs.append(timed(functools.partial(layer, theirs, x, a, b, y_theirs, meta), size["repeats"]))
-                t_ours.append(timed(functools.partial(layer, ours, x, a, b, y_ours, meta), size["repeats"]))
-            vllm_ms, ours_ms = 1000 * statistics.median(t_theirs), 1000 * statistics.median(t_ours)
+                for name, call in calls.items():
+                    times[name].append(timed(call, size["repeats"]))
+            vllm_ms, ours_ms = (1000 * statistics.median(times[name]) for name in ("vllm", "ours"))
             cases.append(
                 {
                     "step": step,
                     "mix": mix,
                     "tokens": x.shape[0],
-                    "segments": meta[3],
+                    "segments": wrapper.batch_size,
                     "vllm_ms": round(vllm_ms, 3),
                     "ours_ms": round(ours_ms, 3),
                     "speedup": round(vllm_ms / ours_ms, 1),
@@ -112,7 +111,8 @@ def _run(size: dict[str, int], size_name: str) -> dict[str, Any]:
         "benchmark": "lora_ops",
         "size": size_name,
         "settings": {
-            "layer": f"shrink + expand-slice, {HIDDEN} -> {OUT}, rank {RANK}, {SLOTS} slots, fp32",
+            "layer": f"add_lora_linear, {HIDDEN} -> {' + '.join(map(str, SLICES))} (QKV), rank {RANK}, "
+            f"{SLOTS} slots, fp32",
             "requests": REQUESTS,
             "prompt_tokens": size["prompt"],
             "threads": torch.get_num_threads(),

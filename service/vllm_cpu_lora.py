@@ -28,6 +28,7 @@ on every row that has an adapter. Otherwise vLLM keeps its ops and the reason is
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -49,6 +50,7 @@ CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
 _upstream: dict[str, Callable[..., None]] = {}
 # vLLM's own `PunicaWrapperCPU.add_lora_linear`, once `register()` has replaced it.
 _upstream_linear: list[Callable[..., None]] = []
+_upstream_update: list[Callable[..., None]] = []
 
 
 # Runs of more rows than this (prompts) are multiplied in place, one matmul per run. Shorter ones (decode
@@ -78,7 +80,12 @@ class Plan:
     slots: int = 0  # the stack's first dimension: the highest slot used, plus one
     depth: int = 0
 
-    @property
+    @functools.cached_property
+    def used(self) -> tuple[int, ...]:
+        """The slots this step's rows use."""
+        return tuple({slot for slot, _ in self.spans} | {slot for slot, _ in self.groups})
+
+    @functools.cached_property
     def rows(self) -> int:
         return sum(span.stop - span.start for _, span in self.spans) + sum(g.stop - g.start for _, g in self.groups)
 
@@ -354,17 +361,20 @@ class Fused:
 
     `a` is every slice's A side by side, (slots, in, slices * rank), in fp32 as vLLM's shrink buffer is.
     `b` is the slices' B on a block diagonal, (slots, slices * rank, width), in the output's dtype: the
-    zeros off the diagonal add nothing, and one matmul then writes every slice's columns. `empty` is, per
-    slot, whether the slot leaves this whole layer out.
+    zeros off the diagonal add nothing, and one matmul then writes every slice's columns. `blocks` are the
+    diagonal's (rank rows, output columns) per slice, for long runs of rows, where the zeros would cost
+    more arithmetic than the calls they save. `empty` is, per slot, whether the slot leaves the whole layer
+    out; where every slot does, no copy is made (`a` and `b` are None).
     """
 
-    a: torch.Tensor
-    b: torch.Tensor
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    blocks: tuple[tuple[slice, slice], ...]
     empty: tuple[bool, ...]
 
 
-# the stacks' ids and the dtype -> (the stacks, weakly; their version counters; their fused form)
-_fused: dict[tuple[Any, ...], tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[int, ...], Fused]] = {}
+# (id of the layer's first A stack, dtype) -> (the stacks, weakly; their version counters; their fused form)
+_fused: dict[tuple[int, torch.dtype], tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[int, ...], Fused]] = {}
 
 
 def _versions(tensors: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
@@ -387,35 +397,47 @@ def fused_weights(
     versions = _versions(tensors)
     if versions is None:
         return None
-    key = (*(id(t) for t in tensors), dtype)
+    key = (id(a_stacks[0]), dtype)
     hit = _fused.get(key)
     if hit is not None and hit[1] == versions and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
         return hit[2]
-    slots, ranks = a_stacks[0].shape[0], [a.shape[-2] for a in a_stacks]
-    a = torch.cat([stack[:, 0].to(torch.float32).transpose(1, 2) for stack in a_stacks], dim=2)
-    b = torch.zeros(slots, sum(ranks), sum(slices), dtype=dtype)
-    row = col = 0
-    for stack, rank, width in zip(b_stacks, ranks, slices, strict=True):
-        part = stack[:, 0, :width].to(dtype).transpose(1, 2)  # vLLM's rule: the narrower of adapter and slice
-        b[:, row : row + rank, col : col + part.shape[2]] = part
-        row, col = row + rank, col + width
+    ranks = [stack.shape[-2] for stack in a_stacks]
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    offsets = [sum(slices[:i]) for i in range(len(slices))]
+    blocks = tuple(
+        (slice(row, row + rank), slice(col, col + min(width, stack.shape[-2])))  # vLLM's rule: the narrower width
+        for stack, row, rank, col, width in zip(b_stacks, starts, ranks, offsets, slices, strict=True)
+    )
     empty = tuple(all(flags) for flags in zip(*(empty_slots(stack) for stack in a_stacks), strict=True))
-    fused = Fused(a.contiguous(), b, empty)
+    a = b = None
+    if not all(empty):
+        a = torch.cat([stack[:, 0].to(torch.float32).transpose(1, 2) for stack in a_stacks], dim=2).contiguous()
+        b = torch.zeros(a.shape[0], sum(ranks), sum(slices), dtype=dtype)
+        for stack, (rows, cols) in zip(b_stacks, blocks, strict=True):
+            b[:, rows, cols] = stack[:, 0, : cols.stop - cols.start].to(dtype).transpose(1, 2)
+    fused = Fused(a, b, blocks, empty)
     if hit is None:  # the copy goes when vLLM's stacks do (an engine shut down in a long-lived process)
-        weakref.finalize(tensors[0], _fused.pop, key, None)
+        weakref.finalize(a_stacks[0], _fused.pop, key, None)
     _fused[key] = (tuple(weakref.ref(t) for t in tensors), versions, fused)
     return fused
 
 
 def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, scale: float) -> None:
     """out[rows] += (scale * x[rows] @ A[slot]) @ B[slot] for every slot's rows, every slice at once."""
+    assert fused.a is not None and fused.b is not None
     dtype, width = out.dtype, out.shape[1]
     for slot, rows in plan.spans:
-        if not fused.empty[slot]:
-            h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
-            if scale != 1.0:
-                h.mul_(scale)
-            out[rows].addmm_(h.to(dtype), fused.b[slot])
+        if fused.empty[slot]:
+            continue
+        h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
+        if scale != 1.0:
+            h.mul_(scale)
+        h = h.to(dtype)
+        if rows.stop - rows.start > BATCHED_DEPTH and len(fused.blocks) > 1:  # a prompt: no products of zeros
+            for ranks, cols in fused.blocks:
+                out[rows, cols].addmm_(h[:, ranks], fused.b[slot, ranks, cols])
+        else:
+            out[rows].addmm_(h, fused.b[slot])
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
@@ -437,10 +459,25 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
 
 
 def wrapper_plan(wrapper: Any) -> Plan:
-    """The plan of the step a `PunicaWrapperCPU` holds the metadata of, as its own ops would read it."""
-    if wrapper.is_prefill:
-        return NOTHING if wrapper.no_lora else segment_plan(*wrapper.prefill_metadata[:3])
-    return token_plan(wrapper.token_lora_indices)
+    """The plan of the step whose metadata a `PunicaWrapperCPU` holds, made once per step.
+
+    It is kept on the wrapper until vLLM next updates the metadata (`update_metadata`, patched by
+    `register()` to drop it): every LoRA layer of the step reads the same plan.
+    """
+    plan: Plan | None = wrapper.__dict__.get("_skillserve_plan")
+    if plan is None:
+        if wrapper.is_prefill:
+            plan = NOTHING if wrapper.no_lora else segment_plan(*wrapper.prefill_metadata[:3])
+        else:
+            plan = token_plan(wrapper.token_lora_indices)
+        wrapper._skillserve_plan = plan
+    return plan
+
+
+def update_metadata(self: Any, *args: Any, **kwargs: Any) -> None:
+    """`PunicaWrapperCPU.update_metadata`: vLLM's, then the step's plan is made afresh on first use."""
+    _upstream_update[0](self, *args, **kwargs)
+    self._skillserve_plan = None
 
 
 def add_lora_linear(
@@ -458,22 +495,18 @@ def add_lora_linear(
     """`PunicaWrapperCPU.add_lora_linear`: y += scale * x @ A @ B per row's adapter, for every slice at once.
 
     vLLM's runs a shrink into a fresh fp32 buffer and an expand per slice (six op calls for q, k, v) even
-    for a layer no loaded adapter targets. This makes one plan per step, skips a layer the rows' adapters
+    for a layer no loaded adapter targets. This reads the step's plan, skips a layer the rows' adapters
     all leave out, and otherwise runs one shrink and one expand over all slices (`Fused`).
     """
     plan = wrapper_plan(self)
     if plan.rows == 0:
         return
-    used = {slot for slot, _ in plan.spans} | {slot for slot, _ in plan.groups}
-    per_slice = [empty_slots(stack) for stack in lora_a_stacked]
-    if all(all(flags[slot] for flags in per_slice) for slot in used):
-        return
     out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
     fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, out.dtype)
     if fused is None:
         upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
-        return
-    _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
+    elif not all(fused.empty[slot] for slot in plan.used):
+        _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
 
 
 # ---------------------------------------------------------------- checks and installation
@@ -597,7 +630,9 @@ def register() -> None:
                 setattr(module, name, op)
     wrapper = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu").PunicaWrapperCPU
     _upstream_linear.append(wrapper.add_lora_linear)
+    _upstream_update.append(wrapper.update_metadata)
     wrapper.add_lora_linear = add_lora_linear
+    wrapper.update_metadata = update_metadata
     ops._skillserve_grouped = True
     log.info(
         "vLLM CPU LoRA ops replaced by grouped ones: one matmul per adapter, every slice of a layer at once, "

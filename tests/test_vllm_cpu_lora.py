@@ -281,6 +281,39 @@ def test_a_layer_of_inference_tensors_takes_the_per_slice_path() -> None:
     torch.testing.assert_close(out, layer_oracle(x, a, b, idx, 1.0, torch.float32))
 
 
+def test_a_layer_every_slot_leaves_out_is_skipped_without_a_copy() -> None:
+    """The MLP of an adapter on q,k,v,o: vLLM wraps it and zeroes its slots; nothing is computed or kept."""
+    idx = token_indices("several interleaved")
+    a, b = layer_weights(torch.float32, 70)
+    for stack in a:
+        stack.zero_()
+    fused = vllm_cpu_lora.fused_weights(a, b, SLICES, torch.float32)
+    assert fused is not None and fused.a is None and fused.b is None and all(fused.empty)
+    start = weights((idx.numel(), sum(SLICES)), torch.float32, 71)
+    out = start.clone()
+    vllm_cpu_lora.add_lora_linear(
+        vllm_cpu_lora.cpu_wrapper(idx), out, weights((idx.numel(), HIDDEN), torch.float32, 72), a, b, 1.0, SLICES
+    )
+    assert torch.equal(out, start)
+
+
+def test_the_steps_plan_is_made_again_when_vllm_updates_the_metadata() -> None:
+    """Every layer of a step reads one plan; vLLM's next `update_metadata` (patched) drops it."""
+    punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
+    from vllm.lora.layers.utils import LoRAMapping
+
+    vllm_cpu_lora.register()
+    wrapper = punica_cpu.PunicaWrapperCPU(16, 4, "cpu")
+    ids = [7, 8, None, None]  # adapter 7 in slot 0, adapter 8 in slot 1
+    wrapper.update_metadata(LoRAMapping((7, 7, 8, 8, 8), (7, 8), is_prefill=True), ids, 4, 100)
+    first = vllm_cpu_lora.wrapper_plan(wrapper)
+    assert set(first.used) == {0, 1} and first.rows == 5
+    assert vllm_cpu_lora.wrapper_plan(wrapper) is first
+    wrapper.update_metadata(LoRAMapping((8, 8, 0), (8, 0), is_prefill=True), ids, 4, 100)
+    second = vllm_cpu_lora.wrapper_plan(wrapper)
+    assert second.used == (1,) and second.rows == 2
+
+
 def test_the_self_check_finds_a_layer_that_disagrees() -> None:
     assert not vllm_cpu_lora.linear_disagreement(vllm_cpu_lora.upstream_linear())
     assert vllm_cpu_lora.linear_disagreement(lambda *args, **kwargs: None)
