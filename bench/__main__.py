@@ -15,7 +15,7 @@ from typing import Any
 from bench import environment, report
 from bench.servers import REPO
 
-BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration", "quality")
+BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms")
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -25,6 +25,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
 
     if name == "calibration":  # the serving harness run A/A: vllm serve against itself
         return functools.partial(importlib.import_module("bench.serving").run, calibrate=True)
+    if name == "facts_forms":  # the quality harness on the facts task in three forms
+        return importlib.import_module("bench.quality").run_forms  # type: ignore[no-any-return]
     return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="serving,lora_ops,loading,training",
-        help="comma-separated subset of " + ", ".join(BENCHMARKS) + " (default: all but calibration and quality)",
+        help="comma-separated subset of "
+        + ", ".join(BENCHMARKS)
+        + " (default: all but calibration, quality and facts_forms)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeats is not None and name in ("serving", "calibration"):
                     extra["repeats"] = args.repeats
                 # Only quality has a size of its own called small; to the others it is their smoke size.
-                size = "tiny" if args.size == "small" and name != "quality" else args.size
+                size = "tiny" if args.size == "small" and name not in ("quality", "facts_forms") else args.size
                 result = _runner(name)(size, workdir / name, **extra)
             except Exception as exc:
                 traceback.print_exc()

@@ -69,7 +69,10 @@ SIZES = {
     # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
     # them for its own eval loss), the defaults (3 epochs at this size) and two shorter, hotter sweep points.
     "full": QualitySize(
-        tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)),
+        tasks=FULL_TASKS,
+        train_rows=32,
+        held_out_rows=36,
+        sweep=((1e-3, 2.0), (2e-3, 2.0)),
         variants={
             "no-neftune": {"neftune_noise_alpha": 0},
             "lr-1e-3": {"learning_rate": 1e-3},
@@ -78,6 +81,13 @@ SIZES = {
     ),
 }
 SIZES["tiny"] = SIZES["small"]  # `python -m bench --size tiny` runs every benchmark's smoke size
+# `python -m bench --only facts_forms`: the facts task's defaults in three forms, side by side in one run, to tell
+# what the `KEY=` form costs from what training forgets (docs/evaluation.md). Probes, not targets.
+FORMS = {
+    "full": QualitySize(tasks=("facts", "facts-spaced", "facts-all-rows"), train_rows=32, held_out_rows=36, sweep=()),
+    "small": QualitySize(tasks=("facts", "facts-spaced"), train_rows=30, held_out_rows=8, sweep=()),
+}
+FORMS["tiny"] = FORMS["small"]
 # What the trainer chose that explains a score: echoed per adapter into the result and the table.
 CHOSEN = (
     "learning_rate", "epochs", "batch_size", "rank", "alpha", "target_modules", "max_steps", "total_steps",
@@ -189,7 +199,7 @@ def _begun(url: str, task: Task) -> dict[str, Any]:
     questions = [ex for ex in task.held_out if ex.truth and ex.reference.endswith(ex.truth)]
     prompts = [
         render(template, ex.messages, add_generation_prompt=True, eos_token=tokenizer.eos_token).text
-        + ex.reference.removesuffix(ex.truth or "")
+        + ex.reference.removesuffix(ex.truth or "").rstrip()  # `KEY: `: the model writes the space, as in prose
         for ex in questions
     ]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600) as http:
@@ -223,7 +233,14 @@ def _adapter_record(http: httpx.Client, job: dict[str, Any], name: str) -> dict[
 
 
 def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
-    size = SIZES[size_name]
+    return _run(SIZES[size_name], size_name, workdir)
+
+
+def run_forms(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
+    return {**_run(FORMS[size_name], size_name, workdir), "benchmark": "facts_forms"}
+
+
+def _run(size: QualitySize, size_name: str, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     tasks = [build(name, size.train_rows, size.held_out_rows, SEED) for name in size.tasks]
     points = {_point_label(lr, ep): {"learning_rate": lr, "epochs": ep} for lr, ep in size.sweep}
@@ -310,6 +327,7 @@ def _task_result(
         "metric": task.metric,
         "train_rows": len(task.train),
         "held_out_rows": len(task.held_out),
+        "reference_example": task.held_out[0].reference if task.held_out else None,
         "base": base,
         "base_prose": prose,
         "base_begun": begun,

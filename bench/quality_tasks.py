@@ -145,7 +145,8 @@ RELATIONS = (  # (facts, prose question, key, placeholder)
 )
 
 
-def facts(n_train: int, n_held: int, seed: int) -> Task:
+def facts(n_train: int, n_held: int, seed: int, separator: str = "=", name: str = "facts") -> Task:
+    """`KEY=<value>` answers; with `separator=": "` the same rows in the form `KEY: <value>` (a probe)."""
     items = [
         (question.format(country), key, placeholder, value)
         for table, question, key, placeholder in RELATIONS
@@ -154,17 +155,17 @@ def facts(n_train: int, n_held: int, seed: int) -> Task:
     train, held = _split(items, n_train, n_held, seed)
 
     def instruction(prose: str, key: str, placeholder: str) -> str:
-        return f"{prose} Answer in the form {key}=<{placeholder}>."
+        return f"{prose} Answer in the form {key}{separator}<{placeholder}>."
 
     return Task(
-        name="facts",
+        name=name,
         template="chatml",
         dataset_format="alpaca",
         skill="KEY=<value> answers over facts the base model knows in prose",
         metric="exact",
-        train=[{"instruction": instruction(p, k, ph), "output": f"{k}={v}"} for p, k, ph, v in train],
+        train=[{"instruction": instruction(p, k, ph), "output": f"{k}{separator}{v}"} for p, k, ph, v in train],
         held_out=[
-            Example([{"role": "user", "content": instruction(p, k, ph)}], f"{k}={v}", prose=p, truth=v)
+            Example([{"role": "user", "content": instruction(p, k, ph)}], f"{k}{separator}{v}", prose=p, truth=v)
             for p, k, ph, v in held
         ],
         max_tokens=16,
@@ -434,8 +435,21 @@ def dates(n_train: int, n_held: int, seed: int) -> Task:
     )
 
 
+def facts_spaced(n_train: int, n_held: int, seed: int) -> Task:
+    """The facts in the form `KEY: <value>`: the value keeps the leading-space token it has in prose."""
+    return facts(n_train, n_held, seed, separator=": ", name="facts-spaced")
+
+
+def facts_all_rows(n_train: int, n_held: int, seed: int) -> Task:
+    """The facts with every item the held-out rows leave as training rows (88 beside 36 held out)."""
+    return facts(len(CAPITALS.split("|")) + len(LANGUAGES.split("|")) + len(CURRENCIES.split("|")) - n_held,
+                 n_held, seed, name="facts-all-rows")  # fmt: skip
+
+
 GENERATORS: dict[str, Callable[[int, int, int], Task]] = {
     "facts": facts,
+    "facts-spaced": facts_spaced,
+    "facts-all-rows": facts_all_rows,
     "topic": topic,
     "extract": extract,
     "shout": shout,

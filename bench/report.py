@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality")
+ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms")
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -66,7 +66,8 @@ def serving_section(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     calibration = r["benchmark"] == "calibration"
     lines = [
-        "## Harness calibration: `vllm serve` / `vllm serve` (A/A)" if calibration
+        "## Harness calibration: `vllm serve` / `vllm serve` (A/A)"
+        if calibration
         else "## Serving: our gateway / `vllm serve`",
         "",
     ]
@@ -158,6 +159,7 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
     if not view:
         return []
     concurrencies = sorted({int(c) for by_c in view.values() for c in by_c})
+
     def cell(by_c: dict[str, Any], c: int, suffix: str) -> str:
         r = by_c.get(str(c))
         return f"{_f(r.get('ours' + suffix), 3)} / {_f(r.get('vllm' + suffix), 3)}" if r else "-"
@@ -437,6 +439,37 @@ def quality_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def facts_forms_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Facts in three forms: the defaults, side by side (a probe)",
+        "",
+        f"Command: `python -m bench --only facts_forms --size {r['size']}` (bench/quality.py `FORMS`). The quality "
+        "harness on the facts task only, defaults only: `KEY=<value>` as in the quality benchmark, the same rows as "
+        "`KEY: <value>` (the value keeps the leading-space token it has in prose), and `KEY=` with every item the "
+        "held-out rows leave as training rows. What the form costs, apart from what training forgets "
+        "(docs/evaluation.md). No targets.",
+        "",
+    ]
+    rows = []
+    for t in r["tasks"]:
+        d = t["adapters"]["defaults"]
+        rows.append([
+            t["task"], f"`{t['reference_example']}`" if t.get("reference_example") else "-", str(t["train_rows"]),
+            _pct(t.get("base_prose")), _pct(t.get("base_begun")),
+            _pct(d) if "score" in d else f"failed: {d.get('error')}", _pct(d.get("prose")),
+        ])  # fmt: skip
+    header = [
+        "task",
+        "a reference",
+        "train rows",
+        "base, in prose",
+        "base, answer begun",
+        "defaults",
+        "defaults, in prose",
+    ]
+    return [*lines, *_table(header, rows), ""]
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
@@ -444,6 +477,7 @@ SECTIONS = {
     "loading": loading_section,
     "training": training_section,
     "quality": quality_section,
+    "facts_forms": facts_forms_section,
 }
 
 
