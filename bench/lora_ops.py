@@ -33,7 +33,7 @@ SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats"
 @contextlib.contextmanager
 def vllms_ops() -> Iterator[None]:
     """vLLM's own PyTorch ops where its CPU wrapper calls them, for as long as the block runs."""
-    module = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")
+    module = importlib.import_module(vllm_cpu_lora.CPU_WRAPPER_MODULE)
     installed = {name: getattr(module, name) for name in vllm_cpu_lora.OPS}
     for name, op in vllm_cpu_lora.upstream_ops().items():
         setattr(module, name, op)

@@ -69,10 +69,7 @@ SIZES = {
     # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
     # them for its own eval loss), the defaults (3 epochs at this size) and two shorter, hotter sweep points.
     "full": QualitySize(
-        tasks=FULL_TASKS,
-        train_rows=32,
-        held_out_rows=36,
-        sweep=((1e-3, 2.0), (2e-3, 2.0)),
+        tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)),
         variants={
             "no-neftune": {"neftune_noise_alpha": 0},
             "lr-1e-3": {"learning_rate": 1e-3},
@@ -233,14 +230,14 @@ def _adapter_record(http: httpx.Client, job: dict[str, Any], name: str) -> dict[
 
 
 def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
-    return _run(SIZES[size_name], size_name, workdir)
+    return _run("quality", SIZES[size_name], size_name, workdir)
 
 
 def run_forms(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
-    return {**_run(FORMS[size_name], size_name, workdir), "benchmark": "facts_forms"}
+    return _run("facts_forms", FORMS[size_name], size_name, workdir)
 
 
-def _run(size: QualitySize, size_name: str, workdir: Path) -> dict[str, Any]:
+def _run(benchmark: str, size: QualitySize, size_name: str, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     tasks = [build(name, size.train_rows, size.held_out_rows, SEED) for name in size.tasks]
     points = {_point_label(lr, ep): {"learning_rate": lr, "epochs": ep} for lr, ep in size.sweep}
@@ -290,7 +287,7 @@ def _run(size: QualitySize, size_name: str, workdir: Path) -> dict[str, Any]:
                 adapters[label] = record
             results.append(_task_result(t, base[t.name], prose.get(t.name), begun.get(t.name), adapters, points))
     return {
-        "benchmark": "quality",
+        "benchmark": benchmark,
         "size": size_name,
         "settings": {
             **{k: v for k, v in asdict(size).items() if k != "sweep"},

@@ -66,8 +66,7 @@ def serving_section(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     calibration = r["benchmark"] == "calibration"
     lines = [
-        "## Harness calibration: `vllm serve` / `vllm serve` (A/A)"
-        if calibration
+        "## Harness calibration: `vllm serve` / `vllm serve` (A/A)" if calibration
         else "## Serving: our gateway / `vllm serve`",
         "",
     ]
@@ -159,7 +158,6 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
     if not view:
         return []
     concurrencies = sorted({int(c) for by_c in view.values() for c in by_c})
-
     def cell(by_c: dict[str, Any], c: int, suffix: str) -> str:
         r = by_c.get(str(c))
         return f"{_f(r.get('ours' + suffix), 3)} / {_f(r.get('vllm' + suffix), 3)}" if r else "-"

@@ -43,14 +43,13 @@ import torch
 log = logging.getLogger("vllm.plugins.skillserve_cpu_lora")
 
 CPU_PUNICA_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+CPU_WRAPPER_MODULE = CPU_PUNICA_WRAPPER.rpartition(".")[0]
 OPS_MODULE = "vllm.lora.ops.torch_ops.lora_ops"
 # Where vLLM looks the ops up: the ops module, the package that re-exports them, and the CPU wrapper,
 # which imports them by name.
-CALLERS = ("vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
+CALLERS = ("vllm.lora.ops.torch_ops", CPU_WRAPPER_MODULE)
+# vLLM's own ops, and `PunicaWrapperCPU`'s `add_lora_linear` and `update_metadata`, once `register()` replaced them.
 _upstream: dict[str, Callable[..., None]] = {}
-# vLLM's own `PunicaWrapperCPU.add_lora_linear`, once `register()` has replaced it.
-_upstream_linear: list[Callable[..., None]] = []
-_upstream_update: list[Callable[..., None]] = []
 
 
 # Runs of more rows than this (prompts) are multiplied in place, one matmul per run. Shorter ones (decode
@@ -476,7 +475,7 @@ def wrapper_plan(wrapper: Any) -> Plan:
 
 def update_metadata(self: Any, *args: Any, **kwargs: Any) -> None:
     """`PunicaWrapperCPU.update_metadata`: vLLM's, then the step's plan is made afresh on first use."""
-    _upstream_update[0](self, *args, **kwargs)
+    _upstream["update_metadata"](self, *args, **kwargs)
     self._skillserve_plan = None
 
 
@@ -549,9 +548,7 @@ def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:
 
 def cpu_wrapper(indices: torch.Tensor, prefill: bool = True) -> Any:
     """A `PunicaWrapperCPU` holding the metadata of one step whose rows have these slot indices."""
-    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-
-    wrapper = PunicaWrapperCPU(max(indices.numel(), 1), max(indices.numel(), 1), "cpu")
+    wrapper = cpu_wrapper_class()(max(indices.numel(), 1), max(indices.numel(), 1), "cpu")
     wrapper._token_lora_indices[: indices.numel()].copy_(indices)
     wrapper.indices_len[0] = indices.numel()
     if prefill:
@@ -583,10 +580,14 @@ def upstream_ops() -> dict[str, Callable[..., None]]:
     return {name: _upstream.get(name, getattr(ops, name)) for name in OPS}
 
 
+def cpu_wrapper_class() -> Any:
+    """vLLM's `PunicaWrapperCPU`."""
+    return importlib.import_module(CPU_WRAPPER_MODULE).PunicaWrapperCPU
+
+
 def upstream_linear() -> Callable[..., None]:
     """vLLM's own `PunicaWrapperCPU.add_lora_linear`, whether or not `register()` replaced it."""
-    wrapper = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu").PunicaWrapperCPU
-    return _upstream_linear[0] if _upstream_linear else wrapper.add_lora_linear
+    return _upstream.get("add_lora_linear", cpu_wrapper_class().add_lora_linear)
 
 
 def why_not(ops: Any) -> str | None:
@@ -628,11 +629,10 @@ def register() -> None:
         for name, op in OPS.items():
             if hasattr(module, name):
                 setattr(module, name, op)
-    wrapper = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu").PunicaWrapperCPU
-    _upstream_linear.append(wrapper.add_lora_linear)
-    _upstream_update.append(wrapper.update_metadata)
-    wrapper.add_lora_linear = add_lora_linear
-    wrapper.update_metadata = update_metadata
+    wrapper = cpu_wrapper_class()
+    for name, method in (("add_lora_linear", add_lora_linear), ("update_metadata", update_metadata)):
+        _upstream[name] = getattr(wrapper, name)
+        setattr(wrapper, name, method)
     ops._skillserve_grouped = True
     log.info(
         "vLLM CPU LoRA ops replaced by grouped ones: one matmul per adapter, every slice of a layer at once, "
