@@ -322,6 +322,17 @@ def _pct(record: dict[str, Any] | None) -> str:
     return f"{record['score']:.0%} ({record['right']}/{record['of']})"
 
 
+def _over_seeds(task: dict[str, Any], label: str) -> str:
+    """A run's score as the mean over its training seeds, each seed's rows right after it; one seed as `_pct`."""
+    seeds = (task.get("over_seeds") or {}).get(label) or {}
+    if len(seeds.get("right") or []) < 2:
+        return _pct(task["adapters"].get(label))
+    if seeds["mean"] is None:
+        return "failed"
+    right = " / ".join(_f(r) for r in seeds["right"])
+    return f"{seeds['mean']:.0%} (mean of {right} of {seeds['of']})"
+
+
 def _hp(record: dict[str, Any]) -> str:
     chosen = record.get("chosen") or {}
     lr, epochs = chosen.get("learning_rate"), chosen.get("epochs")
@@ -351,6 +362,17 @@ def _forgetting(record: dict[str, Any]) -> str:
     return ", ".join(shown) or "-"
 
 
+def _seeds_line(settings: dict[str, Any]) -> str:
+    seeds = settings.get("seeds") or []
+    if not seeds:
+        return ""
+    return (
+        f"The defaults and each sweep point are trained with the trainer's seed (42) and again with seeds "
+        f"{', '.join(map(str, seeds))} (`-seedN` below: another split, initialisation and data order, the same "
+        "held-out rows); their scores and the targets are the mean over the seeds. "
+    )
+
+
 def quality_section(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     sweep = ", ".join(f"lr {p['learning_rate']:g} x {p['epochs']:g} ep" for p in s["sweep"])
@@ -361,8 +383,8 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         "bench/quality_tasks.py). Each task's adapters are trained through `POST /adapters` of one gateway and "
         "asked every held-out row (never trained on) through the same gateway with the openai SDK, temperature 0. "
         f"Defaults: no hyperparameters sent. Sweep: only learning rate and epochs set ({sweep}); best = highest "
-        f"score, then the shorter training. Gateway start-up {_f(r.get('startup_s'), 1)} s; training phase "
-        f"{_f(r.get('train_phase_s'), 0)} s; whole run {_f(r.get('seconds'), 0)} s; "
+        f"score, then the shorter training. {_seeds_line(s)}Gateway start-up {_f(r.get('startup_s'), 1)} s; "
+        f"training phase {_f(r.get('train_phase_s'), 0)} s; whole run {_f(r.get('seconds'), 0)} s; "
         f"{s.get('train', 'jobs queued on the gateway')}, {s.get('threads_per_process', '-')} thread(s) per process.",
         "",
         "Metrics: exact = the answer, surrounding whitespace stripped, equals the reference; json = the answer "
@@ -385,7 +407,7 @@ def quality_section(r: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 t["task"], t["template"], t["dataset_format"], t["metric"], f"{t['train_rows']} / {t['held_out_rows']}",
-                base, _pct(d), _hp(d), _pct(best), t["best_sweep"] or "-",
+                base, _over_seeds(t, "defaults"), _hp(d), _over_seeds(t, t["best_sweep"] or ""), t["best_sweep"] or "-",
                 f"{_f(d.get('train_seconds'), 0)} / {_f(best.get('train_seconds'), 0)}",
             ]
         )  # fmt: skip
