@@ -15,7 +15,7 @@ from typing import Any
 from bench import environment, report
 from bench.servers import REPO
 
-BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms")
+BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms", "facts_knobs")
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -27,6 +27,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
         return functools.partial(importlib.import_module("bench.serving").run, calibrate=True)
     if name == "facts_forms":  # the quality harness on the facts task in three forms
         return importlib.import_module("bench.quality").run_forms  # type: ignore[no-any-return]
+    if name == "facts_knobs":  # the quality harness on the facts task, one knob at a time
+        return importlib.import_module("bench.quality").run_knobs  # type: ignore[no-any-return]
     return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         default="serving,lora_ops,loading,training",
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
-        + " (default: all but calibration, quality and facts_forms)",
+        + " (default: all but calibration, quality, facts_forms and facts_knobs)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -68,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 extra: dict[str, Any] = {"profile": True} if args.profile and name == "serving" else {}
                 if args.repeats is not None and name in ("serving", "calibration"):
                     extra["repeats"] = args.repeats
-                # Only quality has a size of its own called small; to the others it is their smoke size.
-                size = "tiny" if args.size == "small" and name not in ("quality", "facts_forms") else args.size
+                # Only the quality harness has a size of its own called small; to the others it is their smoke size.
+                own_small = ("quality", "facts_forms", "facts_knobs")
+                size = "tiny" if args.size == "small" and name not in own_small else args.size
                 result = _runner(name)(size, workdir / name, **extra)
             except Exception as exc:
                 traceback.print_exc()

@@ -72,8 +72,9 @@ SIZES = {
     # A smoke run: two tasks at the fewest rows (facts for its knowledge figures), one short sweep point; checks the
     # harness, not the skills.
     "small": QualitySize(tasks=("shout", "facts"), train_rows=30, held_out_rows=8, sweep=((2e-3, 1.0),)),
-    # Sized to finish in about 35 minutes on two shared cores: 32 rows a task (the trainer holds out a tenth of
-    # them for its own eval loss), the defaults (3 epochs at this size) and two shorter, hotter sweep points.
+    # About 55 minutes on two cores (3136 s on 2026-11-30): 32 rows a task (the trainer holds out a tenth of
+    # them for its own eval loss), the defaults (3 epochs at this size) and two shorter, hotter sweep points, each on
+    # three training seeds, and three one-seed variants.
     "full": QualitySize(
         tasks=FULL_TASKS, train_rows=32, held_out_rows=36, sweep=((1e-3, 2.0), (2e-3, 2.0)), seeds=(1, 2),
         variants={
@@ -91,6 +92,25 @@ FORMS = {
     "small": QualitySize(tasks=("facts", "facts-spaced"), train_rows=30, held_out_rows=8, sweep=()),
 }
 FORMS["tiny"] = FORMS["small"]
+# `python -m bench --only facts_knobs`: the facts task (`KEY=`) trained with the defaults and with one other knob at
+# a time, side by side in one run: does any setting keep more of what the base model knows? Probes, not targets.
+KNOBS_VARIANTS: dict[str, dict[str, Any]] = {
+    "rank4": {"rank": 4},
+    "rank32": {"rank": 32},
+    "neftune15": {"neftune_noise_alpha": 15},
+    "dropout0.3": {"dropout": 0.3},
+    "weight-decay0.1": {"weight_decay": 0.1},
+    "lr5e-4-ep5": {"learning_rate": 5e-4, "epochs": 5},
+    "attention-only": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "mlp-only": {"target_modules": ["gate_proj", "up_proj", "down_proj"]},
+}
+KNOBS = {
+    "full": QualitySize(tasks=("facts",), train_rows=32, held_out_rows=36, sweep=(), variants=KNOBS_VARIANTS),
+    "small": QualitySize(
+        tasks=("facts",), train_rows=30, held_out_rows=8, sweep=(), variants={"rank4": KNOBS_VARIANTS["rank4"]}
+    ),
+}
+KNOBS["tiny"] = KNOBS["small"]
 # What the trainer chose that explains a score: echoed per adapter into the result and the table.
 CHOSEN = (
     "learning_rate", "epochs", "batch_size", "rank", "alpha", "target_modules", "max_steps", "total_steps",
@@ -245,6 +265,10 @@ def run(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
 
 def run_forms(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     return _run("facts_forms", FORMS[size_name], size_name, workdir)
+
+
+def run_knobs(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
+    return _run("facts_knobs", KNOBS[size_name], size_name, workdir)
 
 
 def _run(benchmark: str, size: QualitySize, size_name: str, workdir: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms")
+ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms", "facts_knobs")
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -369,7 +369,7 @@ def _seeds_line(settings: dict[str, Any]) -> str:
     return (
         f"The defaults and each sweep point are trained with the trainer's seed (42) and again with seeds "
         f"{', '.join(map(str, seeds))} (`-seedN` below: another split, initialisation and data order, the same "
-        "held-out rows); their scores and the targets are the mean over the seeds. "
+        "held-out rows); their scores, the choice of the best point and the targets go by the mean over the seeds. "
     )
 
 
@@ -490,6 +490,31 @@ def facts_forms_section(r: dict[str, Any]) -> list[str]:
     return [*lines, *_table(header, rows), ""]
 
 
+def facts_knobs_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Facts, one knob at a time (a probe)",
+        "",
+        f"Command: `python -m bench --only facts_knobs --size {r['size']}` (bench/quality.py `KNOBS`). The quality "
+        "harness on the facts task (`KEY=<value>`) only: the defaults, then the defaults with one setting sent, "
+        "side by side in one run. Does any knob keep more of what the base model knows? Score = held-out rows "
+        "right in the skill's form; in prose = the adapter asked the bare questions. No targets.",
+        "",
+    ]
+    header = ["adapter", "sent", "score (`KEY=`)", "in prose", "forgetting", "train s", "eval loss"]
+    for t in r["tasks"]:
+        base = f"base model: in the skill's form {_pct(t['base'])}, in prose {_pct(t.get('base_prose'))}"
+        rows = []
+        for label, a in t["adapters"].items():
+            sent = ", ".join(f"{k} {v}" for k, v in a["requested"].items()) or "nothing (the defaults)"
+            m = a.get("manifest_metrics") or {}
+            rows.append([
+                label, sent, _pct(a), _pct(a.get("prose")), _forgetting(a), _f(a.get("train_seconds"), 0),
+                _f(m.get("eval_loss"), 3),
+            ])  # fmt: skip
+        lines += [f"Task `{t['task']}`, {t['train_rows']} training rows; {base}.", "", *_table(header, rows), ""]
+    return lines
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
@@ -498,6 +523,7 @@ SECTIONS = {
     "training": training_section,
     "quality": quality_section,
     "facts_forms": facts_forms_section,
+    "facts_knobs": facts_knobs_section,
 }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report
-from bench.quality import _targets, _task_result
+from adapters.schema import Hyperparameters
+from bench.quality import KNOBS, SIZES, _targets, _task_result
 from bench.quality_tasks import build
 from bench.servers import REPO
 
@@ -72,3 +73,12 @@ def test_without_extra_seeds_the_trainer_seed_alone_decides() -> None:
     result = _task_result(task, _scored(0), None, None, adapters, {"lr0.002-ep1": {}}, ())
     assert result["best_sweep"] == "lr0.002-ep1" and result["over_seeds"]["defaults"]["right"] == [5]
     assert report._over_seeds(result, "defaults") == report._pct(adapters["defaults"])
+
+
+def test_every_knob_and_variant_is_a_setting_the_trainer_takes_and_leaves_the_rest_to_the_defaults() -> None:
+    """`POST /adapters` would refuse a misspelt knob with a 422 after the benchmark's base-model phase."""
+    for variants in (KNOBS["full"].variants, SIZES["full"].variants):
+        for label, sent in variants.items():
+            chosen = Hyperparameters.model_validate(sent)
+            assert chosen.model_dump(include=set(sent)) == sent, label
+            assert chosen.model_fields_set == set(sent), label
