@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report
 from adapters.schema import Hyperparameters
+from bench import report
 from bench.quality import KNOBS, SIZES, _targets, _task_result
 from bench.quality_tasks import build
 from bench.servers import REPO
