@@ -162,7 +162,12 @@ class LocalRunner:
         with self._lock:
             self._procs.pop(job_id, None)
             cancelled = job_id in self._cancelled
-        if cancelled or self._stopping:
+        if cancelled:
+            # Again, now that the trainer has exited: a progress write of its that read the record before the
+            # cancel's verdict and landed after it put the job back to running, with nothing left to finish it.
+            self._finish(job_id, JobStatus.cancelled, "cancelled by request")
+            return
+        if self._stopping:
             return
         record = self._retrying(lambda: self.registry.get_job(job_id))
         if record.status.finished:

@@ -166,7 +166,7 @@ def test_without_engine_inference_is_503_with_retry_after(management: tuple[Test
 # moving the job record in the file store, so restart and cancel semantics are tested in seconds.
 # Writes its record as the store does, whole or not at all (a reader must never see a half-written file).
 STAND_IN_TRAINER = """
-import json, os, sys, time
+import json, os, signal, sys, time
 path = sys.argv[1].removeprefix("file://")
 def write(record):
     with open(path + ".tmp", "w") as f:
@@ -174,6 +174,12 @@ def write(record):
     os.replace(path + ".tmp", path)
 record = json.load(open(path))
 record["status"] = "running"; write(record)
+if record["spec"]["name"] == "stale-writer":
+    # A progress write that read the record before a cancel's verdict and lands after it, as a real trainer's
+    # read-modify-write can, and then the exit SIGTERM asks for.
+    def stale(*_):
+        write(record); sys.exit(143)
+    signal.signal(signal.SIGTERM, stale)
 time.sleep(float(record["spec"]["hyperparameters"]["seed"]) / 1000)
 if record["spec"]["name"] == "crash":
     print("trainer blew up", flush=True); sys.exit(3)
@@ -257,6 +263,24 @@ def test_local_runner_cancels_a_running_job(registry: Registry, tmp_path: Path) 
         assert (
             registry.get_job(slow.id).status is JobStatus.cancelled
         )  # the killed trainer wrote nothing after
+    finally:
+        runner.stop()
+
+
+def test_a_cancel_stands_even_when_a_stale_progress_write_lands_after_it(registry: Registry, tmp_path: Path) -> None:
+    runner = LocalRunner(
+        registry, f"file://{tmp_path / 'store'}", tmp_path / "logs", command=[sys.executable, "-c", STAND_IN_TRAINER]
+    )
+    runner.start()
+    try:
+        job = _job(registry, "stale-writer", sleep_ms=3_600_000)
+        runner.submit(job)
+        deadline = time.monotonic() + 300
+        while registry.get_job(job.id).status is not JobStatus.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        runner.cancel(job.id)  # the verdict, then SIGTERM: the trainer writes its stale "running" record back
+        record = _wait(registry, job.id)
+        assert record.status is JobStatus.cancelled and record.error == "cancelled by request"
     finally:
         runner.stop()
 
