@@ -27,6 +27,7 @@ from adapters.schema import JobRecord, JobStatus
 log = logging.getLogger("skillserve.runner")
 
 INTERRUPTED = "interrupted: the gateway stopped while this job was running; submit it again"
+CANCELLED = "cancelled by request"
 # How long a worker keeps retrying a job record write while the store is unreachable.
 STORE_RETRY_S = 300.0
 T = TypeVar("T")
@@ -93,7 +94,7 @@ class LocalRunner:
             self._cancelled.add(job_id)
             proc = self._procs.get(job_id)
         # The verdict first, then the signal: the trainer's own "stopped" verdict comes later and is refused.
-        self._finish(job_id, JobStatus.cancelled, "cancelled by request")
+        self._finish(job_id, JobStatus.cancelled, CANCELLED)
         if proc is not None:
             _terminate(proc)
 
@@ -165,7 +166,7 @@ class LocalRunner:
         if cancelled:
             # Again, now that the trainer has exited: a progress write of its that read the record before the
             # cancel's verdict and landed after it put the job back to running, with nothing left to finish it.
-            self._finish(job_id, JobStatus.cancelled, "cancelled by request")
+            self._finish(job_id, JobStatus.cancelled, CANCELLED)
             return
         if self._stopping:
             return
