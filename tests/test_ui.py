@@ -258,14 +258,26 @@ def test_the_skill_page_shows_its_evaluation_against_the_base_and_samples(page: 
 
 
 @pytest.mark.slow
-def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(page: Any, trained: dict[str, Any]) -> None:
+def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(
+    page: Any, gateway: GatewayServer, trained: dict[str, Any]
+) -> None:
     assert trained["status"] == "succeeded"
     sign_in(page, API_KEY, f"#/play?skill={SKILL}")
     page.get_by_label("Prompt").fill("Shout these words: sun dog blue book")
     page.get_by_label("Prompt").press("Control+Enter")  # the keyboard runs it, too
     answers = page.locator("#answers article")
     # A locator wait, not wait_for_function: the page's CSP (script-src 'self') forbids the eval that uses.
-    page.locator("#answers article[data-done=true]").nth(1).wait_for(timeout=300_000)
+    # Both columns end, well or badly (data-done is "true" or "error"); a hang says what each column showed.
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.locator("#answers article[data-done]").nth(1).wait_for(timeout=300_000)
+    except PageTimeout as error:
+        shown = [(a.get_attribute("data-model"), a.get_attribute("data-done"), a.inner_text()) for a in answers.all()]
+        raise AssertionError(f"the answers did not end: {shown}\n{gateway.log_tail(80)}") from error
+    assert [answers.nth(i).get_attribute("data-done") for i in range(answers.count())] == ["true", "true"], (
+        answers.all_inner_texts()
+    )
     assert answers.count() == 2
     base, skill = (answers.nth(i).locator("output").inner_text() for i in range(2))
     assert answers.nth(1).get_attribute("data-model") == SKILL
