@@ -30,6 +30,12 @@ class AlreadyExists(SkillserveError):
     code = "already_exists"
 
 
+class Conflict(SkillserveError):
+    """A conditional write lost: the object changed (or went) since it was read; read it again and retry."""
+
+    code = "conflict"
+
+
 class StoreUnavailable(SkillserveError):
     """The object store cannot be reached; the caller may retry later."""
 

@@ -1,8 +1,8 @@
 """The two lifecycles skillserve stores, as data: a training job's statuses and an adapter version's states.
 
 Every writer of a job's status (the trainer, the local and Kubernetes runners) goes through `advance`, which
-refuses a move the table does not allow; docs/gateway.md draws its state diagrams from these tables
-(`python -m adapters.lifecycle` prints them, and a test keeps the two in step).
+refuses a move the table does not allow and writes by compare-and-swap; docs/gateway.md draws its state
+diagrams from these tables (`python -m adapters.lifecycle` prints them, and a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -57,33 +57,36 @@ def advance(registry: Any, job_id: str, status: JobStatus, **fields: Any) -> Job
     """Move a job to `status` (with `fields` such as error, progress, metrics) if the table allows it from the
     stored status; returns the record written, or None when the move is not allowed or the job is gone.
 
-    A read-modify-write of one record: the re-read right before the write is what makes a late writer see a
-    verdict another process wrote meanwhile."""
+    A compare-and-swap of one record (`Registry.update_job`): if another process wrote it between this read
+    and this write, the write is refused and the move is judged again on what that process wrote. So a late
+    writer never undoes a verdict, however the two interleave."""
+
+    def move(record: JobRecord) -> JobRecord | None:
+        if not allowed(record.status, status):
+            log.info("job %s: %s -> %s not allowed; left %s", job_id, record.status.value, status.value,
+                     record.status.value)
+            return None
+        now = time.time()
+        update: dict[str, Any] = {"status": status, **fields}
+        if status is JobStatus.running and record.status is JobStatus.queued:
+            update.setdefault("started_at", now)
+        if status.finished:
+            update.setdefault("finished_at", now)
+            if status is JobStatus.succeeded:
+                update["error"] = None
+        if status is not record.status:
+            # Every status change is in the job's history, whoever made it (the fine-tuning API's events show it).
+            events = list(update.get("events", record.events))
+            error = update.get("error", record.error)
+            said = f"{status.value}: {JOB_TRANSITIONS[(record.status, status)]}" + (f" ({error})" if error else "")
+            events.append(JobEvent(at=now, level="error" if status is JobStatus.failed else "info", message=said))
+            update["events"] = events
+        return record.model_copy(update=update)
+
     try:
-        record: JobRecord = registry.get_job(job_id)
+        written: JobRecord | None = registry.update_job(job_id, move)
     except NotFound:
         return None
-    if not allowed(record.status, status):
-        log.info("job %s: %s -> %s not allowed; left %s", job_id, record.status.value, status.value,
-                 record.status.value)
-        return None
-    now = time.time()
-    update: dict[str, Any] = {"status": status, **fields}
-    if status is JobStatus.running and record.status is JobStatus.queued:
-        update.setdefault("started_at", now)
-    if status.finished:
-        update.setdefault("finished_at", now)
-        if status is JobStatus.succeeded:
-            update["error"] = None
-    if status is not record.status:
-        # Every status change is in the job's history, whoever made it (the fine-tuning API's events show it).
-        events = list(update.get("events", record.events))
-        error = update.get("error", record.error)
-        said = f"{status.value}: {JOB_TRANSITIONS[(record.status, status)]}" + (f" ({error})" if error else "")
-        events.append(JobEvent(at=now, level="error" if status is JobStatus.failed else "info", message=said))
-        update["events"] = events
-    written = record.model_copy(update=update)
-    registry.put_job(written)
     return written
 
 

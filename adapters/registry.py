@@ -26,13 +26,13 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
+from adapters.errors import AlreadyExists, ChecksumMismatch, Conflict, InvalidAdapter, InvalidName, NotFound
 from adapters.models import sha256_file, weights_hash
 from adapters.schema import (
     FILE_ID_RE,
@@ -83,6 +83,8 @@ def file_key(manifest: Manifest, filename: str) -> str:
 
 
 ALIAS_WRITE_ATTEMPTS = 8
+# A job record's compare-and-swap, retried on a lost race: its writers write at most about once a second.
+UPDATE_ATTEMPTS = 8
 ALIAS_REVISIONS_KEPT = 4
 
 
@@ -353,6 +355,7 @@ class Registry:
     # Jobs
 
     def put_job(self, record: JobRecord) -> None:
+        """Write a job record whole: for a new job. A change to an existing one goes through `update_job`."""
         self.store.put_bytes(job_key(record.id), record.model_dump_json(indent=2).encode())
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -361,6 +364,30 @@ class Registry:
         except NotFound:
             raise NotFound(f"job {job_id} not found") from None
         return JobRecord.model_validate_json(data)
+
+    def update_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        """Apply `change` to the stored record and write what it returns (None: write nothing), as a
+        compare-and-swap: if another process wrote the record in between, it is read again and `change` runs
+        on the new one. So no writer (the trainer, a runner, the gateway) ever overwrites what it did not see.
+        Returns the record written, or None when `change` declined; NotFound if the job is gone."""
+        key = job_key(job_id)
+        for _ in range(UPDATE_ATTEMPTS):
+            try:
+                data, tag = self.store.get_tagged(key)
+            except NotFound:
+                raise NotFound(f"job {job_id} not found") from None
+            written = change(JobRecord.model_validate_json(data))
+            if written is None:
+                return None
+            try:
+                self.store.put_bytes(key, written.model_dump_json(indent=2).encode(), if_match=tag)
+            except Conflict:
+                log.info("job %s changed while it was being written; reading it again", job_id)
+                continue
+            except NotFound:
+                raise NotFound(f"job {job_id} not found") from None
+            return written
+        raise Conflict(f"job {job_id} kept changing: {UPDATE_ATTEMPTS} writes in a row lost the race")
 
     def list_jobs(self) -> list[JobRecord]:
         """Every job record, newest first."""
@@ -408,11 +435,14 @@ class Registry:
             for key in self.store.list(checkpoint.stored):
                 self.store.get_file(key, directory / _check_filename(key.rsplit("/", 1)[-1]))
             completed = self.publish(manifest, directory)
-        written = record.model_copy(
-            update={"checkpoints": [c.model_copy(update={"version": manifest.version}) if c.step == step else c
-                                    for c in record.checkpoints]}
-        )
-        self.put_job(written)
+
+        def record_version(current: JobRecord) -> JobRecord:
+            return current.model_copy(
+                update={"checkpoints": [c.model_copy(update={"version": manifest.version}) if c.step == step else c
+                                        for c in current.checkpoints]}
+            )
+
+        self.update_job(job_id, record_version)
         return completed
 
     # Datasets

@@ -7,6 +7,8 @@ its key with `check_key` before touching the disk or the network, so no caller c
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -16,12 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from adapters.errors import AlreadyExists, InvalidName, NotFound, StoreUnavailable
+from adapters.errors import AlreadyExists, Conflict, InvalidName, NotFound, StoreUnavailable
 
 # An allow-list, not a deny-list: anything outside it (unicode look-alikes, '%', '\', controls) is refused.
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]*")
 # Writes in flight in a FileStore live beside their target under this prefix; keys can never start with '.'.
 _TEMP_PREFIX = ".tmp-"
+# A FileStore's compare-and-swap writes in one directory take turns on this file's lock.
+_LOCK_NAME = ".lock"
 
 
 def check_key(key: str) -> str:
@@ -69,12 +73,17 @@ class ObjectStore(Protocol):
 
     uri: str
 
-    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
-        """Write `data` at `key`; with if_absent, raise AlreadyExists if the key is there (race-safe)."""
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> None:
+        """Write `data` at `key`; with if_absent, raise AlreadyExists if the key is there; with if_match (a tag
+        from `get_tagged`), raise Conflict if the object changed since, NotFound if it is gone (race-safe)."""
         ...
 
     def get_bytes(self, key: str) -> bytes:
         """Read the object at `key`; NotFound if missing."""
+        ...
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """Read the object at `key` with a tag of this version of it, for a later `put_bytes(if_match=tag)`."""
         ...
 
     def put_file(self, key: str, path: Path) -> None:
@@ -97,7 +106,8 @@ class ObjectStore(Protocol):
 
 
 class FileStore:
-    """A store in a local directory: atomic writes by temp file + rename, race-safe if_absent by hard link."""
+    """A store in a local directory: atomic writes by temp file + rename, race-safe if_absent by hard link,
+    compare-and-swap (if_match, the tag a sha256 of the content) under a lock on the directory's `.lock`."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root).expanduser().resolve()
@@ -131,7 +141,7 @@ class FileStore:
         else:
             os.replace(temp, target)
 
-    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> None:
         target = self._path(key)
         if if_absent and target.exists():
             raise AlreadyExists(f"{key} already exists in {self.uri}")
@@ -140,7 +150,19 @@ class FileStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            self._commit(temp, target, key, if_absent)
+            if if_match is None:
+                self._commit(temp, target, key, if_absent)
+                return
+            with self._locked(target.parent):  # nobody else's compare and write can come between ours
+                if _tag(self.get_bytes(key)) != if_match:
+                    raise Conflict(f"{key} changed in {self.uri} since it was read")
+                self._commit(temp, target, key, if_absent=False)
+
+    @contextlib.contextmanager
+    def _locked(self, directory: Path) -> Iterator[None]:
+        with (directory / _LOCK_NAME).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -148,6 +170,10 @@ class FileStore:
             return path.read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(f"{key} not found in {self.uri}") from None
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, _tag(data)
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -191,6 +217,11 @@ class FileStore:
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             path.unlink()
+
+
+def _tag(data: bytes) -> str:
+    """A FileStore object's version tag: its content's sha256 (a write of the same bytes changes nothing)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 # Fail in seconds when the store is unreachable: the gateway answers 503 rather than hanging a request.
@@ -250,7 +281,7 @@ class S3Store:
         return self.prefix + check_key(key)
 
     @contextlib.contextmanager
-    def _errors(self, key: str, *, if_absent: bool = False) -> Iterator[None]:
+    def _errors(self, key: str, *, if_absent: bool = False, if_match: bool = False) -> Iterator[None]:
         """Map boto3's exceptions to ours, once, so callers see NotFound/AlreadyExists/StoreUnavailable."""
         from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
@@ -258,9 +289,9 @@ class S3Store:
         try:
             yield
         except (ClientError, BotoCoreError, S3UploadFailedError, S3TransferFailedError) as exc:
-            raise self._translate(exc, key, if_absent) from exc
+            raise self._translate(exc, key, if_absent, if_match) from exc
 
-    def _translate(self, exc: BaseException, key: str, if_absent: bool) -> Exception:
+    def _translate(self, exc: BaseException, key: str, if_absent: bool, if_match: bool = False) -> Exception:
         from botocore.exceptions import ClientError, NoCredentialsError
 
         # The transfer manager wraps the real error; look through the chain for it.
@@ -276,6 +307,8 @@ class S3Store:
             status = str(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             if if_absent and (code in _CONFLICT_CODES or status in ("412", "409")):
                 return AlreadyExists(f"{key} already exists in {self.uri}")
+            if if_match and (code in _CONFLICT_CODES or status in ("412", "409")):
+                return Conflict(f"{key} changed in {self.uri} since it was read")
             if code == "NoSuchBucket":
                 return NotFound(f"bucket {self.bucket!r} does not exist (store {self.uri})")
             if code in _NOT_FOUND_CODES or status == "404":
@@ -286,17 +319,22 @@ class S3Store:
         # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, ...
         return StoreUnavailable(f"store {self.uri} is unreachable: {exc}")
 
-    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> None:
         full = self._key(key)
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        with self._errors(key, if_absent=if_absent):
+        if if_match is not None:
+            extra["IfMatch"] = if_match  # S3 refuses the write (412) if the object's ETag moved on
+        with self._errors(key, if_absent=if_absent, if_match=if_match is not None):
             self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
 
     def get_bytes(self, key: str) -> bytes:
+        return self.get_tagged(key)[0]
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
         full = self._key(key)
         with self._errors(key):
             response = self._client.get_object(Bucket=self.bucket, Key=full)
-            return bytes(response["Body"].read())
+            return bytes(response["Body"].read()), str(response["ETag"])
 
     def put_file(self, key: str, path: Path) -> None:
         full = self._key(key)

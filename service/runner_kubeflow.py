@@ -156,9 +156,7 @@ class KubeflowRunner(ReconcilingRunner):
         except ApiException as exc:
             error = f"Kubernetes refused the training TrainJob for {job.id}: {api_refusal(exc)}"
             raise KubernetesRunnerError(error) from exc
-        record = self.registry.get_job(job.id)
-        record.runner, record.runner_ref = self.name, job_name(job.id)
-        self.registry.put_job(record)
+        self.registry.update_job(job.id, self._record_ref)
 
     def cancel(self, job_id: str) -> None:
         """Delete the TrainJob (its JobSet and pods go with it) and mark the record cancelled."""

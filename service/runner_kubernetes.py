@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +88,8 @@ class JobRegistry(Protocol):
     def get_job(self, job_id: str) -> JobRecord: ...
 
     def put_job(self, record: JobRecord) -> None: ...
+
+    def update_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None: ...
 
     def list_jobs(self) -> list[JobRecord]: ...
 
@@ -346,6 +349,11 @@ class ReconcilingRunner:
     def reconcile(self) -> None:
         raise NotImplementedError
 
+    def _record_ref(self, record: JobRecord) -> JobRecord:
+        """After submit, the record names its runner and cluster object: through `update_job`, since the
+        trainer may already be writing to it."""
+        return record.model_copy(update={"runner": self.name, "runner_ref": job_name(record.id)})
+
     def _read(self, name: str) -> Any:
         raise NotImplementedError
 
@@ -422,10 +430,8 @@ class KubernetesRunner(ReconcilingRunner):
         except ApiException as exc:
             error = f"Kubernetes refused the training Job for {job.id}: {api_refusal(exc)}"
             raise KubernetesRunnerError(error) from exc
-        record = self.registry.get_job(job.id)
-        record.runner = self.name
-        record.runner_ref = job_name(job.id)
-        self.registry.put_job(record)
+        self.registry.update_job(job.id, self._record_ref)
+
 
     def cancel(self, job_id: str) -> None:
         """Delete the Job (its pods go with it) and mark the record cancelled, unless it already finished."""

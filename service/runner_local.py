@@ -164,8 +164,9 @@ class LocalRunner:
             self._procs.pop(job_id, None)
             cancelled = job_id in self._cancelled
         if cancelled:
-            # Again, now that the trainer has exited: a progress write of its that read the record before the
-            # cancel's verdict and landed after it put the job back to running, with nothing left to finish it.
+            # Again, now that the trainer has exited. Job writes are compare-and-swap, so a progress write of the
+            # trainer's cannot land over the cancel; but on an S3-compatible store that ignores If-Match one
+            # could put the job back to running, with nothing left to finish it. Otherwise this is refused.
             self._finish(job_id, JobStatus.cancelled, CANCELLED)
             return
         if self._stopping:

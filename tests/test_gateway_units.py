@@ -175,8 +175,8 @@ def write(record):
 record = json.load(open(path))
 record["status"] = "running"; write(record)
 if record["spec"]["name"] == "stale-writer":
-    # A progress write that read the record before a cancel's verdict and lands after it, as a real trainer's
-    # read-modify-write can, and then the exit SIGTERM asks for.
+    # A progress write that read the record before a cancel's verdict and lands after it (a plain write, as on a
+    # store that ignores If-Match), and then the exit SIGTERM asks for.
     def stale(*_):
         write(record); sys.exit(143)
     signal.signal(signal.SIGTERM, stale)
