@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -170,11 +172,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         if runner is not None:
             runner.start()
+        watch: asyncio.Task[None] | None = None
         try:
             if settings.load_engine:
                 engine.start()
+                if settings.engine_stall_seconds:
+                    watch = asyncio.create_task(engine.watch(every=min(5.0, settings.engine_stall_seconds / 4)))
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             if runner is not None:
                 runner.stop()
             if metrics_server is not None:

@@ -12,6 +12,7 @@ import copy
 import functools
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ class Engine:
         self._tokenizer: Any = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         self.in_flight = 0
+        self.answered_at = time.monotonic()  # when the engine last answered a ping (see `watch`)
 
     @property
     def tokenizer(self) -> Any:
@@ -99,6 +101,7 @@ class Engine:
         _ = self.tokenizer
         log.info("starting engine for %s (%s)", self.base_model_id, self.model_dir)
         self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        self.answered_at = time.monotonic()
         log.info("engine ready")
 
     def shutdown(self) -> None:
@@ -109,6 +112,24 @@ class Engine:
     @property
     def ready(self) -> bool:
         return self._llm is not None and not self._llm.errored
+
+    async def watch(self, every: float) -> None:
+        """Ping the engine every `every` seconds for good, noting when it answers. The ping (vLLM's `list_loras`)
+        is a call the engine core answers between two steps, through its worker, so it goes unanswered only
+        while a step or a process hangs; a long prompt or a full batch only delays it by a step."""
+        while True:
+            if self.ready:
+                try:
+                    await self._llm.list_loras()
+                    self.answered_at = time.monotonic()
+                except Exception:  # died: `dead` says so, and liveness fails on that
+                    log.exception("the engine did not answer its ping")
+            await asyncio.sleep(every)
+
+    def stalled(self, limit: float) -> float | None:
+        """Seconds since the engine last answered a ping, if over `limit` (0: never stalled); else None."""
+        silent = time.monotonic() - self.answered_at
+        return silent if self.ready and limit > 0 and silent > limit else None
 
     @property
     def dead(self) -> bool:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, description="GPUs to shard the model over")
     enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode on GPU)")
     max_queue: int = Field(256, description="requests waiting or running before new ones get 429")
+    engine_stall_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="liveness (/health) fails when the engine has not answered a ping between its steps for this "
+        "long: a hung engine core or worker never recovers by itself (0: never)",
+    )
     load_engine: bool = Field(True, description="start the engine (false: a management-only gateway)")
 
     # Training

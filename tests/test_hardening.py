@@ -438,12 +438,37 @@ def test_bad_seeds_and_odd_model_names_are_4xx_and_leave_nothing_in_the_engine(g
 
 
 @pytest.mark.slow
-def test_a_dead_engine_fails_liveness_so_the_pod_is_restarted(tmp_path: Path) -> None:
-    extra = {"SKILLSERVE_TRAINING_ENABLED": "false"}
+def test_a_hung_or_dead_engine_fails_liveness_so_the_pod_is_restarted(tmp_path: Path) -> None:
+    extra = {"SKILLSERVE_TRAINING_ENABLED": "false", "SKILLSERVE_ENGINE_STALL_SECONDS": "3"}
     with gateway_process(tmp_path, f"file://{tmp_path / 'store'}", extra) as (server, proc):
         url = server.url
         engines = psutil.Process(proc.pid).children(recursive=True)
         assert engines, "the engine core runs in a process of its own"
+        # Hung: the engine's processes stopped (SIGSTOP), as a deadlocked step leaves them, with a request waiting.
+        _wait_until(lambda: _status(f"{url}/health") == 200, 60, "/health not 200 on a healthy engine")
+        for child in engines:
+            child.suspend()
+        answered: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: answered.append(
+                httpx.post(
+                    f"{url}/v1/chat/completions", json={"model": DEFAULT_MODEL, "messages": HELLO, "max_tokens": 4},
+                    headers=INFERENCE, timeout=300,
+                ).status_code
+            )
+        )
+        waiting.start()
+        try:
+            _wait_until(lambda: _status(f"{url}/health") == 503, 60, "/health stayed 200 with a hung engine")
+            assert httpx.get(f"{url}/health").json()["status"] == "engine not answering"
+        finally:
+            for child in engines:
+                child.resume()
+        # Once it answers again, so does liveness (a probe that failed a few times does not restart the pod).
+        _wait_until(lambda: _status(f"{url}/health") == 200, 60, "/health stayed 503 once the engine answered")
+        waiting.join(timeout=120)
+        assert answered == [200], "the request that waited through the hang did not finish"
+        # Dead: the engine's processes killed.
         for child in engines:
             child.kill()
         _wait_until(lambda: _status(f"{url}/health") == 503, 120, "/health stayed 200 with a dead engine")

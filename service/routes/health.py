@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -10,17 +11,22 @@ from fastapi.responses import JSONResponse, Response
 from service.dependencies import GatewayDep
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("skillserve.health")
 
 
 @router.get(
     "/health",
-    summary="Liveness: the process answers and its engine, once started, is alive (503 when it died)",
-    responses={503: {"description": "the engine died; restart the gateway"}},
+    summary="Liveness: the process answers and its engine, once started, is alive and answering (503 when not)",
+    responses={503: {"description": "the engine died, or hung (engine_stall_seconds); restart the gateway"}},
 )
 async def health(gw: GatewayDep) -> JSONResponse:
+    # A dead or hung engine never comes back by itself: fail liveness so Kubernetes restarts the pod.
     if gw.engine.dead:
-        # A dead engine never comes back by itself: fail liveness so Kubernetes restarts the pod.
         return JSONResponse({"status": "engine dead"}, status_code=503)
+    silent = gw.engine.stalled(gw.settings.engine_stall_seconds)
+    if silent is not None:
+        log.warning("the engine has not answered a ping for %.0f s: failing liveness", silent)
+        return JSONResponse({"status": "engine not answering", "seconds": round(silent)}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
