@@ -371,22 +371,20 @@ class Registry:
         on the new one. So no writer (the trainer, a runner, the gateway) ever overwrites what it did not see.
         Returns the record written, or None when `change` declined; NotFound if the job is gone."""
         key = job_key(job_id)
-        for _ in range(UPDATE_ATTEMPTS):
-            try:
+        try:
+            for _ in range(UPDATE_ATTEMPTS):
                 data, tag = self.store.get_tagged(key)
-            except NotFound:
-                raise NotFound(f"job {job_id} not found") from None
-            written = change(JobRecord.model_validate_json(data))
-            if written is None:
-                return None
-            try:
-                self.store.put_bytes(key, written.model_dump_json(indent=2).encode(), if_match=tag)
-            except Conflict:
-                log.info("job %s changed while it was being written; reading it again", job_id)
-                continue
-            except NotFound:
-                raise NotFound(f"job {job_id} not found") from None
-            return written
+                written = change(JobRecord.model_validate_json(data))
+                if written is None:
+                    return None
+                try:
+                    self.store.put_bytes(key, written.model_dump_json(indent=2).encode(), if_match=tag)
+                except Conflict:
+                    log.info("job %s changed while it was being written; reading it again", job_id)
+                    continue
+                return written
+        except NotFound:  # gone before the read, or between the read and the write
+            raise NotFound(f"job {job_id} not found") from None
         raise Conflict(f"job {job_id} kept changing: {UPDATE_ATTEMPTS} writes in a row lost the race")
 
     def list_jobs(self) -> list[JobRecord]:

@@ -87,8 +87,6 @@ class JobRegistry(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord: ...
 
-    def put_job(self, record: JobRecord) -> None: ...
-
     def update_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None: ...
 
     def list_jobs(self) -> list[JobRecord]: ...
@@ -431,7 +429,6 @@ class KubernetesRunner(ReconcilingRunner):
             error = f"Kubernetes refused the training Job for {job.id}: {api_refusal(exc)}"
             raise KubernetesRunnerError(error) from exc
         self.registry.update_job(job.id, self._record_ref)
-
 
     def cancel(self, job_id: str) -> None:
         """Delete the Job (its pods go with it) and mark the record cancelled, unless it already finished."""
