@@ -10,6 +10,9 @@ from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.templates import get_template
 from trainer.sft import encode_rows
 
+# How far a leak between packed rows moves a logit, at the least (the leaky check below finds more).
+LEAK = 1e-2
+
 ROWS = [
     [{"role": "user", "content": "Shout these words: cat tree"}, {"role": "assistant", "content": "CAT TREE!"}],
     [
@@ -57,8 +60,12 @@ def test_packed_rows_see_only_themselves_and_keep_their_loss(model_and_examples:
         padded = model(**_collate(examples, padding_free=False), use_cache=False)
     lengths = [len(e["input_ids"]) for e in examples]
     segments = torch.split(together.logits[0], lengths)
+    # The packed and the lone row run through kernels of other shapes, so their float32 sums go in other orders
+    # through 30 layers: measured at most 5e-5 apart on logits up to 43 (Intel Xeon with AMX), and the two CPU
+    # kinds' BLAS differ in the last bits too. A leak moves logits by more than 1e-2 (the test below), so 1e-3
+    # leaves 20x for rounding and 10x for a leak.
     for segment, reference in zip(segments, alone, strict=True):
-        torch.testing.assert_close(segment, reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(segment, reference, atol=LEAK / 10, rtol=0)
     # The second row's first label is its own first token, which must not be learned from row one's end.
     assert packed["labels"][0, lengths[0]] == -100
     # Same tokens carry the loss either way, so the mean loss is the padded batch's.
@@ -76,4 +83,4 @@ def test_the_check_would_see_a_leak(model_and_examples: tuple[Any, Any]) -> None
         leaky = model(**packed, use_cache=True).logits[0]
         alone = model(input_ids=torch.tensor([examples[1]["input_ids"]])).logits[0]
     second = leaky[len(examples[0]["input_ids"]) :]
-    assert (second - alone).abs().max() > 1e-2
+    assert (second - alone).abs().max() > LEAK
