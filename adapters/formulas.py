@@ -3,8 +3,9 @@
 OpenAI's graders guide lists what a formula may use: the sub-graders' names, numbers, `+ - * /`, `^` for a
 power, and the functions `min max abs floor ceil exp sqrt log`. Nothing else is accepted: no attribute,
 subscript, comparison, lambda, keyword argument or call to any other name, so a formula cannot reach Python.
-`**` is taken as a power too. Every value is a float, so `9 ^ 9 ^ 9` overflows into an error instead of
-building a huge integer.
+`^` is read as Python's `**` (so a power binds tighter than `*` and groups from the right, as in
+mathematics, not as Python's `^`, which is a bitwise xor below `+`), and `**` is taken too. Every value is a
+float, so `9 ^ 9 ^ 9` overflows into an error instead of building a huge integer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
-    ast.BitXor: lambda a, b: a**b,  # OpenAI's formulas write a power as `^`
 }
 _UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a}
 
@@ -73,7 +73,8 @@ def parse(text: str, names: set[str] | frozenset[str]) -> Formula:
     if len(text) > MAX_FORMULA_CHARS:
         raise FormulaError(f"the formula has {len(text)} characters, more than {MAX_FORMULA_CHARS}")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # No strings in the language, so every `^` is an operator (a quoted one is refused below anyway)
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"{text!r} does not parse: {exc.msg}") from None
     except (RecursionError, MemoryError):
