@@ -28,7 +28,7 @@ from adapters.errors import GraderError
 # Templates: `{{ item.x.y }}`, `{{ sample.output_text }}`, `{{ sample.output_json.x }}`, `{{ item.rows[0] }}`
 # ---------------------------------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")  # no braces inside: linear, whatever the text
 _REFERENCE = re.compile(r"(item|sample)((?:\.[^.\[\]\s{}]+|\[\d+\])+)")
 _STEP = re.compile(r"\.([^.\[\]\s{}]+)|\[(\d+)\]")
 # What OpenAI's guide puts in the sample namespace (output_audio is not: no model here speaks)

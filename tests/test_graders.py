@@ -531,3 +531,10 @@ def test_the_python_grader_is_refused_inside_a_multi_grader_too() -> None:
 def test_validate_keeps_the_graders_fields() -> None:
     raw = multi("(a + b) / 2", a=YES, b=similarity("rouge_l", "{{sample.output_text}}", "{{item.ref}}"))
     assert json.loads(validate(raw).model_dump_json(exclude_none=True)) == raw
+
+
+def test_a_long_template_of_unclosed_braces_is_checked_in_one_pass() -> None:
+    # A lazy `{{(.*?)}}` scanned to the end from each of the 100,000 openings: minutes, not milliseconds
+    text = "{{ item" * 100_000
+    assert check_template(text) == text
+    assert render(text, {}, None) == text
