@@ -413,7 +413,6 @@ def _param(prefix: str, loc: tuple[int | str, ...], data: Any) -> str:
 
 # OpenAI's names for what went wrong in a grader run (the `metadata.errors` of /fine_tuning/alpha/graders/run)
 ErrorKind = Literal[
-    "formula_parse_error",
     "invalid_variable_error",
     "model_grader_parse_error",
     "model_grader_server_error",
@@ -463,19 +462,21 @@ class ModelCaller(Protocol):
 
 
 async def grade(
-    grader: AnyGrader | Mapping[str, Any],
+    grader: AnyGrader | Mapping[str, Any] | BaseModel,
     item: Mapping[str, Any] | None,
     sample: str | Mapping[str, Any] | Sample,
     caller: ModelCaller | None = None,
 ) -> GradeResult:
     """Grade one sample of one item. A judge's unusable answer or a reference that does not resolve gives
     score 0 with the error recorded; only a grader that is itself invalid raises (GraderError)."""
-    checked = grader if isinstance(grader, BaseModel) else validate(grader)
+    if isinstance(grader, BaseModel) and not isinstance(grader, _Schema):  # the openai SDK's own grader types
+        grader = grader.model_dump(exclude_none=True)
+    checked = grader if isinstance(grader, AnyGrader) else validate(grader)
     return await _grade(checked, item if item is not None else {}, Sample.of(sample), caller)
 
 
 def grade_sync(
-    grader: AnyGrader | Mapping[str, Any],
+    grader: AnyGrader | Mapping[str, Any] | BaseModel,
     item: Mapping[str, Any] | None,
     sample: str | Mapping[str, Any] | Sample,
     caller: ModelCaller | None = None,

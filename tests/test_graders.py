@@ -538,3 +538,11 @@ def test_a_long_template_of_unclosed_braces_is_checked_in_one_pass() -> None:
     text = "{{ item" * 100_000
     assert check_template(text) == text
     assert render(text, {}, None) == text
+
+
+def test_the_openai_sdks_grader_objects_grade_as_their_json_does() -> None:
+    from openai.types.graders import StringCheckGrader
+
+    sdk = StringCheckGrader(type="string_check", name="c", input="{{sample.output_text}}", reference="a",
+                            operation="like")
+    assert grade_sync(sdk, {}, "cat").score == 1.0
