@@ -96,7 +96,9 @@ def _step(value: Any, step: str | int, walked: str, reference: str) -> Any:
     if isinstance(value, list) and step.isdigit() and int(step) < len(value):
         return value[int(step)]
     if not isinstance(value, Mapping):
-        got = "not set (the sample is not JSON)" if value is None else f"a {type(value).__name__}, not an object"
+        got = f"a {type(value).__name__}, not an object"
+        if value is None:
+            got = "not set (the sample is not JSON)" if walked == "sample.output_json" else "null, not an object"
         raise TemplateReferenceError(f"{where}: {walked} is {got}")
     if step not in value:
         keys = ", ".join(sorted(map(str, value))[:20]) or "no fields"
@@ -136,7 +138,7 @@ class Sample:
 def _json_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested answer is as unreadable as a malformed one
         return None
 
 

@@ -143,7 +143,10 @@ def test_fuzzy_match_of_long_texts_is_computed_without_the_quadratic_table() -> 
 
 # --- templates ---------------------------------------------------------------------------------------------
 
-ITEM = {"answer": "blue", "n": 5, "ok": True, "meta": {"city": "Paris", "tags": ["a", "b"]}, "rows": [{"x": 1}, "y"]}
+ITEM = {
+    "answer": "blue", "none": None, "n": 5, "ok": True, "meta": {"city": "Paris", "tags": ["a", "b"]},
+    "rows": [{"x": 1}, "y"],
+}
 SAMPLE = Sample.of('{"city": "Lyon", "count": 2}')
 
 
@@ -173,11 +176,12 @@ def test_templates_render_item_and_sample_fields(template: str, rendered: str) -
 @pytest.mark.parametrize(
     ("template", "sample", "says"),
     [
-        ("{{item.answr}}", SAMPLE, "item has no 'answr' (it has answer, meta, n, ok, rows)"),
+        ("{{item.answr}}", SAMPLE, "item has no 'answr' (it has answer, meta, n, none, ok, rows)"),
         ("{{item.meta.country}}", SAMPLE, "item.meta has no 'country' (it has city, tags)"),
         ("{{item.meta.tags[2]}}", SAMPLE, "item.meta.tags has 2 element(s)"),
         ("{{item.answer.x}}", SAMPLE, "item.answer is a str, not an object"),
         ("{{sample.output_json.city}}", Sample.of("plain"), "sample.output_json is not set (the sample is not JSON)"),
+        ("{{item.none.x}}", SAMPLE, "item.none is null, not an object"),
     ],
 )
 def test_a_reference_that_does_not_resolve_says_where_it_stopped(template: str, sample: Sample, says: str) -> None:
@@ -211,6 +215,7 @@ def test_a_bad_reference_is_refused_when_the_grader_is_validated(template: str, 
 def test_a_text_sample_gets_output_json_when_it_is_json() -> None:
     assert Sample.of('{"a": 1}').output_json == {"a": 1}
     assert Sample.of("not json").output_json is None
+    assert Sample.of("[" * 100_000).output_json is None  # too deep for the parser: not JSON, not a crash
     assert Sample.of({"output_text": "x", "output_json": {"b": 2}}).output_json == {"b": 2}
 
 
