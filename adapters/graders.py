@@ -651,7 +651,7 @@ def _result_field(answer: str) -> Any:
     for candidate in candidates:
         try:
             parsed = json.loads(candidate)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(parsed, dict) and "result" in parsed:
             return parsed["result"]

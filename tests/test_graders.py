@@ -391,7 +391,9 @@ def test_score_model_normalises_the_judges_number_to_zero_one(answer: str, score
     assert (result.score, result.details["raw_score"]) == (pytest.approx(score), raw)
 
 
-@pytest.mark.parametrize("answer", ["7/10", "great answer", "11", "-1", '{"result": true}', "nan", ""])
+@pytest.mark.parametrize(
+    "answer", ["7/10", "great answer", "11", "-1", '{"result": true}', "nan", "", "[" * 5000 + "}"]
+)
 def test_a_judge_answer_that_cannot_be_read_scores_zero_with_the_error_recorded(answer: str) -> None:
     result = grade_sync(score_model(), {"question": "2+2?"}, "4", ScriptedJudge(answer))
     assert (result.score, result.passed) == (0.0, False)
