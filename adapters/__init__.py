@@ -1,1 +1,1 @@
-"""The shared domain of skillserve: manifests, templates, datasets, the object store and the registry."""
+"""The shared domain of skillserve: manifests, templates, datasets, the object store, the registry and graders."""

@@ -76,3 +76,18 @@ class DatasetError(SkillserveError, ValueError):
         shown = "; ".join(f"line {line}: {reason}" if line else reason for line, reason in errors[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         super().__init__(f"dataset has {len(errors)} bad line(s): {shown}{more}")
+
+
+class GraderError(SkillserveError, ValueError):
+    """A grader that cannot run here: a bad field, a bad template or formula, or a kind not offered.
+
+    `param` is the path of the offending field as OpenAI's error body names it (`grader.operation`,
+    `grader.graders.accuracy.input[0].content`), so the edge can answer a 400 that points at it.
+    """
+
+    code = "invalid_grader"
+
+    def __init__(self, message: str, param: str = "grader"):
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.reason = message
