@@ -329,3 +329,72 @@ def test_job_counts_in_metrics_are_read_from_the_store_at_most_once_per_interval
     time.sleep(0.25)  # the store fails: the scrape still works, with the last counts
     assert b'skillserve_jobs{status="queued"} 2.0' in metrics.render()
     assert len(reads) == 3
+
+
+@pytest.fixture
+def two_versions(management: tuple[TestClient, FileStore], peft_adapter_dir: Path) -> tuple[str, str]:
+    _, store = management
+    registry = Registry(store)
+    return tuple(publish_adapter(registry, peft_adapter_dir, "aliased").version for _ in range(2))  # type: ignore[return-value]
+
+
+ALIAS_REFUSALS = [
+    # (what is sent, with V1/V2 for the two versions) -> (status, param)
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": "0.5"}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": True}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": 1.5}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V1", "canary_weight": 0.5}, 400, "canary"),
+    ({"alias": "c", "version": "V1", "canary_weight": 0.5}, 400, "canary_weight"),
+    ({"alias": "c", "version": None, "canary": "V2"}, 400, "canary"),
+    ({"alias": "V1", "version": "V2"}, 400, "alias"),  # name@V1 must keep meaning V1
+    ({"alias": "v20991231235959-abcd", "version": "V2"}, 400, "alias"),  # named like versions yet to come
+    ({"alias": "c", "version": "v9"}, 404, "version"),
+    ({"alias": "c", "version": "V1", "canary": "v9", "canary_weight": 0.5}, 404, "canary"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), ALIAS_REFUSALS)
+def test_alias_writes_that_would_break_a_name_are_refused_and_write_nothing(
+    management: tuple[TestClient, FileStore], two_versions: tuple[str, str], body: dict[str, object], status: int,
+    param: str,
+) -> None:
+    client, store = management
+    v1, v2 = two_versions
+    sent = {k: {"V1": v1, "V2": v2}.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    before = store.list("aliases/")
+    reply = client.post("/adapters/aliased/aliases", json=sent, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["param"] == param, reply.text
+    assert store.list("aliases/") == before
+    assert client.get(f"/v1/models/aliased@{v1}", headers={"Authorization": f"Bearer {API_KEY}"}).status_code != 500
+
+
+def test_removing_an_alias_of_a_missing_adapter_is_404_and_stores_nothing(
+    management: tuple[TestClient, FileStore],
+) -> None:
+    client, store = management
+    reply = client.post(
+        "/adapters/ghost/aliases", json={"alias": "prod", "version": None},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", reply.text
+    assert store.list("aliases/") == []
+
+
+def test_an_alias_onto_a_version_being_deleted_is_409_with_the_reason(
+    management: tuple[TestClient, FileStore], two_versions: tuple[str, str],
+) -> None:
+    client, store = management
+    v1, v2 = two_versions
+    registry = Registry(store)
+    current = registry.aliases("aliased")
+    # What a delete of v1 writes first, before it removes the manifest (the gateway stopped between the two).
+    fence = current.model_copy(update={"revision": current.revision + 1, "unpublished": [v1]})
+    store.put_bytes(f"aliases/aliased/{fence.revision:012d}.json", fence.model_dump_json().encode())
+    reply = client.post(
+        "/adapters/aliased/aliases", json={"alias": "prod", "version": v1},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert reply.status_code == 409, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == ("version", "conflict") and "being deleted" in error["message"]
