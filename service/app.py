@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             unload=engine.remove_lora,
             base_dir=engine.model_dir,
+            max_names=settings.name_cache_entries,
         )
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))

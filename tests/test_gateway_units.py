@@ -20,6 +20,7 @@ from adapters.servable import check_manifest
 from adapters.store import FileStore
 from service.adapter_cache import AdapterCache
 from service.app import create_app
+from service.errors import APIError
 from service.metrics import Metrics
 from service.openapi import render
 from service.runner_local import LocalRunner
@@ -398,3 +399,20 @@ def test_an_alias_onto_a_version_being_deleted_is_409_with_the_reason(
     assert reply.status_code == 409, reply.text
     error = reply.json()["error"]
     assert (error["param"], error["code"]) == ("version", "conflict") and "being deleted" in error["message"]
+
+
+def test_any_number_of_unknown_model_names_keeps_the_name_cache_at_its_bound(
+    registry: Registry, published: Manifest, tmp_path: Path
+) -> None:
+    cache = AdapterCache(registry, tmp_path / "cache", 2**30, DEFAULT_MODEL, 16, Metrics(), max_names=64)
+
+    async def scenario() -> None:
+        assert (await cache.manifest("noise")).ref == published.ref
+        for n in range(2000):
+            with pytest.raises(APIError) as unknown:
+                await cache.manifest(f"random-{n}")
+            assert unknown.value.status == 404
+            assert len(cache._manifests) <= 64
+        assert (await cache.manifest("noise")).ref == published.ref  # a known name is read again, still found
+
+    asyncio.run(scenario())
