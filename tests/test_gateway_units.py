@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -416,3 +418,58 @@ def test_any_number_of_unknown_model_names_keeps_the_name_cache_at_its_bound(
         assert (await cache.manifest("noise")).ref == published.ref  # a known name is read again, still found
 
     asyncio.run(scenario())
+
+
+class CountingStore:
+    """A store that counts the reads of each key (test double around the real one)."""
+
+    def __init__(self, store: FileStore):
+        self.store = store
+        self.reads: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.reads[key] += 1
+        return self.store.get_bytes(key)
+
+
+def test_followers_of_a_job_share_one_store_read_per_tick_and_see_every_change(tmp_path: Path) -> None:
+    followers, interval = 20, 0.1
+    with TestClient(create_app(management_settings(tmp_path, training_enabled=False))) as client:
+        gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        registry = gateway.registry
+        counting = registry.store = CountingStore(registry.store)
+        job = _job(registry, "followed", JobStatus.running)
+        streams: list[str] = []
+
+        def follow() -> None:
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            reply = client.get(f"/jobs/{job.id}/events?interval={interval}", headers=auth)
+            streams.append(reply.text)
+
+        threads = [threading.Thread(target=follow) for _ in range(followers)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for step in (1, 2, 3):
+            time.sleep(1.0)  # pacing, so every follower's tick comes between two changes
+            registry.update_job(
+                job.id, lambda r, s=step: r.model_copy(update={"progress": r.progress.model_copy(update={"step": s})})
+            )
+        time.sleep(1.0)
+        registry.update_job(job.id, lambda r: r.model_copy(update={"status": JobStatus.succeeded}))
+        for thread in threads:
+            thread.join(timeout=60)
+        elapsed = time.monotonic() - started
+    assert len(streams) == followers
+    for text in streams:
+        seen = [json.loads(line.removeprefix("data: ")) for line in text.splitlines() if line.startswith("data: ")]
+        assert [(e["status"], e["progress"]["step"]) for e in seen] == [
+            ("running", 0), ("running", 1), ("running", 2), ("running", 3), ("succeeded", 3)
+        ]
+    # About one read per tick for all of them together (before: one per follower per tick, ~20x as many).
+    ticks = elapsed / interval
+    print(f"{followers} followers, {ticks:.0f} ticks: {counting.reads[f'jobs/{job.id}.json']} reads of the record")
+    assert counting.reads[f"jobs/{job.id}.json"] <= 2 * ticks + 10, (counting.reads, ticks)
