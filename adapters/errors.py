@@ -8,6 +8,10 @@ class SkillserveError(Exception):
 
     code = "skillserve_error"
 
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        self.param = param  # the request field at fault, when one is: the edge reports it as OpenAI's `param`
+
 
 class InvalidName(SkillserveError, ValueError):
     """An adapter name, version, job id or store URI that could escape its place in the store."""

@@ -45,7 +45,7 @@ class AdapterState:
 ADAPTER_TRANSITIONS: dict[tuple[str, str], str] = {
     ("uploading", "published"): "the manifest's conditional write wins",
     ("uploading", "deleted"): "the manifest write lost (the loser removes its blobs), or the publisher crashed",
-    ("published", "deleted"): "deleted through the API (manifest first)",
+    ("published", "deleted"): "deleted through the API (aliases off it first, then the manifest)",
 }
 
 

@@ -36,6 +36,7 @@ from adapters.errors import AlreadyExists, ChecksumMismatch, Conflict, InvalidAd
 from adapters.models import sha256_file, weights_hash
 from adapters.schema import (
     FILE_ID_RE,
+    GENERATED_VERSION_RE,
     LATEST,
     Aliases,
     AliasTarget,
@@ -163,6 +164,9 @@ class Registry:
         files = _adapter_files(directory)
         if self.store.exists(key):
             raise AlreadyExists(f"adapter {manifest.ref} is already published")
+        if manifest.version == LATEST or manifest.version in self.aliases(manifest.name).aliases:
+            # `name@<alias>` means the alias: a version of that name could never be reached, or would shadow it.
+            raise AlreadyExists(f"{manifest.ref}: {manifest.version!r} is an alias of {manifest.name}, not a version")
         entries = {}
         for path in files:
             digest = sha256_file(path)
@@ -175,7 +179,16 @@ class Registry:
         except AlreadyExists:
             self._discard_loser(completed)
             raise AlreadyExists(f"adapter {manifest.ref} was published by another writer meanwhile") from None
-        self.set_alias(manifest.name, LATEST, AliasTarget(version=manifest.version))
+        latest = AliasTarget(version=manifest.version)
+
+        def point_latest(current: Aliases) -> Aliases:
+            # A version deleted and published again under its old name is no longer being unpublished.
+            return current.model_copy(update={
+                "aliases": {**current.aliases, LATEST: latest},
+                "unpublished": [v for v in current.unpublished if v != manifest.version],
+            })
+
+        self._change_aliases(manifest.name, point_latest)
         return completed
 
     def _discard_loser(self, lost: Manifest) -> None:
@@ -211,6 +224,13 @@ class Registry:
         return self.manifest(name, pick_version(self.aliases(name), ref, user))
 
     # Aliases: aliases/<name>/<revision>.json, append-only, each revision a conditional put.
+    #
+    # Every change to an adapter's aliases, a delete's included, is one revision written with if_absent over the
+    # revision it read, so the changes are totally ordered. A delete first writes a revision that drops the aliases
+    # pointing at the versions it deletes and lists those versions as `unpublished`, and only then removes their
+    # manifests; an alias write refuses a version the revision it read lists, or whose manifest is gone. So an alias
+    # write that lands before the delete's revision is seen (and undone) by the delete, and one that lands after it
+    # read the delete's revision and refuses: no interleaving leaves an alias pointing at a deleted version.
 
     def aliases(self, name: str) -> Aliases:
         """The aliases in force for `name` (revision 0 and none when never set)."""
@@ -228,31 +248,63 @@ class Registry:
         """Point `alias` at `target` (None removes it) in a new revision, written with a conditional put.
 
         With `expected_revision`, the write happens only if that revision is still in force (AlreadyExists
-        otherwise: someone moved an alias since it was read); without, a lost race is retried on the new state."""
+        otherwise: someone moved an alias since it was read); without, a lost race is retried on the new state.
+        Refused: an alias named like a version (InvalidName), a version being deleted (Conflict), an unknown version
+        or, when removing, an adapter with neither versions nor aliases (NotFound)."""
         check_name(alias, "alias")
-        if target is not None:
-            for version in filter(None, (target.version, target.canary)):
-                if not self.store.exists(manifest_key(name, version)):
-                    raise NotFound(f"adapter {name}@{version} not found")
-        for _ in range(ALIAS_WRITE_ATTEMPTS):
-            current = self.aliases(name)
+        if GENERATED_VERSION_RE.fullmatch(alias):
+            raise InvalidName(f"alias {alias!r} is named like a version: name@{alias} must mean that version",
+                              param="alias")
+
+        def change(current: Aliases) -> Aliases | None:
             if expected_revision is not None and current.revision != expected_revision:
                 raise AlreadyExists(
                     f"aliases of {name} are at revision {current.revision}, not {expected_revision}: "
                     "read them again and retry"
                 )
-            changed = dict(current.aliases)
+            if self.store.exists(manifest_key(name, alias)):
+                raise InvalidName(f"alias {alias!r} is a version of {name}: {name}@{alias} must mean that version",
+                                  param="alias")
             if target is None:
-                changed.pop(alias, None)
-            else:
-                changed[alias] = target
-            written = Aliases(name=name, revision=current.revision + 1, aliases=changed)
+                if alias in current.aliases:
+                    return current.model_copy(update={"aliases": {a: t for a, t in current.aliases.items()
+                                                                  if a != alias}})
+                if current.revision == 0 and not self.versions(name):
+                    raise NotFound(f"adapter {name!r} not found")
+                return None  # not set: nothing to remove
+            for version, param in ((target.version, "version"), (target.canary, "canary")):
+                if version is None:
+                    continue
+                # Checked on the revision just read, after reading it: see the comment above `aliases`.
+                if version in current.unpublished:
+                    raise Conflict(f"adapter {name}@{version} is being deleted: no alias can point at it",
+                                   param=param)
+                if not self.store.exists(manifest_key(name, version)):
+                    raise NotFound(f"adapter {name}@{version} not found", param=param)
+            return current.model_copy(update={"aliases": {**current.aliases, alias: target}})
+
+        return self._change_aliases(name, change, conditional=expected_revision is not None)
+
+    def _change_aliases(
+        self, name: str, change: Callable[[Aliases], Aliases | None], *, conditional: bool = False
+    ) -> Aliases:
+        """Write `change(current)` as the next revision, if_absent: a lost race reads the new revision and runs
+        `change` again (or, `conditional`, is refused). `change` returning None writes nothing."""
+        for _ in range(ALIAS_WRITE_ATTEMPTS):
+            current = self.aliases(name)
+            changed = change(current)
+            if changed is None:
+                return current
+            # Versions whose manifest is gone need no fence: an alias write checks the manifest after its read.
+            unpublished = [v for v in changed.unpublished if self.store.exists(manifest_key(name, v))]
+            written = Aliases(name=name, revision=current.revision + 1, aliases=changed.aliases,
+                              unpublished=unpublished)
             try:
                 self.store.put_bytes(
                     alias_key(name, written.revision), written.model_dump_json(indent=2).encode(), if_absent=True
                 )
             except AlreadyExists:
-                if expected_revision is not None:
+                if conditional:
                     raise AlreadyExists(f"aliases of {name} were changed by another writer meanwhile") from None
                 continue
             self._prune_aliases(name, written.revision)
@@ -328,7 +380,8 @@ class Registry:
         return dest
 
     def delete(self, name: str, version: str | None = None) -> list[str]:
-        """Unpublish one version (every version if None): manifest first, then files; NotFound if none."""
+        """Unpublish one version (every version if None): first a revision of the aliases that drops those
+        pointing at it and fences it off, then the manifest, then the files; NotFound if none."""
         if version is None:
             versions = [m.version for m in self.versions(name)]
             if not versions:
@@ -337,19 +390,26 @@ class Registry:
             if not self.store.exists(manifest_key(name, version)):
                 raise NotFound(f"adapter {name}@{version} not found")
             versions = [version]
-        if version is None:
-            for key in self.store.list(alias_prefix(name)):
-                self.store.delete(key)
-        else:
-            current = self.aliases(name)
-            for alias in [a for a, t in current.aliases.items() if version in (t.version, t.canary)]:
-                # An alias must never point at nothing; `latest` falls back to the newest version.
-                self.set_alias(name, alias, None)
+        gone = set(versions)
+
+        def unpublish(current: Aliases) -> Aliases:
+            # An alias must never point at nothing; `latest` falls back to the newest version.
+            kept = {a: t for a, t in current.aliases.items() if not {t.version, t.canary} & gone}
+            fenced = current.unpublished + [v for v in versions if v not in current.unpublished]
+            return current.model_copy(update={"aliases": kept, "unpublished": fenced})
+
+        fence = self._change_aliases(name, unpublish)
         for each in versions:
             # The manifest goes first so no reader ever sees a published version with missing files.
             self.store.delete(manifest_key(name, each))
             for key in self.store.list(adapter_prefix(name, each)):
                 self.store.delete(key)
+        if version is None:
+            # The newest revision stays: removing it would let an alias writer that read an older one write again
+            # at a revision number nobody holds.
+            for key in self.store.list(alias_prefix(name)):
+                if key < alias_key(name, fence.revision):
+                    self.store.delete(key)
         return versions
 
     # Jobs

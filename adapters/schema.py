@@ -55,6 +55,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+# What `new_version` makes, and a checkpoint published as a version (`<version>-step<n>`): names no alias may take.
+GENERATED_VERSION_RE = re.compile(r"^v[0-9]{14}-[0-9a-f]{4}(?:-step[0-9]+)?$")
+
+
 def new_version() -> str:
     """Versions sort by creation time: v<utc timestamp>-<4 random hex digits>."""
     return time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
@@ -315,6 +319,10 @@ class Aliases(BaseModel):
     name: AdapterName
     revision: int = Field(0, ge=0, description="0 = no alias ever set; a conditional write names the one it read")
     aliases: dict[AdapterName, AliasTarget] = Field(default_factory=dict)
+    unpublished: list[Version] = Field(
+        default_factory=list,
+        description="versions being (or just) deleted: no alias may point at them; dropped once their manifest is gone",
+    )
     updated_at: float = Field(default_factory=time.time)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from service.metrics import Metrics
 log = logging.getLogger("skillserve.adapters")
 
 MANIFEST_TTL_S = 3.0
+# Store reads kept per replica: every name asked for leaves one (an unknown name its empty aliases), so a bound.
+NAME_CACHE_ENTRIES = 4096
 # OpenAI's fine-tuned model ids, `ft:<base>:<owner>:<suffix>:<id>`: aliases of one adapter version each.
 FT_PREFIX = "ft:"
 
@@ -78,6 +81,7 @@ class AdapterCache:
         metrics: Metrics,
         unload: Callable[[int], Awaitable[None]] | None = None,
         base_dir: Path | None = None,
+        max_names: int = NAME_CACHE_ENTRIES,
     ):
         self.registry = registry
         self.root = cache_dir / "adapters"
@@ -87,7 +91,10 @@ class AdapterCache:
         self.metrics = metrics
         self.unload = unload
         self.base_dir = base_dir
-        self._manifests: dict[tuple[str, str | None], _Cached] = {}
+        # Least recently used first: beyond `max_names` entries the oldest go, so any number of distinct names
+        # (random unknown ones included) holds a bounded amount of memory.
+        self._manifests: OrderedDict[tuple[str, str | None], _Cached] = OrderedDict()
+        self.max_names = max_names
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._ids: dict[str, int] = {}
@@ -135,6 +142,7 @@ class AdapterCache:
         delete; while the store is unreachable, what this replica already knows keeps serving."""
         cached = self._manifests.get(key)
         if cached and time.monotonic() - cached.fetched_at < MANIFEST_TTL_S:
+            self._manifests.move_to_end(key)
             return cached.value
         try:
             value = await asyncio.to_thread(read)
@@ -144,6 +152,9 @@ class AdapterCache:
             log.warning("store unreachable; serving %s from what was read before", key)
             return cached.value
         self._manifests[key] = _Cached(value, time.monotonic())
+        self._manifests.move_to_end(key)
+        while len(self._manifests) > self.max_names:
+            self._manifests.popitem(last=False)
         return value
 
     # ------------------------------------------------------------ local files

@@ -24,6 +24,7 @@ from service.adapter_cache import AdapterCache
 from service.auth import KeyGate
 from service.dependencies import Gateway
 from service.engine import Engine
+from service.job_reads import JobReads
 from service.metrics import Metrics
 from service.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
 from service.runner import Runner, trainer_command
@@ -162,13 +163,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             unload=engine.remove_lora,
             base_dir=engine.model_dir,
+            max_names=settings.name_cache_entries,
         )
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
         metrics.watch_loras(cache.in_use, settings.max_loras)
         metrics.watch_engine(lambda: engine.in_flight, engine.unfinished)
         metrics.watch_residency(cache.resident)
-        app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics)
+        app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics, JobReads(registry))
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         if runner is not None:
             runner.start()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from service.adapter_cache import AdapterCache
 from service.engine import Engine
+from service.job_reads import JobReads
 from service.metrics import Metrics
 from service.runner import Runner
 from service.settings import Settings
@@ -25,6 +26,7 @@ class Gateway:
     cache: AdapterCache
     runner: Runner | None
     metrics: Metrics
+    job_reads: JobReads  # job records shared by everyone following a job
 
 
 def get_gateway(request: Request) -> Gateway:

@@ -66,15 +66,15 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
         lines = [{"line": line, "reason": reason} for line, reason in exc.errors]
         return APIError(400, str(exc), code=exc.code, param="dataset", details=lines)
     if isinstance(exc, domain.NotFound):
-        return APIError(404, str(exc), code=exc.code)
-    if isinstance(exc, domain.AlreadyExists):
-        return APIError(409, str(exc), code=exc.code)
+        return APIError(404, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, domain.AlreadyExists | domain.Conflict):
+        return APIError(409, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, domain.StoreUnavailable):
         return APIError(503, str(exc), type="server_error", code=exc.code, headers={"Retry-After": "5"})
     if isinstance(exc, domain.ChecksumMismatch | domain.ModelError):
         return APIError(500, str(exc), type="server_error", code=exc.code)
     if isinstance(exc, domain.InvalidAdapter | domain.InvalidName | domain.TemplateError):
-        return APIError(400, str(exc), code=exc.code)
+        return APIError(400, str(exc), code=exc.code, param=exc.param)
     return APIError(500, str(exc), type="server_error", code=exc.code)
 
 

@@ -427,11 +427,16 @@ def _openai_figures(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def list_events(gw: Gateway, ftjob: str, after: str | None, limit: int) -> FineTuningJobEventList:
-    """The job's history, newest first: the trainer's messages and step figures, or what its record tells."""
+async def list_events(gw: Gateway, ftjob: str, after: str | None, limit: int) -> FineTuningJobEventList:
+    """The job's history, newest first: the trainer's messages and step figures, or what its record tells. Clients
+    poll this: the record comes from the shared read of the job (one store read per job per 0.1 s, however many)."""
     job_id = job_id_of(ftjob)
-    record = gw.registry.get_job(job_id)
-    model = _model_of(record, gw.registry.get_fine_tune(job_id))
+    record, fine_tune = await gw.job_reads.with_fine_tune(job_id)
+    return await asyncio.to_thread(_events_page, record, _model_of(record, fine_tune), after, limit)
+
+
+def _events_page(record: JobRecord, model: str, after: str | None, limit: int) -> FineTuningJobEventList:
+    job_id = record.id
     created = JobEvent(at=record.created_at, message=f"Created fine-tuning job: {ftjob_id(job_id)}")
     history = [created, *(record.events or _history(record, model))]
     # Numbered oldest first, so an event keeps its id as the history grows.

@@ -512,15 +512,38 @@ class SetAliasRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = Field(description="e.g. latest, prod, canary; the model is then `name@alias`")
-    version: str | None = Field(description="the version it serves; null removes the alias")
-    canary: str | None = Field(None, description="a second version for a weighted split")
+    alias: str = Field(
+        strict=True, description="e.g. latest, prod, canary; the model is then `name@alias` (not a version's name)"
+    )
+    version: str | None = Field(strict=True, description="the version it serves; null removes the alias")
+    canary: str | None = Field(
+        None, strict=True, description="a second version for a weighted split (not `version`; needs `canary_weight`)"
+    )
     canary_weight: float = Field(
-        0.0, ge=0.0, le=1.0, description="share of users the canary answers (sticky by `user`)"
+        0.0, ge=0.0, le=1.0, strict=True,
+        description="share of users the canary answers (sticky by `user`): a number in [0, 1], only with `canary`",
     )
     expected_revision: int | None = Field(
-        None, description="write only if the aliases are still at this revision (from GET); 409 otherwise"
+        None, strict=True,
+        description="write only if the aliases are still at this revision (from GET); 409 otherwise",
     )
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_is_another_version(cls, canary: str | None, info: ValidationInfo) -> str | None:
+        if canary is not None:
+            if info.data.get("version") is None:
+                raise ValueError("a canary needs a `version` to split with")
+            if canary == info.data["version"]:
+                raise ValueError("the canary must be another version than `version`")
+        return canary
+
+    @field_validator("canary_weight")
+    @classmethod
+    def _weight_needs_a_canary(cls, weight: float, info: ValidationInfo) -> float:
+        if weight and info.data.get("canary") is None:
+            raise ValueError("a canary_weight above 0 needs a `canary` version to send that share to")
+        return weight
 
 
 class JobView(BaseModel):

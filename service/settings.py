@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(default_factory=lambda: home() / "cache", description="local disk cache for adapters")
     cache_max_bytes: int = Field(10 * 2**30, description="disk cache size before least-recently-used eviction")
+    name_cache_entries: int = Field(
+        4096, ge=16,
+        description="model names (unknown ones too) whose aliases and manifests a replica keeps read; LRU beyond",
+    )
 
     # Engine
     model: str = Field(DEFAULT_MODEL, description="base model: the embedded default, a local directory or a hub id")

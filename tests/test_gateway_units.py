@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from adapters.servable import check_manifest
 from adapters.store import FileStore
 from service.adapter_cache import AdapterCache
 from service.app import create_app
+from service.errors import APIError
 from service.metrics import Metrics
 from service.openapi import render
 from service.runner_local import LocalRunner
@@ -329,3 +332,144 @@ def test_job_counts_in_metrics_are_read_from_the_store_at_most_once_per_interval
     time.sleep(0.25)  # the store fails: the scrape still works, with the last counts
     assert b'skillserve_jobs{status="queued"} 2.0' in metrics.render()
     assert len(reads) == 3
+
+
+@pytest.fixture
+def two_versions(management: tuple[TestClient, FileStore], peft_adapter_dir: Path) -> tuple[str, str]:
+    _, store = management
+    registry = Registry(store)
+    return tuple(publish_adapter(registry, peft_adapter_dir, "aliased").version for _ in range(2))  # type: ignore[return-value]
+
+
+ALIAS_REFUSALS = [
+    # (what is sent, with V1/V2 for the two versions) -> (status, param)
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": "0.5"}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": True}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V2", "canary_weight": 1.5}, 400, "canary_weight"),
+    ({"alias": "c", "version": "V1", "canary": "V1", "canary_weight": 0.5}, 400, "canary"),
+    ({"alias": "c", "version": "V1", "canary_weight": 0.5}, 400, "canary_weight"),
+    ({"alias": "c", "version": None, "canary": "V2"}, 400, "canary"),
+    ({"alias": "V1", "version": "V2"}, 400, "alias"),  # name@V1 must keep meaning V1
+    ({"alias": "v20991231235959-abcd", "version": "V2"}, 400, "alias"),  # named like versions yet to come
+    ({"alias": "c", "version": "v9"}, 404, "version"),
+    ({"alias": "c", "version": "V1", "canary": "v9", "canary_weight": 0.5}, 404, "canary"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), ALIAS_REFUSALS)
+def test_alias_writes_that_would_break_a_name_are_refused_and_write_nothing(
+    management: tuple[TestClient, FileStore], two_versions: tuple[str, str], body: dict[str, object], status: int,
+    param: str,
+) -> None:
+    client, store = management
+    v1, v2 = two_versions
+    sent = {k: {"V1": v1, "V2": v2}.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    before = store.list("aliases/")
+    reply = client.post("/adapters/aliased/aliases", json=sent, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["param"] == param, reply.text
+    assert store.list("aliases/") == before
+    assert client.get(f"/v1/models/aliased@{v1}", headers={"Authorization": f"Bearer {API_KEY}"}).status_code != 500
+
+
+def test_removing_an_alias_of_a_missing_adapter_is_404_and_stores_nothing(
+    management: tuple[TestClient, FileStore],
+) -> None:
+    client, store = management
+    reply = client.post(
+        "/adapters/ghost/aliases", json={"alias": "prod", "version": None},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", reply.text
+    assert store.list("aliases/") == []
+
+
+def test_an_alias_onto_a_version_being_deleted_is_409_with_the_reason(
+    management: tuple[TestClient, FileStore], two_versions: tuple[str, str],
+) -> None:
+    client, store = management
+    v1, v2 = two_versions
+    registry = Registry(store)
+    current = registry.aliases("aliased")
+    # What a delete of v1 writes first, before it removes the manifest (the gateway stopped between the two).
+    fence = current.model_copy(update={"revision": current.revision + 1, "unpublished": [v1]})
+    store.put_bytes(f"aliases/aliased/{fence.revision:012d}.json", fence.model_dump_json().encode())
+    reply = client.post(
+        "/adapters/aliased/aliases", json={"alias": "prod", "version": v1},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert reply.status_code == 409, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == ("version", "conflict") and "being deleted" in error["message"]
+
+
+def test_any_number_of_unknown_model_names_keeps_the_name_cache_at_its_bound(
+    registry: Registry, published: Manifest, tmp_path: Path
+) -> None:
+    cache = AdapterCache(registry, tmp_path / "cache", 2**30, DEFAULT_MODEL, 16, Metrics(), max_names=64)
+
+    async def scenario() -> None:
+        assert (await cache.manifest("noise")).ref == published.ref
+        for n in range(2000):
+            with pytest.raises(APIError) as unknown:
+                await cache.manifest(f"random-{n}")
+            assert unknown.value.status == 404
+            assert len(cache._manifests) <= 64
+        assert (await cache.manifest("noise")).ref == published.ref  # a known name is read again, still found
+
+    asyncio.run(scenario())
+
+
+class CountingStore:
+    """A store that counts the reads of each key (test double around the real one)."""
+
+    def __init__(self, store: FileStore):
+        self.store = store
+        self.reads: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.reads[key] += 1
+        return self.store.get_bytes(key)
+
+
+def test_followers_of_a_job_share_one_store_read_per_tick_and_see_every_change(tmp_path: Path) -> None:
+    followers, interval = 20, 0.1
+    with TestClient(create_app(management_settings(tmp_path, training_enabled=False))) as client:
+        gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        registry = gateway.registry
+        counting = registry.store = CountingStore(registry.store)
+        job = _job(registry, "followed", JobStatus.running)
+        streams: list[str] = []
+
+        def follow() -> None:
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            reply = client.get(f"/jobs/{job.id}/events?interval={interval}", headers=auth)
+            streams.append(reply.text)
+
+        threads = [threading.Thread(target=follow) for _ in range(followers)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for step in (1, 2, 3):
+            time.sleep(1.0)  # pacing, so every follower's tick comes between two changes
+            registry.update_job(
+                job.id, lambda r, s=step: r.model_copy(update={"progress": r.progress.model_copy(update={"step": s})})
+            )
+        time.sleep(1.0)
+        registry.update_job(job.id, lambda r: r.model_copy(update={"status": JobStatus.succeeded}))
+        for thread in threads:
+            thread.join(timeout=60)
+        elapsed = time.monotonic() - started
+    assert len(streams) == followers
+    for text in streams:
+        seen = [json.loads(line.removeprefix("data: ")) for line in text.splitlines() if line.startswith("data: ")]
+        assert [(e["status"], e["progress"]["step"]) for e in seen] == [
+            ("running", 0), ("running", 1), ("running", 2), ("running", 3), ("succeeded", 3)
+        ]
+    # About one read per tick for all of them together (before: one per follower per tick, ~20x as many).
+    ticks = elapsed / interval
+    print(f"{followers} followers, {ticks:.0f} ticks: {counting.reads[f'jobs/{job.id}.json']} reads of the record")
+    assert counting.reads[f"jobs/{job.id}.json"] <= 2 * ticks + 10, (counting.reads, ticks)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from adapters.errors import AlreadyExists, ChecksumMismatch, InvalidAdapter, InvalidName, NotFound
+from adapters.errors import AlreadyExists, ChecksumMismatch, Conflict, InvalidAdapter, InvalidName, NotFound
 from adapters.registry import Registry, file_key
 from adapters.schema import AliasTarget, JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
 from adapters.store import ObjectStore
@@ -340,7 +342,8 @@ def test_publishing_moves_latest_and_an_alias_rolls_back(registry: Registry, tmp
     with pytest.raises(NotFound):
         registry.resolve("shout", "prod")
     registry.delete("shout")
-    assert registry.store.list("aliases/") == []
+    # One revision stays, with no alias: a writer that read an older one cannot write at a number nobody holds.
+    assert len(registry.store.list("aliases/")) == 1 and registry.aliases("shout").aliases == {}
 
 
 def test_concurrent_alias_writers_each_land_in_a_revision_of_their_own(registry: Registry, tmp_path: Path) -> None:
@@ -366,3 +369,143 @@ def test_a_canary_split_is_weighted_and_sticky_per_user() -> None:
     picks = [target.pick(f"user-{n}") for n in range(2000)]
     assert 0.07 < picks.count("v2") / len(picks) < 0.13
     assert all(target.pick(f"user-{n}") == picks[n] for n in range(2000))
+
+
+class AliasesReadThen:
+    """A store through which `meanwhile` runs once, right after this writer's first read of an adapter's aliases:
+    another gateway's whole alias write or delete lands between this writer's read and its write."""
+
+    def __init__(self, store: ObjectStore, meanwhile: Callable[[], object]):
+        self.store, self.meanwhile = store, meanwhile
+        self.done = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def list(self, prefix: str) -> list[str]:
+        keys = self.store.list(prefix)
+        if prefix.startswith("aliases/") and not self.done:
+            self.done = True
+            self.meanwhile()
+        return keys
+
+
+def _three_versions(registry: Registry, tmp_path: Path) -> None:
+    for n in (1, 2, 3):
+        registry.publish(unpublished("shout", f"v{n}", created_at=n), adapter_dir(tmp_path / str(n)))
+
+
+def _no_alias_points_at_nothing(registry: Registry) -> None:
+    published = {m.version for m in registry.versions("shout")}
+    for alias, target in registry.aliases("shout").aliases.items():
+        assert {target.version, target.canary} - {None} <= published, (alias, target, published)
+    assert registry.resolve("shout").version in published  # the bare name still answers
+
+
+def test_an_alias_write_that_read_before_a_delete_is_refused(registry: Registry, tmp_path: Path) -> None:
+    _three_versions(registry, tmp_path)
+    racing = Registry(AliasesReadThen(registry.store, lambda: registry.delete("shout", "v2")))  # type: ignore[arg-type]
+    with pytest.raises(NotFound, match="shout@v2"):  # its version was checked after its read
+        racing.set_alias("shout", "latest", AliasTarget(version="v2"))
+    _no_alias_points_at_nothing(registry)
+    assert registry.resolve("shout").version == "v3"
+
+
+class StopsAtManifestDelete:
+    """A store that fails a delete of a manifest: a gateway that stopped in the middle of a delete."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def delete(self, key: str) -> None:
+        if key.endswith("/manifest.json"):
+            raise RuntimeError("the gateway stopped here")
+        self.store.delete(key)
+
+
+def test_no_alias_can_point_at_a_version_whose_delete_is_under_way(registry: Registry, tmp_path: Path) -> None:
+    _three_versions(registry, tmp_path)
+    with pytest.raises(RuntimeError):
+        Registry(StopsAtManifestDelete(registry.store)).delete("shout", "v2")  # type: ignore[arg-type]
+    assert registry.resolve("shout", "v2").version == "v2"  # still published, but fenced off
+    with pytest.raises(Conflict, match="shout@v2 is being deleted") as refused:
+        registry.set_alias("shout", "prod", AliasTarget(version="v3", canary="v2", canary_weight=0.1))
+    assert refused.value.param == "canary"
+    assert registry.delete("shout", "v2") == ["v2"]  # the delete, run again, completes
+    registry.set_alias("shout", "prod", AliasTarget(version="v3"))
+    assert registry.aliases("shout").unpublished == []  # no fence outlives its manifest
+
+
+def test_a_delete_that_read_the_aliases_before_an_alias_moved_onto_its_version_removes_that_alias(
+    registry: Registry, tmp_path: Path
+) -> None:
+    _three_versions(registry, tmp_path)
+    moved = lambda: registry.set_alias("shout", "latest", AliasTarget(version="v2"))  # noqa: E731
+    racing = Registry(AliasesReadThen(registry.store, moved))  # type: ignore[arg-type]
+    assert racing.delete("shout", "v2") == ["v2"]
+    _no_alias_points_at_nothing(registry)
+    assert registry.resolve("shout").version == "v3"  # `latest` went with v2: the newest answers
+
+
+def _move_latest_while_deleting_its_target(registry: Registry, name: str) -> None:
+    barrier = threading.Barrier(2)
+
+    def move() -> None:
+        barrier.wait()
+        with contextlib.suppress(Conflict, NotFound):  # refused: its version went first
+            registry.set_alias(name, "latest", AliasTarget(version="v2"))
+
+    def delete() -> None:
+        barrier.wait()
+        registry.delete(name, "v2")
+
+    threads = [threading.Thread(target=move), threading.Thread(target=delete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_alias_moves_racing_deletes_of_their_version_never_leave_an_alias_on_nothing(
+    registry: Registry, tmp_path: Path
+) -> None:
+    for attempt in range(12):
+        name = f"race{attempt}"
+        for n in (1, 2, 3):
+            registry.publish(unpublished(name, f"v{n}", created_at=n), adapter_dir(tmp_path / f"{attempt}-{n}"))
+        _move_latest_while_deleting_its_target(registry, name)
+        target = registry.aliases(name).aliases.get("latest")
+        assert target is None or target.version in ("v1", "v3"), (attempt, target)
+        assert registry.resolve(name).version in ("v1", "v3")
+
+
+def test_an_alias_may_not_take_a_versions_name_nor_a_version_an_aliases(registry: Registry, tmp_path: Path) -> None:
+    _three_versions(registry, tmp_path)
+    with pytest.raises(InvalidName, match="is a version") as refused:
+        registry.set_alias("shout", "v1", AliasTarget(version="v2"))
+    assert refused.value.param == "alias"
+    with pytest.raises(InvalidName, match="named like a version"):  # a version not published yet, too
+        registry.set_alias("shout", "v20260101000000-ab12", AliasTarget(version="v2"))
+    assert registry.resolve("shout", "v1").version == "v1"
+    registry.set_alias("shout", "prod", AliasTarget(version="v2"))
+    with pytest.raises(AlreadyExists, match="is an alias"):
+        registry.publish(unpublished("shout", "prod", created_at=4), adapter_dir(tmp_path / "4"))
+    assert registry.resolve("shout", "prod").version == "v2"
+
+
+def test_removing_an_alias_of_a_missing_adapter_is_not_found_and_writes_nothing(registry: Registry) -> None:
+    with pytest.raises(NotFound):
+        registry.set_alias("ghost", "prod", None)
+    assert registry.store.list("aliases/") == []
+
+
+def test_a_version_published_again_after_its_delete_can_be_aliased(registry: Registry, tmp_path: Path) -> None:
+    _three_versions(registry, tmp_path)
+    registry.delete("shout", "v3")
+    registry.publish(unpublished("shout", "v3", created_at=3), adapter_dir(tmp_path / "again"))
+    registry.set_alias("shout", "prod", AliasTarget(version="v3"))
+    assert registry.resolve("shout", "prod").version == "v3"
+    assert registry.aliases("shout").unpublished == []

@@ -94,7 +94,7 @@ async def list_events(
     after: str | None = Query(None, description="cursor: the id of the last event of the previous page"),
     limit: int = Query(20, ge=1, le=1000),
 ) -> FineTuningJobEventList:
-    return await asyncio.to_thread(fine_tuning.list_events, gw, job_id, after, limit)
+    return await fine_tuning.list_events(gw, job_id, after, limit)
 
 
 @router.get(

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from adapters.schema import JobStatus, Manifest, check_job_id
+from adapters.schema import Manifest, check_job_id
 from service import adapter_ops, fine_tuning
 from service.auth import require_admin, require_inference
 from service.dependencies import Gateway, GatewayDep
+from service.job_reads import JOB_READ_TTL_S
 from service.protocol import MANAGEMENT_ERRORS, ErrorResponse, JobList, JobView
 
 router = APIRouter(tags=["jobs"])
@@ -59,21 +60,27 @@ async def job_events(
     job_id: str,
     request: Request,
     gw: GatewayDep,
-    interval: float = Query(0.5, ge=0.1, le=10, description="seconds between reads of the job record"),
+    interval: float = Query(
+        0.5, ge=JOB_READ_TTL_S, le=10,
+        description="seconds between looks at the job (every follower of a job shares one read of its record)",
+    ),
 ) -> StreamingResponse:
-    first = await _job(gw, job_id)  # 404 before the stream starts
+    check_job_id(job_id)
+    first = await gw.job_reads.record(job_id)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[str]:
-        view, last = first, ""
+        record, seen, last = first, None, ""
         while True:
-            data = view.model_dump_json()
-            if data != last:
-                yield f"event: job\ndata: {data}\n\n"
-                last = data
-            if JobStatus(view.status).finished or await request.is_disconnected():
+            if record is not seen:  # a new read of the record: render it (the same read is the same object)
+                seen = record
+                data = JobView.of(record).model_dump_json()
+                if data != last:
+                    yield f"event: job\ndata: {data}\n\n"
+                    last = data
+            if record.status.finished or await request.is_disconnected():
                 return
             await asyncio.sleep(interval)
-            view = await _job(gw, job_id)
+            record = await gw.job_reads.record(job_id)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
