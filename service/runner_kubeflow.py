@@ -33,7 +33,7 @@ from service.runner_kubernetes import (
 )
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.runner.kubeflow")
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 # The replicated job and container names of Kubeflow's torch runtimes (manifests/base/runtimes/torch_distributed.yaml).

@@ -32,7 +32,7 @@ from adapters.schema import JobRecord, JobStatus
 from service.runner import trainer_command
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.runner.kubernetes")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 MANAGED_BY = "skillserve"
