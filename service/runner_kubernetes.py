@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import urllib3
 import yaml
@@ -394,7 +394,8 @@ class ReconcilingRunner:
         self._unreachable.pop(record.id, None)
         return True
 
-    def _refused(self, record: JobRecord, exc: ApiException) -> None:
+    def _refused(self, record: JobRecord, exc: ApiException) -> NoReturn:
+        """Fail the record with the server's refusal and raise it for the API to answer 4xx."""
         if exc.status in (401, 403):
             reason = (
                 f"the gateway's Kubernetes account may not create {self.resource} in namespace {self.namespace} "
