@@ -95,3 +95,21 @@ class GraderError(SkillserveError, ValueError):
         super().__init__(f"{param}: {message}")
         self.param = param
         self.reason = message
+
+
+class JobRefused(SkillserveError):
+    """The cluster refused to start a training job (e.g. the API server's validation); the runner has failed the
+    job's record with `reason`."""
+
+    code = "job_refused"
+
+    def __init__(self, reason: str, job_id: str):
+        self.reason = reason
+        self.job_id = job_id
+        super().__init__(f"{reason}; job {job_id} is recorded as failed with this reason")
+
+
+class JobForbidden(JobRefused):
+    """The gateway's cluster account may not start training jobs (RBAC); the record is failed as for JobRefused."""
+
+    code = "job_forbidden"

@@ -14,7 +14,7 @@ from typing import Any
 from adapters.errors import NotFound
 from adapters.schema import JobEvent, JobRecord, JobStatus
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.lifecycle")
 
 Q, R, S, F, C = JobStatus.queued, JobStatus.running, JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
 

@@ -58,7 +58,7 @@ from adapters.store import ObjectStore, check_key
 if TYPE_CHECKING:
     from adapters.templates import ChatTemplate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.registry")
 
 MANIFEST = "manifest.json"
 _DATASET_KEY_RE = re.compile(r"datasets/[0-9a-f]{64}\.jsonl")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from adapters import auto
 from adapters.dataset import parse_dataset
-from adapters.errors import DatasetError, NotFound
+from adapters.errors import DatasetError, JobRefused, NotFound
 from adapters.registry import dataset_key
 from adapters.schema import (
     JOB_ID_RE,
@@ -283,6 +283,20 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         metadata=body.metadata or {},
     )
     multiplier = None if requested.learning_rate_multiplier == "auto" else float(requested.learning_rate_multiplier)
+    owner = gw.settings.fine_tune_owner
+
+    def fine_tune_of(job_id: str) -> FineTune:
+        return FineTune(
+            job_id=job_id,
+            model=f"{FT_PREFIX}{gw.engine.base_model_id}:{owner}:{suffix or ''}:{short}",
+            suffix=suffix,
+            training_file=training.id,
+            validation_file=body.validation_file,
+            requested=requested.model_dump(),
+            learning_rate_multiplier=multiplier,
+            organization_id=owner,
+        )
+
     try:
         job = await adapter_ops.train(gw, request, None, validation=validation, learning_rate_multiplier=multiplier)
     except DatasetError as exc:
@@ -291,17 +305,13 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         if error.param == "validation":
             raise _about(error, "validation_file", f"validation_file {body.validation_file}") from None
         raise
-    owner = gw.settings.fine_tune_owner
-    fine_tune = FineTune(
-        job_id=job.id,
-        model=f"{FT_PREFIX}{gw.engine.base_model_id}:{owner}:{suffix or ''}:{short}",
-        suffix=suffix,
-        training_file=training.id,
-        validation_file=body.validation_file,
-        requested=requested.model_dump(),
-        learning_rate_multiplier=multiplier,
-        organization_id=owner,
-    )
+    except JobRefused as refused:
+        # The runner failed the job with the cluster's reason: it is listed as this API's job, failed.
+        await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune_of(refused.job_id))
+        answer = from_domain(refused)
+        answer.message = f"{refused.reason}; fine-tuning job {ftjob_id(refused.job_id)} is recorded as failed"
+        raise answer from None
+    fine_tune = fine_tune_of(job.id)
     await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune)
     alias = FineTunedModel(id=fine_tune.model, name=job.spec.name, version=job.spec.version, job_id=job.id)
     await asyncio.to_thread(gw.registry.put_fine_tuned_model, alias)

@@ -21,7 +21,8 @@ class Runner(Protocol):
         """Begin work: resume queued jobs, mark jobs interrupted by a restart as failed, start watching."""
 
     def submit(self, job: JobRecord) -> None:
-        """Run (or queue) the trainer for a job whose record is already stored."""
+        """Run (or queue) the trainer for a job whose record is already stored. A place that refuses the job
+        fails its record with the reason and raises adapters.errors.JobRefused (the API answers 4xx)."""
 
     def cancel(self, job_id: str) -> None:
         """Stop a queued or running job and mark it cancelled; nothing is published."""

@@ -33,7 +33,7 @@ from service.runner_kubernetes import (
 )
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.runner.kubeflow")
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 # The replicated job and container names of Kubeflow's torch runtimes (manifests/base/runtimes/torch_distributed.yaml).
@@ -133,6 +133,8 @@ class KubeflowRunner(ReconcilingRunner):
 
     # Its own name in the records: a Job runner would find no Job for a TrainJob's record and fail it.
     name = "kubeflow"
+    kind = title = "TrainJob"
+    resource = "trainjobs.trainer.kubeflow.org"
     thread_name = "trainjob-watch"
 
     def __init__(
@@ -145,18 +147,14 @@ class KubeflowRunner(ReconcilingRunner):
         self.namespace = default_namespace(settings)
         self.api = custom_api if custom_api is not None else connect_custom_objects()
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
+        self._unreachable = {}
 
     def _where(self) -> dict[str, str]:
         return {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
 
-    def submit(self, job: JobRecord) -> None:
-        body = build_trainjob(job, self.settings, self.template, self.namespace)
-        try:
-            self.api.create_namespaced_custom_object(body=body, **self._where())
-        except ApiException as exc:
-            error = f"Kubernetes refused the training TrainJob for {job.id}: {api_refusal(exc)}"
-            raise KubernetesRunnerError(error) from exc
-        self.registry.update_job(job.id, self._record_ref)
+    def _create(self, record: JobRecord) -> None:
+        body = build_trainjob(record, self.settings, self.template, self.namespace)
+        self.api.create_namespaced_custom_object(body=body, **self._where())
 
     def cancel(self, job_id: str) -> None:
         """Delete the TrainJob (its JobSet and pods go with it) and mark the record cancelled."""
@@ -172,25 +170,17 @@ class KubeflowRunner(ReconcilingRunner):
                 raise KubernetesRunnerError(f"cannot delete the TrainJob of {job_id}: {api_refusal(exc)}") from exc
         advance(self.registry, job_id, JobStatus.cancelled, error=record.error or "cancelled")
 
-    def reconcile(self) -> None:
-        """One pass: fail unfinished records whose TrainJob failed, completed without a result, or vanished."""
-        try:
-            listed = self.api.list_namespaced_custom_object(label_selector=JOB_SELECTOR, **self._where())
-        except ApiException as exc:
-            log.warning("cannot list TrainJobs in %s: %s", self.namespace, api_refusal(exc))
-            return
-        objects = {item["metadata"]["name"]: item for item in listed.get("items") or []}
-        for record in self.registry.list_jobs():
-            if record.runner != self.name or record.status.finished or not record.runner_ref:
-                continue
-            obj = objects.get(record.runner_ref)
-            if obj is None:
-                if not self._exists(record.runner_ref):  # it may have been created after the list
-                    self._fail(record.id, f"TrainJob {record.runner_ref} no longer exists")
-            elif reason := trainjob_failure(obj):
-                self._fail(record.id, f"TrainJob {record.runner_ref} failed: {reason}")
-            elif trainjob_complete(obj):
-                self._fail(record.id, f"TrainJob {record.runner_ref} completed but the trainer recorded no result")
+    def _list(self) -> dict[str, Any]:
+        listed = self.api.list_namespaced_custom_object(label_selector=JOB_SELECTOR, **self._where())
+        return {item["metadata"]["name"]: item for item in listed.get("items") or []}
+
+    def _verdict(self, obj: dict[str, Any], name: str) -> str | None:
+        """A TrainJob that failed, or completed without the trainer's result."""
+        if reason := trainjob_failure(obj):
+            return f"TrainJob {name} failed: {reason}"
+        if trainjob_complete(obj):
+            return f"TrainJob {name} completed but the trainer recorded no result"
+        return None
 
     def _read(self, name: str) -> Any:
         return self.api.get_namespaced_custom_object(name=name, **self._where())

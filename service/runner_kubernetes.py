@@ -8,6 +8,7 @@ record, and deletes Jobs on cancel. Retries are Kubernetes' business (the Job's 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,20 +18,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
+import urllib3
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from adapters.errors import SkillserveError
+from adapters.errors import JobForbidden, JobRefused, SkillserveError
 from adapters.lifecycle import advance
 from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
 from service.runner import trainer_command
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("skillserve.runner.kubernetes")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 MANAGED_BY = "skillserve"
@@ -333,27 +335,135 @@ def connect_apis() -> tuple[k8s.BatchV1Api, k8s.CoreV1Api]:
 
 
 class ReconcilingRunner:
-    """What the cluster runners share: reconcile job records with the cluster once at start, then every
-    `poll_seconds` on a thread of their own; a failure goes through the transition table. Subclasses say
-    how to reconcile (`reconcile`) and how to read one of their objects by name (`_read`)."""
+    """What the cluster runners share: submit a record's object (a Job, a TrainJob) under the name `job_name`
+    derives from its id, reconcile records with the cluster once at start and then every `poll_seconds` on a
+    thread of their own, and write every verdict through the transition table. Subclasses say how to create,
+    read and list their objects and what an object says about its job (`_verdict`)."""
 
     name: str
+    kind: str  # what the cluster calls the object: "Job", "TrainJob"
+    title: str  # how messages name one: "Kubernetes Job", "TrainJob"
+    resource: str  # the RBAC resource the gateway's account must be allowed to create: "jobs.batch", ...
     thread_name: str
     registry: JobRegistry
+    namespace: str
     poll_seconds: float
+    # How long a record may go unsubmitted because the API server cannot be reached (or answers 5xx/429)
+    # before it is failed with the last error.
+    unreachable_grace: float = FAILED_CREATE_GRACE_SECONDS
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
+    _unreachable: dict[str, float]  # job id -> when its create first failed for want of the API server
 
-    def reconcile(self) -> None:
+    def _create(self, record: JobRecord) -> None:
         raise NotImplementedError
-
-    def _record_ref(self, record: JobRecord) -> JobRecord:
-        """After submit, the record names its runner and cluster object: through `update_job`, since the
-        trainer may already be writing to it."""
-        return record.model_copy(update={"runner": self.name, "runner_ref": job_name(record.id)})
 
     def _read(self, name: str) -> Any:
         raise NotImplementedError
+
+    def _list(self) -> dict[str, Any]:
+        """This runner's objects in its namespace, by name (ApiException when they cannot be listed)."""
+        raise NotImplementedError
+
+    def _verdict(self, obj: Any, name: str) -> str | None:
+        """Why the job of a record whose object is `obj` has failed, or None while it has not."""
+        raise NotImplementedError
+
+    def submit(self, job: JobRecord) -> None:
+        """Create the object, then record its name: the record is the source of truth for any replica.
+
+        A refusal (the server's validation, RBAC, a missing namespace) fails the record with the server's reason
+        and raises JobRefused (JobForbidden for 401/403). An API server that cannot be reached, or answers 5xx or
+        429, leaves the record queued: the next reconcile pass submits it (and fails it after
+        `unreachable_grace`)."""
+        if self._created(job):
+            self._record_ref(job.id)
+
+    def _created(self, record: JobRecord) -> bool:
+        """Create the record's object: True once it exists, False when the server could not be reached."""
+        try:
+            self._create(record)
+        except ApiException as exc:
+            if exc.status == 409:  # already there: an earlier submit, or another replica's reconcile, made it
+                return True
+            if exc.status in (408, 429) or exc.status >= 500:
+                return self._unreachable_for(record, api_refusal(exc))
+            self._refused(record, exc)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return self._unreachable_for(record, f"{type(exc).__name__}: {exc}")
+        self._unreachable.pop(record.id, None)
+        return True
+
+    def _refused(self, record: JobRecord, exc: ApiException) -> NoReturn:
+        """Fail the record with the server's refusal and raise it for the API to answer 4xx."""
+        if exc.status in (401, 403):
+            reason = (
+                f"the gateway's Kubernetes account may not create {self.resource} in namespace {self.namespace} "
+                f"({api_refusal(exc)}): grant it the verb create on {self.resource} there, as the chart's Role does"
+            )
+            self._fail(record.id, reason)
+            raise JobForbidden(reason, record.id) from exc
+        reason = f"Kubernetes refused the training {self.kind}: {api_refusal(exc)}"
+        self._fail(record.id, reason)
+        raise JobRefused(reason, record.id) from exc
+
+    def _unreachable_for(self, record: JobRecord, error: str) -> bool:
+        """Leave the record queued for the next pass, or fail it once the API has failed it for the grace period."""
+        since = self._unreachable.setdefault(record.id, time.monotonic())
+        waited = time.monotonic() - since
+        if waited < self.unreachable_grace:
+            log.warning(
+                "cannot create the %s of job %s yet (%s); the watch tries again", self.kind, record.id, error
+            )
+            return False
+        self._unreachable.pop(record.id, None)
+        self._fail(record.id, f"Kubernetes did not take the training {self.kind} for {waited:.0f} s: {error}")
+        return False
+
+    def _record_ref(self, job_id: str) -> None:
+        """After submit, the record names its runner and cluster object: through `update_job`, since the
+        trainer may already be writing to it."""
+        ref = job_name(job_id)
+
+        def name_it(record: JobRecord) -> JobRecord | None:
+            if (record.runner, record.runner_ref) == (self.name, ref):
+                return None
+            return record.model_copy(update={"runner": self.name, "runner_ref": ref})
+
+        self.registry.update_job(job_id, name_it)
+
+    def reconcile(self) -> None:
+        """One pass over this runner's unfinished records, each looked up by `runner_ref or job_name(id)`: fail
+        those whose object has a verdict or vanished, record the name of an object the record does not name
+        yet, and submit a queued record that has no object (stored, but the gateway died before submitting,
+        or the API server could not be reached)."""
+        try:
+            objects = self._list()
+        except ApiException as exc:
+            log.warning("cannot list %ss in %s: %s", self.kind, self.namespace, api_refusal(exc))
+            return
+        for record in self.registry.list_jobs():
+            if record.runner != self.name or record.status.finished:
+                continue
+            name = record.runner_ref or job_name(record.id)
+            obj = objects.get(name)
+            if obj is None:
+                obj = self._get(name)  # it may have been created after the list
+            if obj is None:
+                self._missing(record, name)
+                continue
+            if record.runner_ref is None:  # the object exists; the write of its name did not happen
+                self._record_ref(record.id)
+            if reason := self._verdict(obj, name):
+                self._fail(record.id, reason)
+
+    def _missing(self, record: JobRecord, name: str) -> None:
+        if record.runner_ref or record.status is not JobStatus.queued:
+            self._fail(record.id, f"{self.title} {name} no longer exists")
+            return
+        log.info("job %s is queued with no %s; submitting it", record.id, self.kind)
+        with contextlib.suppress(JobRefused):  # the record is failed with the reason, and _fail logged it
+            self.submit(record)
 
     def start(self) -> None:
         """Reconcile once (objects that failed or vanished while no gateway watched), then keep watching."""
@@ -369,14 +479,14 @@ class ReconcilingRunner:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def _exists(self, name: str) -> bool:
+    def _get(self, name: str) -> Any:
+        """The object called `name`, or None if there is none."""
         try:
-            self._read(name)
+            return self._read(name)
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
 
     def _fail(self, job_id: str, error: str) -> None:
         # The transition table keeps the trainer's own verdict over ours.
@@ -396,6 +506,9 @@ class KubernetesRunner(ReconcilingRunner):
     """Runs each training job as a Kubernetes Job and keeps job records in step with the Jobs."""
 
     name = "kubernetes"
+    kind = "Job"
+    title = "Kubernetes Job"
+    resource = "jobs.batch"
     thread_name = "k8s-job-watch"
 
     def __init__(
@@ -417,18 +530,13 @@ class KubernetesRunner(ReconcilingRunner):
         # Events only explain a Job without pods; a runner without the core API just cannot say why.
         self.core_api = core_api
         self.failed_create_grace = failed_create_grace
+        self._unreachable = {}
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
 
-    def submit(self, job: JobRecord) -> None:
-        """Create the Job, then record its name: the record is the source of truth for any replica."""
-        body = k8s.V1Job.from_dict(build_job(job, self.settings, self.template, self.namespace))
+    def _create(self, record: JobRecord) -> None:
+        body = k8s.V1Job.from_dict(build_job(record, self.settings, self.template, self.namespace))
         assert body is not None
-        try:
-            self.api.create_namespaced_job(namespace=self.namespace, body=body)
-        except ApiException as exc:
-            error = f"Kubernetes refused the training Job for {job.id}: {api_refusal(exc)}"
-            raise KubernetesRunnerError(error) from exc
-        self.registry.update_job(job.id, self._record_ref)
+        self.api.create_namespaced_job(namespace=self.namespace, body=body)
 
     def cancel(self, job_id: str) -> None:
         """Delete the Job (its pods go with it) and mark the record cancelled, unless it already finished."""
@@ -446,29 +554,19 @@ class KubernetesRunner(ReconcilingRunner):
                 raise KubernetesRunnerError(f"cannot delete the Job of {job_id}: {api_refusal(exc)}") from exc
         advance(self.registry, job_id, JobStatus.cancelled, error=record.error or "cancelled")
 
-    def reconcile(self) -> None:
-        """One pass: fail unfinished records whose Job failed for good, cannot create its pod, completed
-        silently, or vanished."""
-        try:
-            listed = self.api.list_namespaced_job(namespace=self.namespace, label_selector=JOB_SELECTOR)
-        except ApiException as exc:
-            log.warning("cannot list training Jobs in %s: %s", self.namespace, api_refusal(exc))
-            return
-        jobs = {item.metadata.name: item for item in listed.items or [] if item.metadata}
-        for record in self.registry.list_jobs():
-            if record.runner != self.name or record.status.finished or not record.runner_ref:
-                continue
-            job = jobs.get(record.runner_ref)
-            if job is None:
-                if not self._exists(record.runner_ref):  # it may have been created after the list
-                    self._fail(record.id, f"Kubernetes Job {record.runner_ref} no longer exists")
-            elif reason := job_failure(job):
-                self._fail(record.id, f"Kubernetes Job {record.runner_ref} failed: {reason}")
-            elif job_complete(job):
-                error = f"Kubernetes Job {record.runner_ref} completed but the trainer recorded no result"
-                self._fail(record.id, error)
-            elif not job_has_pods(job) and (reason := self._failed_create(job)):
-                self._fail(record.id, f"Kubernetes Job {record.runner_ref} cannot start its pod: {reason}")
+    def _list(self) -> dict[str, Any]:
+        listed = self.api.list_namespaced_job(namespace=self.namespace, label_selector=JOB_SELECTOR)
+        return {str(item.metadata.name): item for item in listed.items or [] if item.metadata}
+
+    def _verdict(self, job: k8s.V1Job, name: str) -> str | None:
+        """A Job that failed for good, completed without the trainer's result, or cannot create its pod."""
+        if reason := job_failure(job):
+            return f"Kubernetes Job {name} failed: {reason}"
+        if job_complete(job):
+            return f"Kubernetes Job {name} completed but the trainer recorded no result"
+        if not job_has_pods(job) and (reason := self._failed_create(job)):
+            return f"Kubernetes Job {name} cannot start its pod: {reason}"
+        return None
 
     def _failed_create(self, job: k8s.V1Job) -> str | None:
         """'FailedCreate: <message>' once the Job has gone the grace period without a pod, else None."""

@@ -23,6 +23,7 @@ K8S_VERSION = "1.30.0"  # the chart's kubeVersion floor is 1.27; validate agains
 # Not in the Kubernetes schemas: ServiceMonitor is checked by hand, InferencePool against its vendored CRD (tests/crds).
 CRD_KINDS = {"ServiceMonitor", "InferencePool"}
 INFERENCE_POOL_CRD = "inference.networking.k8s.io_inferencepools.yaml"
+SHARED = {"store": {"uri": "s3://b-1/p"}}  # what more than one replica needs before any claim is looked at
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -228,11 +229,42 @@ def test_bad_values_fail_at_install_time(values: dict[str, Any], complaint: str)
             {"runner": "kubernetes", "store": {"uri": "s3://b-1/p"}, "modelCache": {"enabled": True}},
             "ReadOnlyMany or ReadWriteMany",
         ),
+        # A ReadWriteOnce claim attaches to one node: a second replica elsewhere would never start.
+        (
+            {**SHARED, "replicaCount": 2, "modelCache": {"enabled": True}},
+            r"modelCache with replicaCount=2: .* ReadWriteOnce claim attaches to one node only, so "
+            "modelCache.accessModes needs ReadOnlyMany or ReadWriteMany",
+        ),
+        (
+            {**SHARED, "autoscaling": {"enabled": True}, "modelCache": {"enabled": True}},
+            r"modelCache with autoscaling.maxReplicas=4: .* needs ReadOnlyMany or ReadWriteMany",
+        ),
+        (
+            {**SHARED, "replicaCount": 3, "cache": {"type": "pvc", "accessModes": ["ReadWriteOncePod"]}},
+            r"cache.type=pvc with replicaCount=3: .* a ReadWriteOncePod claim .* cache.accessModes needs ReadWriteMany",
+        ),
+        (
+            {**SHARED, "autoscaling": {"enabled": True}, "cache": {"type": "pvc", "existingClaim": "mine"}},
+            r"cache.type=pvc with autoscaling.maxReplicas=4: .* needs ReadWriteMany",
+        ),
     ],
 )
 def test_settings_that_cannot_work_fail_with_a_clear_message(values: dict[str, Any], complaint: str) -> None:
     with pytest.raises(helm.HelmError, match=complaint):
         render(values)
+
+
+def test_claims_shared_by_several_replicas_render_when_they_attach_on_many_nodes() -> None:
+    many = {"modelCache": {"enabled": True, "accessModes": ["ReadWriteMany"]},
+            "cache": {"type": "pvc", "accessModes": ["ReadWriteMany"]}}
+    for replicas in ({"replicaCount": 2}, {"autoscaling": {"enabled": True}}):
+        claims = by_kind(render({**SHARED, **replicas, **many}), "PersistentVolumeClaim")
+        assert sorted(c["spec"]["accessModes"] for c in claims) == [["ReadWriteMany"], ["ReadWriteMany"]]
+    read_only = {"modelCache": {"enabled": True, "accessModes": ["ReadOnlyMany"]}}
+    assert by_kind(render({**SHARED, "replicaCount": 2, **read_only}), "PersistentVolumeClaim")
+    # One replica may keep the default ReadWriteOnce claims.
+    one = render({"modelCache": {"enabled": True}, "cache": {"type": "pvc"}})
+    assert [c["spec"]["accessModes"] for c in by_kind(one, "PersistentVolumeClaim")] == [["ReadWriteOnce"]] * 2
 
 
 def test_quantities_compare_across_units() -> None:

@@ -5,21 +5,29 @@ Skipped, saying why, where the control plane binaries (../shared/k8s) or etcd ar
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from adapters.errors import JobForbidden, JobRefused
+from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service.runner_kubernetes import KubernetesRunner, KubernetesRunnerError, job_name
+from service.app import create_app
+from service.runner_kubernetes import KubernetesRunner, build_job, job_name
 from service.settings import Settings
+from tests.gateway_fixtures import ADMIN_KEY, management_settings
 from tests.kube_control_plane import ControlPlane, control_plane, play_kubelet, wait_for
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "skillserve"
@@ -88,7 +96,8 @@ def queued(registry: Registry, job_id: str | None = None) -> JobRecord:
         dataset_sha256="0" * 64,
         dataset_rows=80,
     )
-    record = JobRecord(spec=spec, **({"id": job_id} if job_id else {}))
+    # As POST /adapters stores it before calling submit: the runner is named, the Job not yet.
+    record = JobRecord(spec=spec, runner="kubernetes", **({"id": job_id} if job_id else {}))
     registry.put_job(record)
     return record
 
@@ -139,26 +148,27 @@ def test_longest_job_ids_get_distinct_jobs_the_server_accepts(
     )
 
 
-@pytest.mark.parametrize(
-    ("resources", "server_says"),
-    [
-        (
-            {"requests": {"memory": "32Gi"}, "limits": {"memory": "16Gi"}},
-            "must be less than or equal to memory limit",
-        ),
-        ({"requests": {"nvidia.com/gpu": "1"}}, "Limit must be set for non overcommitable resources"),
-    ],
-    ids=["request-above-limit", "gpu-without-limit"],
-)
-def test_a_refused_job_says_what_the_server_refused(
+REFUSED_RESOURCES = [
+    ({"requests": {"memory": "32Gi"}, "limits": {"memory": "16Gi"}}, "must be less than or equal to memory limit"),
+    ({"requests": {"nvidia.com/gpu": "1"}}, "Limit must be set for non overcommitable resources"),
+]
+
+
+@pytest.mark.parametrize(("resources", "server_says"), REFUSED_RESOURCES, ids=["request-above-limit", "gpu-no-limit"])
+def test_a_job_the_server_refuses_fails_its_record_with_the_servers_reason(
     cluster: ControlPlane, namespace: str, tmp_path: Path, resources: dict[str, Any], server_says: str
 ) -> None:
     runner, registry = make_runner(cluster, namespace, tmp_path, {"resources": resources})
     record = queued(registry)
-    with pytest.raises(KubernetesRunnerError, match="422 Unprocessable Entity") as refused:
+    with pytest.raises(JobRefused, match="422 Unprocessable Entity") as refused:
         runner.submit(record)
-    assert server_says in str(refused.value)
-    assert registry.get_job(record.id).runner_ref is None
+    assert server_says in str(refused.value) and record.id in str(refused.value)
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed and stored.runner_ref is None
+    assert stored.error == refused.value.reason and server_says in stored.error
+    assert stored.events[-1].level == "error" and server_says in stored.events[-1].message
+    runner.reconcile()  # a failed record is not submitted again
+    assert k8s.BatchV1Api(cluster.client()).list_namespaced_job(namespace).items == []
 
 
 def test_backoff_limit_exceeded_is_recorded_with_the_servers_message(
@@ -250,6 +260,158 @@ def test_finished_job_is_cleaned_up_by_ttl_and_the_trainers_verdict_stands(
     wait_for(lambda: not pods_of(core, namespace, name), "the garbage collector to delete the pod")
     runner.reconcile()
     assert registry.get_job(record.id).status is JobStatus.succeeded
+
+
+def test_a_record_stored_but_never_submitted_gets_its_job_from_the_next_pass(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    runner, registry = make_runner(cluster, namespace, tmp_path, {})
+    record = queued(registry)  # the gateway died between storing the record and submitting it
+    runner.start()  # the first pass, as a restarted gateway makes it
+    try:
+        core = k8s.CoreV1Api(cluster.client())
+        wait_for(lambda: pods_of(core, namespace, job_name(record.id)), "the Job controller's pod")
+        assert registry.get_job(record.id).runner_ref == job_name(record.id)
+    finally:
+        runner.stop()
+    runner.reconcile()  # found by name from now on: one Job, however many passes
+    batch = k8s.BatchV1Api(cluster.client())
+    assert [job.metadata.name for job in batch.list_namespaced_job(namespace).items] == [job_name(record.id)]
+
+
+def test_a_never_submitted_record_the_server_refuses_is_failed_with_the_reason(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    (resources, server_says), _ = REFUSED_RESOURCES
+    runner, registry = make_runner(cluster, namespace, tmp_path, {"resources": resources})
+    record = queued(registry)
+    runner.reconcile()
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed and server_says in (stored.error or "")
+
+
+def test_a_job_whose_name_was_never_recorded_is_found_and_watched(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    runner, registry = make_runner(cluster, namespace, tmp_path, {"backoffLimit": 0})
+    record = queued(registry)
+    # The Job was created, then the write of its name into the record failed.
+    batch = k8s.BatchV1Api(cluster.client())
+    batch.create_namespaced_job(namespace, build_job(record, runner.settings, runner.template, namespace))
+    runner.reconcile()
+    assert registry.get_job(record.id).runner_ref == job_name(record.id)
+    core = k8s.CoreV1Api(cluster.client())
+    (pod,) = wait_for(lambda: pods_of(core, namespace, job_name(record.id)), "the pod")
+    play_kubelet(core, namespace, pod.metadata.name, "Failed", exit_code=1)
+    stored = wait_for(lambda: settled(registry, record.id, runner), "the record to fail")
+    assert "BackoffLimitExceeded" in (stored.error or "")
+    assert len(batch.list_namespaced_job(namespace).items) == 1
+
+
+def forbidden_account(cluster: ControlPlane, namespace: str) -> str:
+    """A token for an account that may read, list and delete Jobs but not create them."""
+    rbac, core = k8s.RbacAuthorizationV1Api(cluster.client()), k8s.CoreV1Api(cluster.client())
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    rules = [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "delete"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "reader"}, "rules": rules})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+    })
+    return account_token(cluster, namespace, "reader")
+
+
+def test_an_account_that_may_not_create_jobs_fails_the_job_naming_the_permission(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    runner, registry = make_runner(cluster, namespace, tmp_path, {}, token=forbidden_account(cluster, namespace))
+    record = queued(registry)
+    with pytest.raises(JobForbidden) as refused:
+        runner.submit(record)
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed and stored.error == refused.value.reason
+    assert f"may not create jobs.batch in namespace {namespace}" in stored.error
+    # The server's own words name the account, the verb and the resource.
+    assert f'User "system:serviceaccount:{namespace}:reader" cannot create resource "jobs" in API group "batch"' in (
+        stored.error
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway's training APIs on a runner the server refuses: a 4xx saying why, the job failed
+# ---------------------------------------------------------------------------------------------
+
+ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "HI"}]}
+
+
+@contextmanager
+def gateway_on(
+    cluster: ControlPlane, namespace: str, root: Path, template: dict[str, Any], token: str | None = None,
+    **settings: Any,
+) -> Iterator[TestClient]:
+    """A management-only gateway whose runner creates Jobs in `namespace` as the admin, or as `token`'s account."""
+    path = root / "job-template.yaml"
+    path.write_text(yaml.safe_dump(template))
+    api = cluster.client(token)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("service.runner_kubernetes.connect_apis", lambda: (k8s.BatchV1Api(api), k8s.CoreV1Api(api)))
+        app = create_app(management_settings(
+            root, runner="kubernetes", k8s_namespace=namespace, k8s_job_template=str(path), **settings
+        ))
+        with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
+            yield client
+
+
+def test_training_requests_the_server_refuses_get_422_with_its_reason_and_their_jobs_fail_on_both_apis(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    (resources, server_says), _ = REFUSED_RESOURCES
+    with gateway_on(cluster, namespace, tmp_path, {"resources": resources}, max_pending_jobs=2) as client:
+        data = (json.dumps(ROW) + "\n").encode()
+        # More refusals than max_pending_jobs: a failed job is not pending, so none of them is a 429.
+        for attempt in range(3):
+            reply = client.post(
+                "/adapters", data={"name": f"refused-{attempt}", "template": "chatml"},
+                files={"dataset": ("d.jsonl", data, "application/jsonl")},
+            )
+            assert reply.status_code == 422, reply.text
+            error = reply.json()["error"]
+            assert error["code"] == "job_refused" and error["type"] == "invalid_request_error"
+            assert "Kubernetes refused the training Job: 422 Unprocessable Entity" in error["message"]
+            assert server_says in error["message"] and "is recorded as failed" in error["message"]
+            (job,) = client.get(f"/adapters/refused-{attempt}").json()["jobs"]
+            assert job["status"] == "failed" and server_says in job["error"]
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=ADMIN_KEY, http_client=client, max_retries=0)
+        upload = sdk.files.create(file=("rows.jsonl", data), purpose="fine-tune")
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            sdk.fine_tuning.jobs.create(model=DEFAULT_MODEL, training_file=upload.id)
+        body = refused.value.body
+        assert isinstance(body, dict) and body["code"] == "job_refused" and server_says in body["message"]
+        ftjob = body["message"].split("fine-tuning job ")[1].split(" ")[0]
+        job = sdk.fine_tuning.jobs.retrieve(ftjob)
+        assert job.status == "failed" and job.error is not None and server_says in job.error.message
+        assert job.training_file == upload.id
+        assert k8s.BatchV1Api(cluster.client()).list_namespaced_job(namespace).items == []
+
+
+def test_a_gateway_whose_account_may_not_create_jobs_answers_403_naming_the_permission(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    token = forbidden_account(cluster, namespace)
+    with gateway_on(cluster, namespace, tmp_path, {}, token=token) as client:
+        reply = client.post(
+            "/adapters", data={"name": "forbidden", "template": "chatml"},
+            files={"dataset": ("d.jsonl", (json.dumps(ROW) + "\n").encode(), "application/jsonl")},
+        )
+        assert reply.status_code == 403, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "job_forbidden"
+        assert f"may not create jobs.batch in namespace {namespace}" in error["message"]
+        assert 'cannot create resource "jobs" in API group "batch"' in error["message"]
+        (job,) = client.get("/adapters/forbidden").json()["jobs"]
+        assert job["status"] == "failed" and "may not create jobs.batch" in job["error"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from adapters.errors import JobForbidden, JobRefused
 from adapters.registry import Registry
 from adapters.schema import JobStatus
 from adapters.store import FileStore
@@ -203,12 +204,45 @@ def test_a_vanished_trainjob_fails_and_cancel_deletes(
     assert registry.get_job(cancelled.id).status == JobStatus.cancelled
 
 
-def test_refused_trainjob_says_why(runner: KubeflowRunner, registry: Registry, api: FakeCustomObjectsApi) -> None:
-    record = queued_job(registry)
+def test_refused_trainjob_fails_the_record_saying_why(
+    runner: KubeflowRunner, registry: Registry, api: FakeCustomObjectsApi
+) -> None:
+    record = queued_job(registry, runner="kubeflow")
     body = '{"kind":"Status","message":"the server could not find the requested resource"}'
     api.create_namespaced_custom_object = _refuse(ApiException(status=404, reason="Not Found"), body)  # type: ignore
-    with pytest.raises(Exception, match="could not find the requested resource"):
+    with pytest.raises(JobRefused, match="could not find the requested resource"):
         runner.submit(record)
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed
+    assert stored.error == "Kubernetes refused the training TrainJob: 404 Not Found: the server could not find the " \
+        "requested resource"
+
+
+def test_a_trainjob_the_gateway_may_not_create_names_the_permission(
+    runner: KubeflowRunner, registry: Registry, api: FakeCustomObjectsApi
+) -> None:
+    record = queued_job(registry, runner="kubeflow")
+    api.create_namespaced_custom_object = _refuse(ApiException(status=403, reason="Forbidden"), "")  # type: ignore
+    with pytest.raises(JobForbidden, match="may not create trainjobs.trainer.kubeflow.org in namespace ml"):
+        runner.submit(record)
+    assert registry.get_job(record.id).status is JobStatus.failed
+
+
+def test_a_record_never_submitted_or_never_named_is_put_right_by_the_next_pass(
+    runner: KubeflowRunner, registry: Registry, api: FakeCustomObjectsApi
+) -> None:
+    unsubmitted, unnamed = queued_job(registry, "unsubmitted", "kubeflow"), queued_job(registry, "unnamed", "kubeflow")
+    runner.submit(unnamed)
+    registry.put_job(registry.get_job(unnamed.id).model_copy(update={"runner_ref": None}))  # the name's write lost
+    runner.reconcile()
+    assert set(api.objects) == {job_name(unsubmitted.id), job_name(unnamed.id)}
+    assert [registry.get_job(j.id).runner_ref for j in (unsubmitted, unnamed)] == [
+        job_name(unsubmitted.id), job_name(unnamed.id)
+    ]
+    assert api.calls.count("create") == 2
+    api.condition(job_name(unnamed.id), "Failed", "BackoffLimitExceeded", "jobset node failed")
+    runner.reconcile()
+    assert "BackoffLimitExceeded" in (registry.get_job(unnamed.id).error or "")
 
 
 def _refuse(exc: ApiException, body: str) -> Any:

@@ -8,10 +8,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import urllib3
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from adapters.errors import JobForbidden, JobRefused
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
@@ -123,7 +125,8 @@ def runner(settings: Settings, registry: Registry, api: FakeBatchV1Api) -> Kuber
     return KubernetesRunner(settings, registry, batch_api=api, poll_seconds=0.05)
 
 
-def queued_job(registry: Registry, name: str = "shout") -> JobRecord:
+def queued_job(registry: Registry, name: str = "shout", runner: str = "kubernetes") -> JobRecord:
+    """A job record as POST /adapters stores it before calling the runner's submit."""
     spec = JobSpec(
         name=name,
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -132,7 +135,7 @@ def queued_job(registry: Registry, name: str = "shout") -> JobRecord:
         dataset_sha256="0" * 64,
         dataset_rows=80,
     )
-    record = JobRecord(spec=spec)
+    record = JobRecord(spec=spec, runner=runner)
     registry.put_job(record)
     return record
 
@@ -281,14 +284,84 @@ def test_watch_thread_reflects_a_failure_without_being_asked(
     assert "DeadlineExceeded" in (registry.get_job(record.id).error or "")
 
 
-def test_refused_create_is_a_clear_error_and_leaves_the_record_alone(
+def test_a_create_the_gateways_account_may_not_make_fails_the_record_naming_the_permission(
     runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
 ) -> None:
     record = queued_job(registry)
     api.refuse_create = ApiException(status=403, reason="Forbidden")
-    with pytest.raises(KubernetesRunnerError, match="403 Forbidden"):
+    with pytest.raises(JobForbidden, match="403 Forbidden") as refused:
         runner.submit(record)
-    assert registry.get_job(record.id).runner_ref is None
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed and stored.error == refused.value.reason
+    assert "may not create jobs.batch in namespace ml" in stored.error and stored.runner_ref is None
+    runner.reconcile()  # nothing to resubmit: the record is finished
+    assert [name for name, _ in api.calls].count("create_namespaced_job") == 1
+
+
+def test_an_api_server_that_cannot_be_reached_leaves_the_job_queued_for_the_watch_to_submit(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
+    first, second = queued_job(registry, "first"), queued_job(registry, "second")
+    api.refuse_create = ApiException(status=503, reason="Service Unavailable")
+    runner.submit(first)  # no error: the job is queued, as the caller is told
+    api.refuse_create = urllib3.exceptions.MaxRetryError(None, "/apis/batch/v1", "Connection refused")  # type: ignore
+    runner.submit(second)
+    assert [registry.get_job(j.id).status for j in (first, second)] == [JobStatus.queued] * 2
+    api.refuse_create = None
+    runner.reconcile()
+    for job in (first, second):
+        stored = registry.get_job(job.id)
+        assert (stored.status, stored.runner_ref) == (JobStatus.queued, job_name(job.id))
+    assert set(api.jobs) == {job_name(first.id), job_name(second.id)}
+
+
+def test_a_job_the_api_server_never_takes_is_failed_after_the_grace_period(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
+    record = queued_job(registry)
+    api.refuse_create = ApiException(status=500, reason="Internal Server Error")
+    runner.submit(record)
+    runner.unreachable_grace = 0.0
+    runner.reconcile()
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed
+    assert stored.error == "Kubernetes did not take the training Job for 0 s: 500 Internal Server Error"
+
+
+def test_a_record_stored_but_never_submitted_is_submitted_by_the_next_pass(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
+    record = queued_job(registry)  # the gateway died between storing the record and submitting it
+    runner.reconcile()
+    assert list(api.jobs) == [job_name(record.id)]
+    assert registry.get_job(record.id).runner_ref == job_name(record.id)
+    runner.reconcile()  # found by its name from now on: never created twice
+    assert [name for name, _ in api.calls].count("create_namespaced_job") == 1
+
+
+def test_a_job_whose_name_was_never_recorded_is_found_by_the_name_its_id_gives(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
+    record = queued_job(registry)
+    runner.submit(record)
+    # The Job exists, but the write of its name was lost (the store failed, or the gateway died).
+    registry.put_job(registry.get_job(record.id).model_copy(update={"runner_ref": None}))
+    runner.reconcile()
+    assert registry.get_job(record.id).runner_ref == job_name(record.id)
+    api.fail(job_name(record.id), "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    runner.reconcile()
+    assert "BackoffLimitExceeded" in (registry.get_job(record.id).error or "")
+    assert [name for name, _ in api.calls].count("create_namespaced_job") == 1
+
+
+def test_submitting_a_job_that_already_exists_records_it(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
+    """Another replica's pass may have created it first: the name is the job's, so it is this job's Job."""
+    record = queued_job(registry)
+    runner.submit(record)
+    runner.submit(record)
+    assert registry.get_job(record.id).runner_ref == job_name(record.id) and len(api.jobs) == 1
 
 
 def test_unknown_template_key_fails_loudly(tmp_path: Path) -> None:
@@ -308,12 +381,20 @@ def test_minimal_job_without_template_is_valid_and_labels_odd_adapter_names(regi
     )
 
 
-def test_refusal_carries_the_servers_reason(runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api) -> None:
+def test_refusal_fails_the_record_with_the_servers_reason(
+    runner: KubernetesRunner, registry: Registry, api: FakeBatchV1Api
+) -> None:
     refusal = ApiException(status=422, reason="Unprocessable Entity")
     refusal.body = '{"kind":"Status","message":"Job.batch \\"x\\" is invalid: limits: Required value"}'
     api.refuse_create = refusal
-    with pytest.raises(KubernetesRunnerError, match=r'422 Unprocessable Entity: Job.batch "x" is invalid: limits'):
-        runner.submit(queued_job(registry))
+    record = queued_job(registry)
+    with pytest.raises(JobRefused, match=r'422 Unprocessable Entity: Job.batch "x" is invalid: limits') as refused:
+        runner.submit(record)
+    assert not isinstance(refused.value, JobForbidden)
+    stored = registry.get_job(record.id)
+    assert stored.status is JobStatus.failed
+    assert stored.error == 'Kubernetes refused the training Job: 422 Unprocessable Entity: Job.batch "x" is ' \
+        "invalid: limits: Required value"
 
 
 def test_job_names_fit_a_label_and_never_collide() -> None:

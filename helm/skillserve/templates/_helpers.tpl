@@ -133,6 +133,16 @@ app.kubernetes.io/component: gateway
 {{- if and .Values.modelCache.enabled (eq .Values.runner "kubernetes") (not (has "ReadOnlyMany" .Values.modelCache.accessModes)) (not (has "ReadWriteMany" .Values.modelCache.accessModes)) -}}
 {{- fail "modelCache with runner=kubernetes: training pods mount the model too, so modelCache.accessModes needs ReadOnlyMany or ReadWriteMany" -}}
 {{- end -}}
+{{- /* A ReadWriteOnce(Pod) claim attaches to one node: a second replica scheduled elsewhere would hang in
+     ContainerCreating. The modes checked are the ones the values give, also for an existingClaim. */ -}}
+{{- $replicas := or (gt (int .Values.replicaCount) 1) (and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1)) -}}
+{{- $many := ternary (printf "autoscaling.maxReplicas=%d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount=%d" (int .Values.replicaCount)) (and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1)) -}}
+{{- if and $replicas .Values.modelCache.enabled (not (has "ReadOnlyMany" .Values.modelCache.accessModes)) (not (has "ReadWriteMany" .Values.modelCache.accessModes)) -}}
+{{- fail (printf "modelCache with %s: every replica mounts the model claim, and a %s claim attaches to one node only, so modelCache.accessModes needs ReadOnlyMany or ReadWriteMany (or use one replica)" $many (join "/" .Values.modelCache.accessModes)) -}}
+{{- end -}}
+{{- if and $replicas (eq .Values.cache.type "pvc") (not (has "ReadWriteMany" .Values.cache.accessModes)) -}}
+{{- fail (printf "cache.type=pvc with %s: every replica mounts the cache claim, and a %s claim attaches to one node only, so cache.accessModes needs ReadWriteMany (or use cache.type=emptyDir, or one replica)" $many (join "/" .Values.cache.accessModes)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The endpoint picker's pods: never matched by the gateway's selector (component differs). */}}
