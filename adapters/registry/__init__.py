@@ -1,0 +1,47 @@
+"""The registry: every record of the service laid out in the object store, the store being the only state.
+
+One class, `Registry`, so that a gateway, a runner and the trainer each hold one object over one store; its
+methods come from one facet per kind of record, each in a module of its own:
+
+| facet | module | records |
+| --- | --- | --- |
+| `AdapterVersions` (with `AliasBook`) | versions.py, aliases.py | published versions, their files, aliases |
+| `JobBook` | jobs.py | job records (compare-and-swap), kept checkpoints |
+| `FileBook` | files.py | datasets, OpenAI Files API records |
+| `FineTuneBook` | fine_tunes.py | OpenAI fine-tuning records, `ft:` model ids |
+
+keys.py is the one map of where each lies. A caller that needs one facet types against it (the runners'
+`JobRegistry`), not the whole class. A facet that needs another's records says so with a Protocol on `self`.
+"""
+
+from __future__ import annotations
+
+from adapters.registry.aliases import AliasBook, pick_version
+from adapters.registry.files import FileBook
+from adapters.registry.fine_tunes import FineTuneBook
+from adapters.registry.jobs import JobBook
+from adapters.registry.keys import dataset_key, file_key, job_uri, parse_job_uri
+from adapters.registry.versions import AdapterVersions, new_manifest
+from adapters.store import ObjectStore
+
+__all__ = [
+    "AliasBook",
+    "AdapterVersions",
+    "FileBook",
+    "FineTuneBook",
+    "JobBook",
+    "Registry",
+    "dataset_key",
+    "file_key",
+    "job_uri",
+    "new_manifest",
+    "parse_job_uri",
+    "pick_version",
+]
+
+
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files and fine-tuning records."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store

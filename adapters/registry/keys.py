@@ -1,0 +1,97 @@
+"""Where each record lies in the object store: the one map of keys, shared by every facet of the registry.
+
+adapters/<name>/<version>/blobs/<sha256>, manifest.json (last)   an adapter version (versions.py)
+aliases/<name>/<revision>.json                                   its aliases, append-only (aliases.py)
+jobs/<job-id>.json, checkpoints/<job-id>/step-<n>/               training jobs (jobs.py)
+datasets/<sha256>.jsonl, files/<file-id>.json                    datasets and OpenAI files (files.py)
+fine_tunes/<job-id>.json, ft_models/<sha256 of the id>.json      OpenAI fine-tuning records (fine_tunes.py)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from adapters.errors import InvalidAdapter, InvalidName
+from adapters.schema import Manifest, check_job_id, check_name
+from adapters.store import check_key
+
+MANIFEST = "manifest.json"
+DATASET_KEY_RE = re.compile(r"datasets/[0-9a-f]{64}\.jsonl")
+
+
+def adapter_prefix(name: str, version: str | None = None) -> str:
+    """The store prefix of an adapter (or of one version), ending in '/'."""
+    check_name(name)
+    if version is None:
+        return f"adapters/{name}/"
+    return f"adapters/{name}/{check_name(version, 'version')}/"
+
+
+def manifest_key(name: str, version: str) -> str:
+    return adapter_prefix(name, version) + MANIFEST
+
+
+def file_key(manifest: Manifest, filename: str) -> str:
+    """Where one file of a published version lies: its content address, or beside the manifest for manifests
+    published before content addressing."""
+    entry = manifest.files[filename]
+    return adapter_prefix(manifest.name, manifest.version) + (entry.key or check_filename(filename))
+
+
+def alias_prefix(name: str) -> str:
+    return f"aliases/{check_name(name)}/"
+
+
+def alias_key(name: str, revision: int) -> str:
+    return f"{alias_prefix(name)}{revision:012d}.json"  # zero-padded: list order is revision order
+
+
+def job_key(job_id: str) -> str:
+    return f"jobs/{check_job_id(job_id)}.json"
+
+
+# The one contract between gateway and trainer: a runner launches `python -m trainer run <job URI>`, and the
+# trainer finds the store and its job record from that URI alone.
+def job_uri(store_uri: str, job_id: str) -> str:
+    """`<store-uri>/jobs/<id>.json`: the job record inside the store, what the trainer is launched with."""
+    return f"{store_uri.rstrip('/')}/{job_key(job_id)}"
+
+
+def parse_job_uri(uri: str) -> tuple[str, str]:
+    """`<store-uri>/jobs/<id>.json` -> (store uri, job id); InvalidName for anything else."""
+    root, sep, leaf = uri.rpartition("/jobs/")
+    if not sep or not leaf.endswith(".json"):
+        raise InvalidName(f"not a job URI (expected <store-uri>/jobs/<id>.json): {uri!r}")
+    return root, check_job_id(leaf.removesuffix(".json"))
+
+
+def checkpoint_prefix(job_id: str, step: int) -> str:
+    return f"checkpoints/{check_job_id(job_id)}/step-{int(step)}/"
+
+
+def dataset_key(sha256: str) -> str:
+    return f"datasets/{sha256}.jsonl"
+
+
+def stored_file_key(file_id: str) -> str:
+    return f"files/{file_id}.json"
+
+
+def fine_tuned_model_key(model_id: str) -> str:
+    # ft: ids hold ':' and capitals, which store keys may not: the record lies under the id's hash.
+    return f"ft_models/{hashlib.sha256(model_id.encode()).hexdigest()}.json"
+
+
+def check_filename(filename: str) -> str:
+    if "/" in filename or filename == MANIFEST:
+        raise InvalidAdapter(f"invalid adapter file name {filename!r}")
+    try:
+        return check_key(filename)
+    except InvalidName as exc:
+        raise InvalidAdapter(f"invalid adapter file name {filename!r}: {exc}") from None
+
+
+def is_manifest_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 4 and parts[0] == "adapters" and parts[3] == MANIFEST
