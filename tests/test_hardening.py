@@ -201,7 +201,7 @@ def test_an_oversized_dataset_is_refused_before_a_row_is_parsed(app: tuple[TestC
     lines = b"not json\n" + b'{"prompt": "a", "completion": "b"}\n' * settings.max_dataset_rows
     with pytest.raises(DatasetError) as caught:
         parse_dataset(lines, max_rows=settings.max_dataset_rows)
-    assert caught.value.errors == [(settings.max_dataset_rows + 1, "too many rows: 1001, the limit is 1000")]
+    assert caught.value.errors == [(settings.max_dataset_rows + 1, "too many rows: more than 1000, the limit is 1000")]
     reply = client.post("/adapters", data={"name": "big"}, files={"dataset": ("d.jsonl", lines)}, headers=ADMIN)
     assert reply.status_code == 400 and "too many rows" in reply.text
     inline = {"name": "big", "rows": [{"prompt": "a", "completion": "b"}] * (settings.max_dataset_rows + 1)}
