@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +26,10 @@ from adapters.tools import check_calls, check_tools, flatten
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 100
+# A non-blank line, found by a regex scan: blank lines cost no Python work and no object each.
+_ROW = re.compile(rb"^[ \t\r\x0b\x0c]*[^ \t\n\r\x0b\x0c][^\n]*", re.M)
+# Scanned this many bytes at a time: one C call holds the GIL, and the gateway's event loop must win it back often.
+_SCAN_BYTES = 256 * 1024
 Messages = list[dict[str, str]]
 MethodType = Literal["supervised", "dpo"]
 
@@ -114,13 +120,15 @@ def chat_messages(messages: Any, tools: Any = None) -> list[dict[str, str]]:
                 raise ValueError(f"message {index} calls a tool, but the row lists no 'tools'")
         elif "content" not in message:
             raise ValueError(f"missing field 'content' in message {index}")
+        elif message["content"] is None:
+            raise ValueError(f"content of message {index} is null: only an assistant's tool calls go without text")
         content = _text(message.get("content") or "", f"content of message {index}")
         if role == "system" and index != 1:
             raise ValueError(f"system message {index} must come first")
         if role == "assistant" and not calls and not content.strip():
             raise ValueError(f"empty assistant content in message {index}")
-        if role == "tool" and not (checked and (checked[-1].get("tool_calls") or checked[-1]["role"] == "tool")):
-            raise ValueError(f"tool message {index} must follow an assistant message with 'tool_calls'")
+        if role == "tool":
+            _check_answer(message, index, checked)
         checked.append({"role": role, "content": content, **({"tool_calls": calls} if calls else {})})
     turns = [m["role"] for m in checked if m["role"] != "system"]
     if not turns or turns[0] != "user":
@@ -128,6 +136,32 @@ def chat_messages(messages: Any, tools: Any = None) -> list[dict[str, str]]:
     if "assistant" not in turns:
         raise ValueError("no assistant message: nothing to learn")
     return flatten(checked, check_tools(tools) if tools is not None else None)
+
+
+def _check_answer(message: dict[str, Any], index: int, checked: list[dict[str, Any]]) -> None:
+    """A tool message answers the next unanswered call of the assistant message before it, by its id: results are
+    written into the prompt by position (adapters/tools.py `flatten`), so one out of order would teach the wrong
+    result for a call."""
+    answered = 0
+    while answered < len(checked) and checked[len(checked) - 1 - answered]["role"] == "tool":
+        answered += 1
+    calling = checked[len(checked) - 1 - answered] if answered < len(checked) else None
+    if calling is None or not calling.get("tool_calls"):
+        raise ValueError(f"tool message {index} must follow an assistant message with 'tool_calls'")
+    calls = calling["tool_calls"]
+    asked = index - answered - 1
+    if answered >= len(calls):
+        raise ValueError(f"tool message {index} answers no call: message {asked} made {len(calls)}")
+    wanted = calls[answered].get("id") if isinstance(calls[answered], dict) else None
+    given = message.get("tool_call_id")
+    if given != wanted:
+        ids = [call.get("id") for call in calls if isinstance(call, dict)]
+        if given not in ids:
+            raise ValueError(f"tool message {index}: tool_call_id {given!r} is not a call of message {asked}")
+        raise ValueError(
+            f"tool message {index} answers {given!r} out of order: the calls of message {asked} are answered in "
+            f"their order, {wanted!r} first"
+        )
 
 
 def row_messages(row: Any) -> tuple[str, list[dict[str, str]]]:
@@ -192,11 +226,27 @@ def rows_to_jsonl(rows: list[Any]) -> bytes:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
 
 
+def lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each non-blank line of JSONL bytes, one at a time: a file of millions of lines is
+    never held as a list of them, and no call scans more than `_SCAN_BYTES` of blank lines at once."""
+    number, start = 1, 0
+    while start < len(data):
+        end = data.find(b"\n", start + _SCAN_BYTES)
+        end = len(data) if end < 0 else end + 1
+        for match in _ROW.finditer(data, start, end):
+            number += data.count(b"\n", start, match.start())
+            start = match.start()
+            yield number, match.group()
+        number += data.count(b"\n", start, end)
+        start = end
+
+
 def parse_dataset(
     data: bytes,
     *,
     max_bytes: int = 50 * 2**20,
     max_rows: int = 100_000,
+    max_line_bytes: int | None = None,
     min_rows: int = 1,
     tokenizer: Any | None = None,
     template: Any | None = None,
@@ -206,21 +256,25 @@ def parse_dataset(
     """Validate JSONL bytes; raise DatasetError listing every bad line, or return the rows as messages.
 
     With a tokenizer and template, each row is also rendered and measured in tokens. `method="dpo"` reads
-    preference rows (`input`, `preferred_output`, `non_preferred_output`) into `pairs`.
+    preference rows (`input`, `preferred_output`, `non_preferred_output`) into `pairs`. A line longer than
+    `max_line_bytes` is refused unread (parsing one JSON text is one uninterruptible call). Checking stops after
+    `MAX_REPORTED` bad lines.
     """
     if len(data) > max_bytes:
         raise DatasetError([(0, f"file too big: {len(data)} bytes, the limit is {max_bytes}")])
-    lines = data.split(b"\n")
     # Rows are counted before any is parsed or tokenized, so an oversized dataset is refused at once.
-    numbered = [number for number, raw in enumerate(lines, start=1) if raw.strip()]
-    if len(numbered) > max_rows:
-        raise DatasetError(
-            [(numbered[max_rows], f"too many rows: {len(numbered)}, the limit is {max_rows}")]
-        )
+    if data.count(b"\n") >= max_rows:
+        for count, (number, _) in enumerate(lines(data), start=1):
+            if count > max_rows:
+                raise DatasetError([(number, f"too many rows: more than {max_rows}, the limit is {max_rows}")])
     errors: list[tuple[int, str]] = []
     dataset = Dataset(rows=[], lines=[], sha256=hashlib.sha256(data).hexdigest())
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
+    for number, raw in lines(data):
+        if len(errors) >= MAX_REPORTED:
+            errors.append((0, f"checking stopped at line {number} after {MAX_REPORTED} bad lines"))
+            break
+        if max_line_bytes is not None and len(raw) > max_line_bytes:
+            errors.append((number, f"line too long: {len(raw)} bytes, the limit is {max_line_bytes}"))
             continue
         try:
             text = raw.decode("utf-8")
@@ -260,8 +314,6 @@ def parse_dataset(
         dataset.rows.append(messages)
         dataset.lines.append(number)
         dataset.formats.add(fmt)
-        if len(errors) >= MAX_REPORTED:
-            break
     if not errors and len(dataset.rows) < min_rows:
         errors.append((0, f"dataset has {len(dataset.rows)} row(s); at least {min_rows} needed"))
     if errors:

@@ -104,7 +104,9 @@ class Hyperparameters(BaseModel):
     )
     max_seq_length: int = Field(1024, ge=16, le=131072, description="longest tokenized example, in tokens")
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of rows held out for evaluation")
-    seed: int = Field(42, description="seed for the split, initialisation and data order")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="seed for the split, initialisation and data order (as numpy takes it)"
+    )
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in the backward pass: far less memory for one more forward pass"
     )

@@ -12,7 +12,10 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from adapters import auto
 from adapters.dataset import Dataset, parse_dataset
@@ -33,6 +36,18 @@ from service.protocol import (
     Forgetting,
     JobView,
 )
+
+T = TypeVar("T")
+
+# Dataset checks (JSON parsing, row validation, tokenizing) run on these threads, never on the event loop, and
+# two at a time at most: each holds the GIL between its lines, and the fewer threads contend for it, the sooner
+# the loop wins it back to answer /health and stream tokens. Later uploads wait their turn, holding their bytes.
+DATASET_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dataset-check")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on a dataset-check thread."""
+    return await asyncio.get_running_loop().run_in_executor(DATASET_CHECKS, functools.partial(fn, *args, **kwargs))
 
 
 def _store_key(gw: Gateway, uri: str) -> str:
@@ -112,16 +127,17 @@ async def train(
         parse_dataset,
         max_bytes=settings.max_dataset_bytes,
         max_rows=settings.max_dataset_rows,
+        max_line_bytes=settings.max_dataset_line_bytes,
         tokenizer=tokenizer,
         template=template,
         max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
         method=body.method.type,
     )
-    dataset = await asyncio.to_thread(parse, raw)
+    dataset = await off_loop(parse, raw)
     held_out = None
     if validation is not None:
         try:
-            held_out = await asyncio.to_thread(parse, validation)
+            held_out = await off_loop(parse, validation)
         except DatasetError as exc:
             error = from_domain(exc)
             error.param, error.message = "validation", f"validation {error.message}"

@@ -111,12 +111,14 @@ def install(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
+        # A check of the whole request names the parameter it found at fault in its context.
+        param = (first.get("ctx") or {}).get("param") or ".".join(loc) or None
+        message = f"{param or 'request'}: {first.get('msg', 'invalid request')}"
         return render(
             APIError(
                 400,
                 message,
-                param=".".join(loc) or None,
+                param=param,
                 code="invalid_parameter",
                 # Without `input`: it would echo what was sent (dataset rows, prompts) into the error.
                 details=jsonable_encoder(

@@ -10,16 +10,18 @@ cache resolves like `name@version` (registry `FineTunedModel`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from adapters import auto
-from adapters.dataset import parse_dataset
+from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
 from adapters.errors import DatasetError, JobRefused, NotFound
 from adapters.registry import dataset_key
 from adapters.schema import (
@@ -58,8 +60,11 @@ from service.protocol import (
     FineTuningJobList,
     SupervisedHyperparameters,
 )
+from service.settings import Settings
 
 PURPOSE = "fine-tune"
+DEFAULT_FILENAME = "upload.jsonl"
+MAX_FILENAME_CHARS = 255
 JOB_PREFIX = "ftjob-"
 # The suffix becomes part of an adapter name (lowercased) and of a model id split by ':'.
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -95,10 +100,11 @@ def file_object(stored: StoredFile) -> FileObject:
     )
 
 
-def _preference_rows(data: bytes) -> bool:
-    """Whether the first row that parses is one of OpenAI's preference rows (DPO) rather than one to learn from."""
-    for raw in data.split(b"\n"):
-        if not raw.strip():
+def _preference_rows(data: bytes, max_line_bytes: int) -> bool:
+    """Whether the first row that parses (of the first few) is one of OpenAI's preference rows (DPO) rather than
+    one to learn from."""
+    for _, raw in itertools.islice(lines(data), MAX_REPORTED):
+        if len(raw) > max_line_bytes:
             continue
         try:
             row = json.loads(raw)
@@ -106,6 +112,34 @@ def _preference_rows(data: bytes) -> bool:
             continue
         return isinstance(row, dict) and ("preferred_output" in row or "non_preferred_output" in row)
     return False
+
+
+def _checked_file(data: bytes, settings: Settings) -> tuple[str, Dataset]:
+    """(kind, rows) of an uploaded file: on a dataset-check thread, rows counted before any is parsed."""
+    kind = "preference" if _preference_rows(data, settings.max_dataset_line_bytes) else "supervised"
+    dataset = parse_dataset(
+        data,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        max_line_bytes=settings.max_dataset_line_bytes,
+        method="dpo" if kind == "preference" else "supervised",
+    )
+    return kind, dataset
+
+
+# Characters a file name loses: controls (CR, LF, NUL), format characters (the bidi overrides, zero-width ones),
+# surrogates and unassigned code points, line and paragraph separators.
+_DROPPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def safe_filename(name: str | None) -> str:
+    """A client's file name as stored and shown: its last path segment, without control or bidi characters,
+    markup characters as '_', at most 255 characters; `upload.jsonl` when nothing is left."""
+    base = re.split(r"[/\\]", name or "")[-1][: 4 * MAX_FILENAME_CHARS]
+    kept = "".join(c for c in base if unicodedata.category(c) not in _DROPPED)
+    kept = re.sub(r"[<>\"'&`]", "_", kept)
+    kept = " ".join(kept.split()).strip(". ")
+    return kept[:MAX_FILENAME_CHARS] or DEFAULT_FILENAME
 
 
 def _about(error: APIError, param: str, what: str) -> APIError:
@@ -116,7 +150,7 @@ def _about(error: APIError, param: str, what: str) -> APIError:
 
 
 async def upload_file(
-    gw: Gateway, filename: str, purpose: str, data: bytes, expires_after_s: int | None = None
+    gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None
 ) -> FileObject:
     """Store a fine-tuning file once its rows are valid (every bad line reported, nothing stored otherwise).
 
@@ -134,16 +168,9 @@ async def upload_file(
             400, "expires_after.seconds must be between 3600 (an hour) and 2592000 (30 days)",
             param="expires_after.seconds",
         )
-    settings = gw.settings
-    kind = "preference" if _preference_rows(data) else "supervised"
+    filename = safe_filename(filename)
     try:
-        dataset = await asyncio.to_thread(
-            parse_dataset,
-            data,
-            max_bytes=settings.max_dataset_bytes,
-            max_rows=settings.max_dataset_rows,
-            method="dpo" if kind == "preference" else "supervised",
-        )
+        kind, dataset = await adapter_ops.off_loop(_checked_file, data, gw.settings)
     except DatasetError as exc:
         raise _about(from_domain(exc), "file", f"file {filename!r}") from None
     now = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -34,6 +35,27 @@ class ToolCallOut(BaseModel):
     function: FunctionCall
 
 
+def lone_surrogate(value: Any) -> str | None:
+    """The path (`messages.0.content`) of the first string in a parsed JSON request that holds a lone surrogate
+    (`"\\ud800"` decodes to one): it is no Unicode text, and the tokenizer and vLLM would fail on it with a 500."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # iterative: a request may be nested as deep as the JSON parser allows
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "request"
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                stack.append((f"{path}.{key}" if path else str(key), child))
+                stack.append((path or "request", str(key)))  # a key is text too
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{index}", child) for index, child in reversed(list(enumerate(item))))
+    return None
+
+
 class ChatMessage(BaseModel):
     """A message of the conversation: content is a string or a list of text parts; assistant messages may
     carry `tool_calls`, and `tool` messages answer one of them."""
@@ -56,6 +78,22 @@ class ChatMessage(BaseModel):
                 if kind != "text":
                     raise ValueError(f"content parts of type {kind!r} are not supported: this is a text model")
         return value
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _arguments(cls, calls: list[ToolCallOut] | None) -> list[ToolCallOut] | None:
+        # Written into the prompt as JSON (adapters/tools.py `flatten`): text that is no JSON object is the
+        # client's error, not the template's.
+        for index, call in enumerate(calls or []):
+            try:
+                parsed = json.loads(call.function.arguments)
+            except ValueError:
+                raise ValueError(f"tool call {index}: arguments are not JSON") from None
+            except RecursionError:
+                raise ValueError(f"tool call {index}: arguments are nested too deeply") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"tool call {index}: arguments must be a JSON object")
+        return calls
 
     @model_validator(mode="after")
     def _shape(self) -> ChatMessage:
@@ -210,6 +248,18 @@ class SamplingFields(BaseModel):
     metadata: Any = Field(None, description=f"refused: {REFUSED_FIELDS['metadata']}")
     reasoning_effort: Any = Field(None, description=f"refused: {REFUSED_FIELDS['reasoning_effort']}")
     suffix: Any = Field(None, description=f"refused: {REFUSED_FIELDS['suffix']}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        path = lone_surrogate(data)
+        if path is not None:
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "a lone surrogate (an unpaired \\ud800-\\udfff escape) is not Unicode text",
+                {"param": path},
+            )
+        return data
 
     @field_validator(*REFUSED_FIELDS)
     @classmethod

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
+    max_dataset_line_bytes: int = Field(
+        2**20, description="longest line (one row) of a dataset, refused unread beyond; raise with max_row_tokens"
+    )
     max_row_tokens: int = Field(2048, description="longest dataset row, in tokens, after templating")
     max_job_steps: int = Field(10_000, description="most optimizer steps one training job may plan (400 beyond)")
     max_job_tokens: int = Field(

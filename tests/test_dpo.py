@@ -26,6 +26,21 @@ PAIR: dict[str, Any] = {
     "non_preferred_output": [{"role": "assistant", "content": "cat dog"}],
 }
 GOOD = json.dumps(PAIR)
+TOOL_PAIR: dict[str, Any] = {
+    "input": {
+        "messages": [
+            {"role": "system", "content": "You check the weather."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4 C, rain"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    },
+    "preferred_output": [{"role": "assistant", "content": "4 C and rain in Oslo: take an umbrella."}],
+    "non_preferred_output": [{"role": "assistant", "content": "It is 4 C."}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +120,15 @@ def test_preference_rows_become_a_prompt_and_two_answers() -> None:
         ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
          '"preferred_output": [{"role": "assistant", "content": "same"}], '
          '"non_preferred_output": [{"role": "assistant", "content": "same"}]}', "nothing to prefer"),
+        ('{"input": {"messages": [{"role": "user", "content": null}]}, '
+         '"preferred_output": [{"role": "assistant", "content": "c"}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "d"}]}', "content of message 1 is null"),
+        ('{"input": {"messages": [{"role": "user", "content": "a"}]}, '
+         '"preferred_output": [{"role": "assistant", "content": null}], '
+         '"non_preferred_output": [{"role": "assistant", "content": "d"}]}', "content of message 2 is null"),
+        (json.dumps({**TOOL_PAIR, "input": {**TOOL_PAIR["input"], "messages": [
+            *TOOL_PAIR["input"]["messages"][:-1], {"role": "tool", "tool_call_id": "c9", "content": "4 C"}]}}),
+         "tool message 4: tool_call_id 'c9' is not a call of message 3"),
     ],
 )
 def test_each_bad_preference_line_is_reported_with_its_number(bad_line: str, reason: str) -> None:
@@ -156,23 +180,6 @@ def test_dpo_prompt_is_what_the_gateway_sends_and_answers_are_what_sft_learns(
         assert sft.input_ids[: len(encoded.prompt_ids)] == encoded.prompt_ids
     assert tokenizer.decode(encoded.chosen_ids).startswith("CAT DOG!")
     assert encoded.chosen_ids[-1] in template.stop_token_ids(tokenizer)  # the end of turn that stops generation
-
-
-TOOL_PAIR: dict[str, Any] = {
-    "input": {
-        "messages": [
-            {"role": "system", "content": "You check the weather."},
-            {"role": "user", "content": "Weather in Oslo?"},
-            {"role": "assistant", "tool_calls": [
-                {"id": "c1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "4 C, rain"},
-        ],
-        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
-    },
-    "preferred_output": [{"role": "assistant", "content": "4 C and rain in Oslo: take an umbrella."}],
-    "non_preferred_output": [{"role": "assistant", "content": "It is 4 C."}],
-}
 
 
 @pytest.mark.parametrize("template_name", TEMPLATE_NAMES)

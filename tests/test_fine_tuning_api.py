@@ -22,6 +22,7 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import Checkpoint, FineTune, FineTunedModel, JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
+from service import fine_tuning
 from service.app import create_app
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 from tests.shout import WORDS, shout
@@ -139,6 +140,29 @@ def test_bad_files_get_openai_shaped_400s_and_404s(app: TestClient) -> None:
         assert unknown.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.files.delete("file-" + "0" * 32)
+
+
+def test_file_names_are_stored_as_their_last_segment_without_controls_or_markup(app: TestClient) -> None:
+    good = jsonl(chat_rows(3, seed=5))
+    names = {
+        "../../etc/passwd": "passwd",
+        "C:\\Users\\me\\shout.jsonl": "shout.jsonl",
+        "<img src=x onerror=alert(1)>.jsonl": "_img src=x onerror=alert(1)_.jsonl",
+        "invoice\u202egpj.jsonl": "invoicegpj.jsonl",  # a right-to-left override would show "lnosj.jpg"
+        "a.jsonl\r\nX-Injected: yes": "a.jsonlX-Injected: yes",
+        "..": "upload.jsonl",
+        "x" * 300 + ".jsonl": "x" * 255,
+    }
+    for sent, stored in names.items():
+        assert fine_tuning.safe_filename(sent) == stored, sent
+    # Through the API as the SDK sends a name (it percent-escapes CR and LF itself).
+    for sent in ("../../etc/passwd", "invoice\u202egpj.jsonl", "<b>x</b>.jsonl"):
+        reply = app.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (sent, good)}, headers=ADMIN)
+        assert reply.status_code == 200 and reply.json()["filename"] == fine_tuning.safe_filename(sent), reply.text
+        assert app.get(f"/v1/files/{reply.json()['id']}", headers=ADMIN).json()["filename"] == reply.json()["filename"]
+    for purpose in ("fine-tune ", " fine-tune", "Fine-Tune", "fine-tune\n"):
+        reply = app.post("/v1/files", data={"purpose": purpose}, files={"file": ("a.jsonl", good)}, headers=ADMIN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "purpose", purpose
 
 
 def test_jobs_that_name_no_file_or_another_model_are_400s_and_unknown_jobs_404s(app: TestClient) -> None:

@@ -201,7 +201,7 @@ def test_an_oversized_dataset_is_refused_before_a_row_is_parsed(app: tuple[TestC
     lines = b"not json\n" + b'{"prompt": "a", "completion": "b"}\n' * settings.max_dataset_rows
     with pytest.raises(DatasetError) as caught:
         parse_dataset(lines, max_rows=settings.max_dataset_rows)
-    assert caught.value.errors == [(settings.max_dataset_rows + 1, "too many rows: 1001, the limit is 1000")]
+    assert caught.value.errors == [(settings.max_dataset_rows + 1, "too many rows: more than 1000, the limit is 1000")]
     reply = client.post("/adapters", data={"name": "big"}, files={"dataset": ("d.jsonl", lines)}, headers=ADMIN)
     assert reply.status_code == 400 and "too many rows" in reply.text
     inline = {"name": "big", "rows": [{"prompt": "a", "completion": "b"}] * (settings.max_dataset_rows + 1)}
@@ -229,6 +229,115 @@ def test_chat_requests_that_cannot_be_answered_are_400_with_their_reason(app: tu
             headers=INFERENCE,
         )
         assert reply.status_code == 400 and reply.json()["error"]["param"] == "seed", reply.text
+
+
+LONE = "<lone surrogate>"
+
+
+def _raw(body: dict[str, Any]) -> str:
+    """JSON of `body` with LONE written as "\\ud800": a lone surrogate once decoded, which no client library sends."""
+    return json.dumps(body).replace(LONE, "\\ud800")
+
+
+def _call(arguments: str) -> list[dict[str, Any]]:
+    """A conversation whose assistant called a tool with `arguments`, and the tool's answer."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return [*HELLO, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+
+
+def test_text_that_is_no_unicode_and_tool_arguments_that_are_no_json_object_are_400s(
+    app: tuple[TestClient, Settings],
+) -> None:
+    client, _ = app
+    described = {"type": "function", "function": {"name": "f", "description": LONE}}
+    lone = {
+        "model": {"model": f"ft:{LONE}", "messages": HELLO},
+        "messages.0.content": {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": f"a{LONE}"}]},
+        "stop.1": {"model": DEFAULT_MODEL, "messages": HELLO, "stop": ["a", LONE]},
+        "tools.0.function.description": {"model": DEFAULT_MODEL, "messages": HELLO, "tools": [described]},
+        "prompt": {"model": DEFAULT_MODEL, "prompt": LONE},
+    }
+    for param, body in lone.items():
+        path = "/v1/completions" if param == "prompt" else "/v1/chat/completions"
+        reply = client.post(path, content=_raw(body), headers={**INFERENCE, "content-type": "application/json"})
+        assert reply.status_code == 400, f"{param}: {reply.text}"
+        assert reply.json()["error"]["param"] == param and "lone surrogate" in reply.json()["error"]["message"]
+    tool = [{"type": "function", "function": {"name": "f"}}]
+    for arguments, reason in (("not json", "not JSON"), ("[1]", "a JSON object"), ('{"a":' * 50_000, "deeply")):
+        body = {"model": DEFAULT_MODEL, "messages": _call(arguments), "tools": tool}
+        reply = client.post("/v1/chat/completions", json=body, headers=INFERENCE)
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["param"] == "messages.1.tool_calls", reply.text
+        assert reason in error["message"]
+
+
+def test_training_seeds_the_trainer_would_refuse_are_400s_on_both_training_apis(
+    app: tuple[TestClient, Settings],
+) -> None:
+    client, _ = app
+    rows = shout_rows(12)
+    upload = client.post(
+        "/v1/files", data={"purpose": "fine-tune"}, headers=ADMIN,
+        files={"file": ("shout.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())},
+    )
+    assert upload.status_code == 200, upload.text
+    for seed in (2**76, -1, 2**32):
+        reply = client.post(
+            "/adapters", json={"name": "seeded", "rows": rows, "hyperparameters": {"seed": seed}}, headers=ADMIN
+        )
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "hyperparameters.seed", reply.text
+        body = {"model": DEFAULT_MODEL, "training_file": upload.json()["id"], "seed": seed}
+        reply = client.post("/v1/fine_tuning/jobs", json=body, headers=ADMIN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "seed", reply.text
+    assert client.get("/jobs", headers=ADMIN).json()["data"] == []  # nothing was queued
+
+
+STALL = "stall-the-parser-here"
+
+
+def test_datasets_are_parsed_off_the_event_loop_so_health_answers_meanwhile(
+    app: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parser stops at a marked row until /health has answered: on the event loop it would wait in vain."""
+    client, _ = app
+    parse, started, answered = json.loads, threading.Event(), threading.Event()
+    resumed_after_health: list[bool] = []
+
+    def stalling_loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        raw = text.encode() if isinstance(text, str) else bytes(text)
+        if STALL.encode() in raw and not started.is_set():
+            started.set()
+            resumed_after_health.append(answered.wait(20))
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", stalling_loads)
+    marked = {"prompt": STALL, "completion": "b"}
+    jsonl = b"x\n" * 50 + (json.dumps(marked) + "\n").encode()
+    uploads: dict[str, Callable[[], httpx.Response]] = {
+        "POST /v1/files": lambda: client.post(
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("d.jsonl", jsonl)}, headers=ADMIN
+        ),
+        "POST /adapters, rows inline": lambda: client.post(
+            "/adapters", json={"name": "stall", "rows": [marked] * 12 + [{"prompt": "x"}]}, headers=ADMIN
+        ),
+        "POST /adapters, multipart": lambda: client.post(
+            "/adapters", data={"name": "stall"}, files={"dataset": ("d.jsonl", jsonl)}, headers=ADMIN
+        ),
+    }
+    for case, upload in uploads.items():
+        started.clear()
+        answered.clear()
+        resumed_after_health.clear()
+        replies: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: replies.append(upload()))  # noqa: B023
+        thread.start()
+        assert started.wait(60), f"{case}: the marked row was never parsed"
+        assert client.get("/health").status_code in (200, 503)
+        answered.set()
+        thread.join(60)
+        assert resumed_after_health == [True], f"{case}: /health waited for the parser"
+        assert replies and replies[0].status_code == 400, f"{case}: {replies}"
 
 
 STAND_IN_TRAINER = """
@@ -424,11 +533,22 @@ def test_bad_seeds_and_odd_model_names_are_4xx_and_leave_nothing_in_the_engine(g
         greedy_n = {"model": DEFAULT_MODEL, "messages": HELLO, "n": 2, "temperature": 0, "max_tokens": 2}
         reply = http.post("/v1/chat/completions", json=greedy_n)
         assert reply.status_code == 400 and "greedy" in reply.json()["error"]["message"], reply.text
-        lone_surrogate = '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
-        reply = http.post(
-            "/v1/chat/completions", content=lone_surrogate, headers={"content-type": "application/json"}
-        )
-        assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found", reply.text
+        # Lone surrogates ("\\ud800" decoded) anywhere in a request: 400s naming where, before the engine.
+        lone = {
+            "model": {"model": LONE, "messages": HELLO},
+            "messages.0.content": {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": LONE}]},
+            "stop.0": {"model": DEFAULT_MODEL, "messages": HELLO, "stop": [LONE]},
+        }
+        for param, body in lone.items():
+            reply = http.post("/v1/chat/completions", content=_raw(body), headers={"content-type": "application/json"})
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+        tool = [{"type": "function", "function": {"name": "f"}}]
+        for arguments in ("not json", '{"a":' * 50_000):
+            body = {"model": DEFAULT_MODEL, "messages": _call(arguments), "tools": tool, "max_tokens": 2}
+            reply = http.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages.1.tool_calls", reply.text
+        body = {"model": DEFAULT_MODEL, "messages": _call('{"city": "Oslo"}'), "tools": tool, "max_tokens": 2}
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
         reply = http.post("/v1/chat/completions", json={"model": "x@", "messages": HELLO})
         assert reply.status_code == 404, reply.text  # never "the newest version of x"
         _wait_until(lambda: _unfinished(http) == 0, 60, "requests left behind in the engine")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -64,43 +66,69 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
     """The create request from JSON or multipart; the dataset bytes when uploaded or inline."""
     limit = gw.settings.max_dataset_bytes
     ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        upload = form.get("dataset")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "multipart requests need a `dataset` file field", param="dataset")
+        data = await upload.read(limit + 1)
+        hyper, method = form.get("hyperparameters"), form.get("method")
+        fields: dict[str, Any] = {
+            "name": form.get("name"),
+            "template": form.get("template") or "chatml",
+            "hyperparameters": hyper if isinstance(hyper, str) and hyper.strip() else {},
+            "method": method,
+            "rows": [],  # stands for the uploaded file in validation
+        }
+        return await adapter_ops.off_loop(_form_request, fields), data
+    # Parsed on a dataset-check thread: a body of inline rows is up to max_request_bytes of JSON.
+    return await adapter_ops.off_loop(_json_request, await request.body(), gw.settings.max_dataset_rows)
+
+
+def _form_request(fields: dict[str, Any]) -> CreateAdapterJSON:
+    """The create request of a multipart form, its JSON fields parsed."""
+    hyper = fields["hyperparameters"]
+    with _json_errors():
+        fields = {
+            **fields,
+            "hyperparameters": json.loads(hyper) if isinstance(hyper, str) else hyper,
+            "method": _form_method(fields["method"]),
+        }
+    return _validated(fields)
+
+
+def _json_request(body: bytes, max_rows: int) -> tuple[CreateAdapterJSON, bytes | None]:
+    """The create request of a JSON body, and its inline rows as JSONL."""
+    with _json_errors():
+        payload = json.loads(body)
+    if isinstance(payload, dict) and isinstance(payload.get("rows"), list):
+        # Counted before a row is validated, so an oversized dataset is refused at once.
+        count = len(payload["rows"])
+        if count > max_rows:
+            raise APIError(
+                400,
+                f"dataset has {count} rows; the limit is {max_rows} (max_dataset_rows)",
+                param="rows",
+                code="invalid_dataset",
+            )
+    request = _validated(payload)
     try:
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=16)
-            upload = form.get("dataset")
-            if not isinstance(upload, UploadFile):
-                raise APIError(400, "multipart requests need a `dataset` file field", param="dataset")
-            data = await upload.read(limit + 1)
-            hyper = form.get("hyperparameters")
-            fields: dict[str, Any] = {
-                "name": form.get("name"),
-                "template": form.get("template") or "chatml",
-                "hyperparameters": json.loads(hyper) if isinstance(hyper, str) and hyper.strip() else {},
-                "method": _form_method(form.get("method")),
-                "rows": [],  # stands for the uploaded file in validation
-            }
-            return _validated(fields), data
-        payload = await request.json()
+        rows = rows_to_jsonl(request.rows) if request.rows is not None else None
+    except RecursionError:
+        raise APIError(400, "rows: nested too deeply", param="rows", code="invalid_dataset") from None
+    return request, rows
+
+
+@contextlib.contextmanager
+def _json_errors() -> Iterator[None]:
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"invalid JSON: not UTF-8 ({exc.reason})", code="invalid_json") from None
     except json.JSONDecodeError as exc:
         raise APIError(400, f"invalid JSON: {exc.msg}", code="invalid_json") from None
     except RecursionError:
         raise APIError(400, "invalid JSON: nested too deeply", code="invalid_json") from None
-    if isinstance(payload, dict) and isinstance(payload.get("rows"), list):
-        # Counted before a row is validated, so an oversized dataset is refused at once.
-        count = len(payload["rows"])
-        if count > gw.settings.max_dataset_rows:
-            raise APIError(
-                400,
-                f"dataset has {count} rows; the limit is {gw.settings.max_dataset_rows} (max_dataset_rows)",
-                param="rows",
-                code="invalid_dataset",
-            )
-    body = _validated(payload)
-    try:
-        rows = rows_to_jsonl(body.rows) if body.rows is not None else None
-    except RecursionError:
-        raise APIError(400, "rows: nested too deeply", param="rows", code="invalid_dataset") from None
-    return body, rows
 
 
 def _validated(payload: Any) -> CreateAdapterJSON:

@@ -40,7 +40,7 @@ async def upload_file(
         raise APIError(
             413, f"file too big: the limit is {limit} bytes (max_dataset_bytes)", param="file", code="file_too_large"
         )
-    return await fine_tuning.upload_file(gw, file.filename or "upload.jsonl", purpose, data, expires_seconds)
+    return await fine_tuning.upload_file(gw, file.filename, purpose, data, expires_seconds)
 
 
 @router.get(
