@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         32, description="training jobs queued or running (store-wide) before new ones get 429"
     )
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
+    max_inline_json_bytes: int = Field(
+        4 * 2**20,
+        description="largest JSON body of POST /adapters (rows inline; 413 beyond): one JSON parse holds the "
+        "interpreter for its length, so larger datasets go as a multipart file or through /v1/files",
+    )
     max_dataset_rows: int = Field(100_000, description="most rows in one dataset")
     max_dataset_line_bytes: int = Field(
         2**20, description="longest line (one row) of a dataset, refused unread beyond; raise with max_row_tokens"

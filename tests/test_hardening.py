@@ -65,6 +65,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
     settings = management_settings(
         root,
         max_dataset_rows=1000,
+        max_inline_json_bytes=256 * 2**10,
         max_job_steps=200,
         max_job_tokens=100_000,
         metrics_port=free_port(),
@@ -207,6 +208,27 @@ def test_an_oversized_dataset_is_refused_before_a_row_is_parsed(app: tuple[TestC
     inline = {"name": "big", "rows": [{"prompt": "a", "completion": "b"}] * (settings.max_dataset_rows + 1)}
     reply = client.post("/adapters", json=inline, headers=ADMIN)
     assert reply.status_code == 400 and "max_dataset_rows" in reply.text
+
+
+def test_a_large_json_body_of_inline_rows_is_413_and_the_same_rows_as_a_file_are_taken(
+    app: tuple[TestClient, Settings],
+) -> None:
+    """One json.loads holds the interpreter for the whole body, so inline rows are capped; the same bytes as a
+    multipart file are checked line by line and stored."""
+    client, settings = app
+    row = {"prompt": "Shout these words: " + "word " * 200, "completion": "WORDS!"}
+    count = settings.max_inline_json_bytes // len(json.dumps(row, separators=(",", ":"))) + 1
+    inline = {"name": "inline-big", "rows": [row] * count}
+    assert len(json.dumps(inline, separators=(",", ":"))) > settings.max_inline_json_bytes  # as the client sends it
+    assert count <= settings.max_dataset_rows
+    before = client.get("/jobs", headers=ADMIN).json()["data"]
+    reply = client.post("/adapters", json=inline, headers=ADMIN)
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["param"] == "rows" and "max_inline_json_bytes" in reply.json()["error"]["message"]
+    assert client.get("/jobs", headers=ADMIN).json()["data"] == before  # nothing stored
+    lines = "".join(json.dumps(row) + "\n" for _ in range(count)).encode()
+    reply = client.post("/adapters", data={"name": "file-big"}, files={"dataset": ("d.jsonl", lines)}, headers=ADMIN)
+    assert reply.status_code != 413, reply.text
 
 
 def test_chat_requests_that_cannot_be_answered_are_400_with_their_reason(app: tuple[TestClient, Settings]) -> None:

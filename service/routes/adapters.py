@@ -81,8 +81,31 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
             "rows": [],  # stands for the uploaded file in validation
         }
         return await adapter_ops.off_loop(_form_request, fields), data
-    # Parsed on a dataset-check thread: a body of inline rows is up to max_request_bytes of JSON.
-    return await adapter_ops.off_loop(_json_request, await request.body(), gw.settings.max_dataset_rows)
+    # Parsed on a dataset-check thread; but one json.loads holds the GIL from start to end, whatever thread runs it,
+    # so the body it parses is kept small enough not to stall other requests (files go as multipart or /v1/files).
+    body = await _json_body_within(request, gw.settings.max_inline_json_bytes)
+    return await adapter_ops.off_loop(_json_request, body, gw.settings.max_dataset_rows)
+
+
+async def _json_body_within(request: Request, limit: int) -> bytes:
+    """The JSON body, read only while it stays within `limit`; 413 beyond, declared or streamed."""
+    refused = APIError(
+        413,
+        f"a JSON body of inline rows is limited to {limit} bytes (max_inline_json_bytes): send a larger dataset "
+        "as a multipart `dataset` file, or upload it to /v1/files and train with POST /v1/fine_tuning/jobs",
+        param="rows",
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise refused
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise refused
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _form_request(fields: dict[str, Any]) -> CreateAdapterJSON:
