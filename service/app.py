@@ -20,14 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.registry import Registry
 from adapters.store import open_store
 from service import errors, logs
-from service.adapter_cache import AdapterCache
-from service.auth import KeyGate
-from service.dependencies import Gateway
-from service.engine import Engine
-from service.job_reads import JobReads
+from service.api.auth import KeyGate
+from service.api.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
+from service.engine.adapter_cache import AdapterCache
+from service.engine.core import Engine
+from service.gateway import Gateway
+from service.management.jobs import JobReads
 from service.metrics import Metrics
-from service.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
-from service.runner import Runner, trainer_command
+from service.runners.base import Runner, trainer_command
 from service.settings import Settings
 
 log = logging.getLogger("skillserve.http")
@@ -124,14 +124,14 @@ class BodyLimit:
 
 def build_runner(settings: Settings, registry: Registry) -> Runner:
     if settings.runner == "kubernetes" and settings.k8s_job_kind == "trainjob":
-        from service.runner_kubeflow import KubeflowRunner
+        from service.runners.kubeflow import KubeflowRunner
 
         return KubeflowRunner(settings, registry)
     if settings.runner == "kubernetes":
-        from service.runner_kubernetes import KubernetesRunner
+        from service.runners.kubernetes import KubernetesRunner
 
         return KubernetesRunner(settings, registry)
-    from service.runner_local import LocalRunner
+    from service.runners.local import LocalRunner
 
     return LocalRunner(
         registry,

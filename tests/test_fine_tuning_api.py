@@ -22,8 +22,8 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import Checkpoint, FineTune, FineTunedModel, JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service import fine_tuning
 from service.app import create_app
+from service.management import fine_tuning
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 from tests.shout import WORDS, shout
 

@@ -20,12 +20,12 @@ from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus, Manifest
 from adapters.servable import check_manifest
 from adapters.store import FileStore
-from service.adapter_cache import AdapterCache
+from docsgen.openapi import render
 from service.app import create_app
+from service.engine.adapter_cache import AdapterCache
 from service.errors import APIError
 from service.metrics import Metrics
-from service.openapi import render
-from service.runner_local import LocalRunner
+from service.runners.local import LocalRunner
 from service.settings import Settings
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, management_settings, publish_adapter
 
@@ -295,7 +295,7 @@ def test_json_and_multipart_requests_share_one_schema() -> None:
 
 
 def test_engine_args_carry_the_settings() -> None:
-    from service.engine import Engine
+    from service.engine.core import Engine
 
     settings = Settings(max_lora_rank=24, max_loras=3, max_cpu_loras=2, max_model_len=512, max_num_seqs=4)  # type: ignore[call-arg]
     args = Engine(settings).engine_args()
@@ -306,7 +306,7 @@ def test_engine_args_carry_the_settings() -> None:
 
 def test_ignore_eos_drops_the_template_stops_but_keeps_the_clients() -> None:
     from adapters.templates import get_template
-    from service.serving import merge_stops
+    from service.inference.pipeline import merge_stops
 
     chatml = get_template("chatml", None)
     assert set(chatml.stop) <= set(merge_stops(["END"], chatml))

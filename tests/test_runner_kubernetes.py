@@ -17,7 +17,7 @@ from adapters.errors import JobForbidden, JobRefused
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service.runner_kubernetes import (
+from service.runners.kubernetes import (
     KubernetesRunner,
     KubernetesRunnerError,
     build_job,

@@ -26,9 +26,9 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry, file_key
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service import auth
-from service.adapter_cache import AdapterCache
+from service.api import auth
 from service.app import create_app
+from service.engine.adapter_cache import AdapterCache
 from service.metrics import Metrics
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 

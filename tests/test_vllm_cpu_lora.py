@@ -1,4 +1,4 @@
-"""The grouped CPU LoRA ops (service/vllm_cpu_lora.py), each checked against a row-by-row oracle.
+"""The grouped CPU LoRA ops (service/engine/cpu_lora.py), each checked against a row-by-row oracle.
 
 The oracle is the LoRA definition itself: a row with adapter slot i gets x @ W[i]^T, computed in the
 output's dtype as vLLM's ops do; a row with index -1 (no adapter) gets nothing. Every op is checked in fp32
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from service import vllm_cpu_lora
+from service.engine import cpu_lora as vllm_cpu_lora
 
 SLOTS, RANK, HIDDEN, OUT = 4, 8, 32, 24
 
@@ -427,8 +427,8 @@ def test_register_leaves_vllms_ops_when_their_signature_changed(monkeypatch: pyt
 
 def test_the_plugins_are_registered_with_vllm() -> None:
     plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("skillserve-cpu-lora") == "service.vllm_cpu_lora:register"
-    assert plugins.get("skillserve-engine-lifetime") == "service.vllm_engine_lifetime:register"
+    assert plugins.get("skillserve-cpu-lora") == "service.engine.cpu_lora:register"
+    assert plugins.get("skillserve-engine-lifetime") == "service.engine.lifetime:register"
 
 
 def test_a_layers_fused_copy_goes_with_its_stacks() -> None:

@@ -14,10 +14,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from adapters.templates import ChatTemplate, get_template, template_from_manifest
-from service.adapter_cache import Lease
-from service.dependencies import Gateway
-from service.engine import sampling_params
+from service.engine.adapter_cache import Lease
+from service.engine.core import sampling_params
 from service.errors import APIError
+from service.gateway import Gateway
 from service.metrics import RequestMeter
 from service.protocol import SamplingFields
 

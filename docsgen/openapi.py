@@ -1,4 +1,4 @@
-"""`python -m service.openapi` prints the gateway's OpenAPI document as YAML (the repo's openapi.yaml)."""
+"""`python -m docsgen.openapi` prints the gateway's OpenAPI document as YAML (the repo's openapi.yaml)."""
 
 from __future__ import annotations
 

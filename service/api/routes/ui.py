@@ -1,7 +1,7 @@
-"""The web dashboard at /ui: static files from service/ui, and what the page needs before it has a key.
+"""The web dashboard at /ui: static files from service/api/ui, and what the page needs before it has a key.
 
 The page talks only to the gateway's own API with the user's key; nothing here reads the store or the engine.
-Its files and config load without a key (service/auth.py `public`), so an auth-on gateway can show a key prompt.
+Its files and config load without a key (service/api/auth.py `public`), so an auth-on gateway can show a key prompt.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from starlette.types import Scope
 
 from adapters.schema import Hyperparameters
 from adapters.templates import TEMPLATE_NAMES
-from service.auth import auth_enabled
-from service.dependencies import SettingsDep
+from service.api.auth import auth_enabled
+from service.api.deps import SettingsDep
 
 PATH = "/ui"
 STATIC = Path(__file__).resolve().parents[1] / "ui"

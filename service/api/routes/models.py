@@ -12,10 +12,11 @@ from fastapi import APIRouter, Depends
 
 from adapters.errors import NotFound
 from adapters.schema import LATEST, Manifest
-from service import fine_tuning
-from service.adapter_cache import FT_PREFIX
-from service.auth import require_admin, require_inference
-from service.dependencies import Gateway, GatewayDep
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
+from service.engine.adapter_cache import FT_PREFIX
+from service.gateway import Gateway
+from service.management import fine_tuning
 from service.protocol import INFERENCE_ERRORS as ERRORS
 from service.protocol import Deleted, ErrorResponse, ModelCard, ModelList
 

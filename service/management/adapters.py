@@ -25,8 +25,8 @@ from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.dependencies import Gateway
 from service.errors import APIError, from_domain, overloaded
+from service.gateway import Gateway
 from service.protocol import (
     AdapterDetail,
     AdapterList,

@@ -29,7 +29,7 @@ from adapters.errors import JobForbidden, JobRefused, SkillserveError
 from adapters.lifecycle import advance
 from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
-from service.runner import trainer_command
+from service.runners.base import trainer_command
 from service.settings import Settings
 
 log = logging.getLogger("skillserve.runner.kubernetes")

@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from adapters.schema import Manifest, check_job_id
-from service import adapter_ops, fine_tuning
-from service.auth import require_admin, require_inference
-from service.dependencies import Gateway, GatewayDep
-from service.job_reads import JOB_READ_TTL_S
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
+from service.gateway import Gateway
+from service.management import adapters as adapter_ops
+from service.management import fine_tuning
+from service.management.jobs import JOB_READ_TTL_S
 from service.protocol import MANAGEMENT_ERRORS, ErrorResponse, JobList, JobView
 
 router = APIRouter(tags=["jobs"])

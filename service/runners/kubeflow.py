@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from adapters.lifecycle import advance
 from adapters.schema import JobRecord, JobStatus
-from service.runner_kubernetes import (
+from service.runners.kubernetes import (
     JOB_SELECTOR,
     JobRegistry,
     KubernetesRunnerError,

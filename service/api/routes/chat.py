@@ -12,9 +12,23 @@ from fastapi import APIRouter, Depends, Request, Response
 from adapters.masking import encode
 from adapters.templates import ChatTemplate
 from adapters.tools import CALL_OPEN, call_schema, flatten, forced_call, parse_calls
-from service.auth import require_inference
-from service.dependencies import Gateway, GatewayDep
+from service.api.auth import require_inference
+from service.api.deps import GatewayDep
 from service.errors import APIError
+from service.gateway import Gateway
+from service.inference.pipeline import (
+    Prepared,
+    Target,
+    check_count,
+    check_prompt_chars,
+    constraint_param,
+    finish_reason,
+    request_sampling,
+    serve,
+    sse,
+    structured_constraint,
+    token_budget,
+)
 from service.protocol import (
     STREAMING_RESPONSES,
     AssistantMessage,
@@ -33,19 +47,6 @@ from service.protocol import (
     ToolCallOut,
     TopLogprob,
     Usage,
-)
-from service.serving import (
-    Prepared,
-    Target,
-    check_count,
-    check_prompt_chars,
-    constraint_param,
-    finish_reason,
-    request_sampling,
-    serve,
-    sse,
-    structured_constraint,
-    token_budget,
 )
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])

@@ -16,10 +16,11 @@ from starlette.datastructures import UploadFile
 
 from adapters.dataset import rows_to_jsonl
 from adapters.schema import Aliases, AliasTarget, Manifest, check_name
-from service import adapter_ops
-from service.auth import require_admin, require_inference
-from service.dependencies import Gateway, GatewayDep
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
 from service.errors import APIError
+from service.gateway import Gateway
+from service.management import adapters as adapter_ops
 from service.protocol import (
     MANAGEMENT_ERRORS,
     AdapterDetail,

@@ -1,4 +1,4 @@
-"""OpenAI's Files API for fine-tuning files: upload, list, retrieve, content and delete (service/fine_tuning.py)."""
+"""OpenAI's Files API for fine-tuning files: upload, list, retrieve, content and delete (service/management)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
-from service import fine_tuning
-from service.auth import require_admin, require_inference
-from service.dependencies import GatewayDep
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
 from service.errors import APIError
+from service.management import fine_tuning
 from service.protocol import MANAGEMENT_ERRORS, FileDeleted, FileList, FileObject, error_responses
 
 router = APIRouter(tags=["files"])

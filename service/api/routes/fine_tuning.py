@@ -1,4 +1,4 @@
-"""OpenAI's fine-tuning jobs API: create, list, retrieve, cancel, events and checkpoints (service/fine_tuning.py)."""
+"""OpenAI's fine-tuning jobs API: create, list, retrieve, cancel, events and checkpoints (service/management)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service import fine_tuning
-from service.auth import require_admin, require_inference
-from service.dependencies import GatewayDep
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
+from service.management import fine_tuning
 from service.protocol import (
     MANAGEMENT_ERRORS,
     CreateFineTuningJob,

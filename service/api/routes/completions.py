@@ -9,18 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.auth import require_inference
-from service.dependencies import Gateway, GatewayDep
+from service.api.auth import require_inference
+from service.api.deps import GatewayDep
 from service.errors import APIError
-from service.protocol import (
-    STREAMING_RESPONSES,
-    Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    Usage,
-)
-from service.serving import (
+from service.gateway import Gateway
+from service.inference.pipeline import (
     Prepared,
     Target,
     check_count,
@@ -32,6 +25,14 @@ from service.serving import (
     sse,
     structured_constraint,
     token_budget,
+)
+from service.protocol import (
+    STREAMING_RESPONSES,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
 )
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])

@@ -38,10 +38,10 @@ from adapters.schema import (
     Method,
     StoredFile,
 )
-from service import adapter_ops
-from service.adapter_cache import FT_PREFIX
-from service.dependencies import Gateway
+from service.engine.adapter_cache import FT_PREFIX
 from service.errors import APIError, from_domain, model_not_found
+from service.gateway import Gateway
+from service.management import adapters as adapter_ops
 from service.protocol import (
     CheckpointMetrics,
     CreateAdapterJSON,

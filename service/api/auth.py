@@ -7,7 +7,7 @@ import hmac
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.dependencies import SettingsDep
+from service.api.deps import SettingsDep
 from service.errors import APIError, render
 from service.settings import Settings
 

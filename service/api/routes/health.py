@@ -8,7 +8,7 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service.dependencies import GatewayDep
+from service.api.deps import GatewayDep
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("skillserve.health")
