@@ -124,11 +124,17 @@ def check_item_schema(schema: Any, param: str = "data_source_config.item_schema"
             raise bad(where, "must be a JSON schema object")
         kinds = node.get("type")
         for kind in kinds if isinstance(kinds, list) else [kinds] if kinds is not None else []:
-            if kind not in _TYPES:
+            if not isinstance(kind, str) or kind not in _TYPES:
                 raise bad(f"{where}.type", f"{kind!r} is not a JSON schema type ({', '.join(_TYPES)})")
-        for name, sub in (node.get("properties") or {}).items():
+        for keyword, shape, kind in (("properties", dict, "an object"), ("required", list, "a list"),
+                                     ("enum", list, "a list"), ("items", dict, "a schema object")):
+            if keyword in node and not isinstance(node[keyword], shape):
+                raise bad(f"{where}.{keyword}", f"must be {kind}")
+        if not all(isinstance(name, str) for name in node.get("required", [])):
+            raise bad(f"{where}.required", "must list property names")
+        for name, sub in node.get("properties", {}).items():
             walk(sub, f"{where}.properties.{name}")
-        if isinstance(node.get("items"), dict):
+        if "items" in node:
             walk(node["items"], f"{where}.items")
 
     walk(schema, param)
