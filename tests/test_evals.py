@@ -153,6 +153,24 @@ def test_two_criteria_of_one_name_are_refused_naming_the_second(admin: openai.Op
     assert body["param"] == "testing_criteria[1].name"
 
 
+@pytest.mark.parametrize(
+    ("item_schema", "param"),
+    [
+        ({"type": "string"}, "data_source_config.item_schema.type"),
+        ({"type": "object", "properties": []}, "data_source_config.item_schema.properties"),
+        ({"properties": {"a": {"type": {"not": "a type"}}}}, "data_source_config.item_schema.properties.a.type"),
+        ({"required": "country"}, "data_source_config.item_schema.required"),
+    ],
+)
+def test_an_item_schema_of_the_wrong_shape_is_a_400_naming_the_keyword(
+    admin: openai.OpenAI, item_schema: dict[str, Any], param: str
+) -> None:
+    body = refusal(lambda: admin.evals.create(
+        data_source_config={"type": "custom", "item_schema": item_schema},
+        testing_criteria=[NAMES_THE_CAPITAL]))  # type: ignore[list-item]
+    assert body["param"] == param
+
+
 def test_a_data_source_this_gateway_cannot_draw_rows_from_is_refused_saying_why(admin: openai.OpenAI) -> None:
     body = refusal(lambda: admin.evals.create(
         data_source_config={"type": "logs"}, testing_criteria=[NAMES_THE_CAPITAL]))  # type: ignore[list-item]
