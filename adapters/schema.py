@@ -378,3 +378,121 @@ class FineTunedModel(BaseModel):
     job_id: JobId
     step: int | None = Field(None, description="a checkpoint's step; null = the job's own model")
     created_at: float = Field(default_factory=time.time)
+
+
+# OpenAI's Evals API: an eval (a dataset's shape and its graders), its runs, and each run's output items.
+
+EVAL_ID_RE = re.compile(r"^eval_[0-9a-f]{32}$")
+EVAL_RUN_ID_RE = re.compile(r"^evalrun_[0-9a-f]{32}$")
+# An output item's id names its run and its row, so a resumed run writes each row once (outputitem_<run>_<row>).
+OUTPUT_ITEM_ID_RE = re.compile(r"^outputitem_([0-9a-f]{32})_([0-9]{1,9})$")
+
+
+def new_eval_id() -> str:
+    return "eval_" + uuid.uuid4().hex
+
+
+def new_eval_run_id() -> str:
+    return "evalrun_" + uuid.uuid4().hex
+
+
+def output_item_id(run_id: str, index: int) -> str:
+    return f"outputitem_{run_id.removeprefix('evalrun_')}_{index}"
+
+
+class EvalRecord(BaseModel):
+    """An eval at evals/<id>.json: the item schema runs are checked against and the graders every run applies."""
+
+    id: str = Field(default_factory=new_eval_id, pattern=EVAL_ID_RE.pattern)
+    name: str = ""
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    item_schema: dict[str, Any] = Field(default_factory=dict, description="JSON schema of each row's `item`")
+    include_sample_schema: bool = False
+    testing_criteria: list[dict[str, Any]] = Field(
+        default_factory=list, description="graders as sent, each valid for adapters.graders.validate"
+    )
+
+
+class EvalRunStatus(StrEnum):
+    queued = "queued"
+    in_progress = "in_progress"
+    completed = "completed"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (EvalRunStatus.completed, EvalRunStatus.failed, EvalRunStatus.canceled)
+
+
+# A run's allowed moves: every writer of a run's status goes through this table (registry's `update_eval_run`).
+EVAL_RUN_TRANSITIONS: dict[EvalRunStatus, frozenset[EvalRunStatus]] = {
+    EvalRunStatus.queued: frozenset({EvalRunStatus.in_progress, EvalRunStatus.failed, EvalRunStatus.canceled}),
+    EvalRunStatus.in_progress: frozenset({EvalRunStatus.completed, EvalRunStatus.failed, EvalRunStatus.canceled}),
+    EvalRunStatus.completed: frozenset(),
+    EvalRunStatus.failed: frozenset(),
+    EvalRunStatus.canceled: frozenset(),
+}
+
+
+class TokenUsage(BaseModel):
+    """Tokens one model used over some calls (a run's sampling, or a judge's)."""
+
+    invocation_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+    def plus(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{name: getattr(self, name) + getattr(other, name) for name in TokenUsage.model_fields})
+
+
+class CriterionCounts(BaseModel):
+    passed: int = 0
+    failed: int = 0
+
+
+class ResultCounts(BaseModel):
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    errored: int = 0
+
+
+class EvalRunRecord(BaseModel):
+    """A run at eval_runs/<eval-id>/<run-id>.json, changed only by compare-and-swap. Its counts are a fold of its
+    output items, so a resumed run can recount them from the store."""
+
+    id: str = Field(default_factory=new_eval_run_id, pattern=EVAL_RUN_ID_RE.pattern)
+    eval_id: str = Field(pattern=EVAL_ID_RE.pattern)
+    name: str = ""
+    model: str = ""
+    status: EvalRunStatus = EvalRunStatus.queued
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    data_source: dict[str, Any] = Field(default_factory=dict, description="as sent (rows included)")
+    rows: int = Field(0, description="rows in the data source")
+    error: dict[str, str] | None = Field(None, description="code and message of a failed run")
+    result_counts: ResultCounts = Field(default_factory=ResultCounts)
+    per_criterion: dict[str, CriterionCounts] = Field(default_factory=dict)
+    per_model_usage: dict[str, TokenUsage] = Field(default_factory=dict)
+
+
+class EvalOutputItem(BaseModel):
+    """One row's sample and grades at eval_items/<run-id>/<row>.json, written once (if absent)."""
+
+    id: str = Field(pattern=OUTPUT_ITEM_ID_RE.pattern)
+    run_id: str = Field(pattern=EVAL_RUN_ID_RE.pattern)
+    eval_id: str = Field(pattern=EVAL_ID_RE.pattern)
+    index: int = Field(ge=0, description="the row's place in the data source (OpenAI's datasource_item_id)")
+    created_at: float = Field(default_factory=time.time)
+    status: Literal["pass", "fail", "error"]
+    item: dict[str, Any]
+    sample: dict[str, Any] = Field(default_factory=dict, description="input, output, usage, sampling, error")
+    results: list[dict[str, Any]] = Field(default_factory=list, description="one per testing criterion")
+    usage: dict[str, TokenUsage] = Field(default_factory=dict, description="per model: the sample's and the judges'")

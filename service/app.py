@@ -22,9 +22,12 @@ from adapters.store import open_store
 from service import errors, logs
 from service.api.auth import KeyGate
 from service.api.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
+from service.api.routes import evals as eval_routes
+from service.api.routes import graders as grader_routes
 from service.engine.adapter_cache import AdapterCache
 from service.engine.core import Engine
 from service.gateway import Gateway
+from service.management.eval_runs import start_eval_runs
 from service.management.jobs import JobReads
 from service.metrics import Metrics
 from service.runners.base import Runner, trainer_command
@@ -180,8 +183,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine.start()
                 if settings.engine_stall_seconds:
                     watch = asyncio.create_task(engine.watch(every=min(5.0, settings.engine_stall_seconds / 4)))
+            await start_eval_runs(app.state.gateway)  # after the engine: runs left running resume on it
             yield
         finally:
+            if app.state.gateway.eval_runs is not None:
+                await app.state.gateway.eval_runs.stop()
             if watch is not None:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -194,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (chat, completions, models, files, fine_tuning, adapters, jobs, health):
+    for module in (chat, completions, models, files, fine_tuning, eval_routes, grader_routes, adapters, jobs, health):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(

@@ -25,3 +25,4 @@ class Gateway:
     runner: Runner | None
     metrics: Metrics
     job_reads: JobReads  # job records shared by everyone following a job
+    eval_runs: Any = None  # the eval runs' executor (service/management/eval_runs.py), started with the app

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     runner: Literal["local", "kubernetes"] = Field("local", description="where training runs")
     training_enabled: bool = Field(True, description="accept training jobs and run the job runner here")
     train_concurrency: int = Field(1, description="local runner: training processes at once")
+    eval_concurrency: int = Field(
+        1, ge=1, le=16, description="eval runs: rows in the engine at once, all runs together (live traffic first)"
+    )
     train_processes_per_job: int = Field(
         1, ge=1, description="local runner: data-parallel trainer processes per job under torchrun (one per GPU)"
     )

@@ -123,6 +123,24 @@ ROUTE_ROLES = {
     ("POST", "/v1/fine_tuning/jobs"): ADMIN_ONLY,
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): ADMIN_ONLY,
     ("DELETE", "/v1/models/{model_id:path}"): ADMIN_ONLY,
+    # OpenAI's Evals API: reading evals, runs and output items takes any key; creating, changing and deleting
+    # them takes an admin key, since a run spends the engine's time. Graders: validating and running one on one
+    # sample cost what a chat request costs, so any key.
+    ("GET", "/v1/evals"): INFER,
+    ("GET", "/v1/evals/{eval_id}"): INFER,
+    ("GET", "/v1/evals/{eval_id}/runs"): INFER,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}"): INFER,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items"): INFER,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}"): INFER,
+    ("POST", "/v1/evals"): ADMIN_ONLY,
+    ("POST", "/v1/evals/{eval_id}"): ADMIN_ONLY,
+    ("DELETE", "/v1/evals/{eval_id}"): ADMIN_ONLY,
+    ("POST", "/v1/evals/{eval_id}/runs"): ADMIN_ONLY,
+    ("POST", "/v1/evals/{eval_id}/runs/{run_id}"): ADMIN_ONLY,
+    ("POST", "/v1/evals/{eval_id}/runs/{run_id}/cancel"): ADMIN_ONLY,
+    ("DELETE", "/v1/evals/{eval_id}/runs/{run_id}"): ADMIN_ONLY,
+    ("POST", "/v1/fine_tuning/alpha/graders/validate"): INFER,
+    ("POST", "/v1/fine_tuning/alpha/graders/run"): INFER,
 }
 
 
@@ -147,6 +165,7 @@ def test_every_route_enforces_its_role(app_client: tuple[TestClient, RecordingSt
     for (method, template), role in ROUTE_ROLES.items():
         path = template.replace("{model_id:path}", "x").replace("{name}", "x").replace("{model}", "x")
         path = path.replace("{job_id}", "x").replace("{file_id}", "x").replace("{step}", "1")
+        path = path.replace("{eval_id}", "x").replace("{run_id}", "x").replace("{output_item_id}", "x")
         for who, headers in credentials.items():
             reply = client.request(method, path, headers=headers, json={} if method == "POST" else None)
             if role == PUBLIC or who == "admin" or (who == "inference" and role == INFER):

@@ -9,6 +9,7 @@ methods come from one facet per kind of record, each in a module of its own:
 | `JobBook` | jobs.py | job records (compare-and-swap), kept checkpoints |
 | `FileBook` | files.py | datasets, OpenAI Files API records |
 | `FineTuneBook` | fine_tunes.py | OpenAI fine-tuning records, `ft:` model ids |
+| `EvalBook` | evals.py | evals, their runs (compare-and-swap), output items (written once) |
 
 keys.py is the one map of where each lies. A caller that needs one facet types against it (the runners'
 `JobRegistry`), not the whole class. A facet that needs another's records says so with a Protocol on `self`.
@@ -17,6 +18,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
+from adapters.registry.evals import EvalBook
 from adapters.registry.files import FileBook
 from adapters.registry.fine_tunes import FineTuneBook
 from adapters.registry.jobs import JobBook
@@ -27,6 +29,7 @@ from adapters.store import ObjectStore
 __all__ = [
     "AliasBook",
     "AdapterVersions",
+    "EvalBook",
     "FileBook",
     "FineTuneBook",
     "JobBook",
@@ -40,8 +43,8 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook):
-    """Publish, find, fetch and delete adapters; keep jobs, datasets, files and fine-tuning records."""
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records and evals."""
 
     def __init__(self, store: ObjectStore):
         self.store = store

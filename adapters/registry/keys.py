@@ -5,6 +5,8 @@ aliases/<name>/<revision>.json                                   its aliases, ap
 jobs/<job-id>.json, checkpoints/<job-id>/step-<n>/               training jobs (jobs.py)
 datasets/<sha256>.jsonl, files/<file-id>.json                    datasets and OpenAI files (files.py)
 fine_tunes/<job-id>.json, ft_models/<sha256 of the id>.json      OpenAI fine-tuning records (fine_tunes.py)
+evals/<eval-id>.json, eval_runs/<eval-id>/<run-id>.json,
+eval_items/<run-id>/<row>.json                                   evals, their runs, output items (evals.py)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import re
 
 from adapters.errors import InvalidAdapter, InvalidName
-from adapters.schema import Manifest, check_job_id, check_name
+from adapters.schema import EVAL_ID_RE, EVAL_RUN_ID_RE, Manifest, check_job_id, check_name
 from adapters.store import check_key
 
 MANIFEST = "manifest.json"
@@ -81,6 +83,32 @@ def stored_file_key(file_id: str) -> str:
 def fine_tuned_model_key(model_id: str) -> str:
     # ft: ids hold ':' and capitals, which store keys may not: the record lies under the id's hash.
     return f"ft_models/{hashlib.sha256(model_id.encode()).hexdigest()}.json"
+
+
+def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidName(f"invalid {what} {value!r}")
+    return value
+
+
+def eval_key(eval_id: str) -> str:
+    return f"evals/{_checked(eval_id, EVAL_ID_RE, 'eval id')}.json"
+
+
+def eval_runs_prefix(eval_id: str) -> str:
+    return f"eval_runs/{_checked(eval_id, EVAL_ID_RE, 'eval id')}/"
+
+
+def eval_run_key(eval_id: str, run_id: str) -> str:
+    return f"{eval_runs_prefix(eval_id)}{_checked(run_id, EVAL_RUN_ID_RE, 'run id')}.json"
+
+
+def eval_items_prefix(run_id: str) -> str:
+    return f"eval_items/{_checked(run_id, EVAL_RUN_ID_RE, 'run id')}/"
+
+
+def eval_item_key(run_id: str, index: int) -> str:
+    return f"{eval_items_prefix(run_id)}{int(index):09d}.json"  # zero-padded: list order is row order
 
 
 def check_filename(filename: str) -> str:

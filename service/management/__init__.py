@@ -1,0 +1,1 @@
+"""Use cases: what the routes call; each owns one thing the API does."""

@@ -42,6 +42,7 @@ from service.engine.adapter_cache import FT_PREFIX
 from service.errors import APIError, from_domain, model_not_found
 from service.gateway import Gateway
 from service.management import adapters as adapter_ops
+from service.management.evals import EVALS_PURPOSE, parse_eval_rows
 from service.protocol import (
     CheckpointMetrics,
     CreateAdapterJSON,
@@ -156,10 +157,11 @@ async def upload_file(
 
     Rows are checked for their format here; their length in tokens depends on the template a job trains with,
     so it is checked when a job is created."""
-    if purpose != PURPOSE:
+    if purpose not in (PURPOSE, EVALS_PURPOSE):
         raise APIError(
             400,
-            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning only ('{PURPOSE}')",
+            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}') and "
+            f"eval rows ('{EVALS_PURPOSE}')",
             param="purpose",
             code="invalid_purpose",
         )
@@ -169,6 +171,8 @@ async def upload_file(
             param="expires_after.seconds",
         )
     filename = safe_filename(filename)
+    if purpose == EVALS_PURPOSE:
+        return await _upload_eval_rows(gw, filename, data, expires_after_s)
     try:
         kind, dataset = await adapter_ops.off_loop(_checked_file, data, gw.settings)
     except DatasetError as exc:
@@ -186,6 +190,26 @@ async def upload_file(
     )
     stored = await asyncio.to_thread(gw.registry.put_file, record, data)
     return file_object(stored)
+
+
+async def _upload_eval_rows(gw: Gateway, filename: str, data: bytes, expires_after_s: int | None) -> FileObject:
+    """A file of eval rows (`{"item": {...}}` per line), checked for that shape; its items are checked against an
+    eval's item_schema when a run names it."""
+    try:
+        rows = await adapter_ops.off_loop(parse_eval_rows, data, gw.settings.max_dataset_rows)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
+    now = time.time()
+    record = StoredFile(
+        filename=filename,
+        purpose=EVALS_PURPOSE,
+        bytes=len(data),
+        sha256="",
+        created_at=now,
+        expires_at=now + expires_after_s if expires_after_s is not None else None,
+        rows=len(rows),
+    )
+    return file_object(await asyncio.to_thread(gw.registry.put_file, record, data))
 
 
 def list_files(gw: Gateway, purpose: str | None, after: str | None, limit: int, order: str) -> FileList:

@@ -25,7 +25,7 @@ UPLOAD_ERRORS = {**ERRORS, **error_responses(413)}
     response_model=FileObject,
     responses=UPLOAD_ERRORS,
     dependencies=[Depends(require_admin)],
-    summary="Upload a fine-tuning file (JSONL, purpose fine-tune); its rows are checked first (admin)",
+    summary="Upload a fine-tuning file (JSONL, purpose fine-tune) or eval rows (purpose evals), rows checked (admin)",
 )
 async def upload_file(
     gw: GatewayDep,

@@ -1,0 +1,412 @@
+"""The background executor of eval runs: each row's prompt through the serving path, every criterion graded, one
+output item written per row, the run's counts kept as a fold of its items.
+
+Live traffic keeps priority: at most `eval_concurrency` rows (all runs together) are in the engine at once, so an
+eval holds that many of the engine's `max_num_seqs` batch slots and never queues live requests behind a backlog of
+its own; a row refused for load (429) or an engine not ready (503) waits and is tried again, it does not fail.
+(vLLM's `priority` scheduling would let rows yield inside the engine too; this gateway starts vLLM with its
+default first-come policy, so concurrency is the bound.)
+
+Restart: a run left `queued` or `in_progress` is resumed when a gateway starts. Its rows already written are
+not redone (each row's item is written only if absent, under a key named by the row), and its counts are
+recounted from the items in the store; two executors on one run (two replicas) write each row once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adapters import graders
+from adapters.errors import GraderError, NotFound, SkillserveError
+from adapters.registry import Registry
+from adapters.schema import (
+    CriterionCounts,
+    EvalOutputItem,
+    EvalRecord,
+    EvalRunRecord,
+    EvalRunStatus,
+    ResultCounts,
+    TokenUsage,
+    output_item_id,
+)
+from service.errors import APIError, from_domain
+
+if TYPE_CHECKING:
+    from service.gateway import Gateway
+
+log = logging.getLogger("skillserve.evals")
+
+# A criterion whose grader sets no pass mark of its own (score_model without pass_threshold, multi) passes at this.
+DEFAULT_PASS_SCORE = 0.5
+RETRY_S = (0.5, 30.0)  # first and longest wait before a row refused for load is tried again
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A model's answer to one prompt, as a chat completion gives it."""
+
+    text: str
+    usage: TokenUsage
+    finish_reason: str | None
+
+
+Sampler = Callable[[str, list[dict[str, Any]], dict[str, Any]], Awaitable[Sampled]]
+
+
+class RunFailed(Exception):
+    """The whole run cannot go on (its model is unknown, its file is gone): it ends `failed` with this reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------- the one way into the serving path
+
+
+async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+    """Ask `model` (base, adapter, `name@version`, alias, `ft:` id) as POST /v1/chat/completions would: the same
+    admission, target resolution, template, adapter lease and metrics, without HTTP. `sampling` holds chat
+    request fields (temperature, top_p, seed, max_tokens or max_completion_tokens, response_format, tools).
+    Raises the APIError a chat request would get."""
+    from fastapi import Response
+    from pydantic import ValidationError
+    from starlette.requests import Request
+
+    from service.api.routes.chat import chat_completions
+    from service.protocol import ChatCompletionRequest
+
+    try:
+        body = ChatCompletionRequest.model_validate({**sampling, "model": model, "messages": messages})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(step) for step in error["loc"])
+        raise APIError(400, f"{where}: {error['msg']}", param=where) from None
+
+    async def never_disconnected() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []},
+                      never_disconnected)
+    try:
+        completion = await chat_completions(body, request, Response(), gw)
+    except SkillserveError as exc:
+        raise from_domain(exc) from None
+    choice = completion.choices[0]
+    text = choice.message.content or ""
+    if choice.message.tool_calls:
+        calls = [call.model_dump() for call in choice.message.tool_calls]
+        text = text or json.dumps(calls)
+    usage = completion.usage
+    return Sampled(
+        text,
+        TokenUsage(invocation_count=1, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens),
+        choice.finish_reason,
+    )
+
+
+# ---------------------------------------------------------------- what a run does with a row (pure)
+
+
+def rendered_messages(input_messages: Mapping[str, Any], item: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A row's prompt: the template's messages with `{{item.*}}` filled (`developer` sent as `system`), or the
+    messages the row holds at `item_reference`."""
+    if input_messages.get("type") == "item_reference":
+        value: Any = {"item": item}
+        for step in str(input_messages["item_reference"]).split("."):
+            if not isinstance(value, Mapping) or step not in value:
+                raise graders.TemplateReferenceError(
+                    f"item_reference {input_messages['item_reference']!r} names nothing in this row"
+                )
+            value = value[step]
+        if not isinstance(value, list) or not all(isinstance(m, Mapping) and "role" in m for m in value):
+            raise graders.TemplateReferenceError(
+                f"item_reference {input_messages['item_reference']!r} is not a list of messages"
+            )
+        return [{"role": str(m["role"]), "content": message_text(m.get("content"))} for m in value]
+    return [
+        {
+            "role": "system" if message["role"] == "developer" else message["role"],
+            "content": graders.render(message_text(message["content"]), item, None),
+        }
+        for message in input_messages.get("template") or []
+    ]
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, a text part, or a list of them joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        return str(content.get("text", ""))
+    if isinstance(content, list):
+        return "\n".join(message_text(part) for part in content)
+    return ""
+
+
+def criterion_result(result: graders.GradeResult) -> dict[str, Any]:
+    """A grade as an output item's result: OpenAI's name, type, score, passed (a grader without a pass mark
+    passes at DEFAULT_PASS_SCORE), and the grader's errors and details beside them."""
+    passed = result.passed if result.passed is not None else result.score >= DEFAULT_PASS_SCORE
+    return {**result.as_dict(), "passed": bool(passed) and not result.errors}
+
+
+def item_status(results: list[dict[str, Any]], sample_error: dict[str, str] | None) -> str:
+    if sample_error is not None or any(result["errors"] for result in results):
+        return "error"
+    return "pass" if all(result["passed"] for result in results) else "fail"
+
+
+def tally(run: EvalRunRecord, item: EvalOutputItem) -> EvalRunRecord:
+    """`run` with one more row counted: its status, each criterion's verdict, each model's tokens."""
+    counts = run.result_counts.model_copy()
+    counts.total += 1
+    field = {"pass": "passed", "fail": "failed", "error": "errored"}[item.status]
+    setattr(counts, field, getattr(counts, field) + 1)
+    criteria = {name: value.model_copy() for name, value in run.per_criterion.items()}
+    for result in item.results:
+        entry = criteria.setdefault(result["name"], CriterionCounts())
+        if result["passed"]:
+            entry.passed += 1
+        else:
+            entry.failed += 1
+    usage = dict(run.per_model_usage)
+    for model, used in item.usage.items():
+        usage[model] = usage.get(model, TokenUsage()).plus(used)
+    return run.model_copy(update={"result_counts": counts, "per_criterion": criteria, "per_model_usage": usage})
+
+
+def tally_into(item: EvalOutputItem, run: EvalRunRecord) -> EvalRunRecord:
+    return tally(run, item)
+
+
+def recount(run: EvalRunRecord, items: list[EvalOutputItem]) -> EvalRunRecord:
+    """`run`'s counts made again from its items (what a resumed run starts from)."""
+    fresh = run.model_copy(update={"result_counts": ResultCounts(), "per_criterion": {}, "per_model_usage": {}})
+    for item in items:
+        fresh = tally(fresh, item)
+    return fresh
+
+
+def chat_sampling(sampling_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's `sampling_params` as chat request fields (reasoning_effort is dropped: nothing here uses it)."""
+    keep = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools")
+    return {key: value for key, value in (sampling_params or {}).items() if key in keep and value is not None}
+
+
+# ---------------------------------------------------------------- the executor
+
+
+class EvalRunner:
+    """Runs eval runs in the background, `concurrency` rows at a time over all runs."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        sample: Sampler,
+        rows: Callable[[EvalRunRecord], list[dict[str, Any]]],
+        concurrency: int = 1,
+        serving: bool = True,
+    ):
+        self.registry = registry
+        self.sample = sample
+        self.rows = rows  # a run's rows from its data source (use case: inline content or a stored file)
+        self.serving = serving
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def submit(self, eval_id: str, run_id: str) -> None:
+        """Start executing a run (a no-op when it is already executing here)."""
+        if run_id in self._tasks and not self._tasks[run_id].done():
+            return
+        task = asyncio.create_task(self._execute(eval_id, run_id), name=f"eval-run-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run_id, None) if self._tasks.get(run_id) is task else None)
+
+    async def resume(self) -> list[str]:
+        """Take up every run left queued or in progress (after a restart); their ids."""
+        runs = await asyncio.to_thread(self.registry.list_eval_runs)
+        pending = [run for run in runs if not run.status.finished]
+        for run in reversed(pending):  # oldest first
+            log.info("resuming eval run %s of %s (%s)", run.id, run.eval_id, run.status.value)
+            self.submit(run.eval_id, run.id)
+        return [run.id for run in pending]
+
+    async def wait(self, run_id: str) -> None:
+        """Until the run's execution here has ended (tests, shutdown)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def stop(self) -> None:
+        """Stop executing (shutdown): runs stay `in_progress` in the store, for the next start to resume."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _execute(self, eval_id: str, run_id: str) -> None:
+        try:
+            await self._run(eval_id, run_id)
+        except asyncio.CancelledError:
+            raise
+        except RunFailed as exc:
+            await self._finish(eval_id, run_id, EvalRunStatus.failed, {"code": exc.code, "message": exc.message})
+        except NotFound:  # the run (or its eval) was deleted while it ran: nothing left to write to
+            log.info("eval run %s was deleted while it ran", run_id)
+        except Exception as exc:  # noqa: BLE001 - the run records why it stopped; the gateway goes on
+            log.exception("eval run %s failed", run_id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            with contextlib.suppress(Exception):
+                await self._finish(eval_id, run_id, EvalRunStatus.failed, error)
+
+    async def _run(self, eval_id: str, run_id: str) -> None:
+        registry = self.registry
+        run = await asyncio.to_thread(registry.get_eval_run, eval_id, run_id)
+        if run.status.finished:
+            return
+        try:
+            evaluation = await asyncio.to_thread(registry.get_eval, eval_id)
+        except NotFound:
+            raise RunFailed("eval_not_found", f"eval {eval_id} was deleted") from None
+        if not self.serving:
+            raise RunFailed("no_engine", "this gateway serves no models (load_engine is off): no row can be sampled")
+        try:
+            rows = await asyncio.to_thread(self.rows, run)
+        except (NotFound, ValueError) as exc:
+            raise RunFailed("invalid_data_source", f"the run's rows cannot be read: {exc}") from None
+        criteria = [graders.validate(c, f"testing_criteria[{i}]") for i, c in enumerate(evaluation.testing_criteria)]
+        done = await asyncio.to_thread(registry.list_output_items, run_id)
+
+        def start(current: EvalRunRecord) -> EvalRunRecord:
+            started = recount(current, done)  # what a crash between an item and its count left uncounted
+            return started.model_copy(
+                update={"status": EvalRunStatus.in_progress, "started_at": current.started_at or time.time()}
+            )
+
+        if await asyncio.to_thread(registry.update_eval_run, eval_id, run_id, start) is None:
+            return  # canceled (or finished elsewhere) before it started
+        written = {item.index for item in done}
+        for index, row in enumerate(rows):
+            if index in written:
+                continue
+            if (await asyncio.to_thread(registry.get_eval_run, eval_id, run_id)).status.finished:
+                return  # canceled while it ran
+            item = await self._row(evaluation, run, criteria, index, row)
+            if await asyncio.to_thread(registry.put_output_item, item):
+                await asyncio.to_thread(registry.update_eval_run, eval_id, run_id, functools.partial(tally_into, item))
+        await self._finish(eval_id, run_id, EvalRunStatus.completed, None)
+
+    async def _row(
+        self,
+        evaluation: EvalRecord,
+        run: EvalRunRecord,
+        criteria: list[graders.AnyGrader],
+        index: int,
+        row: dict[str, Any],
+    ) -> EvalOutputItem:
+        """Sample one row, grade it with every criterion; the output item (not yet written)."""
+        item = row.get("item") or {}
+        source = run.data_source
+        sampling = chat_sampling(source.get("sampling_params"))
+        usage: dict[str, TokenUsage] = {}
+        messages: list[dict[str, str]] = []
+        sample_error: dict[str, str] | None = None
+        answer: Sampled | None = None
+        try:
+            messages = rendered_messages(source.get("input_messages") or {}, item)
+            answer = await self._ask(run.model, messages, sampling)
+            usage[run.model] = answer.usage
+        except graders.TemplateReferenceError as exc:
+            sample_error = {"code": "invalid_variable_error", "message": str(exc)}
+        except APIError as exc:
+            sample_error = {"code": exc.code or "sampling_error", "message": exc.message}
+
+        async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+            judged = await self._ask(model, messages, params)
+            usage[model] = usage.get(model, TokenUsage()).plus(judged.usage)
+            return judged.text
+
+        results: list[dict[str, Any]] = []
+        if answer is not None:
+            for criterion in criteria:
+                try:
+                    result = await graders.grade(criterion, item, answer.text, judge)
+                except GraderError as exc:
+                    result = graders.GradeResult(criterion.name, criterion.type, 0.0, False,
+                                                 [graders.GradeError("other_error", str(exc))])
+                results.append(criterion_result(result))
+        sample = {
+            "input": messages,
+            "output": [{"role": "assistant", "content": answer.text}] if answer is not None else [],
+            "model": run.model,
+            "finish_reason": answer.finish_reason if answer is not None else None,
+            "usage": (answer.usage if answer is not None else TokenUsage()).model_dump(exclude={"invocation_count"}),
+            "error": sample_error,
+            **{key: sampling.get(key) for key in ("temperature", "top_p", "seed", "max_completion_tokens")},
+        }
+        return EvalOutputItem(
+            id=output_item_id(run.id, index),
+            run_id=run.id,
+            eval_id=evaluation.id,
+            index=index,
+            status=item_status(results, sample_error),  # type: ignore[arg-type]
+            item=item,
+            sample=sample,
+            results=results,
+            usage=usage,
+        )
+
+    async def _ask(self, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+        """One call through the serving path, within the eval's slots; load and a starting engine are waited out,
+        an unknown model fails the run."""
+        wait = RETRY_S[0]
+        while True:
+            try:
+                async with self._slots:
+                    return await self.sample(model, messages, sampling)
+            except APIError as exc:
+                if exc.status in (429, 503):
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, RETRY_S[1])
+                    continue
+                if exc.param == "model" or exc.code in ("model_not_found", "invalid_name"):
+                    raise RunFailed(exc.code or "model_not_found", exc.message) from None
+                raise
+
+    async def _finish(self, eval_id: str, run_id: str, status: EvalRunStatus, error: dict[str, str] | None) -> None:
+        def finish(current: EvalRunRecord) -> EvalRunRecord | None:
+            if current.status.finished:
+                return None
+            return current.model_copy(update={"status": status, "error": error, "finished_at": time.time()})
+
+        with contextlib.suppress(NotFound):
+            await asyncio.to_thread(self.registry.update_eval_run, eval_id, run_id, finish)
+
+
+async def start_eval_runs(gw: Gateway) -> EvalRunner:
+    """The gateway's executor, on its serving path, with every run left queued or in progress resumed."""
+    from service.management.evals import run_rows
+
+    async def sample(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+        return await sample_chat(gw, model, messages, sampling)
+
+    runner = EvalRunner(
+        gw.registry, sample, lambda run: run_rows(gw, run), gw.settings.eval_concurrency, gw.settings.load_engine
+    )
+    gw.eval_runs = runner
+    await runner.resume()
+    return runner
