@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from service.engine import cpu_lora as vllm_cpu_lora
+from service.engine import cpu_lora_ops
 
 HIDDEN, SLICES, RANK, SLOTS, REQUESTS = 576, (576, 192, 192), 16, 8, 16
 SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats": 30}}
@@ -34,7 +35,7 @@ SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats"
 def vllms_ops() -> Iterator[None]:
     """vLLM's own PyTorch ops where its CPU wrapper calls them, for as long as the block runs."""
     module = importlib.import_module(vllm_cpu_lora.CPU_WRAPPER_MODULE)
-    installed = {name: getattr(module, name) for name in vllm_cpu_lora.OPS}
+    installed = {name: getattr(module, name) for name in cpu_lora_ops.OPS}
     for name, op in vllm_cpu_lora.upstream_ops().items():
         setattr(module, name, op)
     try:

@@ -25,7 +25,8 @@ from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
 from service.app import create_app
-from service.runners.kubernetes import KubernetesRunner, build_job, job_name
+from service.runners.cluster import job_name
+from service.runners.kubernetes import KubernetesRunner, build_job
 from service.settings import Settings
 from tests.gateway_fixtures import ADMIN_KEY, management_settings
 from tests.kube_control_plane import ControlPlane, control_plane, play_kubelet, wait_for

@@ -16,8 +16,8 @@ from adapters.registry import Registry
 from adapters.schema import JobStatus
 from adapters.store import FileStore
 from service.app import build_runner
+from service.runners.cluster import job_name
 from service.runners.kubeflow import KubeflowRunner, build_trainjob
-from service.runners.kubernetes import job_name
 from service.settings import Settings
 from tests import crd_schema
 from tests.test_runner_kubernetes import GPU_TEMPLATE, queued_job

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import InvalidAdapter, NotFound, StoreUnavailable
+from adapters.errors import InvalidAdapter, ModelNotFound, NotFound, StoreUnavailable
 from adapters.registry import pick_version
 from adapters.schema import Manifest, parse_ref
 from adapters.servable import base_linear_shapes, check_files, check_manifest
-from service.errors import model_not_found
 from service.metrics import Metrics
 
 log = logging.getLogger("skillserve.adapters")
@@ -114,18 +113,18 @@ class AdapterCache:
     async def manifest(self, model: str, user: str | None = None) -> Manifest:
         """The manifest a model name means for one request (`name` = its `latest` alias, `name@alias`,
         `name@version`, or an `ft:` id naming one version; `user` keeps a canary split sticky); 404
-        (model_not_found) if there is none."""
+        (ModelNotFound) if there is none."""
         if model.startswith(FT_PREFIX):
             try:
                 target = await self._cached(("@ft", model), lambda: self.registry.fine_tuned_model(model))
             except NotFound:
-                raise model_not_found(model) from None
+                raise ModelNotFound(model) from None
             name, ref = target.name, target.version
         else:
             try:
                 name, ref = parse_ref(model)
             except ValueError:  # not a name any adapter could have: it does not exist
-                raise model_not_found(model) from None
+                raise ModelNotFound(model) from None
         aliases = await self._cached(("@aliases", name), lambda: self.registry.aliases(name))
         version = pick_version(aliases, ref, user)
         key = (name, version)
@@ -134,7 +133,7 @@ class AdapterCache:
         except NotFound:
             if self._manifests.pop(key, None) is not None:
                 await self.forget(name, version)  # deleted elsewhere: unload it here too
-            raise model_not_found(model) from None
+            raise ModelNotFound(model) from None
         return manifest
 
     async def _cached(self, key: tuple[str, str | None], read: Callable[[], Any]) -> Any:
@@ -233,9 +232,6 @@ class AdapterCache:
             total -= entry.size
             self.metrics.adapter_evictions.inc()
             log.info("evicted adapter %s from the disk cache", ref)
-
-    def cached(self) -> list[str]:
-        return sorted(self._entries)
 
     def in_use(self) -> list[str]:
         """Adapter names with requests in the engine now.

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from adapters.models import resolve_model, weights_hash
-from service.errors import APIError, overloaded
+from adapters.errors import InvalidRequest, Overloaded
+from adapters.models import resolve_model
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,12 +58,6 @@ class Engine:
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         return self._tokenizer
-
-    def base_weights_sha256(self) -> str | None:
-        try:
-            return weights_hash(self.model_dir)
-        except Exception:  # a hub snapshot without safetensors: nothing to compare against
-            return None
 
     def engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -139,14 +133,14 @@ class Engine:
 
     def _require(self) -> Any:
         if not self.ready:
-            raise overloaded("the engine is not ready", retry_after=5, status=503)
+            raise Overloaded("the engine is not ready", retry_after=5, unavailable=True)
         return self._llm
 
     def admit(self) -> None:
         """Refuse new work early when the queue is full, before any adapter is fetched."""
         self._require()
         if self.in_flight >= self.settings.max_queue:
-            raise overloaded(f"too many requests in flight ({self.in_flight}); retry shortly")
+            raise Overloaded(f"too many requests in flight ({self.in_flight}); retry shortly")
 
     async def generate(
         self,
@@ -164,13 +158,6 @@ class Engine:
         llm = self._require()
         # A request that waits for its whole answer gets one output at the end: no first token to time.
         first_token = meter if params.output_kind is not RequestOutputKind.FINAL_ONLY else None
-        if len(prompt_ids) >= self.max_model_len:
-            raise APIError(
-                400,
-                f"the prompt is {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
         request_id = request_id or uuid.uuid4().hex
         self.in_flight += 1
         try:
@@ -190,7 +177,7 @@ class Engine:
             from vllm.exceptions import VLLMClientError
 
             if isinstance(exc, VLLMClientError):  # what vLLM refuses about a request is the client's to fix
-                raise APIError(400, str(exc), code="invalid_parameter") from None
+                raise InvalidRequest(str(exc), code="invalid_parameter") from None
             raise
         finally:
             self.in_flight -= 1
@@ -226,7 +213,7 @@ class Engine:
         except (VLLMClientError, ValueError, TypeError) as exc:
             named = getattr(exc, "parameter", None) or param
             message = f"{named}: {exc}" if named else str(exc)
-            raise APIError(400, message, param=named, code="invalid_parameter") from None
+            raise InvalidRequest(message, param=named, code="invalid_parameter") from None
 
     def unfinished(self) -> int:
         """Requests vLLM itself still tracks (an aborted request leaves at once)."""
@@ -287,4 +274,4 @@ def sampling_params(
             min_p=0.0 if min_p is None else min_p,
         )
     except VLLMClientError as exc:  # e.g. n > 1 with greedy sampling: the client's to fix, never a 500
-        raise APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_parameter") from None
+        raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None), code="invalid_parameter") from None

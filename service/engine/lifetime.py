@@ -26,10 +26,9 @@ import os
 import signal
 import sys
 
+from service.parent_death import signal_on_parent_death
+
 log = logging.getLogger("vllm.plugins.skillserve_engine_lifetime")
-
-PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> bool:
     """Have the kernel send `sig` to this process when its parent exits; False where prctl is unavailable.
@@ -39,8 +38,7 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+    if not signal_on_parent_death(sig):
         log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
         return False
     if os.getppid() != parent_pid:  # reparented: the parent died before the call above

@@ -1,4 +1,6 @@
-"""What chat and text completions share: the target a model name means, token budgets, streaming, aborts."""
+"""What chat and text completions share (service/inference/chat.py, completions.py build on it): the target a model
+name means, admission, token budgets, sampling, the engine work, usage, logprob ranking, streaming, aborts and
+per-model metrics. Errors are domain errors (adapters/errors.py); the edge maps them."""
 
 from __future__ import annotations
 
@@ -9,17 +11,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from adapters.errors import ClientGone, EngineFailed, InvalidRequest, SkillserveError
 from adapters.templates import ChatTemplate, get_template, template_from_manifest
 from service.engine.adapter_cache import Lease
 from service.engine.core import sampling_params
-from service.errors import APIError
+from service.errors import from_domain
 from service.gateway import Gateway
 from service.metrics import RequestMeter
-from service.protocol import SamplingFields
+from service.protocol.common import SamplingFields, Usage
 
 T = TypeVar("T")
 
@@ -96,8 +99,7 @@ def constraint_param(body: SamplingFields) -> str | None:
 def check_count(count: int, limit: int, param: str) -> None:
     """400 when a request carries more items (messages, prompts) than the gateway takes (max_messages)."""
     if count > limit:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"{param} has {count} items; this gateway takes at most {limit} (max_messages)",
             param=param,
             code="too_many_items",
@@ -108,8 +110,7 @@ def check_prompt_chars(gw: Gateway, chars: int, param: str) -> None:
     """400 before any tokenizing when a prompt has more characters than its context could ever hold."""
     limit = gw.engine.max_prompt_chars
     if chars > limit:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"the prompt is {chars} characters; this model's context of {gw.engine.max_model_len} tokens holds "
             f"at most {limit} characters",
             param=param,
@@ -123,8 +124,7 @@ def token_budget(
     """Tokens the completion may use: the client's limit if it fits the context, else all that is left."""
     room = max_model_len - prompt_tokens
     if room < 1:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len} tokens",
             param=prompt_param,
             code="context_length_exceeded",
@@ -132,8 +132,7 @@ def token_budget(
     if requested is None:
         return room
     if requested > room:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"{param}={requested} plus the {prompt_tokens}-token prompt exceeds this model's context of "
             f"{max_model_len} tokens; ask for at most {room}",
             param=param,
@@ -165,7 +164,7 @@ def sse(payload: BaseModel | dict[str, Any] | str) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def until_disconnected(is_disconnected: Callable[[], Awaitable[bool]], work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so aborting its vLLM requests) if the client goes away first."""
     task = asyncio.ensure_future(work)
     try:
@@ -173,9 +172,9 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             done, _ = await asyncio.wait({task}, timeout=0.25)
             if done:
                 return task.result()
-            if await request.is_disconnected():
+            if await is_disconnected():
                 task.cancel()
-                raise APIError(499, "client disconnected", code="client_closed_request")
+                raise ClientGone("client disconnected")
     finally:
         if not task.done():
             task.cancel()
@@ -189,8 +188,8 @@ async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[bool], 
         async for event in events:
             yield event
         failed = False
-    except APIError as exc:
-        yield sse(exc.body())
+    except SkillserveError as exc:
+        yield sse(from_domain(exc).body())
         yield sse("[DONE]")
     except Exception as exc:  # the 200 is sent; all that is left is to tell the client in-band
         yield sse(
@@ -208,23 +207,84 @@ async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[bool], 
         on_close(failed)
 
 
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+def ranked(candidates: dict[int, Any], top: int) -> list[Any]:
+    """A token's `top` most likely candidates (vLLM's {id: Logprob}), best first."""
+    return sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)[:top]
+
+
+@dataclass
+class Work:
+    """One request's engine work once prepared: its target, and each prompt's token ids with its sampling."""
+
+    gw: Gateway
+    target: Target
+    prompts: list[list[int]]
+    params: list[Any]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(ids) for ids in self.prompts)
+
+    def generate(self, i: int, request_id: str) -> AsyncIterator[Any]:
+        """Prompt `i`'s outputs as the engine streams them (closing the iterator aborts the request)."""
+        return self.gw.engine.generate(self.prompts[i], self.params[i], self.target.lora, request_id, self.target.meter)
+
+    async def final(self, i: int, request_id: str) -> Any:
+        """Prompt `i`'s finished output."""
+        final = None
+        async for out in self.generate(i, request_id):
+            final = out
+        if final is None:
+            raise EngineFailed("the engine returned nothing")
+        return final
+
+    def done(self, completion_tokens: int) -> Usage:
+        """The answer is complete: its tokens counted against the model, and its usage."""
+        self.target.generated(completion_tokens)
+        return usage(self.prompt_tokens, completion_tokens)
+
+
 @dataclass
 class Prepared:
-    """An endpoint's engine work for one target: its prompt tokens, and how to answer whole or streamed."""
+    """An endpoint's engine work for one target, and how to answer it whole or streamed."""
 
-    prompt_tokens: int
+    work: Work
     complete: Callable[[str], Awaitable[Any]]  # request id -> the response body
     events: Callable[[str], AsyncIterator[str]]  # request id -> Server-Sent Events
 
 
+@dataclass
+class Answer:
+    """A served request: the response body, or its Server-Sent Events; with the headers that say who answered."""
+
+    headers: dict[str, str]
+    body: Any = None
+    events: AsyncIterator[str] | None = None
+
+    def render(self, response: Response) -> Any:
+        if self.events is not None:
+            return StreamingResponse(
+                self.events,
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers},
+            )
+        response.headers.update(self.headers)
+        return self.body
+
+
 async def serve(
     gw: Gateway,
-    request: Request,
-    response: Response,
     body: SamplingFields,
     id_prefix: str,
     prepare: Callable[[Target], Awaitable[Prepared]],
-) -> Any:
+    is_disconnected: Callable[[], Awaitable[bool]],
+) -> Answer:
     """What chat and completions share: admission, the target held for exactly the request's life, per-model
     metrics, the answer whole or streamed, and the engine requests aborted when the client goes away. The
     endpoints differ only in `prepare`: how they build prompts and sampling, and how they shape answers."""
@@ -237,24 +297,19 @@ async def serve(
         target.release()
         raise
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-    meter.tokens("prompt", prepared.prompt_tokens)
+    meter.tokens("prompt", prepared.work.prompt_tokens)
     if body.stream:
 
         def close(failed: bool) -> None:
             meter.outcome(failed)
             target.release()
 
-        return StreamingResponse(
-            guarded_stream(prepared.events(request_id), close),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **target.headers},
-        )
-    response.headers.update(target.headers)
+        return Answer(target.headers, events=guarded_stream(prepared.events(request_id), close))
     failed = True
     try:
-        answer = await until_disconnected(request, prepared.complete(request_id))
+        answer = await until_disconnected(is_disconnected, prepared.complete(request_id))
         failed = False
-        return answer
+        return Answer(target.headers, body=answer)
     finally:
         meter.outcome(failed)
         target.release()

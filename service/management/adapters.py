@@ -1,4 +1,5 @@
-"""The adapter operations behind the management API: train, import, list, describe and delete.
+"""The adapter use cases behind the management API: train, import, list and describe (deletion is the served
+models' own: service/management/models.py).
 
 Routes parse a request, call one of these and render what it returns; these hold the rules (limits checked
 at submit time, quotas, what an importable directory is) and reach the store only through the registry.
@@ -12,22 +13,23 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters import auto
 from adapters.dataset import Dataset, parse_dataset
-from adapters.errors import DatasetError, InvalidAdapter, InvalidName, NotFound
+from adapters.errors import DatasetError, InvalidAdapter, InvalidName, NotFound, Overloaded
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_job_id, check_name, parse_ref
+from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.errors import APIError, from_domain, overloaded
+from service.errors import APIError, from_domain
 from service.gateway import Gateway
-from service.protocol import (
+from service.management import jobs
+from service.protocol.adapters import (
     AdapterDetail,
     AdapterList,
     AdapterSummary,
@@ -112,45 +114,17 @@ async def train(
 
     `validation` is a dataset evaluated on instead of a held-out split (OpenAI's `validation_file`); a bad one is a
     400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose."""
-    assert gw.runner is not None
+    here = jobs.runner(gw)
     check_name(body.name)  # before any I/O
-    settings = gw.settings
-    tokenizer = gw.engine.tokenizer
-    template = get_template(body.template, tokenizer)
-    hyper = body.hyperparameters
-    if data is None:
-        assert body.dataset_uri is not None
-        raw: bytes = await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))
-    else:
-        raw = data
-    parse = functools.partial(
-        parse_dataset,
-        max_bytes=settings.max_dataset_bytes,
-        max_rows=settings.max_dataset_rows,
-        max_line_bytes=settings.max_dataset_line_bytes,
-        tokenizer=tokenizer,
-        template=template,
-        max_row_tokens=min(settings.max_row_tokens, hyper.max_seq_length),
-        method=body.method.type,
-    )
+    raw = data if data is not None else await _stored_dataset(gw, body)
+    parse = _dataset_parser(gw, body)
     dataset = await off_loop(parse, raw)
-    held_out = None
-    if validation is not None:
-        try:
-            held_out = await off_loop(parse, validation)
-        except DatasetError as exc:
-            error = from_domain(exc)
-            error.param, error.message = "validation", f"validation {error.message}"
-            raise error from None
+    held_out = None if validation is None else await _validation_set(parse, validation)
+    hyper = body.hyperparameters
     if learning_rate_multiplier is not None:
         hyper = scaled_learning_rate(hyper, len(dataset.rows), body.method.type, learning_rate_multiplier)
     _check_plan(gw, hyper, dataset)
-    pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
-    if pending >= settings.max_pending_jobs:
-        raise overloaded(
-            f"{pending} training jobs are queued or running (max_pending_jobs); retry when one finishes",
-            retry_after=60,
-        )
+    await _check_pending(gw)
     # Only a valid dataset reaches the store.
     key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
     validation_key = None if validation is None else (await asyncio.to_thread(gw.registry.put_dataset, validation))[0]
@@ -168,10 +142,60 @@ async def train(
         method=body.method,
         metadata=body.metadata,
     )
-    job = JobRecord(spec=spec, runner=gw.runner.name)
+    job = JobRecord(spec=spec, runner=here.name)
     await asyncio.to_thread(gw.registry.put_job, job)
-    await asyncio.to_thread(gw.runner.submit, job)
+    await asyncio.to_thread(here.submit, job)
     return job
+
+
+async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:
+    """The bytes of a dataset the request names by `dataset_uri` in this gateway's store."""
+    assert body.dataset_uri is not None
+    return await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))  # type: ignore[no-any-return]
+
+
+def _dataset_parser(gw: Gateway, body: CreateAdapterJSON) -> Callable[[bytes], Dataset]:
+    """The dataset check this request's rows go through: the operator's limits, the template, the method."""
+    settings = gw.settings
+    return functools.partial(
+        parse_dataset,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        max_line_bytes=settings.max_dataset_line_bytes,
+        tokenizer=gw.engine.tokenizer,
+        template=get_template(body.template, gw.engine.tokenizer),
+        max_row_tokens=min(settings.max_row_tokens, body.hyperparameters.max_seq_length),
+        method=body.method.type,
+    )
+
+
+async def _validation_set(parse: Callable[[bytes], Dataset], validation: bytes) -> Dataset:
+    try:
+        return await off_loop(parse, validation)
+    except DatasetError as exc:
+        error = from_domain(exc)
+        error.param, error.message = "validation", f"validation {error.message}"
+        raise error from None
+
+
+async def _check_pending(gw: Gateway) -> None:
+    """429 while training is at its max_pending_jobs."""
+    pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
+    if pending >= gw.settings.max_pending_jobs:
+        raise Overloaded(
+            f"{pending} training jobs are queued or running (max_pending_jobs); retry when one finishes",
+            retry_after=60,
+        )
+
+
+async def submit_training(
+    gw: Gateway, read: Callable[[], Awaitable[tuple[CreateAdapterJSON, bytes | None]]]
+) -> JobRecord:
+    """POST /adapters: refused at once when training is disabled, before the body is read; then `read` (the
+    route's parser) and train."""
+    jobs.runner(gw)
+    body, data = await read()
+    return await train(gw, body, data)
 
 
 def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multiplier: float) -> Hyperparameters:
@@ -180,16 +204,6 @@ def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multipl
     rate = auto.choose(hyper, rows, method).learning_rate
     assert rate is not None  # chosen when not given
     return hyper.model_copy(update={"learning_rate": rate * multiplier})
-
-
-async def cancel(gw: Gateway, job_id: str) -> None:
-    """Stop a queued or running job (nothing is published); a finished job is left as it is."""
-    job = await asyncio.to_thread(gw.registry.get_job, check_job_id(job_id))
-    if gw.runner is None:
-        raise APIError(503, "training is disabled on this gateway", type="server_error", code="training_disabled")
-    if job.runner != gw.runner.name:
-        raise APIError(409, f"job {job_id} runs on the {job.runner} runner, this gateway uses {gw.runner.name}")
-    await asyncio.to_thread(gw.runner.cancel, job_id)
 
 
 def _version(m: Manifest) -> AdapterVersion:
@@ -232,13 +246,6 @@ def detail(gw: Gateway, name: str) -> AdapterDetail:
         manifest=versions[-1] if versions else None,
         jobs=jobs,
     )
-
-
-async def delete(gw: Gateway, model: str) -> None:
-    """Unpublish `name` (every version) or `name@version`, then let this replica's cache let go of it."""
-    name, version = parse_ref(model)  # `name@` is a 400, never "every version"
-    await asyncio.to_thread(gw.registry.delete, name, version)
-    await gw.cache.forget(name, version)
 
 
 def import_directory(gw: Gateway, name: str, uri: str, template_name: str) -> Manifest:

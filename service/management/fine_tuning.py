@@ -1,31 +1,26 @@
-"""OpenAI's fine-tuning API over skillserve's one job machinery: files, jobs, events, checkpoints, `ft:` model names.
+"""OpenAI's fine-tuning jobs over skillserve's one job machinery: create, list, retrieve, cancel, events and
+checkpoints, and the `ft:` model names (files: service/management/files.py; deleting a model: models.py).
 
-A file is a dataset stored through the registry, checked on upload by the dataset parser. A job created here is an
-`adapter_ops.train` job like any from POST /adapters, so GET /jobs/{id} and GET /adapters/{name} show it too; what
-only this API names is kept beside it (registry `FineTune`): the files, the hyperparameters as requested and the
-`ft:<base>:<owner>:<suffix>:<id>` model id, an alias of the adapter version the job publishes, which the adapter
-cache resolves like `name@version` (registry `FineTunedModel`).
+A job created here is an `adapters.train` job like any from POST /adapters, so GET /jobs/{id} and
+GET /adapters/{name} show it too; what only this API names is kept beside it (registry `FineTune`): the files, the
+hyperparameters as requested and the `ft:<base>:<owner>:<suffix>:<id>` model id, an alias of the adapter version
+the job publishes, which the adapter cache resolves like `name@version` (registry `FineTunedModel`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
+import functools
 import random
 import re
 import time
-import unicodedata
 import uuid
-from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from adapters import auto
-from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
 from adapters.errors import DatasetError, JobRefused, NotFound
 from adapters.registry import dataset_key
 from adapters.schema import (
-    JOB_ID_RE,
     Checkpoint,
     FineTune,
     FineTunedModel,
@@ -34,24 +29,22 @@ from adapters.schema import (
     JobRecord,
     JobSpec,
     JobStatus,
-    Manifest,
     Method,
     StoredFile,
 )
 from service.engine.adapter_cache import FT_PREFIX
-from service.errors import APIError, from_domain, model_not_found
+from service.errors import APIError, from_domain
 from service.gateway import Gateway
 from service.management import adapters as adapter_ops
-from service.management.evals import EVALS_PURPOSE, parse_eval_rows
-from service.protocol import (
+from service.management import jobs
+from service.management.files import PURPOSE, restated
+from service.management.jobs import checkpoint_model, ftjob_id, job_id_of
+from service.protocol.adapters import CreateAdapterJSON
+from service.protocol.common import page
+from service.protocol.fine_tuning import (
     CheckpointMetrics,
-    CreateAdapterJSON,
     CreateFineTuningJob,
-    Deleted,
     DpoHyperparameters,
-    FileDeleted,
-    FileList,
-    FileObject,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCheckpointList,
@@ -61,197 +54,14 @@ from service.protocol import (
     FineTuningJobList,
     SupervisedHyperparameters,
 )
-from service.settings import Settings
 
-PURPOSE = "fine-tune"
-DEFAULT_FILENAME = "upload.jsonl"
-MAX_FILENAME_CHARS = 255
-JOB_PREFIX = "ftjob-"
 # The suffix becomes part of an adapter name (lowercased) and of a model id split by ':'.
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-# OpenAI's expires_after: seconds after creation, between an hour and 30 days.
-EXPIRES_AFTER_S = (3600, 30 * 86400)
 
 T = TypeVar("T")
 
 
-def page(items: Sequence[T], after: str | None, limit: int, key: Callable[[T], str]) -> tuple[list[T], bool]:
-    """OpenAI's cursor pagination: the `limit` items after the one whose id is `after`, and whether more follow."""
-    start = 0
-    if after is not None:
-        ids = [key(item) for item in items]
-        if after not in ids:
-            raise APIError(400, f"after: no item with id {after!r} in this list", param="after")
-        start = ids.index(after) + 1
-    chosen = list(items[start : start + limit])
-    return chosen, start + limit < len(items)
-
-
-# ---------------------------------------------------------------- files
-
-
-def file_object(stored: StoredFile) -> FileObject:
-    return FileObject(
-        id=stored.id,
-        bytes=stored.bytes,
-        created_at=int(stored.created_at),
-        filename=stored.filename,
-        purpose=stored.purpose,
-        expires_at=int(stored.expires_at) if stored.expires_at is not None else None,
-    )
-
-
-def _preference_rows(data: bytes, max_line_bytes: int) -> bool:
-    """Whether the first row that parses (of the first few) is one of OpenAI's preference rows (DPO) rather than
-    one to learn from."""
-    for _, raw in itertools.islice(lines(data), MAX_REPORTED):
-        if len(raw) > max_line_bytes:
-            continue
-        try:
-            row = json.loads(raw)
-        except (ValueError, RecursionError):
-            continue
-        return isinstance(row, dict) and ("preferred_output" in row or "non_preferred_output" in row)
-    return False
-
-
-def _checked_file(data: bytes, settings: Settings) -> tuple[str, Dataset]:
-    """(kind, rows) of an uploaded file: on a dataset-check thread, rows counted before any is parsed."""
-    kind = "preference" if _preference_rows(data, settings.max_dataset_line_bytes) else "supervised"
-    dataset = parse_dataset(
-        data,
-        max_bytes=settings.max_dataset_bytes,
-        max_rows=settings.max_dataset_rows,
-        max_line_bytes=settings.max_dataset_line_bytes,
-        method="dpo" if kind == "preference" else "supervised",
-    )
-    return kind, dataset
-
-
-# Characters a file name loses: controls (CR, LF, NUL), format characters (the bidi overrides, zero-width ones),
-# surrogates and unassigned code points, line and paragraph separators.
-_DROPPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-
-
-def safe_filename(name: str | None) -> str:
-    """A client's file name as stored and shown: its last path segment, without control or bidi characters,
-    markup characters as '_', at most 255 characters; `upload.jsonl` when nothing is left."""
-    base = re.split(r"[/\\]", name or "")[-1][: 4 * MAX_FILENAME_CHARS]
-    kept = "".join(c for c in base if unicodedata.category(c) not in _DROPPED)
-    kept = re.sub(r"[<>\"'&`]", "_", kept)
-    kept = " ".join(kept.split()).strip(". ")
-    return kept[:MAX_FILENAME_CHARS] or DEFAULT_FILENAME
-
-
-def _about(error: APIError, param: str, what: str) -> APIError:
-    """A dataset error (param "dataset" or "validation") restated about the file it came from."""
-    error.param = param
-    error.message = f"{what}: {error.message.removeprefix('validation ')}"
-    return error
-
-
-async def upload_file(
-    gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None
-) -> FileObject:
-    """Store a fine-tuning file once its rows are valid (every bad line reported, nothing stored otherwise).
-
-    Rows are checked for their format here; their length in tokens depends on the template a job trains with,
-    so it is checked when a job is created."""
-    if purpose not in (PURPOSE, EVALS_PURPOSE):
-        raise APIError(
-            400,
-            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}') and "
-            f"eval rows ('{EVALS_PURPOSE}')",
-            param="purpose",
-            code="invalid_purpose",
-        )
-    if expires_after_s is not None and not EXPIRES_AFTER_S[0] <= expires_after_s <= EXPIRES_AFTER_S[1]:
-        raise APIError(
-            400, "expires_after.seconds must be between 3600 (an hour) and 2592000 (30 days)",
-            param="expires_after.seconds",
-        )
-    filename = safe_filename(filename)
-    if purpose == EVALS_PURPOSE:
-        return await _upload_eval_rows(gw, filename, data, expires_after_s)
-    try:
-        kind, dataset = await adapter_ops.off_loop(_checked_file, data, gw.settings)
-    except DatasetError as exc:
-        raise _about(from_domain(exc), "file", f"file {filename!r}") from None
-    now = time.time()
-    record = StoredFile(
-        filename=filename,
-        purpose=purpose,
-        bytes=len(data),
-        sha256=dataset.sha256,
-        created_at=now,
-        expires_at=now + expires_after_s if expires_after_s is not None else None,
-        rows=len(dataset.rows),
-        kind=kind,
-    )
-    stored = await asyncio.to_thread(gw.registry.put_file, record, data)
-    return file_object(stored)
-
-
-async def _upload_eval_rows(gw: Gateway, filename: str, data: bytes, expires_after_s: int | None) -> FileObject:
-    """A file of eval rows (`{"item": {...}}` per line), checked for that shape; its items are checked against an
-    eval's item_schema when a run names it."""
-    try:
-        rows = await adapter_ops.off_loop(parse_eval_rows, data, gw.settings.max_dataset_rows)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
-    now = time.time()
-    record = StoredFile(
-        filename=filename,
-        purpose=EVALS_PURPOSE,
-        bytes=len(data),
-        sha256="",
-        created_at=now,
-        expires_at=now + expires_after_s if expires_after_s is not None else None,
-        rows=len(rows),
-    )
-    return file_object(await asyncio.to_thread(gw.registry.put_file, record, data))
-
-
-def list_files(gw: Gateway, purpose: str | None, after: str | None, limit: int, order: str) -> FileList:
-    files = [f for f in gw.registry.list_files() if purpose is None or f.purpose == purpose]
-    if order == "asc":
-        files.reverse()
-    chosen, more = page(files, after, limit, lambda f: f.id)
-    return FileList(
-        data=[file_object(f) for f in chosen],
-        first_id=chosen[0].id if chosen else None,
-        last_id=chosen[-1].id if chosen else None,
-        has_more=more,
-    )
-
-
-def get_file(gw: Gateway, file_id: str) -> FileObject:
-    return file_object(gw.registry.get_file(file_id))
-
-
-def file_content(gw: Gateway, file_id: str) -> bytes:
-    return gw.registry.file_content(file_id)  # type: ignore[no-any-return]
-
-
-def delete_file(gw: Gateway, file_id: str) -> FileDeleted:
-    """Forget a file; jobs created from it keep their own copy of its rows."""
-    gw.registry.delete_file(file_id)
-    return FileDeleted(id=file_id)
-
-
 # ---------------------------------------------------------------- jobs
-
-
-def ftjob_id(job_id: str) -> str:
-    return JOB_PREFIX + job_id
-
-
-def job_id_of(ftjob: str) -> str:
-    """Our job id from `ftjob-<id>` (or the bare id); NotFound for anything else, as for an unknown job."""
-    job_id = ftjob.removeprefix(JOB_PREFIX)
-    if not JOB_ID_RE.fullmatch(job_id):
-        raise NotFound(f"fine-tuning job {ftjob!r} not found")
-    return job_id
 
 
 def _method(body: CreateFineTuningJob) -> tuple[str, SupervisedHyperparameters]:
@@ -297,9 +107,8 @@ async def _job_file(gw: Gateway, file_id: str, param: str) -> StoredFile:
     return stored
 
 
-async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
-    """Check the request and its files, then train through `adapter_ops.train` (the job of POST /adapters), and
-    keep what this API names beside the job: the files, the hyperparameters as requested and the model id."""
+def _check_request(gw: Gateway, body: CreateFineTuningJob) -> None:
+    """What this gateway refuses of a job request before reading any file."""
     if body.model != gw.engine.base_model_id:
         raise APIError(
             400,
@@ -313,14 +122,19 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         raise APIError(
             400, "suffix: up to 40 letters, digits, '-' or '_', starting with a letter or digit", param="suffix"
         )
+
+
+async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
+    """Check the request and its files, then train through `adapters.train` (the job of POST /adapters), and
+    keep what this API names beside the job: the files, the hyperparameters as requested and the model id."""
+    _check_request(gw, body)
     kind, requested = _method(body)
     training = await _job_file(gw, body.training_file, "training_file")
     validation = None
     if body.validation_file is not None:
         await _job_file(gw, body.validation_file, "validation_file")
         validation = await asyncio.to_thread(gw.registry.file_content, body.validation_file)
-    if gw.runner is None:
-        raise APIError(503, "training is disabled on this gateway", type="server_error", code="training_disabled")
+    jobs.runner(gw)
     short = uuid.uuid4().hex[:8]
     suffix = body.suffix or None
     seed = body.seed if body.seed is not None else random.randrange(2**31)
@@ -334,35 +148,35 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         metadata=body.metadata or {},
     )
     multiplier = None if requested.learning_rate_multiplier == "auto" else float(requested.learning_rate_multiplier)
-    owner = gw.settings.fine_tune_owner
-
-    def fine_tune_of(job_id: str) -> FineTune:
-        return FineTune(
-            job_id=job_id,
-            model=f"{FT_PREFIX}{gw.engine.base_model_id}:{owner}:{suffix or ''}:{short}",
-            suffix=suffix,
-            training_file=training.id,
-            validation_file=body.validation_file,
-            requested=requested.model_dump(),
-            learning_rate_multiplier=multiplier,
-            organization_id=owner,
-        )
-
+    fine_tune_of = functools.partial(
+        FineTune,
+        model=f"{FT_PREFIX}{gw.engine.base_model_id}:{gw.settings.fine_tune_owner}:{suffix or ''}:{short}",
+        suffix=suffix,
+        training_file=training.id,
+        validation_file=body.validation_file,
+        requested=requested.model_dump(),
+        learning_rate_multiplier=multiplier,
+        organization_id=gw.settings.fine_tune_owner,
+    )
     try:
         job = await adapter_ops.train(gw, request, None, validation=validation, learning_rate_multiplier=multiplier)
     except DatasetError as exc:
-        raise _about(from_domain(exc), "training_file", f"training_file {training.id}") from None
+        raise restated(from_domain(exc), "training_file", f"training_file {training.id}") from None
     except APIError as error:
         if error.param == "validation":
-            raise _about(error, "validation_file", f"validation_file {body.validation_file}") from None
+            raise restated(error, "validation_file", f"validation_file {body.validation_file}") from None
         raise
     except JobRefused as refused:
         # The runner failed the job with the cluster's reason: it is listed as this API's job, failed.
-        await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune_of(refused.job_id))
+        await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune_of(job_id=refused.job_id))
         answer = from_domain(refused)
         answer.message = f"{refused.reason}; fine-tuning job {ftjob_id(refused.job_id)} is recorded as failed"
         raise answer from None
-    fine_tune = fine_tune_of(job.id)
+    return await _recorded(gw, job, fine_tune_of(job_id=job.id))
+
+
+async def _recorded(gw: Gateway, job: JobRecord, fine_tune: FineTune) -> FineTuningJob:
+    """Keep what this API names beside a job: its FineTune, and its ft: model id as an alias of its version."""
     await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune)
     alias = FineTunedModel(id=fine_tune.model, name=job.spec.name, version=job.spec.version, job_id=job.id)
     await asyncio.to_thread(gw.registry.put_fine_tuned_model, alias)
@@ -451,7 +265,7 @@ def list_jobs(gw: Gateway, after: str | None, limit: int, metadata: dict[str, st
 
 async def cancel_job(gw: Gateway, ftjob: str) -> FineTuningJob:
     job_id = job_id_of(ftjob)
-    await adapter_ops.cancel(gw, job_id)
+    await jobs.cancel_job(gw, job_id)
     return await asyncio.to_thread(get_job, gw, job_id)
 
 
@@ -534,11 +348,6 @@ def _checkpoints_of(record: JobRecord) -> list[Checkpoint]:
     ]
 
 
-def checkpoint_model(model: str, checkpoint: Checkpoint) -> str:
-    """The best checkpoint is the job's model; another is `<model>:ckpt-step-<step>`, servable once published."""
-    return model if checkpoint.best else f"{model}:ckpt-step-{checkpoint.step}"
-
-
 def _checkpoint(record: JobRecord, model: str, checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
     return FineTuningJobCheckpoint(
         id=f"ftckpt-{record.id}-{checkpoint.step}",
@@ -573,39 +382,3 @@ def list_checkpoints(gw: Gateway, ftjob: str, after: str | None, limit: int) -> 
     )
 
 
-async def publish_checkpoint(gw: Gateway, job: str, step: int) -> Manifest:
-    """Publish a kept checkpoint as a new version of the job's adapter; a job from this API also gets its
-    `ft:...:ckpt-step-<step>` model id, which serves that version."""
-    job_id = job_id_of(job)
-    manifest: Manifest = await asyncio.to_thread(gw.registry.publish_checkpoint, job_id, step)
-    fine_tune = await asyncio.to_thread(gw.registry.get_fine_tune, job_id)
-    record: JobRecord = await asyncio.to_thread(gw.registry.get_job, job_id)
-    checkpoint = next((c for c in record.checkpoints if c.step == step), None)
-    if fine_tune is not None and checkpoint is not None and not checkpoint.best:
-        alias = FineTunedModel(
-            id=checkpoint_model(fine_tune.model, checkpoint), name=manifest.name, version=manifest.version,
-            job_id=job_id, step=step,
-        )
-        await asyncio.to_thread(gw.registry.put_fine_tuned_model, alias)
-    return manifest
-
-
-# ---------------------------------------------------------------- models
-
-
-async def delete_model(gw: Gateway, model: str) -> Deleted:
-    """Delete a fine-tuned model: an ft: id (and the adapter version it names), an adapter or `name@version`."""
-    if model == gw.engine.base_model_id:
-        raise APIError(400, "the base model cannot be deleted", param="model", code="model_not_deletable")
-    if not model.startswith(FT_PREFIX):
-        try:
-            await adapter_ops.delete(gw, model)
-        except (NotFound, ValueError):
-            raise model_not_found(model) from None
-        return Deleted(id=model, object="model")
-    try:
-        alias: FineTunedModel = await asyncio.to_thread(gw.registry.delete_fine_tuned_model, model)
-    except NotFound:
-        raise model_not_found(model) from None
-    await gw.cache.forget(alias.name, alias.version)
-    return Deleted(id=model, object="model")

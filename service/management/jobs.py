@@ -1,15 +1,25 @@
-"""Job records read once for many readers: whoever follows a job (its event stream, OpenAI's events list) shares
-one store read per job every `ttl`, instead of a read per follower per tick."""
+"""Training jobs, the use cases behind /jobs: list, read, follow, cancel, publish a kept checkpoint; and the one
+check that training runs here at all (`runner`).
+
+Job records are read once for many readers (JobReads): whoever follows a job (its event stream, OpenAI's events
+list) shares one store read per job every `ttl`, instead of a read per follower per tick."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapters.schema import FineTune, JobRecord
+from adapters.errors import NotFound, TrainingDisabled, WrongRunner
+from adapters.schema import JOB_ID_RE, Checkpoint, FineTune, FineTunedModel, JobRecord, Manifest, check_job_id
+from service.protocol.adapters import JobList, JobView
+
+if TYPE_CHECKING:
+    from service.gateway import Gateway
+    from service.runners.base import Runner
 
 # The shortest interval a follower of GET /jobs/{id}/events may ask for: polling faster reads nothing newer.
 JOB_READ_TTL_S = 0.1
@@ -71,3 +81,92 @@ class JobReads:
         self._inflight.pop(job_id, None)
         if not task.cancelled():
             task.exception()  # retrieved: the readers re-raise it, or nobody was left to
+
+
+JOB_PREFIX = "ftjob-"  # OpenAI's fine-tuning job ids: ftjob-<our job id>
+
+
+def ftjob_id(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def job_id_of(ftjob: str) -> str:
+    """Our job id from `ftjob-<id>` (or the bare id); NotFound for anything else, as for an unknown job."""
+    job_id = ftjob.removeprefix(JOB_PREFIX)
+    if not JOB_ID_RE.fullmatch(job_id):
+        raise NotFound(f"fine-tuning job {ftjob!r} not found")
+    return job_id
+
+
+def checkpoint_model(model: str, checkpoint: Checkpoint) -> str:
+    """The best checkpoint is the job's model; another is `<model>:ckpt-step-<step>`, servable once published."""
+    return model if checkpoint.best else f"{model}:ckpt-step-{checkpoint.step}"
+
+
+async def publish_checkpoint(gw: Gateway, job: str, step: int) -> Manifest:
+    """Publish a kept checkpoint as a new version of the job's adapter; a job from this API also gets its
+    `ft:...:ckpt-step-<step>` model id, which serves that version."""
+    job_id = job_id_of(job)
+    manifest: Manifest = await asyncio.to_thread(gw.registry.publish_checkpoint, job_id, step)
+    fine_tune = await asyncio.to_thread(gw.registry.get_fine_tune, job_id)
+    record: JobRecord = await asyncio.to_thread(gw.registry.get_job, job_id)
+    checkpoint = next((c for c in record.checkpoints if c.step == step), None)
+    if fine_tune is not None and checkpoint is not None and not checkpoint.best:
+        alias = FineTunedModel(
+            id=checkpoint_model(fine_tune.model, checkpoint), name=manifest.name, version=manifest.version,
+            job_id=job_id, step=step,
+        )
+        await asyncio.to_thread(gw.registry.put_fine_tuned_model, alias)
+    return manifest
+
+
+def runner(gw: Gateway) -> Runner:
+    """Where this gateway trains; TrainingDisabled (503) when it runs no trainer: every way of starting or
+    cancelling training asks here."""
+    if gw.runner is None:
+        raise TrainingDisabled()
+    return gw.runner
+
+
+async def list_jobs(gw: Gateway) -> JobList:
+    return JobList(data=[JobView.of(j) for j in await asyncio.to_thread(gw.registry.list_jobs)])
+
+
+async def get_job(gw: Gateway, job_id: str) -> JobView:
+    check_job_id(job_id)
+    return JobView.of(await asyncio.to_thread(gw.registry.get_job, job_id))
+
+
+async def cancel_job(gw: Gateway, job_id: str) -> JobView:
+    """Stop a queued or running job (nothing is published); a finished job is left as it is."""
+    job = await asyncio.to_thread(gw.registry.get_job, check_job_id(job_id))
+    here = runner(gw)
+    if job.runner != here.name:
+        raise WrongRunner(f"job {job_id} runs on the {job.runner} runner, this gateway uses {here.name}")
+    await asyncio.to_thread(here.cancel, job_id)
+    return await get_job(gw, job_id)
+
+
+async def follow_job(
+    gw: Gateway, job_id: str, interval: float, is_disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """A job's Server-Sent Events: one `job` event per change, ending when it finishes or the client goes; NotFound
+    before the first event (so before the stream starts) for an unknown job."""
+    check_job_id(job_id)
+    first = await gw.job_reads.record(job_id)
+
+    async def events() -> AsyncIterator[str]:
+        record, seen, last = first, None, ""
+        while True:
+            if record is not seen:  # a new read of the record: render it (the same read is the same object)
+                seen = record
+                data = JobView.of(record).model_dump_json()
+                if data != last:
+                    yield f"event: job\ndata: {data}\n\n"
+                    last = data
+            if record.status.finished or await is_disconnected():
+                return
+            await asyncio.sleep(interval)
+            record = await gw.job_reads.record(job_id)
+
+    return events()

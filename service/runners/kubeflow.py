@@ -19,18 +19,18 @@ from kubernetes.client.exceptions import ApiException
 
 from adapters.lifecycle import advance
 from adapters.schema import JobRecord, JobStatus
-from service.runners.kubernetes import (
+from service.runners.cluster import (
     JOB_SELECTOR,
     JobRegistry,
     KubernetesRunnerError,
     ReconcilingRunner,
     api_refusal,
-    build_job,
     default_namespace,
     job_name,
     load_job_template,
     trainer_processes,
 )
+from service.runners.kubernetes import build_job
 from service.settings import Settings
 
 log = logging.getLogger("skillserve.runner.kubeflow")

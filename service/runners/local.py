@@ -6,7 +6,6 @@ Job records are the persistent queue: after a restart, queued jobs run and jobs 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
@@ -23,6 +22,7 @@ from adapters.errors import NotFound, StoreUnavailable
 from adapters.lifecycle import advance
 from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
+from service.parent_death import signal_on_parent_death
 
 log = logging.getLogger("skillserve.runner")
 
@@ -35,8 +35,7 @@ T = TypeVar("T")
 
 def _die_with_parent() -> None:
     """In the trainer before exec: SIGTERM when the gateway dies, so no orphan trains on or writes records."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    signal_on_parent_death(signal.SIGTERM)
 
 
 class LocalRunner:

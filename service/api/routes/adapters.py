@@ -21,18 +21,16 @@ from service.api.deps import GatewayDep
 from service.errors import APIError
 from service.gateway import Gateway
 from service.management import adapters as adapter_ops
-from service.protocol import (
-    MANAGEMENT_ERRORS,
+from service.management import aliases, models
+from service.protocol.adapters import (
     AdapterDetail,
     AdapterList,
     CreateAdapterJSON,
-    Deleted,
-    ErrorResponse,
     ImportAdapterRequest,
     JobView,
     SetAliasRequest,
-    error_responses,
 )
+from service.protocol.common import MANAGEMENT_ERRORS, Deleted, ErrorResponse, error_responses
 
 router = APIRouter(tags=["adapters"])
 
@@ -183,12 +181,7 @@ def _validated(payload: Any) -> CreateAdapterJSON:
     },
 )
 async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
-    if gw.runner is None:
-        raise APIError(
-            503, "training is disabled on this gateway", type="server_error", code="training_disabled"
-        )
-    body, data = await _read_request(request, gw)
-    job = await adapter_ops.train(gw, body, data)
+    job = await adapter_ops.submit_training(gw, lambda: _read_request(request, gw))
     return JSONResponse(
         JobView.of(job).model_dump(), status_code=202, headers={"Location": f"/jobs/{job.id}"}
     )
@@ -225,8 +218,7 @@ async def get_adapter(name: str, gw: GatewayDep) -> AdapterDetail:
     summary="The aliases of an adapter and their revision (what a conditional write names)",
 )
 async def get_aliases(name: str, gw: GatewayDep) -> Aliases:
-    check_name(name)
-    return await asyncio.to_thread(gw.registry.aliases, name)  # type: ignore[no-any-return]
+    return await aliases.get_aliases(gw, name)
 
 
 @router.post(
@@ -244,11 +236,7 @@ async def set_alias(name: str, body: SetAliasRequest, gw: GatewayDep) -> Aliases
         )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    written: Aliases = await asyncio.to_thread(
-        gw.registry.set_alias, name, body.alias, target, expected_revision=body.expected_revision
-    )
-    await gw.cache.forget_aliases(name)
-    return written
+    return await aliases.set_alias(gw, name, body.alias, target, body.expected_revision)
 
 
 @router.delete(
@@ -259,8 +247,7 @@ async def set_alias(name: str, body: SetAliasRequest, gw: GatewayDep) -> Aliases
     summary="Delete an adapter (every version) or one version `name@version`; unloads it (admin)",
 )
 async def delete_adapter(model: str, gw: GatewayDep) -> Deleted:
-    await adapter_ops.delete(gw, model)
-    return Deleted(id=model, object="adapter")
+    return await models.delete_adapter(gw, model)
 
 
 @router.post(

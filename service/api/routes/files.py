@@ -1,4 +1,4 @@
-"""OpenAI's Files API for fine-tuning files: upload, list, retrieve, content and delete (service/management)."""
+"""OpenAI's Files API: upload, list, retrieve, content and delete (service/management/files.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from service.api.auth import require_admin, require_inference
 from service.api.deps import GatewayDep
 from service.errors import APIError
-from service.management import fine_tuning
-from service.protocol import MANAGEMENT_ERRORS, FileDeleted, FileList, FileObject, error_responses
+from service.management import files
+from service.protocol.common import MANAGEMENT_ERRORS, error_responses
+from service.protocol.files import FileDeleted, FileList, FileObject
 
 router = APIRouter(tags=["files"])
 
@@ -40,7 +41,7 @@ async def upload_file(
         raise APIError(
             413, f"file too big: the limit is {limit} bytes (max_dataset_bytes)", param="file", code="file_too_large"
         )
-    return await fine_tuning.upload_file(gw, file.filename, purpose, data, expires_seconds)
+    return await files.upload_file(gw, file.filename, purpose, data, expires_seconds)
 
 
 @router.get(
@@ -57,7 +58,7 @@ async def list_files(
     limit: int = Query(10_000, ge=1, le=10_000),
     order: Literal["asc", "desc"] = Query("desc", description="by creation time"),
 ) -> FileList:
-    return await asyncio.to_thread(fine_tuning.list_files, gw, purpose, after, limit, order)
+    return await asyncio.to_thread(files.list_files, gw, purpose, after, limit, order)
 
 
 @router.get(
@@ -68,7 +69,7 @@ async def list_files(
     summary="One file's metadata",
 )
 async def get_file(file_id: str, gw: GatewayDep) -> FileObject:
-    return await asyncio.to_thread(fine_tuning.get_file, gw, file_id)
+    return await asyncio.to_thread(files.get_file, gw, file_id)
 
 
 @router.get(
@@ -79,7 +80,7 @@ async def get_file(file_id: str, gw: GatewayDep) -> FileObject:
     summary="A file's bytes, as uploaded (admin: they are training data)",
 )
 async def file_content(file_id: str, gw: GatewayDep) -> Response:
-    data = await asyncio.to_thread(fine_tuning.file_content, gw, file_id)
+    data = await asyncio.to_thread(files.file_content, gw, file_id)
     return Response(data, media_type="application/jsonl")
 
 
@@ -91,4 +92,4 @@ async def file_content(file_id: str, gw: GatewayDep) -> Response:
     summary="Delete a file (admin); jobs created from it are not affected",
 )
 async def delete_file(file_id: str, gw: GatewayDep) -> FileDeleted:
-    return await asyncio.to_thread(fine_tuning.delete_file, gw, file_id)
+    return await asyncio.to_thread(files.delete_file, gw, file_id)

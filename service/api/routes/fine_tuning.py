@@ -1,4 +1,5 @@
-"""OpenAI's fine-tuning jobs API: create, list, retrieve, cancel, events and checkpoints (service/management)."""
+"""OpenAI's fine-tuning jobs API: create, list, retrieve, cancel, events and checkpoints
+(service/management/fine_tuning.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from service.api.auth import require_admin, require_inference
 from service.api.deps import GatewayDep
 from service.management import fine_tuning
-from service.protocol import (
-    MANAGEMENT_ERRORS,
+from service.protocol.common import MANAGEMENT_ERRORS, error_responses
+from service.protocol.fine_tuning import (
     CreateFineTuningJob,
     FineTuningJob,
     FineTuningJobCheckpointList,
     FineTuningJobEventList,
     FineTuningJobList,
-    error_responses,
 )
 
 router = APIRouter(tags=["fine-tuning"])
