@@ -329,3 +329,36 @@ def test_job_counts_in_metrics_are_read_from_the_store_at_most_once_per_interval
     time.sleep(0.25)  # the store fails: the scrape still works, with the last counts
     assert b'skillserve_jobs{status="queued"} 2.0' in metrics.render()
     assert len(reads) == 3
+
+
+def test_engine_args_pin_the_xgrammar_backend_with_no_fallback() -> None:
+    from service.engine import Engine
+
+    args = Engine(Settings()).engine_args()  # type: ignore[call-arg]
+    assert args.structured_outputs_config.backend == "xgrammar"  # "auto" fell back to guidance: 16.8 GB
+
+
+def test_requests_waiting_for_the_tokenizer_count_against_max_queue() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from service.engine import Engine
+    from service.errors import APIError
+
+    engine = Engine(Settings(max_queue=2))  # type: ignore[call-arg]
+    engine._llm = SimpleNamespace(errored=False)  # admission only: no vLLM needed
+    release = threading.Event()
+
+    async def scenario() -> None:
+        waiting = [asyncio.ensure_future(engine.tokenize(lambda: release.wait(60))) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        assert engine.in_flight == 2
+        with pytest.raises(APIError) as refused:
+            engine.admit()
+        assert refused.value.status == 429
+        release.set()
+        await asyncio.gather(*waiting)
+        assert engine.in_flight == 0
+        engine.admit()
+
+    asyncio.run(scenario())
