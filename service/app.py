@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs.configure(settings.log_level)
         store = open_store(settings.store_uri)
         registry = Registry(store)
-        engine = Engine(settings)
+        engine = Engine(settings, metrics)
         cache = AdapterCache(
             registry,
             settings.cache_dir,
@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = build_runner(settings, registry) if settings.training_enabled else None
         metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
         metrics.watch_loras(cache.in_use, settings.max_loras)
-        metrics.watch_engine(lambda: engine.in_flight, engine.unfinished)
+        metrics.watch_engine(lambda: engine.in_flight, engine.unfinished, lambda: engine.grammar.in_flight)
         metrics.watch_residency(cache.resident)
         app.state.gateway = Gateway(settings, engine, registry, store, cache, runner, metrics, JobReads(registry))
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None

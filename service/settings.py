@@ -88,6 +88,29 @@ class Settings(BaseSettings):
         description="liveness (/health) fails when the engine has not answered a ping between its steps for this "
         "long: a hung engine core or worker never recovers by itself (0: never)",
     )
+    # Structured outputs: what one request's grammar may ask for (400 beyond, naming the limit), and the
+    # worker processes that validate and compile grammars away from the gateway's memory (see
+    # service/grammar_worker.py for why).
+    max_grammar_bytes: int = Field(
+        64 * 1024, description="largest constraint (JSON schema, regex, grammar, choices) as text, in bytes"
+    )
+    max_grammar_depth: int = Field(32, description="deepest JSON nesting of a structured-output schema")
+    max_grammar_members: int = Field(
+        1000, description="most properties, definitions, required names and enum values in one schema (or choices)"
+    )
+    max_grammar_repeat: int = Field(
+        10_000, description="largest repetition bound: minItems/maxItems/minLength/maxLength/..., regex {m,n}"
+    )
+    max_grammar_repeat_product: int = Field(
+        100_000, description="largest product of repetition bounds nested in each other (arrays, regex groups)"
+    )
+    grammar_workers: int = Field(2, ge=1, description="processes that validate and compile grammars")
+    grammar_compile_timeout_s: float = Field(
+        5.0, gt=0, description="seconds a grammar may take to compile in a worker (408 beyond)"
+    )
+    grammar_worker_memory_mb: int = Field(
+        1024, ge=0, description="memory a grammar worker may add to its baseline before it dies (0: no cap)"
+    )
     load_engine: bool = Field(True, description="start the engine (false: a management-only gateway)")
 
     # Training

@@ -28,6 +28,7 @@ from service.serving import (
     constraint_param,
     finish_reason,
     request_sampling,
+    schema_param,
     serve,
     sse,
     structured_constraint,
@@ -82,7 +83,9 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
             )
             for ids in prompts
         ]
-        await gw.engine.verify(params[0], constraint_param(body))
+        await gw.engine.verify(params[0], constraint_param(body), schema_param(body))
+        for other in params[1:]:  # one constraint for every prompt: checked and compiled once
+            other.structured_outputs = params[0].structured_outputs
         return Prepared(
             sum(len(p) for p in prompts),
             lambda rid: _complete(gw, body, target, prompts, params, rid),
