@@ -437,7 +437,7 @@ def test_grammars_that_ask_for_absurd_work_are_400_naming_the_limit_and_the_gate
         ),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": huge_schema}}},
-            "response_format.json_schema.schema", "max_grammar_bytes",
+            "response_format.json_schema.schema", "max_grammar_members",
         ),
     ]
     with gateway.client(API_KEY) as http:
