@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         512, description="most messages in a chat request, or prompts in a completion request"
     )
     max_inference_request_bytes: int = Field(
-        4 * 2**20, description="largest body of an inference request (/v1/...; 413 beyond): bounds JSON parsing"
+        2**20,
+        description="largest body of an inference request (/v1/...; 413 beyond): FastAPI parses it on the event "
+        "loop, so this bounds how long one request holds every other (a full context is under 200 KB of text)",
     )
     header_timeout_s: float = Field(
         10.0, description="seconds a connection may take to send a request's headers before it is closed"
@@ -128,7 +130,7 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_inline_json_bytes: int = Field(
-        4 * 2**20,
+        2**20,
         description="largest JSON body of POST /adapters (rows inline; 413 beyond): one JSON parse holds the "
         "interpreter for its length, so larger datasets go as a multipart file or through /v1/files",
     )

@@ -473,7 +473,8 @@ def test_a_grammar_too_slow_to_compile_is_408_and_other_structured_outputs_go_on
 
 @pytest.mark.slow
 def test_tools_count_against_the_prompt_size_before_any_tokenizing(gateway: GatewayServer) -> None:
-    tools = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 30_000}} for i in range(128)]
+    # 896 KB of descriptions: within max_inference_request_bytes (1 MiB), five times what the context could hold.
+    tools = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 7_000}} for i in range(128)]
     calls = [{"id": "c1", "type": "function", "function": {"name": "t", "arguments": json.dumps({"a": "x" * 200_000})}}]
     with gateway.client(API_KEY) as http:
         reply = _chat(http, tools=tools)
