@@ -32,7 +32,7 @@ ITEM_SCHEMA = {
     "properties": {"country": {"type": "string"}, "capital": {"type": "string"}},
     "required": ["country", "capital"],
 }
-CRITERIA = [
+CRITERIA: list[dict[str, Any]] = [
     {"type": "string_check", "name": "names the capital", "operation": "ilike",
      "input": "{{sample.output_text}}", "reference": "{{item.capital}}"},
     {"type": "text_similarity", "name": "close to the capital", "evaluation_metric": "fuzzy_match",
