@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,9 @@ def write_finished_eval(registry: Registry, name: str = "world capitals") -> Fin
         for run in runs:
             await runner.wait(run.id)
 
-    asyncio.run(execute())
+    # On a thread of its own: the caller may be inside an event loop (Playwright's sync API runs one).
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(lambda: asyncio.run(execute())).result()
     return FinishedEval(evaluation.id, runs[0].id, runs[1].id, runs[2].id)
 
 
