@@ -152,6 +152,14 @@ class Overloaded(SkillserveError):
         self.unavailable = unavailable
 
 
+class RequestTimeout(SkillserveError):
+    """What a request asked for took longer than this service allows it (compiling its grammar): 408."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param)
+        self.code = code
+
+
 class ClientGone(SkillserveError):
     """The client went away before its answer was ready; its engine requests were aborted."""
 

@@ -1,4 +1,4 @@
-"""Our side of the training benchmark: `trainer.sft.train_lora`, run alone in this process.
+"""Our side of the training benchmark: `trainer.loop.train` with the supervised method, run alone in this process.
 
     python -m bench.train_ours <config.json>
 
@@ -20,7 +20,8 @@ def main(config_path: str) -> None:
 
     from adapters.schema import Hyperparameters
     from adapters.templates import get_template
-    from trainer.sft import encode_rows, split_rows, train_lora
+    from trainer.loop import Hooks, split_rows, train
+    from trainer.sft import Supervised, encode_rows
 
     cfg = json.loads(Path(config_path).read_text())
     started = time.monotonic()
@@ -28,7 +29,10 @@ def main(config_path: str) -> None:
     rows = [json.loads(line)["messages"] for line in lines if line.strip()]
     hp = Hyperparameters(**cfg["hyperparameters"])
     with tempfile.TemporaryDirectory(prefix="skillserve-bench-") as out:
-        result = train_lora(Path(cfg["model"]), get_template("chatml", None), rows, hp, Path(out), progress_bar=False)
+        result = train(
+            Supervised(), Path(cfg["model"]), get_template("chatml", None), rows, hp, Path(out),
+            hooks=Hooks(progress_bar=False),
+        )
     m = result.metrics
     # Tokens the loss is taken over (the assistant mask), to compare masks with the baseline.
     train_rows, _ = split_rows(rows, hp.eval_fraction, hp.seed)

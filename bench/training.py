@@ -1,8 +1,8 @@
 """Training: our trainer vs a plain trl script, same model, data, LoRA, steps, batch and seed.
 
 Each run is its own process (so peak RSS is its own), one after another: the baseline
-(bench/trl_baseline.py), ours (trainer.sft.train_lora), and ours with padding_free. The data has
-mixed lengths on purpose: that is where padding costs, and where padding-free should pay.
+(bench/trl_baseline.py), ours (trainer.loop.train, method supervised), and ours with padding_free. The data
+has mixed lengths on purpose: that is where padding costs, and where padding-free should pay.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.schema import Hyperparameters
 from bench.servers import REPO
-from trainer.sft import split_rows
+from trainer.loop import split_rows
 
 SYSTEM = "Repeat the words you are given in capitals, then an exclamation mark."
 VOCABULARY = (

@@ -1,4 +1,4 @@
-"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete)."""
+"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete, eval)."""
 
 from __future__ import annotations
 
@@ -359,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.set_defaults(func=cmd_chat)
+
+    from client.cli_evals import add_eval_commands  # here: that module builds on this one's client
+
+    add_eval_commands(sub)
     return parser
 
 
@@ -378,4 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m client.cli`: run the imported module's main, so errors raised by client.cli_evals (which imports
+    # client.cli) are the CLIError that main catches, not a second copy's.
+    from client.cli import main as imported_main
+
+    raise SystemExit(imported_main())

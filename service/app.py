@@ -60,7 +60,7 @@ def build_runner(settings: Settings, registry: Registry) -> Runner:
 def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     """The gateway's parts over one store: registry, engine, adapter cache and runner, with their metrics watched."""
     registry = Registry(open_store(settings.store_uri))
-    engine = Engine(settings)
+    engine = Engine(settings, metrics)
     cache = AdapterCache(
         registry,
         settings.cache_dir,
@@ -75,7 +75,7 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     runner = build_runner(settings, registry) if settings.training_enabled else None
     metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
     metrics.watch_loras(cache.in_use, settings.max_loras)
-    metrics.watch_engine(lambda: engine.in_flight, engine.unfinished)
+    metrics.watch_engine(lambda: engine.in_flight, engine.unfinished, lambda: engine.grammar.in_flight)
     metrics.watch_residency(cache.resident)
     return Gateway(settings, engine, registry, cache, runner, metrics, JobReads(registry))
 

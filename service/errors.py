@@ -65,6 +65,8 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
         return APIError(400, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, domain.Overloaded):
         return overloaded(str(exc), exc.retry_after, status=503 if exc.unavailable else 429)
+    if isinstance(exc, domain.RequestTimeout):
+        return APIError(408, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, domain.ClientGone):
         return APIError(499, str(exc), code=exc.code)
     if isinstance(exc, domain.TrainingDisabled):

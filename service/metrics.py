@@ -145,6 +145,10 @@ class Metrics:
             "adapter versions this replica holds on local disk (disk) and with requests in the engine now (in_use)",
             ["tier"], registry=r,
         )
+        self._serving_metrics(r)
+
+    def _serving_metrics(self, r: CollectorRegistry) -> None:
+        """The HTTP, token, adapter-cache, engine and grammar metrics."""
         self.requests = Counter(
             "skillserve_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )
@@ -173,7 +177,18 @@ class Metrics:
             "skillserve_engine_unfinished_requests", "requests vLLM is still working on", registry=r
         )
         self.in_flight = Gauge(
-            "skillserve_requests_in_flight", "generation requests in the engine", registry=r
+            "skillserve_requests_in_flight",
+            "requests tokenizing, compiling a grammar or generating (what max_queue bounds)",
+            registry=r,
+        )
+        self.grammar_compile = Histogram(
+            "skillserve_grammar_compile_seconds",
+            "grammar compiles in the grammar workers, by outcome (ok, refused, timeout, cancelled)",
+            ["outcome"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.grammar_in_flight = Gauge(
+            "skillserve_grammar_compiles_in_flight", "grammar compiles waiting for or running in a worker",
+            registry=r,
         )
 
     def watch_jobs(self, count: Callable[[], dict[str, int]], max_age_s: float = JOB_COUNTS_MAX_AGE_S) -> None:
@@ -182,9 +197,12 @@ class Metrics:
     def watch_loras(self, in_use: Callable[[], list[str]], max_loras: int) -> None:
         self.registry.register(_LoraInfoCollector(in_use, max_loras))
 
-    def watch_engine(self, in_flight: Callable[[], int], unfinished: Callable[[], int]) -> None:
+    def watch_engine(
+        self, in_flight: Callable[[], int], unfinished: Callable[[], int], compiling: Callable[[], int] = lambda: 0
+    ) -> None:
         """Engine gauges read at scrape time, whichever server renders them."""
         self.in_flight.set_function(in_flight)
+        self.grammar_in_flight.set_function(compiling)
         self.engine_unfinished.set_function(unfinished)
 
     def serve(self, host: str, port: int) -> Any:

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         512, description="most messages in a chat request, or prompts in a completion request"
     )
     max_inference_request_bytes: int = Field(
-        4 * 2**20, description="largest body of an inference request (/v1/...; 413 beyond): bounds JSON parsing"
+        2**20,
+        description="largest body of an inference request (/v1/...; 413 beyond): FastAPI parses it on the event "
+        "loop, so this bounds how long one request holds every other (a full context is under 200 KB of text)",
     )
     header_timeout_s: float = Field(
         10.0, description="seconds a connection may take to send a request's headers before it is closed"
@@ -88,6 +90,29 @@ class Settings(BaseSettings):
         description="liveness (/health) fails when the engine has not answered a ping between its steps for this "
         "long: a hung engine core or worker never recovers by itself (0: never)",
     )
+    # Structured outputs: what one request's grammar may ask for (400 beyond, naming the limit), and the
+    # worker processes that validate and compile grammars away from the gateway's memory (see
+    # service/engine/grammar_worker.py for why).
+    max_grammar_bytes: int = Field(
+        64 * 1024, description="largest constraint (JSON schema, regex, grammar, choices) as text, in bytes"
+    )
+    max_grammar_depth: int = Field(32, description="deepest JSON nesting of a structured-output schema")
+    max_grammar_members: int = Field(
+        1000, description="most properties, definitions, required names and enum values in one schema (or choices)"
+    )
+    max_grammar_repeat: int = Field(
+        10_000, description="largest repetition bound: minItems/maxItems/minLength/maxLength/..., regex {m,n}"
+    )
+    max_grammar_repeat_product: int = Field(
+        100_000, description="largest product of repetition bounds nested in each other (arrays, regex groups)"
+    )
+    grammar_workers: int = Field(2, ge=1, description="processes that validate and compile grammars")
+    grammar_compile_timeout_s: float = Field(
+        5.0, gt=0, description="seconds a grammar may take to compile in a worker (408 beyond)"
+    )
+    grammar_worker_memory_mb: int = Field(
+        1024, ge=0, description="memory a grammar worker may add to its baseline before it dies (0: no cap)"
+    )
     load_engine: bool = Field(True, description="start the engine (false: a management-only gateway)")
 
     # Training
@@ -105,7 +130,7 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes: int = Field(50 * 2**20, description="largest dataset upload")
     max_inline_json_bytes: int = Field(
-        4 * 2**20,
+        2**20,
         description="largest JSON body of POST /adapters (rows inline; 413 beyond): one JSON parse holds the "
         "interpreter for its length, so larger datasets go as a multipart file or through /v1/files",
     )

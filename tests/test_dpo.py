@@ -213,13 +213,13 @@ def test_trl_learns_the_answers_only_and_sees_the_gateways_prompt(tokenizer: Any
     """The pre-tokenized rows reach trl's collator untouched: its completion mask is 1 on the answers alone."""
     from datasets import Dataset
 
-    from trainer.dpo import PAIR_COLUMNS, _trainer_class, encode_pairs
+    from trainer.dpo import PAIR_COLUMNS, dpo_trainer_class, encode_pairs
 
     template = get_template("alpaca")
     pair = parse_dataset(GOOD.encode(), method="dpo").pairs[0]
     columns = encode_pairs(tokenizer, template, [pair], max_len=512)
     data = Dataset.from_dict(columns)
-    trainer_class = _trainer_class()
+    trainer_class = dpo_trainer_class()
     assert trainer_class._prepare_dataset(None, data, tokenizer, None, "train") is data
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 

@@ -472,3 +472,36 @@ def test_followers_of_a_job_share_one_store_read_per_tick_and_see_every_change(t
     ticks = elapsed / interval
     print(f"{followers} followers, {ticks:.0f} ticks: {counting.reads[f'jobs/{job.id}.json']} reads of the record")
     assert counting.reads[f"jobs/{job.id}.json"] <= 2 * ticks + 10, (counting.reads, ticks)
+
+
+def test_engine_args_pin_the_xgrammar_backend_with_no_fallback() -> None:
+    from service.engine.core import Engine
+
+    args = Engine(Settings()).engine_args()  # type: ignore[call-arg]
+    assert args.structured_outputs_config.backend == "xgrammar"  # "auto" fell back to guidance: 16.8 GB
+
+
+def test_requests_waiting_for_the_tokenizer_count_against_max_queue() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from service.engine.core import Engine
+    from service.errors import APIError
+
+    engine = Engine(Settings(max_queue=2))  # type: ignore[call-arg]
+    engine._llm = SimpleNamespace(errored=False)  # admission only: no vLLM needed
+    release = threading.Event()
+
+    async def scenario() -> None:
+        waiting = [asyncio.ensure_future(engine.tokenize(lambda: release.wait(60))) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        assert engine.in_flight == 2
+        with pytest.raises(APIError) as refused:
+            engine.admit()
+        assert refused.value.status == 429
+        release.set()
+        await asyncio.gather(*waiting)
+        assert engine.in_flight == 0
+        engine.admit()
+
+    asyncio.run(scenario())

@@ -98,7 +98,7 @@ def test_chat_route_sends_the_trainer_ids_up_to_the_answer(
 ) -> None:
     """For every template and dataset format: the chat route's prompt ids == the trainer's, to the answer."""
     messages = conversation(row_name)
-    trained_with = get_template(template_name, tokenizer)  # what trainer/job.py hands train_lora
+    trained_with = get_template(template_name, tokenizer)  # what trainer/job.py hands the training loop
     # The gateway renders with the manifest's stored text, never by name: round-trip it through a manifest.
     served_with = template_from_manifest(
         Manifest.model_validate_json(

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from adapters.auto import AUTO_FIELDS, RULES, choose, chosen_fields
 from adapters.schema import Hyperparameters
-from trainer.sft import MIN_ROWS_TO_STOP_EARLY, BestCheckpoint, _kept, eval_every, patience
+from trainer.loop import MIN_ROWS_TO_STOP_EARLY, BestCheckpoint, eval_every, kept_record, patience
 
 # --- the rules that choose the defaults ----------------------------------------------------------------------
 
@@ -83,12 +83,12 @@ def test_the_manifest_says_which_step_was_kept_and_why() -> None:
     for step, loss in ((5, 1.0), (10, 0.5), (15, 0.6), (20, 0.7)):
         rule.update(step, loss)
         rule.should_stop(step)
-    kept = _kept(hp, rule, 20, rows=100, evaluated=True)
+    kept = kept_record(hp, rule, 20, rows=100, evaluated=True)
     assert kept["kept"] == "best" and kept["kept_step"] == 10 and kept["best_eval_loss"] == 0.5
     assert kept["stopped_early"] and "lowest held-out loss (0.5) at step 10 of 20" in kept["kept_reason"]
-    last = _kept(hp.model_copy(update={"keep": "last"}), rule, 20, rows=100, evaluated=True)
+    last = kept_record(hp.model_copy(update={"keep": "last"}), rule, 20, rows=100, evaluated=True)
     assert (last["kept"], last["kept_step"]) == ("last", 20)
-    tiny = _kept(hp, BestCheckpoint(2), 3, rows=4, evaluated=False)
+    tiny = kept_record(hp, BestCheckpoint(2), 3, rows=4, evaluated=False)
     assert tiny["kept_step"] == 3 and "no held-out rows (4 rows" in tiny["kept_reason"]
 
 

@@ -398,3 +398,91 @@ def test_a_tool_using_skill_trained_from_openai_rows_calls_the_tool_on_held_out_
     skill = [_calls_weather_for(client, "weather-tools", city) for city in HELD_OUT_CITIES]
     print(f"held-out weather questions answered with the right call: base {sum(base)}/4, skill {sum(skill)}/4")
     assert sum(skill) >= 3 and sum(skill) > sum(base), (base, skill)
+
+
+# ------------------------------------------------------------------------ hostile grammars and tools (issue 26)
+
+HUGE_ARRAY = {"type": "array", "minItems": 1000000000}  # OOM-killed the gateway through guidance (16.8 GB)
+# Within every static limit, yet xgrammar takes about a second per distinct bounded string: 85 s here.
+SLOW_SCHEMA = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 100 + i} for i in range(50)}}
+
+
+def _chat(http: httpx.Client, **fields: Any) -> httpx.Response:
+    body = {"model": DEFAULT_MODEL, "messages": ASK_CITY, "max_tokens": 1, **fields}
+    return http.post("/v1/chat/completions", json=body)
+
+
+def _tool(schema: dict[str, Any], description: str = "x") -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "f", "description": description, "parameters": schema}}
+
+
+@pytest.mark.slow
+def test_grammars_that_ask_for_absurd_work_are_400_naming_the_limit_and_the_gateway_serves_on(
+    gateway: GatewayServer,
+) -> None:
+    huge_schema = {"type": "object", "properties": {f"p{i:05d}": {"type": "string"} for i in range(20_000)}}
+    hostile = [
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": HUGE_ARRAY}}},
+            "response_format.json_schema.schema.minItems", "max_grammar_repeat",
+        ),
+        ({"structured_outputs": {"json": HUGE_ARRAY}}, "structured_outputs.json.minItems", "max_grammar_repeat"),
+        (
+            {"tools": [_tool(HUGE_ARRAY)], "tool_choice": "required"},
+            "tools[0].function.parameters.minItems", "max_grammar_repeat",
+        ),
+        (
+            {"structured_outputs": {"regex": "((a{0,1000}){0,1000}){0,1000}"}},
+            "structured_outputs.regex", "max_grammar_repeat_product",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": huge_schema}}},
+            "response_format.json_schema.schema", "max_grammar_members",
+        ),
+    ]
+    with gateway.client(API_KEY) as http:
+        for fields, param, limit in hostile:
+            for stream in (False, True):
+                reply = _chat(http, stream=stream, **fields)
+                error = reply.json()["error"]
+                assert reply.status_code == 400 and error["param"] == param and limit in error["message"], reply.text
+        assert http.get("/health").status_code == 200
+        assert _chat(http).json()["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.slow
+def test_a_grammar_too_slow_to_compile_is_408_and_other_structured_outputs_go_on(gateway: GatewayServer) -> None:
+    import concurrent.futures
+
+    slow = {"response_format": {"type": "json_schema", "json_schema": {"name": "slow", "schema": SLOW_SCHEMA}}}
+    with gateway.client(API_KEY) as http, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        slow_replies = [pool.submit(_chat, http, **slow) for _ in range(3)]
+        victim = _chat(http, response_format={"type": "json_object"}, max_tokens=8)
+        assert victim.status_code == 200, victim.text
+        for future in slow_replies:
+            reply = future.result()
+            error = reply.json()["error"]
+            assert reply.status_code == 408 and error["code"] == "grammar_timeout", reply.text
+            assert "grammar_compile_timeout_s" in error["message"]
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+        assert 'skillserve_grammar_compile_seconds_count{outcome="timeout"}' in metrics
+        # A schema that compiles within the limit still answers, with JSON that fits it.
+        city = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA}}
+        assert _chat(http, response_format=city, max_tokens=64, temperature=0).status_code == 200
+
+
+@pytest.mark.slow
+def test_tools_count_against_the_prompt_size_before_any_tokenizing(gateway: GatewayServer) -> None:
+    # 896 KB of descriptions: within max_inference_request_bytes (1 MiB), five times what the context could hold.
+    tools = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 7_000}} for i in range(128)]
+    calls = [{"id": "c1", "type": "function", "function": {"name": "t", "arguments": json.dumps({"a": "x" * 200_000})}}]
+    with gateway.client(API_KEY) as http:
+        reply = _chat(http, tools=tools)
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["code"] == "context_length_exceeded", reply.text
+        assert error["param"] == "tools" and "characters" in error["message"], reply.text
+        messages = [*ASK_CITY, {"role": "assistant", "content": None, "tool_calls": calls}]
+        reply = _chat(http, messages=messages)
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["param"] == "messages", reply.text
+        assert "characters" in error["message"], reply.text

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -14,12 +14,13 @@ from adapters.dataset import rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
 from adapters.registry import Registry, job_uri, parse_job_uri
-from adapters.schema import JobRecord, JobStatus, Phase
+from adapters.schema import JobRecord, JobStatus, Method, Phase
 from adapters.store import FileStore, S3Store
 from adapters.templates import get_template
 from tests.rows import stored_job
 from tests.shout import SHOUT_TRAINING, held_out_prompt, shout_rows
 from trainer.job import run_job
+from trainer.methods import METHODS, method_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +116,13 @@ def test_job_uris_are_checked() -> None:
     for bad in ("s3://bucket/jobs/../x.json", "file:///tmp/jobs/", "file:///tmp/other/abc.json"):
         with pytest.raises(ValueError):
             parse_job_uri(bad)
+
+
+def test_every_method_a_job_may_name_has_a_trainer() -> None:
+    """The methods a job spec accepts are the ones the trainer registers, each built from the spec by name."""
+    assert set(METHODS) == set(get_args(Method.model_fields["type"].annotation))
+    for name in METHODS:
+        assert method_for(Method(type=name)).name == name
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from adapters.templates import TEMPLATE_NAMES
 from service.app import create_app
+from tests.eval_fixtures import FinishedEval, management_gateway
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings
 from tests.shout import shout_rows
 
@@ -287,3 +288,69 @@ def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(
     screenshot(page, "ui-playground.png")
     page.set_viewport_size(PHONE)
     screenshot(page, "ui-phone.png")
+
+
+# ---------------------------------------------------------------------------- evals, on a gateway without an engine
+
+
+@pytest.fixture(scope="module")
+def evals_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayServer, FinishedEval]]:
+    """A management-only gateway whose store holds an eval with two completed runs and a failed one."""
+    with management_gateway(tmp_path_factory.mktemp("ui-evals")) as served:
+        yield served
+
+
+@pytest.fixture
+def evals_page(browser: Any, evals_gateway: tuple[GatewayServer, FinishedEval], console: Console) -> Iterator[Any]:
+    context = browser.new_context(viewport=LAPTOP, base_url=evals_gateway[0].url)
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    tab.on("console", lambda m: console.record("console", m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: console.record("exception", str(e)))
+    yield tab
+    context.close()
+    assert not console.errors, "\n".join(console.errors)
+
+
+@pytest.mark.slow
+def test_the_evals_page_shows_runs_side_by_side_and_the_rows_where_they_differ(
+    evals_page: Any, evals_gateway: tuple[GatewayServer, FinishedEval]
+) -> None:
+    page, (_, finished) = evals_page, evals_gateway
+    sign_in(page, API_KEY)
+    page.get_by_role("link", name="Evals", exact=True).click()
+    page.locator("#evals").get_by_role("link", name="world capitals").click()
+
+    runs = page.locator("#runs tbody tr")
+    runs.first.wait_for()
+    assert runs.count() == 3
+    skill_run = page.locator(f'#runs tr[data-run="{finished.skill_run}"]').inner_text()
+    assert "geo@prod" in skill_run and "completed" in skill_run
+    assert "75%" in skill_run and "50%" in skill_run  # names the capital 3/4, close to the capital 2/4
+    failed = page.locator(f'#runs tr[data-run="{finished.failed_run}"]').inner_text()
+    assert "failed" in failed and "model_not_found" in failed
+
+    # The two completed runs, side by side by default: A the base model, B the skill
+    assert page.get_by_label("Run A").input_value() == finished.base_run
+    assert page.get_by_label("Run B").input_value() == finished.skill_run
+    table = page.locator("#side-by-side")
+    names = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name="names the capital"))
+    assert names.inner_text().split() == ["names", "the", "capital", "100%", "4/4", "75%", "3/4", "-25.0", "pt"]
+    assert page.locator("#differ-count").inner_text().startswith("2 of 4 rows differ")
+    differ = page.locator("article.diff")
+    assert [differ.nth(i).get_attribute("data-row") for i in range(differ.count())] == ["1", "2"]
+    japan = page.locator('article.diff[data-row="1"]')
+    assert "Japan" in japan.locator(".diff-input").inner_text()
+    assert japan.locator(".answer-a pre").inner_text() == "Tokyo"
+    assert japan.locator(".answer-b pre").inner_text() == "Kyoto"
+    grades = japan.locator(".answer-b .grades li").all_inner_texts()
+    assert grades == ["names the capital ✗ fail score 0.00", "close to the capital ✗ fail score 0.40"]
+    italy = page.locator('article.diff[data-row="2"] .answer-b .grades li').all_inner_texts()
+    assert italy[0].startswith("names the capital ✓ pass") and italy[1].startswith("close to the capital ✗ fail")
+    screenshot(page, "ui-evals.png")
+
+    # Another pair, chosen on the page, is kept in the address: the failed run reached no row
+    page.get_by_label("Run B").select_option(finished.failed_run)
+    page.wait_for_url(re.compile(f"b={finished.failed_run}"))
+    page.locator("#differ-count", has_text="4 of 4 rows differ").wait_for()
+    assert "did not reach this row" in page.locator('article.diff[data-row="0"] .answer-b').inner_text()

@@ -1,1 +1,2 @@
-"""The skillserve trainer: masked supervised fine-tuning of a LoRA adapter, published to the object store."""
+"""The skillserve trainer: a LoRA adapter trained by one of its methods (supervised, DPO) on the shared loop
+(trainer/loop.py), published to the object store."""

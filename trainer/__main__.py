@@ -14,26 +14,23 @@ from adapters.errors import SkillserveError
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.schema import Hyperparameters, Method, check_name, new_version
 from adapters.templates import TEMPLATE_NAMES
-from trainer.job import _template, run_job, trained_manifest
-from trainer.sft import train_lora
+from trainer.job import load_template, run_job, trained_manifest
+from trainer.loop import train
+from trainer.methods import METHODS, method_for
 
 
 def _train(args: argparse.Namespace) -> int:
     hp = Hyperparameters(**{k: v for k, v in vars(args).items() if k in Hyperparameters.model_fields and v is not None})
     name = check_name(args.name or args.out.name)
     base_dir = resolve_model(args.base)
-    template = _template(args.template, base_dir)
+    template = load_template(args.template, base_dir)
     data = args.data.read_bytes()
-    method = Method(type=args.method, beta=args.beta)
-    dataset = parse_dataset(data, method=method.type)
+    spec = Method(type=args.method, beta=args.beta)
+    dataset = parse_dataset(data, method=spec.type)
     print(f"{len(dataset.rows)} rows ({dataset.format}); training on {base_dir.name} with template {template.name}",
           file=sys.stderr)
-    if method.type == "dpo":
-        from trainer.dpo import train_dpo
-
-        result = train_dpo(base_dir, template, dataset.pairs, hp, method, args.out)
-    else:
-        result = train_lora(base_dir, template, dataset.rows, hp, args.out)
+    method = method_for(spec)
+    result = train(method, base_dir, template, method.examples(dataset), hp, args.out)
     manifest = trained_manifest(
         result, template, name=name, version=args.version or new_version(),
         base_model_id=Path(args.base).name if args.base != DEFAULT_MODEL else DEFAULT_MODEL, base_dir=base_dir,
@@ -66,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--name", help="adapter name (default: the --out directory's name)")
     train.add_argument("--version", help="adapter version (default: a timestamp)")
     train.add_argument("--publish", metavar="STORE_URI", help="publish to this store instead of writing a manifest")
-    train.add_argument("--method", default="supervised", choices=("supervised", "dpo"),
+    train.add_argument("--method", default="supervised", choices=tuple(METHODS),
                        help="supervised (SFT rows) or dpo (OpenAI preference rows)")
     train.add_argument("--beta", type=float, default=Method.model_fields["beta"].default,
                        help=Method.model_fields["beta"].description)

@@ -22,7 +22,8 @@ from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
 from trainer import distributed
 from trainer.evaluate import check_min_score
-from trainer.sft import Cancelled, TrainResult, train_lora
+from trainer.loop import Cancelled, Hooks, TrainingMethod, TrainResult, train
+from trainer.methods import method_for
 
 log = logging.getLogger("skillserve.trainer")
 REPORT_EVERY_S = 1.0
@@ -125,33 +126,29 @@ def _prepare(registry: Registry, spec: JobSpec) -> tuple[Path, ChatTemplate, Dat
     """Base model, template and dataset, the same on every rank; rank 0 first, so only it fetches the model."""
     with distributed.main_first():
         base_dir = resolve_model(spec.base_model)
-    template = _template(spec.template, base_dir)
+    template = load_template(spec.template, base_dir)
     dataset = parse_dataset(
         registry.get_dataset(spec.dataset_uri), max_bytes=1 << 40, max_rows=1 << 40, method=spec.method.type
     )
     return base_dir, template, dataset
 
 
-def _validation_rows(registry: Registry, spec: JobSpec) -> list[Any] | None:
+def _validation_rows(registry: Registry, spec: JobSpec, method: TrainingMethod) -> list[Any] | None:
     """The job's own validation rows (OpenAI's `validation_file`), or None to hold out a split of the training rows."""
     if spec.validation_uri is None:
         return None
     held_out = parse_dataset(
         registry.get_dataset(spec.validation_uri), max_bytes=1 << 40, max_rows=1 << 40, method=spec.method.type
     )
-    return held_out.pairs if spec.method.type == "dpo" else held_out.rows
+    return method.examples(held_out)
 
 
-def _train(spec: JobSpec, base_dir: Path, template: ChatTemplate, dataset: Dataset, out_dir: Path,
-           held_out: list[Any] | None, **callbacks: Any) -> TrainResult:
-    """SFT or DPO, as the job's method says, with the same callbacks and the same result to publish."""
-    if spec.method.type == "dpo":
-        from trainer.dpo import train_dpo
-
-        return train_dpo(base_dir, template, dataset.pairs, spec.hyperparameters, spec.method, out_dir,
-                         eval_pairs=held_out, **callbacks)
-    return train_lora(base_dir, template, dataset.rows, spec.hyperparameters, out_dir, eval_rows=held_out,
-                      **callbacks)
+def _train(spec: JobSpec, registry: Registry, base_dir: Path, template: ChatTemplate, dataset: Dataset, out_dir: Path,
+           hooks: Hooks) -> TrainResult:
+    """The job's method (trainer/methods.py) on the shared loop, with its validation rows when it has them."""
+    method = method_for(spec.method)
+    held_out = _validation_rows(registry, spec, method)
+    return train(method, base_dir, template, method.examples(dataset), spec.hyperparameters, out_dir, held_out, hooks)
 
 
 def _run_rank(store_uri: str, job_id: str) -> int:
@@ -163,8 +160,7 @@ def _run_rank(store_uri: str, job_id: str) -> int:
     try:
         base_dir, template, dataset = _prepare(registry, record.spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
-            _train(record.spec, base_dir, template, dataset, Path(tmp) / "adapter",
-                   _validation_rows(registry, record.spec), progress_bar=False)
+            _train(record.spec, registry, base_dir, template, dataset, Path(tmp) / "adapter", Hooks(progress_bar=False))
         return 0
     except Cancelled:
         return 0
@@ -190,11 +186,11 @@ def _run_main(store_uri: str, job_id: str) -> int:
     try:
         base_dir, template, dataset = _prepare(registry, spec)
         with tempfile.TemporaryDirectory(prefix="skillserve-adapter-") as tmp:
-            result = _train(
-                spec, base_dir, template, dataset, Path(tmp) / "adapter", _validation_rows(registry, spec),
+            hooks = Hooks(
                 report=reporter.report, should_stop=reporter.cancelled, progress_bar=False, on_plan=reporter.plan,
                 note=reporter.note, on_checkpoints=reporter.checkpoints,
             )
+            result = _train(spec, registry, base_dir, template, dataset, Path(tmp) / "adapter", hooks)
             if registry.get_job(job_id).status == JobStatus.cancelled:
                 raise Cancelled("job cancelled")
             record.metrics = dict(result.metrics)  # kept when the guard below fails the job: the figures say why
@@ -241,7 +237,8 @@ def _stored(registry: Registry, job_id: str, result: TrainResult, version: str) 
     ]
 
 
-def _template(name: str, base_dir: Path) -> ChatTemplate:
+def load_template(name: str, base_dir: Path) -> ChatTemplate:
+    """A built-in template by name; `base` is the base model's own, from its tokenizer."""
     tokenizer: Any = None
     if name == "base":
         from transformers import AutoTokenizer

@@ -1,105 +1,18 @@
-"""Masked SFT of a LoRA adapter with peft and trl: the loss covers assistant tokens only."""
+"""Masked SFT of a LoRA adapter with trl's SFTTrainer: the loss covers assistant tokens only (a method of the shared
+loop, trainer/loop.py)."""
 
 from __future__ import annotations
 
-import json
-import math
-import random
-import sys
-import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from adapters import auto
+from adapters.dataset import Dataset
 from adapters.masking import encode
-from adapters.schema import Checkpoint, Hyperparameters, JobEvent, Phase, Progress
+from adapters.schema import Hyperparameters
 from adapters.templates import ChatTemplate
-from trainer import distributed, forgetting
-from trainer.evaluate import evaluate_generations
-
-ProgressFn = Callable[[Progress], None]
-PlanFn = Callable[[dict[str, Any]], None]
-EventFn = Callable[[JobEvent], None]
-CheckpointsFn = Callable[[list[Checkpoint]], None]
-Messages = list[dict[str, str]]
-# Early stopping needs a held-out loss that means something: on fewer rows than this, one odd row decides,
-# and on the quality benchmark it stopped small skills too soon. The best checkpoint is still kept.
-MIN_ROWS_TO_STOP_EARLY = 8
-# Evaluations per epoch when an epoch has enough steps: finer than one per epoch, so the best point is not
-# missed by most of an epoch; each costs a forward pass over the held-out rows (a tenth of the data).
-EVALS_PER_EPOCH = 2
+from trainer.loop import Columns, Messages, TrainerParts
 
 
-class Cancelled(Exception):
-    """Training was stopped on request; nothing is published."""
-
-
-@dataclass
-class TrainResult:
-    adapter_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    target_modules: list[str] = field(default_factory=list)
-    eval_rows: list[Messages] = field(default_factory=list)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    # Adapter directories of checkpoints kept beside the published one (the last step's, when the best was
-    # earlier), by step: publishable as versions later.
-    kept: dict[int, Path] = field(default_factory=dict)
-
-
-def eval_every(steps_per_epoch: int) -> int:
-    """Optimizer steps between two held-out evaluations."""
-    return max(1, steps_per_epoch // EVALS_PER_EPOCH) if steps_per_epoch >= 2 * EVALS_PER_EPOCH else steps_per_epoch
-
-
-def patience(hp: Hyperparameters, eval_rows: int) -> int:
-    """Evaluations without a better held-out loss that stop training; 0 (never) for keep=last or a split too small
-    to stop on."""
-    return hp.early_stopping_patience if hp.keep == "best" and eval_rows >= MIN_ROWS_TO_STOP_EARLY else 0
-
-
-class BestCheckpoint:
-    """Which evaluation had the lowest held-out loss, and whether training should stop: the rule alone, so it is
-    unit-tested without a trainer. `patience` evaluations in a row without a better loss stop training (0: never).
-    """
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.best_step: int | None = None
-        self.best_loss = math.inf
-        self.since_best = 0
-        self.stopped_at: int | None = None
-
-    def update(self, step: int, eval_loss: float) -> bool:
-        """Record one evaluation; True when it is the best so far (ties keep the earlier, less-trained one)."""
-        if eval_loss < self.best_loss:
-            self.best_step, self.best_loss, self.since_best = step, eval_loss, 0
-            return True
-        self.since_best += 1
-        return False
-
-    def should_stop(self, step: int) -> bool:
-        if self.patience and self.since_best >= self.patience:
-            self.stopped_at = step
-            return True
-        return False
-
-
-def split_rows(rows: list[Messages], eval_fraction: float, seed: int) -> tuple[list[Messages], list[Messages]]:
-    """A seeded shuffle, then the last `eval_fraction` (at least one row when any is asked for) held out."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = 0
-    if eval_fraction > 0 and len(rows) >= 5:
-        n_eval = max(1, round(len(rows) * eval_fraction))
-    train_idx, eval_idx = order[: len(rows) - n_eval], order[len(rows) - n_eval :]
-    return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
-
-
-def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], max_len: int) -> dict[str, list]:
+def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], max_len: int) -> Columns:
     """Columns trl takes as an already tokenized dataset; it turns `assistant_masks` into -100 labels."""
     ids, masks = [], []
     for messages in rows:
@@ -109,321 +22,35 @@ def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], ma
     return {"input_ids": ids, "assistant_masks": masks}
 
 
-def _progress_callback(
-    report: ProgressFn,
-    should_stop: Callable[[], bool],
-    tokens_per_epoch: int,
-    plan: Callable[[Any, Any], None],
-    note: EventFn,
-) -> Any:
-    from transformers import TrainerCallback
+class Supervised:
+    """Supervised fine-tuning on the assistant's answers (`method: supervised`, the default)."""
 
-    class ReportProgress(TrainerCallback):
-        """Forwards phase, step, loss, eval loss and ETA; stops training when the job was cancelled."""
+    name = "supervised"
 
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.progress = Progress(phase=Phase.loading_model)
-            self.finished = False
+    @property
+    def label(self) -> dict[str, Any]:
+        return {}
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # Only now are the step count and the warmup known; the ETA counts from the first step's start.
-            plan(args, state)
-            self.started = time.monotonic()
-            p = self.progress
-            p.phase, p.total_steps = Phase.training, state.max_steps
-            report(p.model_copy())
+    def examples(self, dataset: Dataset) -> list[Messages]:
+        return dataset.rows
 
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.finished = True
+    def encode(self, tokenizer: Any, template: ChatTemplate, examples: list[Messages], max_len: int) -> Columns:
+        return encode_rows(tokenizer, template, examples, max_len)
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if should_stop():
-                control.should_training_stop = True
-                raise Cancelled("job cancelled")
+    def tokens(self, columns: Columns) -> int:
+        return sum(len(ids) for ids in columns["input_ids"])
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            logs = logs or {}
-            elapsed = time.monotonic() - self.started
-            p = self.progress
-            p.step, p.total_steps, p.epoch = state.global_step, state.max_steps, float(state.epoch or 0)
-            if state.global_step >= state.max_steps:
-                p.phase, p.eta_seconds = Phase.evaluating, None  # the final evaluation's loss arrives here
-            if "loss" in logs:
-                p.loss = float(logs["loss"])
-            if "eval_loss" in logs:
-                p.eval_loss = float(logs["eval_loss"])
-            if "learning_rate" in logs:
-                p.learning_rate = float(logs["learning_rate"])
-            if p.step and p.phase is Phase.training:
-                p.eta_seconds = round(elapsed / p.step * max(p.total_steps - p.step, 0), 1)
-                p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
-            report(p.model_copy())
-            figures = {k: round(float(logs[k]), 6) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
-            if figures and not self.finished:  # the evaluations after training are in the metrics, not history
-                data = {"step": p.step, "epoch": round(p.epoch, 4), **figures}
-                if "loss" in data:
-                    data["train_loss"] = data.pop("loss")
-                said = ", ".join(f"{k} {v:.4g}" for k, v in data.items() if k not in ("step", "epoch"))
-                note(JobEvent(type="metrics", message=f"step {p.step}/{p.total_steps}: {said}", data=data))
+    def eval_rows(self, held_out: list[Messages]) -> list[Messages]:
+        return held_out
 
-    return ReportProgress()
+    def plan(self, hp: Hyperparameters, args: Any) -> dict[str, Any]:
+        return {}
 
+    def build_trainer(self, hp: Hyperparameters, args: dict[str, Any], parts: TrainerParts) -> Any:
+        from trl import SFTConfig, SFTTrainer
 
-def _best_callback(rule: BestCheckpoint, note: EventFn, on_checkpoints: CheckpointsFn) -> Any:
-    from transformers import TrainerCallback
-
-    class KeepBest(TrainerCallback):
-        """Evaluates at the last step too, snapshots the LoRA weights at every new best held-out loss (in memory:
-        the same on every rank, no checkpoint files) and stops early by `rule`."""
-
-        def __init__(self) -> None:
-            self.best: dict[str, Any] = {}
-            self.checkpoints: list[Checkpoint] = []
-            self.train_loss: float | None = None
-            self.training = True
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step >= state.max_steps and args.eval_strategy != "no":
-                control.should_evaluate = True
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if logs and "loss" in logs:
-                self.train_loss = round(float(logs["loss"]), 6)
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
-            loss = (metrics or {}).get("eval_loss")
-            if not self.training or loss is None:
-                return  # the evaluations after training (adapter and base) are reports, not candidates
-            step = state.global_step
-            if self.checkpoints and self.checkpoints[-1].step == step:
-                return  # the last step's forced evaluation, when it fell on a scheduled one too
-            better = rule.update(step, float(loss))
-            checkpoint = Checkpoint(
-                step=step, epoch=round(float(state.epoch or 0), 4), train_loss=self.train_loss,
-                eval_loss=round(float(loss), 6),
-            )
-            self.checkpoints.append(checkpoint)
-            if better:
-                model = kwargs["model"]
-                self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            verdict = "best so far" if better else f"best is still step {rule.best_step} ({rule.best_loss:.4g})"
-            note(JobEvent(message=f"evaluation at step {step}: held-out loss {loss:.4g}, {verdict}"))
-            if step < state.max_steps and rule.should_stop(step):
-                control.should_training_stop = True
-                note(JobEvent(message=f"stopping early at step {step}: {rule.since_best} evaluations without a "
-                              f"lower held-out loss than step {rule.best_step}'s"))
-            on_checkpoints(list(self.checkpoints))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.training = False
-
-        def restore_best(self, model: Any) -> None:
-            import torch
-
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in self.best:
-                        param.copy_(self.best[name])
-
-    return KeepBest()
-
-
-def plan_record(
-    hp: Hyperparameters, args: Any, state: Any, trainer: Any, world: Any, **figures: Any
-) -> dict[str, Any]:
-    """Every hyperparameter with its default filled in, then what the trainer chose itself (`figures` adds the
-    method's own: rows, steps per epoch, ...); written to the job once training starts."""
-    targets = trainer.model.peft_config["default"].target_modules  # "all-linear" is resolved to names by now
-    device_batch = args.per_device_train_batch_size
-    return {
-        **hp.model_dump(mode="json"),
-        **figures,
-        "total_steps": state.max_steps,
-        "warmup_steps": args.get_warmup_steps(state.max_steps),
-        "lora_target_modules": sorted(targets) if not isinstance(targets, str) else [targets],
-        "optimizer": str(getattr(args.optim, "value", args.optim)),
-        "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "adam_beta1": args.adam_beta1,
-        "adam_beta2": args.adam_beta2,
-        "adam_epsilon": args.adam_epsilon,
-        "max_grad_norm": args.max_grad_norm,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "dtype": "float32",
-        "device": str(args.device),
-        "world_size": world.size,
-        "per_device_batch_size": device_batch,
-        "global_batch_size": device_batch * world.size,
-    }
-
-
-def trainer_args(
-    hp: Hyperparameters, scratch: str, device_batch: int, eval_steps: int | None, progress_bar: bool | None
-) -> dict[str, Any]:
-    """The TrainingArguments SFT and DPO share: the schedule, evaluation, seeds, fp32 on the CPU, no saving (the
-    best checkpoint is kept in memory by `BestCheckpoint`)."""
-    import torch
-
-    return {
-        "output_dir": scratch,
-        "per_device_train_batch_size": device_batch,
-        "per_device_eval_batch_size": device_batch,
-        "num_train_epochs": hp.epochs,
-        "max_steps": hp.max_steps or -1,
-        "learning_rate": hp.learning_rate,
-        "warmup_steps": hp.warmup_ratio,  # a float below 1 is a share of all steps
-        "weight_decay": hp.weight_decay,
-        "lr_scheduler_type": "linear",
-        "logging_steps": 1,
-        "eval_strategy": "steps" if eval_steps is not None else "no",
-        "eval_steps": eval_steps,
-        "save_strategy": "no",
-        "report_to": [],
-        "seed": hp.seed,
-        "data_seed": hp.seed,
-        "use_cpu": not torch.cuda.is_available(),
-        "bf16": False,
-        "fp16": False,
-        "dataloader_num_workers": 0,
-        # On by default, as in trl: in the training benchmark it cut peak memory 1.76x at no loss of speed.
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "disable_tqdm": not (sys.stderr.isatty() if progress_bar is None else progress_bar),
-        "pad_to_multiple_of": None,
-    }
-
-
-@dataclass
-class Trained:
-    """What `train_and_keep` gives back: the run's figures, its checkpoints, the kept extra adapters."""
-
-    metrics: dict[str, Any]
-    checkpoints: list[Checkpoint]
-    kept: dict[int, Path]
-
-
-def train_and_keep(
-    trainer: Any, hp: Hyperparameters, rule: BestCheckpoint, keep_best: Any, *, rows: int, train_rows: int,
-    eval_rows: int, tokens_per_epoch: int, evaluated: bool, scratch: str, note: EventFn,
-    on_checkpoints: CheckpointsFn,
-) -> Trained:
-    """Run the trainer, then put the kept checkpoint's weights back into the model (saving the last step's beside
-    them when the best was earlier) and say which was kept and why."""
-    started = time.monotonic()
-    output = trainer.train()
-    runtime = time.monotonic() - started
-    metrics: dict[str, Any] = {
-        "train_rows": train_rows,
-        "eval_rows": eval_rows,
-        "steps": output.global_step,
-        "train_loss_mean": round(float(output.training_loss), 6),
-        "train_seconds": round(runtime, 2),
-        "train_tokens": int(tokens_per_epoch * float(trainer.state.epoch or 0)),
-    }
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    if losses:
-        metrics["train_loss"] = round(float(losses[-1]), 6)
-        metrics["train_loss_first"] = round(float(losses[0]), 6)
-    metrics["tokens_per_second"] = round(metrics["train_tokens"] / runtime, 1) if runtime else None
-    final_step = output.global_step
-    kept: dict[int, Path] = {}
-    metrics.update(_kept(hp, rule, final_step, rows, evaluated))
-    if metrics["kept_step"] != final_step:
-        if distributed.world().main:  # the last step's weights stay publishable beside the best's
-            kept[final_step] = Path(scratch) / f"step-{final_step}"
-            trainer.model.save_pretrained(kept[final_step], safe_serialization=True)
-        keep_best.restore_best(trainer.model)
-    checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
-    on_checkpoints(checkpoints)
-    note(JobEvent(message=f"kept: {metrics['kept_reason']}"))
-    return Trained(metrics, checkpoints, kept)
-
-
-def save_adapter(peft_model: Any, out_dir: Path, kept: dict[int, Path]) -> list[str]:
-    """Save the adapter to out_dir and move the kept extra checkpoints beside it (out of the scratch directory
-    before it goes: the caller stores them); returns the modules it adapts."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
-    for step, path in list(kept.items()):
-        kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
-        path.rename(kept[step])
-    targets = json.loads((out_dir / "adapter_config.json").read_text()).get("target_modules") or []
-    return sorted(targets) if isinstance(targets, list) else [targets]
-
-
-def train_lora(
-    base_dir: Path,
-    template: ChatTemplate,
-    rows: list[Messages],
-    hp: Hyperparameters,
-    out_dir: Path,
-    report: ProgressFn = lambda p: None,
-    should_stop: Callable[[], bool] = lambda: False,
-    progress_bar: bool | None = None,
-    on_plan: PlanFn = lambda h: None,
-    eval_rows: list[Messages] | None = None,
-    note: EventFn = lambda e: None,
-    on_checkpoints: CheckpointsFn = lambda c: None,
-) -> TrainResult:
-    """Train a LoRA adapter on `rows` and save it (adapter_config.json, adapter_model.safetensors) to out_dir.
-
-    Hyperparameters left to the data are chosen first (adapters/auto.py). With held-out rows, the adapter is
-    evaluated during training and the checkpoint with the lowest held-out loss is the one saved (`hp.keep`);
-    `note` gets the job's events and `on_checkpoints` the evaluations so far.
-
-    `report` gets progress (phase, step, losses, ETA); `on_plan` gets every hyperparameter in use, the trainer's
-    own choices included, once training starts. `eval_rows`, when given, are evaluated on instead of a held-out
-    split of `rows`."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    report(Progress(phase=Phase.loading_model))
-    automatic = auto.chosen_fields(hp)
-    hp = auto.choose(hp, len(rows))
-    assert hp.batch_size and hp.rank and hp.alpha and hp.epochs and hp.learning_rate  # chosen above
-    world = distributed.world()
-    # `batch_size` is examples per optimizer step, across all ranks; each rank takes its share (rounded up).
-    device_batch = math.ceil(hp.batch_size / world.size)
-    set_seed(hp.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # A validation set of its own (OpenAI's `validation_file`) replaces the held-out split.
-    train_rows, eval_rows = (rows, eval_rows) if eval_rows else split_rows(rows, hp.eval_fraction, hp.seed)
-    train_data = Dataset.from_dict(encode_rows(tokenizer, template, train_rows, hp.max_seq_length))
-    eval_data = Dataset.from_dict(encode_rows(tokenizer, template, eval_rows, hp.max_seq_length)) if eval_rows else None
-    tokens_per_epoch = sum(len(ids) for ids in train_data["input_ids"])
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    lora = LoraConfig(
-        r=hp.rank,
-        lora_alpha=hp.alpha,
-        lora_dropout=hp.dropout,
-        target_modules=hp.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    steps_per_epoch = math.ceil(len(train_rows) / (device_batch * world.size))
-    eval_steps = eval_every(steps_per_epoch) if eval_data is not None else None
-    rule = BestCheckpoint(patience(hp, len(eval_rows)))
-    keep_best = _best_callback(rule, note, on_checkpoints)
-    chosen: dict[str, Any] = {}
-
-    def plan(args: Any, state: Any) -> None:
-        chosen.update(plan_record(
-            hp, args, state, trainer, world, auto_chosen=automatic, steps_per_epoch=steps_per_epoch,
-            eval_every_steps=eval_steps, train_rows=len(train_rows), eval_rows=len(eval_rows),
-        ))
-        on_plan(dict(chosen))
-
-    def stop_together() -> bool:
-        # A cancel seen by one rank stops them all at the same step (a no-op without torchrun).
-        return distributed.any_rank(should_stop())
-
-    with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
         config = SFTConfig(
-            **trainer_args(hp, scratch, device_batch, eval_steps, progress_bar),
+            **args,
             # encode_rows truncates already; trl refuses a max_length it cannot enforce without packing.
             max_length=None if hp.padding_free else hp.max_seq_length,
             # One unpadded row per batch; position ids restart per example, and transformers turns them into a
@@ -433,54 +60,17 @@ def train_lora(
             # than none on every task (BENCHMARKS.md), at no cost in time. Off for 0.
             neftune_noise_alpha=hp.neftune_noise_alpha or None,
         )
-        trainer = SFTTrainer(
-            model=model,
-            args=config,
-            train_dataset=train_data,
-            eval_dataset=eval_data,
-            processing_class=tokenizer,
-            peft_config=lora,
-            callbacks=[_progress_callback(report, stop_together, tokens_per_epoch, plan, note), keep_best],
+        return SFTTrainer(
+            model=parts.model, args=config, train_dataset=parts.train_data, eval_dataset=parts.eval_data,
+            processing_class=parts.tokenizer, peft_config=parts.lora, callbacks=parts.callbacks,
         )
-        # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
-        # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
-        trainer.remove_callback(PrinterCallback)
-        trained = train_and_keep(
-            trainer, hp, rule, keep_best, rows=len(rows), train_rows=len(train_rows), eval_rows=len(eval_rows),
-            tokens_per_epoch=tokens_per_epoch, evaluated=eval_data is not None, scratch=scratch, note=note,
-            on_checkpoints=on_checkpoints,
-        )
-        metrics, peft_model = trained.metrics, cast(Any, trainer.model)
-        if eval_data is not None:
-            metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
-            # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
-            with peft_model.disable_adapter():
-                metrics["base_eval_loss"] = round(float(trainer.evaluate(metric_key_prefix="base")["base_loss"]), 6)
-        if not world.main:
-            # The evaluations above are collective (every rank takes part); what follows is rank 0's alone: its
-            # copy of the weights is every rank's, and only it reports and publishes.
-            return TrainResult(out_dir, metrics, [], eval_rows, dict(chosen))
-        if eval_rows and hp.eval_samples:
-            metrics.update(evaluate_generations(peft_model, tokenizer, template, eval_rows, hp.eval_samples))
-        metrics.update(forgetting.measure(peft_model, tokenizer, template))
-        targets = save_adapter(peft_model, out_dir, trained.kept)
-    return TrainResult(out_dir, metrics, targets, eval_rows, dict(chosen), trained.checkpoints, trained.kept)
 
+    def held_out_losses(self, trainer: Any) -> dict[str, Any]:
+        losses = {"eval_loss": round(float(trainer.evaluate()["eval_loss"]), 6)}
+        # Under another prefix, so the progress callback does not take the base's loss for the adapter's.
+        with trainer.model.disable_adapter():
+            losses["base_eval_loss"] = round(float(trainer.evaluate(metric_key_prefix="base")["base_loss"]), 6)
+        return losses
 
-def _kept(hp: Hyperparameters, rule: BestCheckpoint, final_step: int, rows: int, evaluated: bool) -> dict[str, Any]:
-    """Which step's weights are published, and why, for the manifest."""
-    if not evaluated:
-        return {
-            "kept": "last", "kept_step": final_step,
-            "kept_reason": f"no held-out rows ({rows} rows, eval_fraction {hp.eval_fraction}): nothing to choose a "
-            f"checkpoint by, so the last step ({final_step}) is kept",
-        }
-    if hp.keep == "last" or rule.best_step is None:
-        return {"kept": "last", "kept_step": final_step, "kept_reason": f"the last step ({final_step}): keep=last"}
-    stopped = f"; stopped early at step {rule.stopped_at}" if rule.stopped_at is not None else ""
-    return {
-        "kept": "best", "kept_step": rule.best_step, "best_eval_loss": round(rule.best_loss, 6),
-        "stopped_early": rule.stopped_at is not None,
-        "kept_reason": f"lowest held-out loss ({rule.best_loss:.4g}) at step {rule.best_step} of {final_step}"
-        + stopped,
-    }
+    def held_out_figures(self, model: Any, columns: Columns) -> dict[str, Any]:
+        return {}

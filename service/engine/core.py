@@ -14,13 +14,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from adapters.errors import InvalidRequest, Overloaded
+from adapters.errors import InvalidRequest, Overloaded, RequestTimeout
 from adapters.models import resolve_model
+from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
+from service.engine.grammar_worker import GrammarRefused, GrammarWorkers
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class Engine:
     """Owns the AsyncLLM, the base model's tokenizer and the count of requests in flight."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Any = None):
         self.settings = settings
         self.model_dir: Path = resolve_model(settings.model)
         self.base_model_id = settings.base_model_id
@@ -47,8 +49,23 @@ class Engine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        # Requests tokenizing, compiling a grammar or in the engine: what max_queue bounds and metrics show.
         self.in_flight = 0
         self.answered_at = time.monotonic()  # when the engine last answered a ping (see `watch`)
+        self.grammar_limits = GrammarLimits(
+            max_grammar_bytes=settings.max_grammar_bytes,
+            max_grammar_depth=settings.max_grammar_depth,
+            max_grammar_members=settings.max_grammar_members,
+            max_grammar_repeat=settings.max_grammar_repeat,
+            max_grammar_repeat_product=settings.max_grammar_repeat_product,
+        )
+        self.grammar = GrammarWorkers(
+            self.model_dir,
+            settings.grammar_workers,
+            settings.grammar_compile_timeout_s,
+            settings.grammar_worker_memory_mb * 2**20,
+            metrics,
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -70,8 +87,14 @@ class Engine:
             dtype = "float32" if current_platform.is_cpu() else "bfloat16"
         # vLLM sizes its LoRA buffers in fixed steps; the gateway itself still enforces the exact setting.
         lora_rank = next((r for r in VLLM_LORA_RANKS if r >= s.max_lora_rank), VLLM_LORA_RANKS[-1])
+        from vllm.config import StructuredOutputsConfig
+
         return AsyncEngineArgs(
             model=str(self.model_dir),
+            # xgrammar only, never "auto": its fallback to guidance is what allocated 16.8 GB for `minItems:
+            # 1e9`, and the engine core runs one backend for its whole life anyway (the first request's), so a
+            # request that fell back compiled with the wrong one. The grammar workers run this same backend.
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
             served_model_name=self.base_model_id,
             dtype=cast(Any, dtype),
             max_model_len=s.max_model_len,
@@ -95,10 +118,16 @@ class Engine:
         _ = self.tokenizer
         log.info("starting engine for %s (%s)", self.base_model_id, self.model_dir)
         self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        # The grammar workers validate every constraint (`verify`); without a config the gateway's own input
+        # processor skips vLLM's in-process grammar validation, which would otherwise run xgrammar (and, on
+        # "auto", guidance) in this process, on the event loop, in add_request.
+        self._llm.input_processor.structured_outputs_config = None
+        self.grammar.start()
         self.answered_at = time.monotonic()
         log.info("engine ready")
 
     def shutdown(self) -> None:
+        self.grammar.shutdown()
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
@@ -141,6 +170,16 @@ class Engine:
         self._require()
         if self.in_flight >= self.settings.max_queue:
             raise Overloaded(f"too many requests in flight ({self.in_flight}); retry shortly")
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Count a request's work before the engine (tokenizing, compiling its grammar) as in flight, so
+        max_queue bounds it as it bounds generation, and the metrics show it."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     async def generate(
         self,
@@ -185,7 +224,8 @@ class Engine:
     async def tokenize(self, work: Callable[[], T]) -> T:
         """Run tokenization off the event loop, one at a time (a fast tokenizer is not safe to share
         between threads), so a long prompt never stalls other requests or the health probes."""
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, work)
+        with self.working():
+            return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, work)
 
     @functools.cached_property
     def max_prompt_chars(self) -> int:
@@ -194,14 +234,23 @@ class Engine:
         longest_token = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
         return self.max_model_len * max(1, longest_token)
 
-    async def verify(self, params: SamplingParams, param: str | None) -> None:
-        """Check sampling parameters the way vLLM will when the request is added (a structured-output schema or
-        grammar compiled, logit_bias ids against the vocabulary), before any response starts: what vLLM would
-        refuse is a 400 with its reason, even for a stream whose 200 would otherwise already be sent."""
+    async def verify(self, params: SamplingParams, param: str | None, schema_param: str | None = None) -> None:
+        """Check sampling parameters the way vLLM will when the request is added, before any response starts:
+        what vLLM would refuse is a 400 with its reason, even for a stream whose 200 would otherwise already be
+        sent. A structured-output constraint is checked against the grammar limits, then validated and
+        compiled by a grammar worker (400/408 with the reason), never in this process."""
         llm = self._require()
         processor = llm.input_processor
+        constraint = params.structured_outputs
+        fields = _constraint_fields(constraint) if constraint is not None else None
+        if fields is not None:
+            try:
+                check_constraint(fields, self.grammar_limits, param or "structured_outputs", schema_param)
+            except GrammarLimitError as exc:
+                raise InvalidRequest(str(exc), param=exc.param, code="grammar_too_large") from None
 
         def check() -> None:
+            # The processor's structured-outputs config is None (see `start`): grammar checks are skipped here.
             copy.deepcopy(params).verify(
                 llm.model_config, processor.speculative_config, processor.structured_outputs_config, processor.tokenizer
             )
@@ -214,6 +263,25 @@ class Engine:
             named = getattr(exc, "parameter", None) or param
             message = f"{named}: {exc}" if named else str(exc)
             raise InvalidRequest(message, param=named, code="invalid_parameter") from None
+        if fields is None:
+            return
+        from vllm.sampling_params import StructuredOutputsParams
+
+        # `json_object` alone is one fixed grammar: nothing a client controls reaches the compiler.
+        if any(key in fields for key in ("json", "regex", "choice", "grammar", "structural_tag")):
+            try:
+                with self.working():
+                    fields = await self.grammar.verify(fields)
+            except GrammarRefused as exc:
+                if exc.status == 503:
+                    raise Overloaded(str(exc), retry_after=5, unavailable=True) from None
+                if exc.status == 408:
+                    raise RequestTimeout(f"{param}: {exc}", param=param, code="grammar_timeout") from None
+                raise InvalidRequest(f"{param}: {exc}", param=param, code="invalid_parameter") from None
+            params.structured_outputs = StructuredOutputsParams(**fields)
+        # What vLLM's validation would have recorded: the engine core builds its one backend from it.
+        assert params.structured_outputs is not None
+        params.structured_outputs._backend = "xgrammar"
 
     def unfinished(self) -> int:
         """Requests vLLM itself still tracks (an aborted request leaves at once)."""
@@ -225,6 +293,11 @@ class Engine:
 
     async def loaded_loras(self) -> set[int]:
         return set(await self._llm.list_loras()) if self._llm is not None else set()
+
+
+def _constraint_fields(constraint: Any) -> dict[str, Any]:
+    """A StructuredOutputsParams' public fields that are set (what a grammar worker receives)."""
+    return {k: v for k, v in vars(constraint).items() if not k.startswith("_") and v is not None}
 
 
 def sampling_params(

@@ -5,13 +5,15 @@ back until they are whole. What chat shares with text completions is in service/
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.errors import InvalidRequest
 from adapters.masking import encode
 from adapters.templates import ChatTemplate
 from adapters.tools import CALL_OPEN, call_schema, flatten, forced_call, parse_calls
+from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
 from service.gateway import Gateway
 from service.inference.pipeline import (
     Answer,
@@ -24,6 +26,7 @@ from service.inference.pipeline import (
     finish_reason,
     ranked,
     request_sampling,
+    schema_param,
     serve,
     sse,
     structured_constraint,
@@ -55,10 +58,16 @@ def chat_prompt_ids(
     messages: list[ChatMessage],
     tools: list[dict[str, Any]] | None = None,
     prefill: str = "",
+    max_chars: int | None = None,
 ) -> list[int]:
     """The token ids a chat request sends to the engine: encoded as the trainer encodes, up to the answer
-    (tools, tool calls and tool results written as the trainer writes them), plus any forced `prefill`."""
+    (tools, tool calls and tool results written as the trainer writes them), plus any forced `prefill`.
+    Over `max_chars` of text to render: ValueError, before the tokenizer sees any of it."""
     turns = flatten([m.turn() for m in messages], tools)
+    if max_chars is not None:
+        chars = sum(len(turn["content"]) for turn in turns)
+        if chars > max_chars:
+            raise ValueError(chars)
     ids = encode(tokenizer, template, turns, add_generation_prompt=True).input_ids
     return ids + (list(tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else [])
 
@@ -81,6 +90,21 @@ class ToolPlan:
         forced = choice.function["name"] if isinstance(choice, NamedToolChoice) else choice
         names = frozenset(t["function"]["name"] for t in tools)
         return cls(tools, None if forced == "auto" else forced, names, body.parallel_tool_calls)
+
+    def check(self, limits: GrammarLimits) -> None:
+        """A forced call's grammar is built from the tools' parameters: each within the grammar limits, named
+        by its place in the request (the combined grammar is checked again, as `tools`, by the engine)."""
+        if self.forced is None or self.tools is None:
+            return
+        for index, tool in enumerate(self.tools):
+            if self.forced in ("required", tool["function"]["name"]) and tool["function"].get("parameters"):
+                try:
+                    check_constraint(
+                        {"json": tool["function"]["parameters"]}, limits, "tools",
+                        f"tools[{index}].function.parameters",
+                    )
+                except GrammarLimitError as exc:
+                    raise InvalidRequest(str(exc), param=exc.param, code="grammar_too_large") from None
 
     @property
     def parses(self) -> bool:
@@ -146,21 +170,58 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top: int) -> ChoiceLogprobs | N
     return ChoiceLogprobs(content=content)
 
 
+def rendered_chars_at_least(body: ChatCompletionRequest) -> int:
+    """A lower bound of the characters the template will render, counted without copying anything: the
+    messages' text, their tool calls, and every string in the tools (JSON adds quotes and punctuation)."""
+    chars = sum(len(m.text()) for m in body.messages)
+    for message in body.messages:
+        for call in message.tool_calls or []:
+            chars += len(call.function.name) + len(call.function.arguments)
+    for tool in body.tools or []:
+        function = tool.function
+        chars += len(function.name) + len(function.description or "")
+        chars += sum(len(text) for text in _strings(function.parameters))
+    return chars
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string of a JSON value, keys included."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 async def create_chat_completion(
     gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]]
 ) -> Answer:
     """POST /v1/chat/completions (and an eval run's sample): the request checked, its prompt built for the target
     it names, served whole or streamed."""
     check_count(len(body.messages), gw.settings.max_messages, "messages")
+    # Everything the template renders counts (tools, tool calls, tool results), not the messages' text alone:
+    # a cheap lower bound here, the exact count on the tokenizer's thread before it tokenizes anything.
     check_prompt_chars(gw, sum(len(m.text()) for m in body.messages), "messages")
+    check_prompt_chars(gw, rendered_chars_at_least(body), "tools" if body.tools else "messages")
     plan = ToolPlan.of(body)
+    plan.check(gw.engine.grammar_limits)
 
     async def prepare(target: Target) -> Prepared:
         tokenizer = gw.engine.tokenizer
         prefill = CALL_OPEN if plan.forced else ""
-        prompt_ids = await gw.engine.tokenize(
-            lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill)
-        )
+        max_chars = gw.engine.max_prompt_chars
+        try:
+            prompt_ids = await gw.engine.tokenize(
+                lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill, max_chars)
+            )
+        except ValueError as exc:
+            check_prompt_chars(gw, int(exc.args[0]), "tools" if body.tools else "messages")
+            raise
         limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         params = request_sampling(
             body,
@@ -170,7 +231,9 @@ async def create_chat_completion(
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             structured=plan.constraint() or structured_constraint(body),
         )
-        await gw.engine.verify(params, "tool_choice" if plan.forced else constraint_param(body))
+        await gw.engine.verify(
+            params, "tools" if plan.forced else constraint_param(body), None if plan.forced else schema_param(body)
+        )
         work = Work(gw, target, [prompt_ids], [params])
         return Prepared(work, lambda rid: _complete(work, body, plan, rid), lambda rid: _stream(work, body, plan, rid))
 

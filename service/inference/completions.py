@@ -21,6 +21,7 @@ from service.inference.pipeline import (
     finish_reason,
     ranked,
     request_sampling,
+    schema_param,
     serve,
     sse,
     structured_constraint,
@@ -73,7 +74,9 @@ async def create_completion(
             )
             for ids in prompts
         ]
-        await gw.engine.verify(params[0], constraint_param(body))
+        await gw.engine.verify(params[0], constraint_param(body), schema_param(body))
+        for other in params[1:]:  # one constraint for every prompt: checked and compiled once
+            other.structured_outputs = params[0].structured_outputs
         work = Work(gw, target, prompts, params)
         return Prepared(work, lambda rid: _complete(work, body, rid), lambda rid: _stream(work, body, rid))
 

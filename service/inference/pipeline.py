@@ -96,6 +96,13 @@ def constraint_param(body: SamplingFields) -> str | None:
     return "response_format" if structured_constraint(body) else None
 
 
+def schema_param(body: SamplingFields) -> str | None:
+    """Where in the request a JSON schema constraint was given, for errors about a place inside it."""
+    if body.structured_outputs is None and body.response_format is not None and body.response_format.json_schema:
+        return "response_format.json_schema.schema"
+    return None
+
+
 def check_count(count: int, limit: int, param: str) -> None:
     """400 when a request carries more items (messages, prompts) than the gateway takes (max_messages)."""
     if count > limit:
@@ -107,7 +114,8 @@ def check_count(count: int, limit: int, param: str) -> None:
 
 
 def check_prompt_chars(gw: Gateway, chars: int, param: str) -> None:
-    """400 before any tokenizing when a prompt has more characters than its context could ever hold."""
+    """400 before any tokenizing when a prompt has more characters than its context could ever hold (for a
+    chat: every text the template renders, tools and tool calls included)."""
     limit = gw.engine.max_prompt_chars
     if chars > limit:
         raise InvalidRequest(

@@ -1,6 +1,7 @@
 // The dashboard's shell: hash routes to views, the key prompt, the header.
 import { api, apiKey, gatewayConfig } from "./api.js";
 import { errorBox, h, loading } from "./dom.js";
+import * as evals from "./evals.js";
 import * as jobs from "./jobs.js";
 import * as play from "./play.js";
 import * as skills from "./skills.js";
@@ -15,6 +16,8 @@ const ROUTES = [
   [/^#\/jobs\/([^/]+)$/, "jobs", jobs.detail],
   [/^#\/new$/, "new", train.form],
   [/^#\/play$/, "play", play.view],
+  [/^#\/evals$/, "evals", evals.list],
+  [/^#\/evals\/([^/]+)$/, "evals", evals.detail],
 ];
 
 let config = { auth: false };
