@@ -323,3 +323,19 @@ class ReconcilingRunner:
                 self.reconcile()
             except Exception:  # keep watching: one bad pass must not end status reporting
                 log.exception("the %s runner's reconcile pass failed", self.name)
+
+
+def load_cluster_config(who: str) -> None:
+    """The cluster's credentials: in-cluster config (the gateway's service account) first, kubeconfig for local use;
+    KubernetesRunnerError naming `who` (the setting that asked for a cluster) when there is neither."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise KubernetesRunnerError(
+                f"{who} needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
+            ) from exc

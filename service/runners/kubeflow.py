@@ -27,6 +27,7 @@ from service.runners.cluster import (
     api_refusal,
     default_namespace,
     job_name,
+    load_cluster_config,
     load_job_template,
     trainer_processes,
 )
@@ -114,17 +115,9 @@ def trainjob_complete(obj: dict[str, Any]) -> bool:
 
 
 def connect_custom_objects() -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise KubernetesRunnerError(
-                "k8s_job_kind=trainjob needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
-            ) from exc
+    load_cluster_config("k8s_job_kind=trainjob")
     return client.CustomObjectsApi()
 
 

@@ -33,6 +33,7 @@ from service.runners.cluster import (
     job_id_label,
     job_name,
     label_value,
+    load_cluster_config,
     load_job_template,
     trainer_processes,
 )
@@ -210,17 +211,7 @@ def job_has_pods(job: k8s.V1Job) -> bool:
 def connect_apis() -> tuple[k8s.BatchV1Api, k8s.CoreV1Api]:
     """Batch (Jobs) and core (Events) APIs: in-cluster config (the gateway's service account) first, kubeconfig
     for local use."""
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise KubernetesRunnerError(
-                "runner=kubernetes needs in-cluster credentials or a kubeconfig ($KUBECONFIG, ~/.kube/config)"
-            ) from exc
+    load_cluster_config("runner=kubernetes")
     return k8s.BatchV1Api(), k8s.CoreV1Api()
 
 
