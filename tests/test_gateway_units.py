@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.errors import InvalidAdapter, ModelNotFound
+from adapters.errors import InvalidAdapter, ModelNotFound, Overloaded
 from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus, Manifest
@@ -486,7 +486,7 @@ def test_requests_waiting_for_the_tokenizer_count_against_max_queue() -> None:
     from types import SimpleNamespace
 
     from service.engine.core import Engine
-    from service.errors import APIError
+    from service.errors import from_domain
 
     engine = Engine(Settings(max_queue=2))  # type: ignore[call-arg]
     engine._llm = SimpleNamespace(errored=False)  # admission only: no vLLM needed
@@ -496,9 +496,9 @@ def test_requests_waiting_for_the_tokenizer_count_against_max_queue() -> None:
         waiting = [asyncio.ensure_future(engine.tokenize(lambda: release.wait(60))) for _ in range(2)]
         await asyncio.sleep(0.2)
         assert engine.in_flight == 2
-        with pytest.raises(APIError) as refused:
+        with pytest.raises(Overloaded) as refused:
             engine.admit()
-        assert refused.value.status == 429
+        assert from_domain(refused.value).status == 429
         release.set()
         await asyncio.gather(*waiting)
         assert engine.in_flight == 0

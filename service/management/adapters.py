@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 
 from adapters import auto
 from adapters.dataset import Dataset, parse_dataset
-from adapters.errors import DatasetError, InvalidAdapter, InvalidName, NotFound, Overloaded
+from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
 from adapters.registry import new_manifest
 from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.errors import APIError, from_domain
+from service.errors import from_domain
 from service.gateway import Gateway
 from service.management import jobs
 from service.protocol.adapters import (
@@ -70,8 +70,7 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
     hyper = auto.choose(hyper, len(dataset.rows))
     assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
     if hyper.rank > settings.max_lora_rank:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank {settings.max_lora_rank}",
             param="hyperparameters.rank",
         )
@@ -79,8 +78,7 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
         supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
         unknown = sorted(set(hyper.target_modules) - supported) if supported else []
         if unknown:
-            raise APIError(
-                400,
+            raise InvalidRequest(
                 f"hyperparameters.target_modules {unknown} are not linear layers of the base model's blocks "
                 f"(choose from {sorted(supported)}, or 'all-linear')",
                 param="hyperparameters.target_modules",
@@ -88,8 +86,7 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
     rows = len(dataset.rows)
     steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
     if steps > settings.max_job_steps:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
             param="hyperparameters",
             code="job_too_large",
@@ -97,9 +94,7 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
     per_row = sum(dataset.tokens) / len(dataset.tokens) if dataset.tokens else hyper.max_seq_length
     tokens = int(steps * hyper.batch_size * per_row) if hyper.max_steps else int(sum(dataset.tokens) * hyper.epochs)
     if tokens > settings.max_job_tokens:
-        raise APIError(
-            400,
-            f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
+        raise InvalidRequest(f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
             "(max_job_tokens)",
             param="hyperparameters",
             code="job_too_large",

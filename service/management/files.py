@@ -11,7 +11,7 @@ import time
 import unicodedata
 
 from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
-from adapters.errors import DatasetError
+from adapters.errors import DatasetError, InvalidRequest
 from adapters.schema import StoredFile
 from service.errors import APIError, from_domain
 from service.gateway import Gateway
@@ -95,16 +95,14 @@ async def upload_file(
     Rows are checked for their format here; their length in tokens depends on the template a job trains with,
     so it is checked when a job is created."""
     if purpose not in (PURPOSE, EVALS_PURPOSE):
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}') and "
             f"eval rows ('{EVALS_PURPOSE}')",
             param="purpose",
             code="invalid_purpose",
         )
     if expires_after_s is not None and not EXPIRES_AFTER_S[0] <= expires_after_s <= EXPIRES_AFTER_S[1]:
-        raise APIError(
-            400, "expires_after.seconds must be between 3600 (an hour) and 2592000 (30 days)",
+        raise InvalidRequest("expires_after.seconds must be between 3600 (an hour) and 2592000 (30 days)",
             param="expires_after.seconds",
         )
     filename = safe_filename(filename)
@@ -135,7 +133,7 @@ async def _upload_eval_rows(gw: Gateway, filename: str, data: bytes, expires_aft
     try:
         rows = await off_loop(parse_eval_rows, data, gw.settings.max_dataset_rows)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
+        raise InvalidRequest(f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
     now = time.time()
     record = StoredFile(
         filename=filename,

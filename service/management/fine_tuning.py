@@ -18,7 +18,7 @@ import uuid
 from typing import Any, TypeVar
 
 from adapters import auto
-from adapters.errors import DatasetError, JobRefused, NotFound
+from adapters.errors import DatasetError, InvalidRequest, JobRefused, NotFound
 from adapters.registry import dataset_key
 from adapters.schema import (
     Checkpoint,
@@ -69,19 +69,17 @@ def _method(body: CreateFineTuningJob) -> tuple[str, SupervisedHyperparameters]:
     if body.method is None:
         return "supervised", body.hyperparameters or SupervisedHyperparameters()
     if body.hyperparameters is not None:
-        raise APIError(
-            400, "give hyperparameters in `method` only (the top-level `hyperparameters` is deprecated)",
+        raise InvalidRequest("give hyperparameters in `method` only (the top-level `hyperparameters` is deprecated)",
             param="hyperparameters",
         )
     method = body.method
     if method.type == "reinforcement" or method.reinforcement is not None:
-        raise APIError(
-            400, "reinforcement fine-tuning is not supported here: use method supervised or dpo",
+        raise InvalidRequest("reinforcement fine-tuning is not supported here: use method supervised or dpo",
             param="method.type", code="unsupported_method",
         )
     other = method.dpo if method.type == "supervised" else method.supervised
     if other is not None:
-        raise APIError(400, f"method.type is {method.type!r}: give only method.{method.type}", param="method")
+        raise InvalidRequest(f"method.type is {method.type!r}: give only method.{method.type}", param="method")
     if method.type == "dpo":
         return "dpo", method.dpo.hyperparameters if method.dpo else DpoHyperparameters()
     return "supervised", method.supervised.hyperparameters if method.supervised else SupervisedHyperparameters()
@@ -101,26 +99,25 @@ async def _job_file(gw: Gateway, file_id: str, param: str) -> StoredFile:
     try:
         stored: StoredFile = await asyncio.to_thread(gw.registry.get_file, file_id)
     except NotFound:
-        raise APIError(400, f"invalid {param}: {file_id} does not exist", param=param, code="invalid_file") from None
+        raise InvalidRequest(f"invalid {param}: {file_id} does not exist", param=param, code="invalid_file") from None
     if stored.purpose != PURPOSE:
-        raise APIError(400, f"invalid {param}: {file_id} was not uploaded for fine-tuning", param=param)
+        raise InvalidRequest(f"invalid {param}: {file_id} was not uploaded for fine-tuning", param=param)
     return stored
 
 
 def _check_request(gw: Gateway, body: CreateFineTuningJob) -> None:
     """What this gateway refuses of a job request before reading any file."""
     if body.model != gw.engine.base_model_id:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"model {body.model!r} cannot be fine-tuned here: this gateway fine-tunes {gw.engine.base_model_id!r}",
             param="model",
             code="model_not_available",
         )
     if body.integrations:
-        raise APIError(400, "integrations are not supported: send null or []", param="integrations")
+        raise InvalidRequest("integrations are not supported: send null or []", param="integrations")
     if body.suffix is not None and not SUFFIX_RE.fullmatch(body.suffix):
-        raise APIError(
-            400, "suffix: up to 40 letters, digits, '-' or '_', starting with a letter or digit", param="suffix"
+        raise InvalidRequest(
+            "suffix: up to 40 letters, digits, '-' or '_', starting with a letter or digit", param="suffix"
         )
 
 
