@@ -85,5 +85,6 @@ def resolve_dtype(
 _KEPT: dict[str, str] = {
     "serving": 'the default model answers wrong in bf16 in vLLM ("capital of France" -> "L\'Étoile, la '
     'Marseillaise, la femme, ...")',
-    "training": "to be measured",
+    "training": "not measured faster in this trainer (LoRA over a frozen bf16 base, gradient checkpointing): "
+    "a step of the shout skill took longer in bf16 than in float32 here",
 }
