@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="base model: the embedded default, a local directory or a hub id")
     served_model_name: str | None = Field(None, description="id of the base model in the API (default: model's name)")
     dtype: str = Field(
-        "auto", description="weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"
+        "auto", description="weights dtype: auto (bfloat16 on GPU; float32 on CPU, see docs/performance.md), float32, "
+        "bfloat16, float16"
     )
     max_model_len: int = Field(2048, description="longest prompt + completion, in tokens")
     max_num_seqs: int = Field(64, description="most sequences the engine batches at once")

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from adapters import auto
 from adapters.dataset import Dataset
+from adapters.hardware import resolve_dtype
 from adapters.schema import Checkpoint, Hyperparameters, JobEvent, Phase, Progress
 from adapters.templates import ChatTemplate
 from trainer import distributed, forgetting
@@ -307,7 +308,7 @@ def _best_callback(rule: BestCheckpoint, note: EventFn, on_checkpoints: Checkpoi
 
 
 def plan_record(
-    hp: Hyperparameters, args: Any, state: Any, trainer: Any, world: Any, **figures: Any
+    hp: Hyperparameters, args: Any, state: Any, trainer: Any, world: Any, dtype: str = "float32", **figures: Any
 ) -> dict[str, Any]:
     """Every hyperparameter with its default filled in, then what the trainer chose itself (`figures` adds the
     method's own: rows, steps per epoch, ...); written to the job once training starts."""
@@ -326,12 +327,22 @@ def plan_record(
         "adam_epsilon": args.adam_epsilon,
         "max_grad_norm": args.max_grad_norm,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "dtype": "float32",
+        "dtype": dtype,  # the frozen base's; the LoRA weights and optimizer state are float32
         "device": str(args.device),
         "world_size": world.size,
         "per_device_batch_size": device_batch,
         "global_batch_size": device_batch * world.size,
     }
+
+
+def float32_adapter(model: Any) -> None:
+    """The trainable (LoRA) weights in float32 whatever the base's dtype, before the optimizer is built, so its
+    state and the updates keep full precision over a bf16 base."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def trainer_args(
@@ -532,7 +543,9 @@ def build_run(
     world = distributed.world()
     # `batch_size` is examples per optimizer step, across all ranks; each rank takes its share (rounded up).
     device_batch = math.ceil(hp.batch_size / world.size)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    dtype, dtype_reason = resolve_dtype(hp.dtype, torch.cuda.is_available(), "training")
+    hooks.note(JobEvent(message=f"base weights in {dtype}: {dtype_reason}"))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     lora = LoraConfig(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
@@ -544,7 +557,7 @@ def build_run(
 
     def plan(args: Any, state: Any) -> None:
         chosen.update(plan_record(
-            hp, args, state, trainer, world, **method.plan(hp, args), auto_chosen=automatic,
+            hp, args, state, trainer, world, dtype, **method.plan(hp, args), auto_chosen=automatic,
             steps_per_epoch=steps_per_epoch, eval_every_steps=eval_steps, train_rows=len(data.train),
             eval_rows=len(data.held_out),
         ))
@@ -557,6 +570,7 @@ def build_run(
     progress = _progress_callback(hooks.report, stop_together, data.tokens_per_epoch, plan, hooks.note)
     parts = TrainerParts(model, tokenizer, lora, data.train_data, data.eval_data, [progress, keep_best])
     trainer = method.build_trainer(hp, trainer_args(hp, scratch, device_batch, eval_steps, hooks.progress_bar), parts)
+    float32_adapter(trainer.model)
     # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
     # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
     trainer.remove_callback(PrinterCallback)

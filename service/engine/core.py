@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from adapters.errors import InvalidRequest, Overloaded, RequestTimeout
+from adapters.hardware import resolve_dtype
 from adapters.models import resolve_model
 from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
 from service.engine.grammar_worker import GrammarRefused, GrammarWorkers
@@ -47,6 +48,8 @@ class Engine:
         self.base_model_id = settings.base_model_id
         self.max_model_len = settings.max_model_len
         self._llm: Any = None
+        self.dtype: str | None = None  # the weights' dtype and why (adapters/hardware.py), once engine_args ran
+        self.dtype_reason: str | None = None
         self._tokenizer: Any = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         # Requests tokenizing, compiling a grammar or in the engine: what max_queue bounds and metrics show.
@@ -81,10 +84,8 @@ class Engine:
         from vllm.platforms import current_platform
 
         s = self.settings
-        dtype = s.dtype
-        if dtype == "auto":
-            # bf16 dequantized small models answer badly on CPU (NOTES.md); fp32 there, bf16 on accelerators.
-            dtype = "float32" if current_platform.is_cpu() else "bfloat16"
+        dtype, self.dtype_reason = resolve_dtype(s.dtype, not current_platform.is_cpu(), "serving")
+        self.dtype = dtype
         # vLLM sizes its LoRA buffers in fixed steps; the gateway itself still enforces the exact setting.
         lora_rank = next((r for r in VLLM_LORA_RANKS if r >= s.max_lora_rank), VLLM_LORA_RANKS[-1])
         from vllm.config import StructuredOutputsConfig
@@ -116,8 +117,10 @@ class Engine:
         if self.settings.kv_cache_space_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_space_gb)
         _ = self.tokenizer
-        log.info("starting engine for %s (%s)", self.base_model_id, self.model_dir)
-        self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        args = self.engine_args()
+        log.info("starting engine for %s (%s) in %s: %s", self.base_model_id, self.model_dir, self.dtype,
+                 self.dtype_reason)
+        self._llm = AsyncLLM.from_engine_args(args)
         # The grammar workers validate every constraint (`verify`); without a config the gateway's own input
         # processor skips vLLM's in-process grammar validation, which would otherwise run xgrammar (and, on
         # "auto", guidance) in this process, on the event loop, in add_request.

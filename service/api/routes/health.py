@@ -27,7 +27,9 @@ async def health(gw: GatewayDep) -> JSONResponse:
     if silent is not None:
         log.warning("the engine has not answered a ping for %.0f s: failing liveness", silent)
         return JSONResponse({"status": "engine not answering", "seconds": round(silent)}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    # The weights' dtype and why (`dtype: auto` depends on the CPU), once the engine has been started.
+    dtype = {"dtype": gw.engine.dtype, "dtype_reason": gw.engine.dtype_reason} if gw.engine.dtype else {}
+    return JSONResponse({"status": "ok", **dtype})
 
 
 @router.get("/ready", summary="Readiness: the engine is loaded (503 until then)")
