@@ -23,6 +23,7 @@ COPY pyproject.toml README.md ./
 COPY adapters ./adapters
 COPY trainer ./trainer
 COPY service ./service
+COPY client ./client
 
 FROM build AS build-gpu
 # vLLM, torch, Triton and the CUDA wheels come pinned from constraints/gpu.txt (how to update it: its header).

@@ -40,11 +40,11 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: install
-	$(VENV)/bin/ruff check adapters trainer service tests bench
-	$(VENV)/bin/mypy adapters trainer service
+	$(VENV)/bin/ruff check adapters trainer service client docsgen tests bench
+	$(VENV)/bin/mypy adapters trainer service client docsgen
 
 openapi: install
-	$(PY) -m service.openapi > openapi.yaml
+	$(PY) -m docsgen.openapi > openapi.yaml
 
 bench: model
 	$(PY) -m bench

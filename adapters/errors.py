@@ -6,7 +6,7 @@ from __future__ import annotations
 class SkillserveError(Exception):
     """Base of every error skillserve raises on purpose."""
 
-    code = "skillserve_error"
+    code: str | None = "skillserve_error"  # OpenAI's error `code`; None where OpenAI gives none
 
     def __init__(self, *args: object, param: str | None = None):
         super().__init__(*args)
@@ -28,6 +28,16 @@ class NotFound(SkillserveError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class ModelNotFound(NotFound):
+    """A model name (base, adapter, `name@version`, alias, `ft:` id) this service does not serve."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model `{model}` does not exist.", param="model")
+        self.model = model
+
+
 class AlreadyExists(SkillserveError):
     """A conditional write lost: the object is already there."""
 
@@ -37,7 +47,13 @@ class AlreadyExists(SkillserveError):
 class Conflict(SkillserveError):
     """A conditional write lost: the object changed (or went) since it was read; read it again and retry."""
 
-    code = "conflict"
+    code: str | None = "conflict"
+
+
+class WrongRunner(Conflict):
+    """A job that runs on another runner than this gateway's: only that runner can stop it."""
+
+    code = None
 
 
 class StoreUnavailable(SkillserveError):
@@ -113,3 +129,53 @@ class JobForbidden(JobRefused):
     """The gateway's cluster account may not start training jobs (RBAC); the record is failed as for JobRefused."""
 
     code = "job_forbidden"
+
+
+class InvalidRequest(SkillserveError):
+    """A request that cannot run as sent: too many items, a prompt longer than the context, a sampling field the
+    engine refuses. `param` names the field; `code` is OpenAI's error code where one applies."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param)
+        self.code = code
+
+
+class Overloaded(SkillserveError):
+    """No capacity now; retry after `retry_after` seconds. `unavailable`: the service cannot take any work yet
+    (an engine still starting), rather than this request arriving while the queue is full."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1, unavailable: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.unavailable = unavailable
+
+
+class RequestTimeout(SkillserveError):
+    """What a request asked for took longer than this service allows it (compiling its grammar): 408."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param)
+        self.code = code
+
+
+class ClientGone(SkillserveError):
+    """The client went away before its answer was ready; its engine requests were aborted."""
+
+    code = "client_closed_request"
+
+
+class TrainingDisabled(SkillserveError):
+    """This gateway runs no trainer (runner none): every way of starting or cancelling training answers so."""
+
+    code = "training_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("training is disabled on this gateway")
+
+
+class EngineFailed(SkillserveError):
+    """The engine ended a request without an answer: a fault of this service, not of the request."""
+
+    code = None

@@ -1,4 +1,4 @@
-"""The CPU LoRA path alone: vLLM's / the grouped one (service/vllm_cpu_lora.py), same inputs.
+"""The CPU LoRA path alone: vLLM's / the grouped one (service/engine/cpu_lora.py), same inputs.
 
 One LoRA layer as vLLM's CPU punica wrapper runs it (`PunicaWrapperCPU.add_lora_linear`), with the shapes
 of the served model's fused QKV projection (576 -> 576 + 192 + 192, three slices) at rank 16 with 8 adapter
@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from service import vllm_cpu_lora
+from service.engine import cpu_lora as vllm_cpu_lora
+from service.engine import cpu_lora_ops
 
 HIDDEN, SLICES, RANK, SLOTS, REQUESTS = 576, (576, 192, 192), 16, 8, 16
 SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats": 30}}
@@ -34,7 +35,7 @@ SIZES = {"tiny": {"prompt": 32, "repeats": 5}, "full": {"prompt": 128, "repeats"
 def vllms_ops() -> Iterator[None]:
     """vLLM's own PyTorch ops where its CPU wrapper calls them, for as long as the block runs."""
     module = importlib.import_module(vllm_cpu_lora.CPU_WRAPPER_MODULE)
-    installed = {name: getattr(module, name) for name in vllm_cpu_lora.OPS}
+    installed = {name: getattr(module, name) for name in cpu_lora_ops.OPS}
     for name, op in vllm_cpu_lora.upstream_ops().items():
         setattr(module, name, op)
     try:

@@ -171,7 +171,7 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
         "",
         "Output tokens/s of each adapter mix over the base model's, at the same concurrency, each server against "
         "itself in the same run: 1.0 means an adapter costs nothing. Ours runs the grouped CPU LoRA ops "
-        f"(service/vllm_cpu_lora.py); `vllm serve` runs vLLM's own (its plugins: {plugins}).",
+        f"(service/engine/cpu_lora.py); `vllm serve` runs vLLM's own (its plugins: {plugins}).",
         "",
         *_table(["mix", *(f"c={c} (ours / vLLM)" for c in concurrencies)], rows),
         "",
@@ -187,7 +187,7 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
 def lora_ops_section(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     lines = [
-        "## CPU LoRA ops: vLLM's / grouped (service/vllm_cpu_lora.py)",
+        "## CPU LoRA ops: vLLM's / grouped (service/engine/cpu_lora.py)",
         "",
         f"One LoRA layer ({s['layer']}) as vLLM's CPU punica wrapper runs it, {s['requests']} requests per step, "
         f"{s['prompt_tokens']}-token prompts, {s['threads']} torch threads; {s['timing']}. Same inputs on both; "

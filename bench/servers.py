@@ -154,7 +154,7 @@ def start_gateway(
     return server
 
 
-# Our grouped CPU LoRA ops (service/vllm_cpu_lora.py) are a vLLM plugin, which `vllm serve` would load
+# Our grouped CPU LoRA ops (service/engine/cpu_lora.py) are a vLLM plugin, which `vllm serve` would load
 # too; the comparison is against vLLM as it ships, so its server runs every plugin but that one.
 OUR_LORA_OPS_PLUGIN = "skillserve-cpu-lora"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
+from service.api.deadline import with_header_timeout
 from service.app import create_app
-from service.http_protocol import with_header_timeout
 from service.settings import Settings
 
 

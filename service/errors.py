@@ -51,10 +51,6 @@ class APIError(Exception):
         return {"error": error}
 
 
-def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model `{model}` does not exist.", code="model_not_found", param="model")
-
-
 def overloaded(message: str, retry_after: int = 1, status: int = 429) -> APIError:
     kind = "rate_limit_error" if status == 429 else "server_error"
     return APIError(status, message, type=kind, code="overloaded", headers={"Retry-After": str(retry_after)})
@@ -65,6 +61,16 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
     if isinstance(exc, domain.DatasetError):
         lines = [{"line": line, "reason": reason} for line, reason in exc.errors]
         return APIError(400, str(exc), code=exc.code, param="dataset", details=lines)
+    if isinstance(exc, domain.InvalidRequest):
+        return APIError(400, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, domain.Overloaded):
+        return overloaded(str(exc), exc.retry_after, status=503 if exc.unavailable else 429)
+    if isinstance(exc, domain.RequestTimeout):
+        return APIError(408, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, domain.ClientGone):
+        return APIError(499, str(exc), code=exc.code)
+    if isinstance(exc, domain.TrainingDisabled):
+        return APIError(503, str(exc), type="server_error", code=exc.code)
     if isinstance(exc, domain.NotFound):
         return APIError(404, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, domain.AlreadyExists | domain.Conflict):

@@ -145,6 +145,10 @@ class Metrics:
             "adapter versions this replica holds on local disk (disk) and with requests in the engine now (in_use)",
             ["tier"], registry=r,
         )
+        self._serving_metrics(r)
+
+    def _serving_metrics(self, r: CollectorRegistry) -> None:
+        """The HTTP, token, adapter-cache, engine and grammar metrics."""
         self.requests = Counter(
             "skillserve_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )

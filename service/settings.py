@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     )
     # Structured outputs: what one request's grammar may ask for (400 beyond, naming the limit), and the
     # worker processes that validate and compile grammars away from the gateway's memory (see
-    # service/grammar_worker.py for why).
+    # service/engine/grammar_worker.py for why).
     max_grammar_bytes: int = Field(
         64 * 1024, description="largest constraint (JSON schema, regex, grammar, choices) as text, in bytes"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.cli import _summary, progress_text
+from client.cli import _summary, progress_text
 
 
 def job(status: str, **progress: Any) -> dict[str, Any]:

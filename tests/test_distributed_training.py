@@ -14,7 +14,7 @@ import pytest
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobStatus
 from adapters.store import FileStore
-from service.runner import trainer_command
+from service.runners.base import trainer_command
 from tests.rows import stored_job
 from tests.shout import shout_rows
 

@@ -89,7 +89,7 @@ def test_build_context_holds_only_what_the_image_needs() -> None:
     copied = set(re.findall(r"^COPY (?!--from)(.+?) \S+$", DOCKERFILE.read_text(), re.MULTILINE))
     sources = {part for spec in copied for part in spec.split()}
     assert "adapters" in sources and sources <= allowed, sources - allowed
-    for package in ("adapters", "trainer", "service", "pyproject.toml"):
+    for package in ("adapters", "trainer", "service", "client", "pyproject.toml"):
         assert (ROOT / package).exists()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config_table import render_block, tables
+from docsgen.config_table import render_block, tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_readme_table_matches_the_config_object(kind: str) -> None:
     readme = (REPO / "README.md").read_text()
     assert render_block(kind, tables()[kind]) in readme, (
-        f"README's {kind} table is stale: paste the output of `python -m service.config_table`"
+        f"README's {kind} table is stale: paste the output of `python -m docsgen.config_table`"
     )
 
 

@@ -16,7 +16,7 @@ from adapters.errors import DatasetError
 from adapters.masking import encode, encode_preference
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.templates import TEMPLATE_NAMES, get_template
-from service.cli import main
+from client.cli import main
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
 from tests.preferences import HELD_OUT_WORDS, PREFERENCE_TRAINING, preference_rows
 
@@ -171,7 +171,7 @@ def test_dpo_prompt_is_what_the_gateway_sends_and_answers_are_what_sft_learns(
     template = get_template(template_name, tokenizer)
     pair = parse_dataset(GOOD.encode(), method="dpo").pairs[0]
     encoded = encode_preference(tokenizer, template, pair.prompt, pair.chosen, pair.rejected)
-    # The gateway encodes a chat request with this very call (service/routes/chat.py: chat_prompt_ids).
+    # The gateway encodes a chat request with this very call (service/inference/chat.py: chat_prompt_ids).
     assert encoded.prompt_ids == encode(tokenizer, template, pair.prompt, add_generation_prompt=True).input_ids
     for answer, ids in ((pair.chosen, encoded.chosen_ids), (pair.rejected, encoded.rejected_ids)):
         sft = encode(tokenizer, template, [*pair.prompt, answer])
@@ -188,8 +188,8 @@ def test_dpo_prompt_ids_are_the_gateways_for_the_same_openai_messages(
     tokenizer: Any, template_name: str, row: dict[str, Any]
 ) -> None:
     """The row's `input`, sent as a chat request, is encoded by the gateway's own function to the trained ids."""
-    from service.protocol import ChatCompletionRequest
-    from service.routes.chat import chat_prompt_ids
+    from service.inference.chat import chat_prompt_ids
+    from service.protocol.chat import ChatCompletionRequest
 
     template = get_template(template_name, tokenizer)
     [pair] = parse_dataset(rows_to_jsonl([row]), method="dpo").pairs
@@ -299,7 +299,7 @@ def test_dpo_adapter_is_served_like_any_other_and_shown_with_its_preference_figu
 
 
 def test_the_multipart_method_field_is_a_type_name_or_a_json_object() -> None:
-    from service.routes.adapters import _form_method
+    from service.api.routes.adapters import _form_method
 
     assert _form_method("dpo") == {"type": "dpo"}
     assert _form_method('{"type": "dpo", "beta": 0.5}') == {"type": "dpo", "beta": 0.5}

@@ -1,4 +1,4 @@
-"""vLLM's engine processes die with the gateway, even a SIGKILLed one (service/vllm_engine_lifetime.py).
+"""vLLM's engine processes die with the gateway, even a SIGKILLed one (service/engine/lifetime.py).
 
 The processes are found by the process tree captured before the kill, never by name: the machine may run
 other engines (other tests, `vllm serve`) that must not be mistaken for these.
@@ -55,7 +55,7 @@ SPAWNER = textwrap.dedent(
     import multiprocessing, sys, time
 
     def child():
-        from service.vllm_engine_lifetime import register
+        from service.engine.lifetime import register
         register()
         time.sleep(600)
 
@@ -86,7 +86,7 @@ def test_a_spawned_process_dies_with_its_killed_parent(tmp_path: Path) -> None:
 
 def test_a_process_whose_parent_is_already_gone_exits() -> None:
     """The race: a parent that dies before the child asks for the signal would never send it."""
-    code = "from service.vllm_engine_lifetime import die_with_parent; die_with_parent(1); print('still here')"
+    code = "from service.engine.lifetime import die_with_parent; die_with_parent(1); print('still here')"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "still here" not in result.stdout
 
@@ -94,7 +94,7 @@ def test_a_process_whose_parent_is_already_gone_exits() -> None:
 def test_the_gateway_itself_is_tied_to_nothing() -> None:
     """Not spawned by multiprocessing: the plugin leaves the process alone, whoever its parent is."""
     code = (
-        "import ctypes, signal; from service.vllm_engine_lifetime import register; register(); "
+        "import ctypes, signal; from service.engine.lifetime import register; register(); "
         "sig = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); print(sig.value)"
     )  # prctl(PR_GET_PDEATHSIG)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from adapters.models import DEFAULT_MODEL
-from service.cli import main
-from service.cli_evals import compare_lines, differing_rows, run_lines
+from client.cli import main
+from client.cli_evals import compare_lines, differing_rows, run_lines
 from tests.eval_fixtures import CRITERIA, ITEM_SCHEMA, ROWS, SKILL, TEMPLATE, FinishedEval, management_gateway
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, publish_adapter
 

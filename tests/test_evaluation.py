@@ -11,7 +11,7 @@ from adapters.registry import Registry, job_uri
 from adapters.schema import JobRecord, JobStatus
 from adapters.store import FileStore
 from adapters.templates import get_template
-from service.cli import main
+from client.cli import main
 from tests.gateway_fixtures import API_KEY, GatewayServer
 from tests.rows import stored_job
 from tests.shout import shout_rows

@@ -34,7 +34,7 @@ import pytest
 from adapters.models import DEFAULT_MODEL, sha256_file
 from adapters.registry import Registry
 from adapters.store import FileStore, S3Store
-from service.adapter_cache import MANIFEST_TTL_S, AdapterCache
+from service.engine.adapter_cache import MANIFEST_TTL_S, AdapterCache
 from service.metrics import Metrics
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, REPO, free_port, gateway_env, publish_adapter
 from tests.shout import shout_rows
@@ -55,7 +55,7 @@ from pathlib import Path
 from adapters.models import DEFAULT_MODEL, sha256_file
 from adapters.registry import Registry
 from adapters.store import FileStore
-from service.adapter_cache import AdapterCache
+from service.engine.adapter_cache import AdapterCache
 from service.metrics import Metrics
 
 store = FileStore(sys.argv[1])

@@ -22,8 +22,8 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import Checkpoint, FineTune, FineTunedModel, JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service import fine_tuning
 from service.app import create_app
+from service.management import files
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 from tests.shout import WORDS, shout
 
@@ -154,11 +154,11 @@ def test_file_names_are_stored_as_their_last_segment_without_controls_or_markup(
         "x" * 300 + ".jsonl": "x" * 255,
     }
     for sent, stored in names.items():
-        assert fine_tuning.safe_filename(sent) == stored, sent
+        assert files.safe_filename(sent) == stored, sent
     # Through the API as the SDK sends a name (it percent-escapes CR and LF itself).
     for sent in ("../../etc/passwd", "invoice\u202egpj.jsonl", "<b>x</b>.jsonl"):
         reply = app.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (sent, good)}, headers=ADMIN)
-        assert reply.status_code == 200 and reply.json()["filename"] == fine_tuning.safe_filename(sent), reply.text
+        assert reply.status_code == 200 and reply.json()["filename"] == files.safe_filename(sent), reply.text
         assert app.get(f"/v1/files/{reply.json()['id']}", headers=ADMIN).json()["filename"] == reply.json()["filename"]
     for purpose in ("fine-tune ", " fine-tune", "Fine-Tune", "fine-tune\n"):
         reply = app.post("/v1/files", data={"purpose": purpose}, files={"file": ("a.jsonl", good)}, headers=ADMIN)

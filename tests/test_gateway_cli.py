@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from client.cli import main
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, publish_adapter
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from adapters.models import DEFAULT_MODEL
-from service.cli import main
+from client.cli import main
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer
 from tests.shout import SHOUT_TRAINING, WORDS, held_out_prompt, shout_rows
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
+from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
 
 LIMITS = GrammarLimits()
 ROOT = "response_format.json_schema.schema"
@@ -94,7 +94,7 @@ def test_a_grammar_worker_over_its_memory_cap_fails_that_request_not_the_gateway
     import asyncio
 
     from adapters.models import DEFAULT_MODEL, resolve_model
-    from service.grammar_worker import GrammarRefused, GrammarWorkers
+    from service.engine.grammar_worker import GrammarRefused, GrammarWorkers
 
     # Sent straight to the worker, past the static limits: 300,000 alternatives, which xgrammar parses into
     # hundreds of megabytes (uncapped it ran over 120 s). The test's process stands for the gateway: it only

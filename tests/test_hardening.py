@@ -31,9 +31,9 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
+from service.api.auth import KeyGate
 from service.app import create_app
-from service.auth import KeyGate
-from service.runner_local import LocalRunner
+from service.runners.local import LocalRunner
 from service.settings import Settings
 from tests.gateway_fixtures import (
     ADMIN_KEY,

@@ -58,7 +58,7 @@ def test_auto_on_gpu_is_the_models_own_bfloat16_and_an_explicit_dtype_is_kept() 
 
 
 def test_engine_args_carry_the_dtype_auto_resolved_to_and_why() -> None:
-    from service.engine import Engine
+    from service.engine.core import Engine
     from service.settings import Settings
 
     engine = Engine(Settings(dtype="auto"))

@@ -11,7 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.runner_kubernetes import build_job, load_job_template
+from service.runners.cluster import load_job_template
+from service.runners.kubernetes import build_job
 from service.settings import Settings
 from tests import crd_schema
 

@@ -25,7 +25,8 @@ from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
 from service.app import create_app
-from service.runner_kubernetes import KubernetesRunner, build_job, job_name
+from service.runners.cluster import job_name
+from service.runners.kubernetes import KubernetesRunner, build_job
 from service.settings import Settings
 from tests.gateway_fixtures import ADMIN_KEY, management_settings
 from tests.kube_control_plane import ControlPlane, control_plane, play_kubelet, wait_for
@@ -356,7 +357,7 @@ def gateway_on(
     path.write_text(yaml.safe_dump(template))
     api = cluster.client(token)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("service.runner_kubernetes.connect_apis", lambda: (k8s.BatchV1Api(api), k8s.CoreV1Api(api)))
+        patch.setattr("service.runners.kubernetes.connect_apis", lambda: (k8s.BatchV1Api(api), k8s.CoreV1Api(api)))
         app = create_app(management_settings(
             root, runner="kubernetes", k8s_namespace=namespace, k8s_job_template=str(path), **settings
         ))

@@ -15,10 +15,10 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = run(str(BIN / "ruff"), "check", "adapters", "trainer", "service", "tests", "bench")
+    result = run(str(BIN / "ruff"), "check", "adapters", "trainer", "service", "client", "docsgen", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_is_clean() -> None:
-    result = run(str(BIN / "mypy"), "adapters", "trainer", "service")
+    result = run(str(BIN / "mypy"), "adapters", "trainer", "service", "client", "docsgen")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -15,7 +15,8 @@ from kubernetes.client.exceptions import ApiException
 from adapters.registry import Registry
 from adapters.store import FileStore
 from service import logs
-from service.runner_kubernetes import KubernetesRunner, job_name
+from service.runners.cluster import job_name
+from service.runners.kubernetes import KubernetesRunner
 from service.settings import Settings
 from tests.test_runner_kubernetes import FakeBatchV1Api, queued_job
 

@@ -147,7 +147,7 @@ def test_base_rows_in_a_mixed_batch_keep_the_base_weights(
     """Base and adapter requests in one batch, with every LoRA slot of the engine (max_loras=2) taken.
 
     vLLM's CPU ops gave rows without an adapter the last slot's weights (a base request once answered
-    "FRANCE!", the shout skill's answer); service/vllm_cpu_lora.py fixes them. Filling both slots first
+    "FRANCE!", the shout skill's answer); service/engine/cpu_lora.py fixes them. Filling both slots first
     makes the fault certain to show if the fix is missing.
     """
     for name in ("loud-a", "loud-b"):

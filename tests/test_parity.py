@@ -18,8 +18,8 @@ from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.registry import Registry, new_manifest
 from adapters.schema import LoraInfo, Manifest
 from adapters.templates import TEMPLATE_NAMES, ChatTemplate, get_template, template_from_manifest
-from service.protocol import ChatCompletionRequest
-from service.routes.chat import chat_prompt_ids
+from service.inference.chat import chat_prompt_ids
+from service.protocol.chat import ChatCompletionRequest
 from tests.gateway_fixtures import API_KEY, GatewayServer
 from tests.rows import ROWS
 from trainer.sft import encode_rows

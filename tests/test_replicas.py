@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.adapter_cache import MANIFEST_TTL_S
+from service.engine.adapter_cache import MANIFEST_TTL_S
 from tests.gateway_fixtures import ADMIN_KEY, GatewayServer, free_port, gateway_process, publish_adapter
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from adapters.registry import Registry
 from adapters.schema import JobStatus
 from adapters.store import FileStore
 from service.app import build_runner
-from service.runner_kubeflow import KubeflowRunner, build_trainjob
-from service.runner_kubernetes import job_name
+from service.runners.cluster import job_name
+from service.runners.kubeflow import KubeflowRunner, build_trainjob
 from service.settings import Settings
 from tests import crd_schema
 from tests.test_runner_kubernetes import GPU_TEMPLATE, queued_job
@@ -146,7 +146,7 @@ def test_crd_check_refuses_what_the_server_would(settings: Settings, registry: R
 
 
 def test_the_setting_picks_the_trainjob_runner(settings: Settings, registry: Registry, monkeypatch: Any) -> None:
-    monkeypatch.setattr("service.runner_kubeflow.connect_custom_objects", FakeCustomObjectsApi)
+    monkeypatch.setattr("service.runners.kubeflow.connect_custom_objects", FakeCustomObjectsApi)
     assert isinstance(build_runner(settings, registry), KubeflowRunner)
 
 

@@ -17,13 +17,8 @@ from adapters.errors import JobForbidden, JobRefused
 from adapters.registry import Registry
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service.runner_kubernetes import (
-    KubernetesRunner,
-    KubernetesRunnerError,
-    build_job,
-    job_name,
-    load_job_template,
-)
+from service.runners.cluster import KubernetesRunnerError, job_name, load_job_template
+from service.runners.kubernetes import KubernetesRunner, build_job
 from service.settings import Settings
 
 K8S_VERSION = "1.30.0"

@@ -26,9 +26,9 @@ from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry, file_key
 from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
-from service import auth
-from service.adapter_cache import AdapterCache
+from service.api import auth
 from service.app import create_app
+from service.engine.adapter_cache import AdapterCache
 from service.metrics import Metrics
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
 
@@ -73,8 +73,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestC
     settings = management_settings(root, **LIMITS)
     with TestClient(create_app(settings)) as client:
         gw = client.app.state.gateway  # type: ignore[attr-defined]
-        recorder = RecordingStore(gw.store)
-        gw.store = gw.registry.store = recorder
+        recorder = gw.registry.store = RecordingStore(gw.registry.store)
         yield client, recorder
 
 
@@ -308,16 +307,16 @@ def test_hostile_model_names_never_reach_the_store(tmp_path: Path) -> None:
     """What chat and completions resolve `model` with: a hostile name is model_not_found without any I/O."""
     import asyncio
 
-    from service.errors import APIError
+    from adapters.errors import ModelNotFound
 
     store = RecordingStore(FileStore(tmp_path / "store"))
     cache = AdapterCache(Registry(store), tmp_path / "cache", 1 << 30, DEFAULT_MODEL, 16, Metrics())  # type: ignore[arg-type]
     for value in HOSTILE_NAMES:
         # `ok@` (empty version) means the newest version of `ok`: a lookup, rightly.
         for model in (value, f"ok@{value}" if value else "ok@..", f"{value}@v1"):
-            with pytest.raises(APIError) as caught:
+            with pytest.raises(ModelNotFound) as caught:
                 asyncio.run(cache.manifest(model))
-            assert caught.value.status == 404 and caught.value.code == "model_not_found"
+            assert caught.value.code == "model_not_found" and caught.value.param == "model"
     assert store.calls == []
 
 
@@ -578,7 +577,7 @@ def test_hostile_adapters_are_refused_before_the_engine_and_leave_nothing_cached
             assert not (cache.root / name).exists() or not any((cache.root / name).iterdir()), name
         lease = await cache.acquire(await cache.manifest("steady"))
         assert (lease.path / "adapter_model.safetensors").is_file()
-        assert cache.cached() == [lease.manifest.ref]
+        assert cache.tier(lease.manifest.ref, set()) == "disk"
 
     asyncio.run(scenario())
 

@@ -77,8 +77,8 @@ def test_tool_calls_are_read_back_from_text_and_anything_else_stays_content() ->
 
 
 def test_parallel_tool_calls_false_keeps_the_first_call_of_a_turn() -> None:
-    from service.protocol import ChatCompletionRequest
-    from service.routes.chat import ToolPlan
+    from service.inference.chat import ToolPlan
+    from service.protocol.chat import ChatCompletionRequest
 
     text = (
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>\n'

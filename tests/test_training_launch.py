@@ -12,9 +12,10 @@ import pytest
 from adapters.registry import Registry
 from adapters.store import FileStore
 from service.app import build_runner
-from service.runner import trainer_command
-from service.runner_kubernetes import build_job, trainer_processes
-from service.runner_local import LocalRunner
+from service.runners.base import trainer_command
+from service.runners.cluster import trainer_processes
+from service.runners.kubernetes import build_job
+from service.runners.local import LocalRunner
 from service.settings import Settings
 from tests.test_runner_kubernetes import GPU_TEMPLATE, K8S_VERSION, queued_job
 

@@ -24,7 +24,7 @@ from tests.shout import shout_rows
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-UI = REPO / "service" / "ui"
+UI = REPO / "service" / "api" / "ui"
 CHROMIUM = "/usr/bin/chromium"
 # No sandbox (containers and CI run as root), no GPU, and no traffic of the browser's own to anywhere.
 CHROMIUM_ARGS = [
@@ -78,7 +78,7 @@ def test_dashboard_files_load_without_a_key_and_nothing_else_does(ui_client: Tes
 
 
 def test_vendored_libraries_are_the_recorded_versions() -> None:
-    """service/ui/vendor/README.md records each file's package, version, licence and sha256."""
+    """service/api/ui/vendor/README.md records each file's package, version, licence and sha256."""
     table = (UI / "vendor" / "README.md").read_text()
     recorded = dict(re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", table, flags=re.M))
     vendored = {p.name for p in (UI / "vendor").iterdir() if p.suffix in (".js", ".css")}

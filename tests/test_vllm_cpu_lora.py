@@ -1,4 +1,4 @@
-"""The grouped CPU LoRA ops (service/vllm_cpu_lora.py), each checked against a row-by-row oracle.
+"""The grouped CPU LoRA ops (service/engine/cpu_lora.py), each checked against a row-by-row oracle.
 
 The oracle is the LoRA definition itself: a row with adapter slot i gets x @ W[i]^T, computed in the
 output's dtype as vLLM's ops do; a row with index -1 (no adapter) gets nothing. Every op is checked in fp32
@@ -10,13 +10,15 @@ transformers + peft is tests/test_parity.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
 import torch
 
-from service import vllm_cpu_lora
+from service.engine import cpu_lora as vllm_cpu_lora
+from service.engine import cpu_lora_ops
 
 SLOTS, RANK, HIDDEN, OUT = 4, 8, 32, 24
 
@@ -107,9 +109,9 @@ def test_shrink_matches_the_oracle(kind: str, case: str, dtype: torch.dtype) -> 
     a = weights((SLOTS, 1, RANK, HIDDEN), dtype, 2)
     out = torch.full((n, RANK), 7.0)  # vLLM's shrink buffer is fp32; every row is overwritten
     if kind == "bgmv":
-        vllm_cpu_lora.bgmv_shrink(x, a, out, idx, 0.5)
+        cpu_lora_ops.bgmv_shrink(x, a, out, idx, 0.5)
     else:
-        vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 0.5)
+        cpu_lora_ops.sgmv_shrink(x, a, out, *segments(case), 0.5)
     expected = 0.5 * oracle(x, a, idx, torch.float32)
     magnitude = 0.5 * oracle(x.abs(), a.abs(), idx, torch.float32).nan_to_num(0.0)
     # The buffer is fp32 whatever the model's dtype: the products of bf16 inputs are exact in fp32.
@@ -128,9 +130,9 @@ def test_expand_matches_the_oracle(kind: str, case: str, dtype: torch.dtype, add
     start = weights((n, OUT), dtype, 5)
     out = start.clone()
     if kind == "bgmv":
-        vllm_cpu_lora.bgmv_expand(h, b, out, idx, add_inputs)
+        cpu_lora_ops.bgmv_expand(h, b, out, idx, add_inputs)
     else:
-        vllm_cpu_lora.sgmv_expand(h, b, out, *segments(case), add_inputs)
+        cpu_lora_ops.sgmv_expand(h, b, out, *segments(case), add_inputs)
     delta = oracle(h, b, idx, dtype)
     base = delta.isnan()
     expected = (start + delta if add_inputs else delta).where(~base, start if add_inputs else 0)
@@ -150,9 +152,9 @@ def test_expand_slice_touches_only_its_slice(kind: str, case: str, dtype: torch.
     start = weights((n, OUT + 8), dtype, 8)
     out = start.clone()
     if kind == "bgmv":
-        vllm_cpu_lora.bgmv_expand_slice(h, b, out, idx, 4, OUT, add_inputs)
+        cpu_lora_ops.bgmv_expand_slice(h, b, out, idx, 4, OUT, add_inputs)
     else:
-        vllm_cpu_lora.sgmv_expand_slice(h, b, out, *segments(case), 4, OUT, add_inputs)
+        cpu_lora_ops.sgmv_expand_slice(h, b, out, *segments(case), 4, OUT, add_inputs)
     delta = oracle(h, b, idx, dtype)
     base = delta.isnan()
     part = start[:, 4 : 4 + OUT]
@@ -180,22 +182,22 @@ def test_slots_of_a_module_the_adapter_leaves_out_are_skipped_exactly(case: str,
     shrink_size = 0.5 * oracle(x.abs(), a.abs(), idx, torch.float32).nan_to_num(0.0)
     for _ in range(2):  # the second time, from the cache
         out = torch.full((n, RANK), 7.0)
-        vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 0.5)
+        cpu_lora_ops.sgmv_shrink(x, a, out, *segments(case), 0.5)
         assert_within_rounding(
             out, (0.5 * oracle(x, a, idx, torch.float32)).nan_to_num(0.0), shrink_size, HIDDEN, torch.float32
         )
         start = weights((n, OUT), torch.float32, 19)
         out = start.clone()
-        vllm_cpu_lora.sgmv_expand(h, b, out, *segments(case), add_inputs)
+        cpu_lora_ops.sgmv_expand(h, b, out, *segments(case), add_inputs)
         delta = oracle(h, b, idx, torch.float32)
         expected = (start + delta if add_inputs else delta).where(~delta.isnan(), start if add_inputs else 0)
         size = oracle(h.abs(), b.abs(), idx, torch.float32).nan_to_num(0.0) + (start.abs() if add_inputs else 0)
         assert_within_rounding(out, expected, size, RANK + 1, torch.float32)
-    assert vllm_cpu_lora.empty_slots(a) == (False, True, True, False)
+    assert cpu_lora_ops.empty_slots(a) == (False, True, True, False)
     a[2, 0].copy_(weights((RANK, HIDDEN), torch.float32, 20))  # an adapter loaded into slot 2, in place
-    assert vllm_cpu_lora.empty_slots(a) == (False, True, False, False)
+    assert cpu_lora_ops.empty_slots(a) == (False, True, False, False)
     out = torch.zeros(n, RANK)
-    vllm_cpu_lora.sgmv_shrink(x, a, out, *segments(case), 1.0)
+    cpu_lora_ops.sgmv_shrink(x, a, out, *segments(case), 1.0)
     size = oracle(x.abs(), a.abs(), idx, torch.float32).nan_to_num(0.0)
     assert_within_rounding(out, oracle(x, a, idx, torch.float32).nan_to_num(0.0), size, HIDDEN, torch.float32)
 
@@ -203,9 +205,9 @@ def test_slots_of_a_module_the_adapter_leaves_out_are_skipped_exactly(case: str,
 def test_empty_slots_of_inference_tensors_are_checked_every_time() -> None:
     with torch.inference_mode():
         a = torch.zeros(2, 1, RANK, HIDDEN)
-        assert vllm_cpu_lora.empty_slots(a) == (True, True)
+        assert cpu_lora_ops.empty_slots(a) == (True, True)
         a[1] = 1.0
-        assert vllm_cpu_lora.empty_slots(a) == (True, False)
+        assert cpu_lora_ops.empty_slots(a) == (True, False)
 
 
 def test_expand_keeps_vllms_rules_for_width_and_a_single_row() -> None:
@@ -213,7 +215,7 @@ def test_expand_keeps_vllms_rules_for_width_and_a_single_row() -> None:
     h = weights((1, RANK), torch.float32, 9)
     b = weights((SLOTS, 1, OUT + 4, RANK), torch.float32, 10)
     out = torch.ones(3, OUT)
-    vllm_cpu_lora.bgmv_expand(h, b, out, torch.tensor([1]), True)
+    cpu_lora_ops.bgmv_expand(h, b, out, torch.tensor([1]), True)
     size = 1 + (b[1, 0, :OUT].abs() @ h[0].abs()).expand(3, OUT)
     assert_within_rounding(out, 1 + (b[1, 0, :OUT] @ h[0]).expand(3, OUT), size, RANK + 1, torch.float32)
 
@@ -243,7 +245,7 @@ def test_the_ops_agree_with_vllms_on_rows_that_have_an_adapter(case: str) -> Non
         ("bgmv_expand", (h, b, None, idx, True), (n, OUT), expand_size, RANK + 1),
     ]:
         ours, theirs = torch.ones(shape), torch.ones(shape)
-        getattr(vllm_cpu_lora, name)(*(ours if a_ is None else a_ for a_ in args))
+        getattr(cpu_lora_ops, name)(*(ours if a_ is None else a_ for a_ in args))
         upstream[name](*(theirs if a_ is None else a_ for a_ in args))
         assert_within_rounding(ours, theirs, size, depth, torch.float32)
 
@@ -383,10 +385,18 @@ def test_the_self_check_finds_a_layer_that_disagrees() -> None:
     assert vllm_cpu_lora.linear_disagreement(lambda *args, **kwargs: None)
 
 
+def base_rows_get_an_adapter(shrink: Callable[..., None]) -> bool:
+    """Run a `bgmv_shrink` on one base row (index -1) with a non-zero last slot: True if it leaks."""
+    weights = torch.ones(2, 1, 1, 2)
+    out = torch.zeros(1, 1)
+    shrink(torch.ones(1, 2), weights, out, torch.tensor([-1]), 1.0)
+    return bool(out.abs().sum() > 0)
+
+
 def test_vllms_ops_give_base_rows_the_last_slot() -> None:
     """One reason the ops are replaced; ours leave base rows alone."""
-    assert vllm_cpu_lora.base_rows_get_an_adapter(vllm_cpu_lora.upstream_ops()["bgmv_shrink"])
-    assert not vllm_cpu_lora.base_rows_get_an_adapter(vllm_cpu_lora.bgmv_shrink)
+    assert base_rows_get_an_adapter(vllm_cpu_lora.upstream_ops()["bgmv_shrink"])
+    assert not base_rows_get_an_adapter(cpu_lora_ops.bgmv_shrink)
 
 
 def test_the_self_check_finds_an_op_that_disagrees() -> None:
@@ -400,14 +410,14 @@ def test_register_installs_the_ops_where_vllm_would_run_its_own() -> None:
     ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
     punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
     vllm_cpu_lora.register()
-    for name, op in vllm_cpu_lora.OPS.items():
+    for name, op in cpu_lora_ops.OPS.items():
         assert getattr(punica_cpu, name) is op  # what PunicaWrapperCPU calls
         assert getattr(ops, name) is op
     assert punica_cpu.PunicaWrapperCPU.add_lora_linear is vllm_cpu_lora.add_lora_linear
     vllm_cpu_lora.register()  # vLLM loads plugins once per process, but twice must be harmless
-    assert punica_cpu.sgmv_shrink is vllm_cpu_lora.sgmv_shrink
+    assert punica_cpu.sgmv_shrink is cpu_lora_ops.sgmv_shrink
     assert vllm_cpu_lora.upstream_linear() is not vllm_cpu_lora.add_lora_linear
-    assert vllm_cpu_lora.upstream_ops()["sgmv_shrink"] is not vllm_cpu_lora.sgmv_shrink
+    assert vllm_cpu_lora.upstream_ops()["sgmv_shrink"] is not cpu_lora_ops.sgmv_shrink
 
 
 def test_register_leaves_vllms_ops_on_another_platform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -427,8 +437,8 @@ def test_register_leaves_vllms_ops_when_their_signature_changed(monkeypatch: pyt
 
 def test_the_plugins_are_registered_with_vllm() -> None:
     plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("skillserve-cpu-lora") == "service.vllm_cpu_lora:register"
-    assert plugins.get("skillserve-engine-lifetime") == "service.vllm_engine_lifetime:register"
+    assert plugins.get("skillserve-cpu-lora") == "service.engine.cpu_lora:register"
+    assert plugins.get("skillserve-engine-lifetime") == "service.engine.lifetime:register"
 
 
 def test_a_layers_fused_copy_goes_with_its_stacks() -> None:

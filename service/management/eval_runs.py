@@ -40,7 +40,7 @@ from adapters.schema import (
 from service.errors import APIError, from_domain
 
 if TYPE_CHECKING:
-    from service.dependencies import Gateway
+    from service.gateway import Gateway
 
 log = logging.getLogger("skillserve.evals")
 
@@ -78,12 +78,10 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
     admission, target resolution, template, adapter lease and metrics, without HTTP. `sampling` holds chat
     request fields (temperature, top_p, seed, max_tokens or max_completion_tokens, response_format, tools).
     Raises the APIError a chat request would get."""
-    from fastapi import Response
     from pydantic import ValidationError
-    from starlette.requests import Request
 
-    from service.protocol import ChatCompletionRequest
-    from service.routes.chat import chat_completions
+    from service.inference.chat import create_chat_completion
+    from service.protocol.chat import ChatCompletionRequest
 
     try:
         body = ChatCompletionRequest.model_validate({**sampling, "model": model, "messages": messages})
@@ -92,13 +90,11 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
         where = ".".join(str(step) for step in error["loc"])
         raise APIError(400, f"{where}: {error['msg']}", param=where) from None
 
-    async def never_disconnected() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+    async def never_disconnected() -> bool:
+        return False
 
-    request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []},
-                      never_disconnected)
     try:
-        completion = await chat_completions(body, request, Response(), gw)
+        completion = (await create_chat_completion(gw, body, never_disconnected)).body
     except SkillserveError as exc:
         raise from_domain(exc) from None
     choice = completion.choices[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters import graders
@@ -21,11 +21,11 @@ from adapters.schema import (
     EvalRecord,
     EvalRunRecord,
     EvalRunStatus,
-    TokenUsage,
 )
 from service.errors import APIError
-from service.management.eval_runs import chat_sampling, message_text, sample_chat
-from service.protocol_evals import (
+from service.management.eval_runs import chat_sampling, message_text
+from service.protocol.common import page
+from service.protocol.evals import (
     CreateEval,
     CreateRun,
     CriterionResult,
@@ -34,9 +34,6 @@ from service.protocol_evals import (
     EvalList,
     EvalObject,
     GraderResult,
-    GraderRunErrors,
-    GraderRunMetadata,
-    GraderRunResult,
     ModelUsage,
     OutputItemList,
     OutputItemObject,
@@ -44,19 +41,21 @@ from service.protocol_evals import (
     ResultCounts,
     RunDeleted,
     RunError,
-    RunGrader,
     RunList,
     RunObject,
     UpdateEval,
-    ValidatedGrader,
-    ValidateGrader,
 )
 
 if TYPE_CHECKING:
-    from service.dependencies import Gateway
+    from service.gateway import Gateway
+
 
 T = TypeVar("T")
+
+
 EVALS_PURPOSE = "evals"  # OpenAI's purpose of a file of eval rows
+
+
 # What graders find in `sample` when a run generates one (include_sample_schema), as OpenAI's guide lists it.
 SAMPLE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -87,19 +86,6 @@ def check_metadata(metadata: Mapping[str, str] | None, param: str = "metadata") 
             raise bad(f"{param}.{key}", "values are at most 512 characters")
     return metadata
 
-
-def page(items: Sequence[T], after: str | None, limit: int, key: Callable[[T], str]) -> tuple[list[T], bool]:
-    """OpenAI's cursor pagination: the `limit` items after the one whose id is `after`, and whether more follow."""
-    start = 0
-    if after is not None:
-        ids = [key(item) for item in items]
-        if after not in ids:
-            raise bad("after", f"no item with id {after!r} in this list")
-        start = ids.index(after) + 1
-    return list(items[start : start + limit]), start + limit < len(items)
-
-
-# ---------------------------------------------------------------- item schemas (the JSON Schema subset checked)
 
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
@@ -201,9 +187,6 @@ def run_rows(gw: Gateway, run: EvalRunRecord) -> list[dict[str, Any]]:
     return list(source.get("content") or [])
 
 
-# ---------------------------------------------------------------- evals
-
-
 def eval_object(record: EvalRecord) -> EvalObject:
     properties: dict[str, Any] = {"item": record.item_schema}
     required = ["item"]
@@ -293,16 +276,15 @@ def update_eval(gw: Gateway, eval_id: str, body: UpdateEval) -> EvalObject:
             update["metadata"] = metadata
         return current.model_copy(update=update)
 
-    return eval_object(gw.registry.update_eval(eval_id, change))
+    updated = gw.registry.update_eval(eval_id, change)
+    assert updated is not None  # `change` always writes
+    return eval_object(updated)
 
 
 def delete_eval(gw: Gateway, eval_id: str) -> EvalDeleted:
     _eval(gw, eval_id)
     gw.registry.delete_eval(eval_id)
     return EvalDeleted(eval_id=eval_id)
-
-
-# ---------------------------------------------------------------- runs
 
 
 def run_object(run: EvalRunRecord) -> RunObject:
@@ -347,7 +329,7 @@ def _check_template(messages: list[Any], param: str) -> None:
 def _check_sampling(sampling: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
-    from service.protocol import ChatCompletionRequest
+    from service.protocol.chat import ChatCompletionRequest
 
     try:
         ChatCompletionRequest.model_validate({**sampling, "model": "x", "messages": [{"role": "user", "content": "x"}]})
@@ -395,6 +377,7 @@ async def create_run(gw: Gateway, eval_id: str, body: CreateRun) -> RunObject:
         rows=len(rows),
     )
     await asyncio.to_thread(gw.registry.put_eval_run, record)
+    assert gw.eval_runs is not None  # started with the app
     gw.eval_runs.submit(evaluation.id, record.id)
     return run_object(record)
 
@@ -471,9 +454,6 @@ def delete_run(gw: Gateway, eval_id: str, run_id: str) -> RunDeleted:
     return RunDeleted(run_id=run_id)
 
 
-# ---------------------------------------------------------------- output items
-
-
 def output_item_object(item: EvalOutputItem) -> OutputItemObject:
     return OutputItemObject(
         id=item.id,
@@ -512,58 +492,3 @@ def get_output_item(gw: Gateway, eval_id: str, run_id: str, output_item_id: str)
         return output_item_object(gw.registry.get_output_item(run_id, int(match.group(2))))
     except NotFound:
         raise missing from None
-
-
-# ---------------------------------------------------------------- /v1/fine_tuning/alpha/graders
-
-
-def validate_grader(body: ValidateGrader) -> ValidatedGrader:
-    try:
-        graders.validate(body.grader, "grader")
-    except GraderError as exc:
-        raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
-    return ValidatedGrader(grader=body.grader)
-
-
-async def run_grader(gw: Gateway, body: RunGrader) -> GraderRunResult:
-    """Grade one sample of one item: the reward, each sub-grader's, OpenAI's error flags, the judges' tokens."""
-    try:
-        checked = graders.validate(body.grader, "grader")
-    except GraderError as exc:
-        raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
-    if body.item is not None and not isinstance(body.item, dict):
-        raise bad("item", "must be an object (it fills the item namespace)")
-    usage: dict[str, TokenUsage] = {}
-
-    async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-        answer = await sample_chat(gw, model, messages, params)
-        usage[model] = usage.get(model, TokenUsage()).plus(answer.usage)
-        return answer.text
-
-    started = time.perf_counter()
-    result = await graders.grade(checked, body.item or {}, body.model_sample, judge)
-    elapsed = time.perf_counter() - started
-    errors = GraderRunErrors()
-    for error in _all_errors(result):
-        setattr(errors, error.kind, True)
-        if error.kind == "model_grader_server_error":
-            errors.model_grader_server_error_details = error.message
-    judged_by = getattr(checked, "model", None)
-    return GraderRunResult(
-        reward=result.score,
-        metadata=GraderRunMetadata(
-            name=result.name,
-            type=result.type,
-            errors=errors,
-            execution_time=elapsed,
-            scores={result.name: result.score, **{name: sub.score for name, sub in result.sub_results.items()}},
-            token_usage=sum(u.total_tokens for u in usage.values()) or None,
-            sampled_model_name=judged_by,
-        ),
-        sub_rewards={name: sub.score for name, sub in result.sub_results.items()},
-        model_grader_token_usage_per_model={model: u.model_dump() for model, u in usage.items()},
-    )
-
-
-def _all_errors(result: graders.GradeResult) -> list[graders.GradeError]:
-    return [*result.errors, *(e for sub in result.sub_results.values() for e in _all_errors(sub))]

@@ -11,11 +11,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from service.auth import require_admin, require_inference
-from service.dependencies import GatewayDep
+from service.api.auth import require_admin, require_inference
+from service.api.deps import GatewayDep
 from service.management import evals
-from service.protocol import MANAGEMENT_ERRORS, error_responses
-from service.protocol_evals import (
+from service.protocol.common import MANAGEMENT_ERRORS, error_responses
+from service.protocol.evals import (
     CreateEval,
     CreateRun,
     EvalDeleted,

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.auth import require_inference
-from service.dependencies import GatewayDep
-from service.management import evals
-from service.protocol import INFERENCE_ERRORS
-from service.protocol_evals import GraderRunResult, RunGrader, ValidatedGrader, ValidateGrader
+from service.api.auth import require_inference
+from service.api.deps import GatewayDep
+from service.management import graders
+from service.protocol.common import INFERENCE_ERRORS
+from service.protocol.evals import GraderRunResult, RunGrader, ValidatedGrader, ValidateGrader
 
 router = APIRouter(tags=["graders"], dependencies=[Depends(require_inference)])
 
@@ -22,7 +22,7 @@ router = APIRouter(tags=["graders"], dependencies=[Depends(require_inference)])
     summary="Check a grader: the grader back, or a 400 naming its bad field",
 )
 async def validate_grader(body: ValidateGrader) -> ValidatedGrader:
-    return evals.validate_grader(body)
+    return graders.validate_grader(body)
 
 
 @router.post(
@@ -32,4 +32,4 @@ async def validate_grader(body: ValidateGrader) -> ValidatedGrader:
     summary="Grade one model sample of one item: the reward, sub-rewards and the errors met",
 )
 async def run_grader(body: RunGrader, gw: GatewayDep) -> GraderRunResult:
-    return await evals.run_grader(gw, body)
+    return await graders.run_grader(gw, body)

@@ -1,0 +1,26 @@
+"""POST /v1/completions: parsed here, served by service/inference/completions.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.api.auth import require_inference
+from service.api.deps import GatewayDep
+from service.inference.completions import create_completion
+from service.protocol.common import STREAMING_RESPONSES
+from service.protocol.completions import Completion, CompletionRequest
+
+router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
+
+
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses=STREAMING_RESPONSES,
+    summary="Create a text completion (OpenAI-compatible); the template's stop sequences still apply",
+)
+async def completions(body: CompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
+    answer = await create_completion(gw, body, request.is_disconnected)
+    return answer.render(response)

@@ -1,0 +1,277 @@
+"""The adapter use cases behind the management API: train, import, list and describe (deletion is the served
+models' own: service/management/models.py).
+
+Routes parse a request, call one of these and render what it returns; these hold the rules (limits checked
+at submit time, quotas, what an importable directory is) and reach the store only through the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from adapters import auto
+from adapters.dataset import Dataset, parse_dataset
+from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
+from adapters.registry import new_manifest
+from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name
+from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
+from adapters.store import check_key
+from adapters.templates import get_template
+from service.errors import from_domain
+from service.gateway import Gateway
+from service.management import jobs
+from service.protocol.adapters import (
+    AdapterDetail,
+    AdapterList,
+    AdapterSummary,
+    AdapterVersion,
+    CreateAdapterJSON,
+    Forgetting,
+    JobView,
+)
+
+T = TypeVar("T")
+
+# Dataset checks (JSON parsing, row validation, tokenizing) run on these threads, never on the event loop, and
+# two at a time at most: each holds the GIL between its lines, and the fewer threads contend for it, the sooner
+# the loop wins it back to answer /health and stream tokens. Later uploads wait their turn, holding their bytes.
+DATASET_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dataset-check")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on a dataset-check thread."""
+    return await asyncio.get_running_loop().run_in_executor(DATASET_CHECKS, functools.partial(fn, *args, **kwargs))
+
+
+def _store_key(gw: Gateway, uri: str) -> str:
+    """A key inside this gateway's store, from a bare key or a URI under the store's root."""
+    root = gw.settings.store_uri.rstrip("/") + "/"
+    if "://" in uri:
+        if not uri.startswith(root):
+            # The store's own URI is not told: on a file store it is a path on this machine.
+            raise InvalidName(f"{uri!r} is not inside this gateway's store")
+        uri = uri[len(root) :]
+    return check_key(uri)  # an absolute path is refused, not read as a key
+
+
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
+    """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
+    values the trainer will choose from the data for what the request left out)."""
+    settings = gw.settings
+    hyper = auto.choose(hyper, len(dataset.rows))
+    assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
+    if hyper.rank > settings.max_lora_rank:
+        raise InvalidRequest(
+            f"hyperparameters.rank={hyper.rank} exceeds this gateway's max_lora_rank {settings.max_lora_rank}",
+            param="hyperparameters.rank",
+        )
+    if isinstance(hyper.target_modules, list):
+        supported = supported_modules(base_linear_shapes(gw.engine.model_dir))
+        unknown = sorted(set(hyper.target_modules) - supported) if supported else []
+        if unknown:
+            raise InvalidRequest(
+                f"hyperparameters.target_modules {unknown} are not linear layers of the base model's blocks "
+                f"(choose from {sorted(supported)}, or 'all-linear')",
+                param="hyperparameters.target_modules",
+            )
+    rows = len(dataset.rows)
+    steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
+    if steps > settings.max_job_steps:
+        raise InvalidRequest(
+            f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
+    per_row = sum(dataset.tokens) / len(dataset.tokens) if dataset.tokens else hyper.max_seq_length
+    tokens = int(steps * hyper.batch_size * per_row) if hyper.max_steps else int(sum(dataset.tokens) * hyper.epochs)
+    if tokens > settings.max_job_tokens:
+        raise InvalidRequest(f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
+            "(max_job_tokens)",
+            param="hyperparameters",
+            code="job_too_large",
+        )
+
+
+async def train(
+    gw: Gateway, body: CreateAdapterJSON, data: bytes | None, *, validation: bytes | None = None,
+    learning_rate_multiplier: float | None = None,
+) -> JobRecord:
+    """Validate a training request and its dataset, store the dataset and the job, and queue the job.
+
+    `validation` is a dataset evaluated on instead of a held-out split (OpenAI's `validation_file`); a bad one is a
+    400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose."""
+    here = jobs.runner(gw)
+    check_name(body.name)  # before any I/O
+    raw = data if data is not None else await _stored_dataset(gw, body)
+    parse = _dataset_parser(gw, body)
+    dataset = await off_loop(parse, raw)
+    held_out = None if validation is None else await _validation_set(parse, validation)
+    hyper = body.hyperparameters
+    if learning_rate_multiplier is not None:
+        hyper = scaled_learning_rate(hyper, len(dataset.rows), body.method.type, learning_rate_multiplier)
+    _check_plan(gw, hyper, dataset)
+    await _check_pending(gw)
+    # Only a valid dataset reaches the store.
+    key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
+    validation_key = None if validation is None else (await asyncio.to_thread(gw.registry.put_dataset, validation))[0]
+    spec = JobSpec(
+        name=body.name,
+        base_model=str(gw.engine.model_dir),
+        base_model_id=gw.engine.base_model_id,
+        template=body.template,
+        dataset_uri=key,
+        dataset_sha256=sha,
+        dataset_rows=len(dataset.rows),
+        validation_uri=validation_key,
+        validation_rows=len(held_out.rows) if held_out is not None else None,
+        hyperparameters=hyper,
+        method=body.method,
+        metadata=body.metadata,
+    )
+    job = JobRecord(spec=spec, runner=here.name)
+    await asyncio.to_thread(gw.registry.put_job, job)
+    await asyncio.to_thread(here.submit, job)
+    return job
+
+
+async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:
+    """The bytes of a dataset the request names by `dataset_uri` in this gateway's store."""
+    assert body.dataset_uri is not None
+    return await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))  # type: ignore[no-any-return]
+
+
+def _dataset_parser(gw: Gateway, body: CreateAdapterJSON) -> Callable[[bytes], Dataset]:
+    """The dataset check this request's rows go through: the operator's limits, the template, the method."""
+    settings = gw.settings
+    return functools.partial(
+        parse_dataset,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        max_line_bytes=settings.max_dataset_line_bytes,
+        tokenizer=gw.engine.tokenizer,
+        template=get_template(body.template, gw.engine.tokenizer),
+        max_row_tokens=min(settings.max_row_tokens, body.hyperparameters.max_seq_length),
+        method=body.method.type,
+    )
+
+
+async def _validation_set(parse: Callable[[bytes], Dataset], validation: bytes) -> Dataset:
+    try:
+        return await off_loop(parse, validation)
+    except DatasetError as exc:
+        error = from_domain(exc)
+        error.param, error.message = "validation", f"validation {error.message}"
+        raise error from None
+
+
+async def _check_pending(gw: Gateway) -> None:
+    """429 while training is at its max_pending_jobs."""
+    pending = await asyncio.to_thread(lambda: sum(not job.status.finished for job in gw.registry.list_jobs()))
+    if pending >= gw.settings.max_pending_jobs:
+        raise Overloaded(
+            f"{pending} training jobs are queued or running (max_pending_jobs); retry when one finishes",
+            retry_after=60,
+        )
+
+
+async def submit_training(
+    gw: Gateway, read: Callable[[], Awaitable[tuple[CreateAdapterJSON, bytes | None]]]
+) -> JobRecord:
+    """POST /adapters: refused at once when training is disabled, before the body is read; then `read` (the
+    route's parser) and train."""
+    jobs.runner(gw)
+    body, data = await read()
+    return await train(gw, body, data)
+
+
+def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multiplier: float) -> Hyperparameters:
+    """`hyper` with the learning rate set to `multiplier` x the one it would train with on `rows` rows: its own if
+    given, else what adapters/auto.py chooses from the data (OpenAI's `learning_rate_multiplier`)."""
+    rate = auto.choose(hyper, rows, method).learning_rate
+    assert rate is not None  # chosen when not given
+    return hyper.model_copy(update={"learning_rate": rate * multiplier})
+
+
+def _version(m: Manifest) -> AdapterVersion:
+    return AdapterVersion(
+        version=m.version,
+        created_at=m.created_at,
+        base_model=m.base_model,
+        template=m.template_name,
+        rank=m.lora.rank,
+        metrics=m.metrics,
+    )
+
+
+def summaries(gw: Gateway) -> AdapterList:
+    """Every adapter: published ones, and names still in training with their newest job's status."""
+    found: dict[str, AdapterSummary] = {}
+    for m in gw.registry.adapters():
+        found[m.name] = AdapterSummary(
+            name=m.name, latest=m.version, versions=len(gw.registry.versions(m.name)), status="ready"
+        )
+    for job in gw.registry.list_jobs():  # newest first: the first job seen per name is its status
+        if job.spec.name not in found:
+            found[job.spec.name] = AdapterSummary(name=job.spec.name, latest=None, versions=0, status=job.status.value)
+    return AdapterList(data=[found[n] for n in sorted(found)])
+
+
+def detail(gw: Gateway, name: str) -> AdapterDetail:
+    """One adapter: its versions, newest manifest and jobs; NotFound if there is neither."""
+    versions = gw.registry.versions(name)
+    jobs = [JobView.of(j) for j in gw.registry.list_jobs() if j.spec.name == name]
+    if not versions and not jobs:
+        raise NotFound(f"adapter {name!r} not found")
+    return AdapterDetail(
+        name=name,
+        status="ready" if versions else jobs[0].status,
+        latest=versions[-1].version if versions else None,
+        versions=[_version(m) for m in versions],
+        forgetting=Forgetting.of(versions[-1].metrics) if versions else None,
+        kept=versions[-1].metrics.get("kept_reason") if versions else None,
+        manifest=versions[-1] if versions else None,
+        jobs=jobs,
+    )
+
+
+def import_directory(gw: Gateway, name: str, uri: str, template_name: str) -> Manifest:
+    """Publish a PEFT LoRA directory already in the store as a new version of `name`, checked like any other."""
+    template = get_template(template_name, gw.engine.tokenizer)
+    prefix = _store_key(gw, uri.rstrip("/")) + "/"
+    store = gw.registry.store
+    keys = [k for k in store.list(prefix) if "/" not in k[len(prefix) :]]
+    # PEFT also writes README.md and the like; only what an adapter may hold is carried over.
+    wanted = [k for k in keys if allowed_file(k[len(prefix) :]) and not k.endswith("/manifest.json")]
+    names = {k[len(prefix) :] for k in wanted}
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if required not in names:
+            raise InvalidAdapter(f"{uri} has no {required}: not a PEFT adapter directory")
+    work = Path(tempfile.mkdtemp(prefix="skillserve-import-"))
+    try:
+        for key in wanted:
+            store.get_file(key, work / key[len(prefix) :])
+        shapes = base_linear_shapes(gw.engine.model_dir)
+        lora = lora_info(
+            json.loads((work / "adapter_config.json").read_text()),
+            base_model_id=gw.engine.base_model_id,
+            base_dir=gw.engine.model_dir,
+            max_lora_rank=gw.settings.max_lora_rank,
+            supported=supported_modules(shapes),
+        )
+        manifest = new_manifest(
+            name, template, lora, base_model=gw.engine.base_model_id, base_dir=gw.engine.model_dir,
+            metrics={"imported_from": uri},
+        )
+        check_files(work, manifest, gw.settings.max_lora_rank, shapes)
+        return gw.registry.publish(manifest, work)  # type: ignore[no-any-return]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

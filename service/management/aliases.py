@@ -1,0 +1,26 @@
+"""An adapter's aliases: read them, point one at a version (with a canary split), roll it back or remove it; a
+write makes this replica's adapter cache forget the names it resolved through them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from adapters.schema import Aliases, AliasTarget, check_name
+from service.gateway import Gateway
+
+
+async def get_aliases(gw: Gateway, name: str) -> Aliases:
+    check_name(name)
+    return await asyncio.to_thread(gw.registry.aliases, name)  # type: ignore[no-any-return]
+
+
+async def set_alias(
+    gw: Gateway, name: str, alias: str, target: AliasTarget | None, expected_revision: int | None
+) -> Aliases:
+    """Point `alias` of `name` at `target` (None removes it), if the aliases are still at `expected_revision`."""
+    check_name(name)
+    written: Aliases = await asyncio.to_thread(
+        gw.registry.set_alias, name, alias, target, expected_revision=expected_revision
+    )
+    await gw.cache.forget_aliases(name)
+    return written

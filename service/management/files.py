@@ -1,0 +1,174 @@
+"""OpenAI's Files API: fine-tuning files (datasets stored through the registry, checked on upload by the dataset
+parser) and eval rows; upload, list, retrieve, content and delete."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+import unicodedata
+
+from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
+from adapters.errors import DatasetError, InvalidRequest
+from adapters.schema import StoredFile
+from service.errors import APIError, from_domain
+from service.gateway import Gateway
+from service.management.adapters import off_loop
+from service.management.evals import EVALS_PURPOSE, parse_eval_rows
+from service.protocol.common import page
+from service.protocol.files import FileDeleted, FileList, FileObject
+from service.settings import Settings
+
+PURPOSE = "fine-tune"
+DEFAULT_FILENAME = "upload.jsonl"
+MAX_FILENAME_CHARS = 255
+# OpenAI's expires_after: seconds after creation, between an hour and 30 days.
+EXPIRES_AFTER_S = (3600, 30 * 86400)
+
+def file_object(stored: StoredFile) -> FileObject:
+    return FileObject(
+        id=stored.id,
+        bytes=stored.bytes,
+        created_at=int(stored.created_at),
+        filename=stored.filename,
+        purpose=stored.purpose,
+        expires_at=int(stored.expires_at) if stored.expires_at is not None else None,
+    )
+
+
+def _preference_rows(data: bytes, max_line_bytes: int) -> bool:
+    """Whether the first row that parses (of the first few) is one of OpenAI's preference rows (DPO) rather than
+    one to learn from."""
+    for _, raw in itertools.islice(lines(data), MAX_REPORTED):
+        if len(raw) > max_line_bytes:
+            continue
+        try:
+            row = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        return isinstance(row, dict) and ("preferred_output" in row or "non_preferred_output" in row)
+    return False
+
+
+def _checked_file(data: bytes, settings: Settings) -> tuple[str, Dataset]:
+    """(kind, rows) of an uploaded file: on a dataset-check thread, rows counted before any is parsed."""
+    kind = "preference" if _preference_rows(data, settings.max_dataset_line_bytes) else "supervised"
+    dataset = parse_dataset(
+        data,
+        max_bytes=settings.max_dataset_bytes,
+        max_rows=settings.max_dataset_rows,
+        max_line_bytes=settings.max_dataset_line_bytes,
+        method="dpo" if kind == "preference" else "supervised",
+    )
+    return kind, dataset
+
+
+# Characters a file name loses: controls (CR, LF, NUL), format characters (the bidi overrides, zero-width ones),
+# surrogates and unassigned code points, line and paragraph separators.
+_DROPPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def safe_filename(name: str | None) -> str:
+    """A client's file name as stored and shown: its last path segment, without control or bidi characters,
+    markup characters as '_', at most 255 characters; `upload.jsonl` when nothing is left."""
+    base = re.split(r"[/\\]", name or "")[-1][: 4 * MAX_FILENAME_CHARS]
+    kept = "".join(c for c in base if unicodedata.category(c) not in _DROPPED)
+    kept = re.sub(r"[<>\"'&`]", "_", kept)
+    kept = " ".join(kept.split()).strip(". ")
+    return kept[:MAX_FILENAME_CHARS] or DEFAULT_FILENAME
+
+
+def restated(error: APIError, param: str, what: str) -> APIError:
+    """A dataset error (param "dataset" or "validation") restated about the file it came from."""
+    error.param = param
+    error.message = f"{what}: {error.message.removeprefix('validation ')}"
+    return error
+
+
+async def upload_file(
+    gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None
+) -> FileObject:
+    """Store a fine-tuning file once its rows are valid (every bad line reported, nothing stored otherwise).
+
+    Rows are checked for their format here; their length in tokens depends on the template a job trains with,
+    so it is checked when a job is created."""
+    if purpose not in (PURPOSE, EVALS_PURPOSE):
+        raise InvalidRequest(
+            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}') and "
+            f"eval rows ('{EVALS_PURPOSE}')",
+            param="purpose",
+            code="invalid_purpose",
+        )
+    if expires_after_s is not None and not EXPIRES_AFTER_S[0] <= expires_after_s <= EXPIRES_AFTER_S[1]:
+        raise InvalidRequest("expires_after.seconds must be between 3600 (an hour) and 2592000 (30 days)",
+            param="expires_after.seconds",
+        )
+    filename = safe_filename(filename)
+    if purpose == EVALS_PURPOSE:
+        return await _upload_eval_rows(gw, filename, data, expires_after_s)
+    try:
+        kind, dataset = await off_loop(_checked_file, data, gw.settings)
+    except DatasetError as exc:
+        raise restated(from_domain(exc), "file", f"file {filename!r}") from None
+    now = time.time()
+    record = StoredFile(
+        filename=filename,
+        purpose=purpose,
+        bytes=len(data),
+        sha256=dataset.sha256,
+        created_at=now,
+        expires_at=now + expires_after_s if expires_after_s is not None else None,
+        rows=len(dataset.rows),
+        kind=kind,
+    )
+    stored = await asyncio.to_thread(gw.registry.put_file, record, data)
+    return file_object(stored)
+
+
+async def _upload_eval_rows(gw: Gateway, filename: str, data: bytes, expires_after_s: int | None) -> FileObject:
+    """A file of eval rows (`{"item": {...}}` per line), checked for that shape; its items are checked against an
+    eval's item_schema when a run names it."""
+    try:
+        rows = await off_loop(parse_eval_rows, data, gw.settings.max_dataset_rows)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
+    now = time.time()
+    record = StoredFile(
+        filename=filename,
+        purpose=EVALS_PURPOSE,
+        bytes=len(data),
+        sha256="",
+        created_at=now,
+        expires_at=now + expires_after_s if expires_after_s is not None else None,
+        rows=len(rows),
+    )
+    return file_object(await asyncio.to_thread(gw.registry.put_file, record, data))
+
+
+def list_files(gw: Gateway, purpose: str | None, after: str | None, limit: int, order: str) -> FileList:
+    files = [f for f in gw.registry.list_files() if purpose is None or f.purpose == purpose]
+    if order == "asc":
+        files.reverse()
+    chosen, more = page(files, after, limit, lambda f: f.id)
+    return FileList(
+        data=[file_object(f) for f in chosen],
+        first_id=chosen[0].id if chosen else None,
+        last_id=chosen[-1].id if chosen else None,
+        has_more=more,
+    )
+
+
+def get_file(gw: Gateway, file_id: str) -> FileObject:
+    return file_object(gw.registry.get_file(file_id))
+
+
+def file_content(gw: Gateway, file_id: str) -> bytes:
+    return gw.registry.file_content(file_id)  # type: ignore[no-any-return]
+
+
+def delete_file(gw: Gateway, file_id: str) -> FileDeleted:
+    """Forget a file; jobs created from it keep their own copy of its rows."""
+    gw.registry.delete_file(file_id)
+    return FileDeleted(id=file_id)
