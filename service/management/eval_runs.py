@@ -182,8 +182,10 @@ def tally(run: EvalRunRecord, item: EvalOutputItem) -> EvalRunRecord:
     return run.model_copy(update={"result_counts": counts, "per_criterion": criteria, "per_model_usage": usage})
 
 
-def tally_into(item: EvalOutputItem, run: EvalRunRecord) -> EvalRunRecord:
-    return tally(run, item)
+def tally_into(item: EvalOutputItem, run: EvalRunRecord) -> EvalRunRecord | None:
+    """`item` counted into the stored run; nothing once the run has finished, whose counts are final (a completed
+    run's are made from its items)."""
+    return None if run.status.finished else tally(run, item)
 
 
 def recount(run: EvalRunRecord, items: list[EvalOutputItem]) -> EvalRunRecord:
@@ -304,7 +306,11 @@ class EvalRunner:
             item = await self._row(evaluation, run, criteria, index, row)
             if await asyncio.to_thread(registry.put_output_item, item):
                 await asyncio.to_thread(registry.update_eval_run, eval_id, run_id, functools.partial(tally_into, item))
-        await self._finish(eval_id, run_id, EvalRunStatus.completed, None)
+        # Every row has its item now (ours, or another executor's that won the write). The running counts can be
+        # off when two executors resumed one run (one's start recounted from a list read before the other's tally),
+        # so the completed run's counts are made again from the items themselves.
+        items = await asyncio.to_thread(registry.list_output_items, run_id)
+        await self._finish(eval_id, run_id, EvalRunStatus.completed, None, items)
 
     async def _row(
         self,
@@ -383,11 +389,19 @@ class EvalRunner:
                     raise RunFailed(exc.code or "model_not_found", exc.message) from None
                 raise
 
-    async def _finish(self, eval_id: str, run_id: str, status: EvalRunStatus, error: dict[str, str] | None) -> None:
+    async def _finish(
+        self,
+        eval_id: str,
+        run_id: str,
+        status: EvalRunStatus,
+        error: dict[str, str] | None,
+        items: list[EvalOutputItem] | None = None,
+    ) -> None:
         def finish(current: EvalRunRecord) -> EvalRunRecord | None:
             if current.status.finished:
                 return None
-            return current.model_copy(update={"status": status, "error": error, "finished_at": time.time()})
+            counted = current if items is None else recount(current, items)
+            return counted.model_copy(update={"status": status, "error": error, "finished_at": time.time()})
 
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self.registry.update_eval_run, eval_id, run_id, finish)
