@@ -18,12 +18,14 @@ class CLIError(Exception):
     """A failed call, already phrased for the user."""
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def connect(args: argparse.Namespace) -> httpx.Client:
+    """An HTTP client for the gateway at `--url`, with `--key` as its bearer token."""
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
     return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30, read=None))
 
 
-def _check(response: httpx.Response) -> Any:
+def checked(response: httpx.Response) -> Any:
+    """The JSON of a successful response; a CLIError with the gateway's error message otherwise."""
     if response.is_success:
         return response.json()
     try:
@@ -100,7 +102,7 @@ def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
         with client.stream("GET", f"/jobs/{job_id}/events") as stream:
             if not stream.is_success:
                 stream.read()
-                _check(stream)
+                checked(stream)
             for line in stream.iter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -130,8 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "hyperparameters": json.dumps(_hyperparameters(args.set)),
         "method": args.method,
     }
-    with _client(args) as client:
-        job = _check(
+    with connect(args) as client:
+        job = checked(
             client.post(
                 "/adapters",
                 data=form,
@@ -204,13 +206,13 @@ def _report(job: dict[str, Any]) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         return _report(follow(client, args.job_id))
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        adapters = _check(client.get("/adapters"))["data"]
+    with connect(args) as client:
+        adapters = checked(client.get("/adapters"))["data"]
     print(f"{'NAME':24} {'STATUS':10} {'VERSIONS':>8}  LATEST")
     for a in adapters:
         print(f"{a['name']:24} {a['status']:10} {a['versions']:>8}  {a['latest'] or '-'}")
@@ -218,8 +220,8 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        adapter = _check(client.get(f"/adapters/{args.name}"))
+    with connect(args) as client:
+        adapter = checked(client.get(f"/adapters/{args.name}"))
     manifest = adapter.get("manifest") or {}
     print(f"adapter {adapter['name']}: {adapter['status']}, latest version {adapter['latest'] or '-'}")
     if manifest:
@@ -239,11 +241,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         if args.job_id:
-            print(json.dumps(_check(client.get(f"/jobs/{args.job_id}")), indent=2))
+            print(json.dumps(checked(client.get(f"/jobs/{args.job_id}")), indent=2))
             return 0
-        jobs = _check(client.get("/jobs"))["data"]
+        jobs = checked(client.get("/jobs"))["data"]
     print(f"{'JOB':34} {'NAME':20} {'STATUS':10} {'STEP':>9}  LOSS")
     for j in jobs:
         p = j["progress"]
@@ -253,15 +255,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = _check(client.delete(f"/jobs/{args.job_id}"))
+    with connect(args) as client:
+        job = checked(client.delete(f"/jobs/{args.job_id}"))
     print(f"job {job['id']}: {job['status']}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _check(client.delete(f"/adapters/{args.model}"))
+    with connect(args) as client:
+        checked(client.delete(f"/adapters/{args.model}"))
     print(f"deleted {args.model}")
     return 0
 
@@ -277,10 +279,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         "stream": True,
     }
-    with _client(args) as client, client.stream("POST", "/v1/chat/completions", json=body) as stream:
+    with connect(args) as client, client.stream("POST", "/v1/chat/completions", json=body) as stream:
         if not stream.is_success:
             stream.read()
-            _check(stream)
+            checked(stream)
         for line in stream.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue

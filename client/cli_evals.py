@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from client.cli import CLIError, _check, _client
+from client.cli import CLIError, checked, connect
 
 FINISHED_RUN = ("completed", "failed", "canceled")
 POLL_S = 2.0
@@ -143,7 +143,7 @@ def _all(client: httpx.Client, path: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     while True:
-        page = _check(client.get(path, params=params))
+        page = checked(client.get(path, params=params))
         found += page["data"]
         if not page.get("has_more") or not page["data"]:
             return found
@@ -160,15 +160,15 @@ def cmd_eval_create(args: argparse.Namespace) -> int:
         "data_source_config": {"type": "custom", "item_schema": schema, "include_sample_schema": True},
         "testing_criteria": criteria,
     }
-    with _client(args) as client:
-        evaluation = _check(client.post("/v1/evals", json=body))
+    with connect(args) as client:
+        evaluation = checked(client.post("/v1/evals", json=body))
     names = ", ".join(c.get("name", "?") for c in evaluation["testing_criteria"])
     print(f"eval {evaluation['id']} created: {evaluation['name']} ({names})")
     return 0
 
 
 def cmd_eval_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         evals = _all(client, "/v1/evals")
     print(f"{'EVAL':40} {'NAME':24} {'CREATED':16}  CRITERIA")
     for e in evals:
@@ -179,8 +179,8 @@ def cmd_eval_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_show(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        evaluation = _check(client.get(f"/v1/evals/{args.eval_id}"))
+    with connect(args) as client:
+        evaluation = checked(client.get(f"/v1/evals/{args.eval_id}"))
         runs = _all(client, f"/v1/evals/{args.eval_id}/runs")
     print(f"eval {evaluation['id']}: {evaluation['name']}")
     for c in evaluation["testing_criteria"]:
@@ -210,7 +210,7 @@ def follow_run(client: httpx.Client, eval_id: str, run: dict[str, Any], rows: in
             print(f"{run['id']}: {run['status'].replace('_', ' ')}, {graded}/{rows} rows graded", file=sys.stderr)
             shown = (run["status"], graded)
         time.sleep(POLL_S)
-        run = _check(client.get(f"/v1/evals/{eval_id}/runs/{run['id']}"))
+        run = checked(client.get(f"/v1/evals/{eval_id}/runs/{run['id']}"))
     return run
 
 
@@ -218,8 +218,8 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     data = Path(args.rows).read_bytes()
     rows = sum(1 for line in data.splitlines() if line.strip())
     sampling: dict[str, Any] = {"temperature": args.temperature, "max_completion_tokens": args.max_tokens}
-    with _client(args) as client:
-        uploaded = _check(client.post("/v1/files", data={"purpose": "evals"},
+    with connect(args) as client:
+        uploaded = checked(client.post("/v1/files", data={"purpose": "evals"},
                                       files={"file": (Path(args.rows).name, data, "application/jsonl")}))
         body = {
             "name": args.name or f"on {args.model}",
@@ -231,7 +231,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
                 "source": {"type": "file_id", "id": uploaded["id"]},
             },
         }
-        run = _check(client.post(f"/v1/evals/{args.eval_id}/runs", json=body))
+        run = checked(client.post(f"/v1/evals/{args.eval_id}/runs", json=body))
         print(f"run {run['id']} queued: {rows} rows on {args.model} (rows in file {uploaded['id']})")
         if not args.follow:
             return 0
@@ -241,20 +241,20 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        runs = [_check(client.get(f"/v1/evals/{args.eval_id}/runs/{run_id}")) for run_id in (args.run_a, args.run_b)]
+    with connect(args) as client:
+        runs = [checked(client.get(f"/v1/evals/{args.eval_id}/runs/{run_id}")) for run_id in (args.run_a, args.run_b)]
         items = [_all(client, f"/v1/evals/{args.eval_id}/runs/{run['id']}/output_items") for run in runs]
     print("\n".join(compare_lines(runs[0], runs[1], items[0], items[1])))
     return 0
 
 
 def cmd_eval_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         if args.run_id:
-            _check(client.delete(f"/v1/evals/{args.eval_id}/runs/{args.run_id}"))
+            checked(client.delete(f"/v1/evals/{args.eval_id}/runs/{args.run_id}"))
             print(f"deleted run {args.run_id}")
         else:
-            _check(client.delete(f"/v1/evals/{args.eval_id}"))
+            checked(client.delete(f"/v1/evals/{args.eval_id}"))
             print(f"deleted eval {args.eval_id} with its runs")
     return 0
 
