@@ -123,3 +123,22 @@ def test_no_service_module_over_500_lines_and_no_function_over_60() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}:{node.lineno} {node.name}: {length} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_the_serving_pipeline_never_calls_back_into_chat_or_completions() -> None:
+    """chat.py and completions.py drive a request, calling the pipeline's steps in order; the pipeline neither
+    imports them nor takes hooks from them (its one callable parameter is the client's `is_disconnected`)."""
+    path = REPO / "service" / "inference" / "pipeline.py"
+    endpoints = ("service.inference.chat", "service.inference.completions")
+    found = [name for name, _ in imports(path, "service.inference.pipeline") if name.startswith(endpoints)]
+    assert not found
+    hooks = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for arg in [*node.args.args, *node.args.kwonlyargs]:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if "Callable" in annotation and arg.arg != "is_disconnected":
+                    hooks.append(f"{node.name}({arg.arg}: {annotation})")
+        if isinstance(node, ast.AnnAssign) and "Callable" in ast.unparse(node.annotation):
+            hooks.append(f"field {ast.unparse(node.target)}: {ast.unparse(node.annotation)}")
+    assert not hooks, "the pipeline takes hooks: " + ", ".join(hooks)
