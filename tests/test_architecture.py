@@ -125,6 +125,21 @@ def test_no_service_module_over_500_lines_and_no_function_over_60() -> None:
     assert not too_long, "\n".join(too_long)
 
 
+def test_below_the_edge_nothing_imports_or_raises_http_errors() -> None:
+    """Engine, runners, inference and the use cases raise domain errors (adapters/errors.py); service/errors.py
+    maps them to HTTP once, at the edge. None of them imports that mapping or names APIError."""
+    wrong = []
+    for dotted, path in modules():
+        if layer(dotted) not in ("service.engine", "service.runners", "service.inference", "service.management"):
+            continue
+        wrong += [f"{dotted} imports {name}" for name, _ in imports(path, dotted) if name.startswith("service.errors")]
+        tree = ast.parse(path.read_text())
+        named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        named |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        wrong += [f"{dotted} names {name}" for name in ("APIError", "from_domain") if name in named]
+    assert not wrong, "HTTP errors below the edge:\n" + "\n".join(wrong)
+
+
 def test_the_serving_pipeline_never_calls_back_into_chat_or_completions() -> None:
     """chat.py and completions.py drive a request, calling the pipeline's steps in order; the pipeline neither
     imports them nor takes hooks from them (its one callable parameter is the client's `is_disconnected`)."""

@@ -26,7 +26,6 @@ from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.errors import from_domain
 from service.gateway import Gateway
 from service.management import jobs
 from service.protocol.adapters import (
@@ -168,9 +167,7 @@ async def _validation_set(parse: Callable[[bytes], Dataset], validation: bytes) 
     try:
         return await off_loop(parse, validation)
     except DatasetError as exc:
-        error = from_domain(exc)
-        error.param, error.message = "validation", f"validation {error.message}"
-        raise error from None
+        raise exc.about("validation", "validation ") from None
 
 
 async def _check_pending(gw: Gateway) -> None:
