@@ -157,3 +157,17 @@ def test_the_serving_pipeline_never_calls_back_into_chat_or_completions() -> Non
         if isinstance(node, ast.AnnAssign) and "Callable" in ast.unparse(node.annotation):
             hooks.append(f"field {ast.unparse(node.target)}: {ast.unparse(node.annotation)}")
     assert not hooks, "the pipeline takes hooks: " + ", ".join(hooks)
+
+
+def test_the_service_reaches_the_store_only_through_the_registry() -> None:
+    """The registry is the one way to the store's records: no `registry.store` in service/ (the registry offers
+    the method a use case needs)."""
+    wrong = []
+    for dotted, path in modules():
+        if not dotted.startswith("service."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            through = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            if through and node.attr == "store" and node.value.attr == "registry":  # type: ignore[attr-defined]
+                wrong.append(f"{dotted}:{node.lineno} {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)
