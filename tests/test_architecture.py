@@ -167,7 +167,8 @@ def test_the_service_reaches_the_store_only_through_the_registry() -> None:
         if not dotted.startswith("service."):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            through = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-            if through and node.attr == "store" and node.value.attr == "registry":  # type: ignore[attr-defined]
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
+                continue
+            if node.attr == "store" and node.value.attr == "registry":
                 wrong.append(f"{dotted}:{node.lineno} {ast.unparse(node)}")
     assert not wrong, "\n".join(wrong)

@@ -3,7 +3,7 @@ an error after the 200 is sent goes to the client in-band, mapped as every other
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -26,7 +26,7 @@ def render(answer: Answer, response: Response) -> Any:
     return answer.body
 
 
-async def in_band_errors(events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+async def in_band_errors(events: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
     """Stream the events; a mid-stream error becomes an error event then [DONE] (the 200 is already sent). Closing
     this stream closes `events` at once, so the request's outcome is counted and its target released then."""
     async with aclosing(events):
