@@ -50,6 +50,12 @@ class Conflict(SkillserveError):
     code: str | None = "conflict"
 
 
+class RunFinished(Conflict):
+    """An eval run that has already finished, asked to do what only a queued or running run can (be canceled)."""
+
+    code = "run_finished"
+
+
 class WrongRunner(Conflict):
     """A job that runs on another runner than this gateway's: only that runner can stop it."""
 
@@ -91,11 +97,17 @@ class DatasetError(SkillserveError, ValueError):
 
     code = "invalid_dataset"
 
-    def __init__(self, errors: list[tuple[int, str]]):
+    def __init__(self, errors: list[tuple[int, str]], *, param: str = "dataset", about: str = ""):
         self.errors = errors
         shown = "; ".join(f"line {line}: {reason}" if line else reason for line, reason in errors[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
-        super().__init__(f"dataset has {len(errors)} bad line(s): {shown}{more}")
+        self.summary = f"dataset has {len(errors)} bad line(s): {shown}{more}"
+        super().__init__(f"{about}{self.summary}", param=param)
+
+    def about(self, param: str, what: str) -> DatasetError:
+        """The same bad lines said of where the dataset came from: `param` the request field that named it,
+        `what` the words before the summary (`validation `, `file 'rows.jsonl': `)."""
+        return DatasetError(self.errors, param=param, about=what)
 
 
 class GraderError(SkillserveError, ValueError):
@@ -119,10 +131,14 @@ class JobRefused(SkillserveError):
 
     code = "job_refused"
 
-    def __init__(self, reason: str, job_id: str):
+    def __init__(self, reason: str, job_id: str, *, message: str | None = None):
         self.reason = reason
         self.job_id = job_id
-        super().__init__(f"{reason}; job {job_id} is recorded as failed with this reason")
+        super().__init__(message or f"{reason}; job {job_id} is recorded as failed with this reason")
+
+    def said_as(self, message: str) -> JobRefused:
+        """The same refusal in another API's words (the job named as that API names it)."""
+        return type(self)(self.reason, self.job_id, message=message)
 
 
 class JobForbidden(JobRefused):

@@ -123,3 +123,52 @@ def test_no_service_module_over_500_lines_and_no_function_over_60() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}:{node.lineno} {node.name}: {length} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_below_the_edge_nothing_imports_or_raises_http_errors() -> None:
+    """Engine, runners, inference and the use cases raise domain errors (adapters/errors.py); service/errors.py
+    maps them to HTTP once, at the edge. None of them imports that mapping or names APIError."""
+    wrong = []
+    for dotted, path in modules():
+        if layer(dotted) not in ("service.engine", "service.runners", "service.inference", "service.management"):
+            continue
+        wrong += [f"{dotted} imports {name}" for name, _ in imports(path, dotted) if name.startswith("service.errors")]
+        tree = ast.parse(path.read_text())
+        named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        named |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        wrong += [f"{dotted} names {name}" for name in ("APIError", "from_domain") if name in named]
+    assert not wrong, "HTTP errors below the edge:\n" + "\n".join(wrong)
+
+
+def test_the_serving_pipeline_never_calls_back_into_chat_or_completions() -> None:
+    """chat.py and completions.py drive a request, calling the pipeline's steps in order; the pipeline neither
+    imports them nor takes hooks from them (its one callable parameter is the client's `is_disconnected`)."""
+    path = REPO / "service" / "inference" / "pipeline.py"
+    endpoints = ("service.inference.chat", "service.inference.completions")
+    found = [name for name, _ in imports(path, "service.inference.pipeline") if name.startswith(endpoints)]
+    assert not found
+    hooks = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for arg in [*node.args.args, *node.args.kwonlyargs]:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if "Callable" in annotation and arg.arg != "is_disconnected":
+                    hooks.append(f"{node.name}({arg.arg}: {annotation})")
+        if isinstance(node, ast.AnnAssign) and "Callable" in ast.unparse(node.annotation):
+            hooks.append(f"field {ast.unparse(node.target)}: {ast.unparse(node.annotation)}")
+    assert not hooks, "the pipeline takes hooks: " + ", ".join(hooks)
+
+
+def test_the_service_reaches_the_store_only_through_the_registry() -> None:
+    """The registry is the one way to the store's records: no `registry.store` in service/ (the registry offers
+    the method a use case needs)."""
+    wrong = []
+    for dotted, path in modules():
+        if not dotted.startswith("service."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
+                continue
+            if node.attr == "store" and node.value.attr == "registry":
+                wrong.append(f"{dotted}:{node.lineno} {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)

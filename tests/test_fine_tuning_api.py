@@ -120,6 +120,17 @@ def test_files_upload_list_retrieve_download_and_delete_as_openai_does(app: Test
     assert [f.id for f in client.files.list()] == [preferences.id]
 
 
+def test_an_after_cursor_naming_no_item_is_a_400_naming_after_on_every_list(app: TestClient) -> None:
+    """One rule for every list (files, fine-tuning jobs, evals): code `invalid_parameter`, as docs/openai-fine-tuning.md
+    says (OpenAI documents no code for it; before the redesign the files and jobs lists gave null)."""
+    for path in ("/v1/files", "/v1/fine_tuning/jobs", "/v1/evals"):
+        reply = app.get(path, params={"after": "file-nothing"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert reply.status_code == 400, path
+        error = reply.json()["error"]
+        assert (error["param"], error["code"]) == ("after", "invalid_parameter"), path
+        assert "no item with id 'file-nothing'" in error["message"]
+
+
 def test_bad_files_get_openai_shaped_400s_and_404s(app: TestClient) -> None:
     client = sdk(app)
     good = jsonl(chat_rows(3, seed=4))

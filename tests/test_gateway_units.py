@@ -505,3 +505,78 @@ def test_requests_waiting_for_the_tokenizer_count_against_max_queue() -> None:
         engine.admit()
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ a streamed answer at the edge
+
+
+class _Lease:
+    released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def _held_stream(events: list[str], fail: Exception | None = None) -> tuple[object, _Lease, Metrics]:
+    """A chat-like stream inside `Work.held`, over a target holding a lease, metered on a real Metrics."""
+    from service.inference.pipeline import Target, Work
+
+    metrics, lease = Metrics(), _Lease()
+    target = Target("skill", None, lease=lease, meter=metrics.meter("skill"))  # type: ignore[arg-type]
+    work = Work(None, target, [[1]], [None], "chatcmpl-x")  # type: ignore[arg-type]
+
+    async def stream():  # type: ignore[no-untyped-def]
+        with work.held():
+            for event in events:
+                yield event
+            if fail is not None:
+                raise fail
+
+    return stream(), lease, metrics
+
+
+def _outcomes(metrics: Metrics) -> dict[str, float]:
+    return {
+        s.labels["outcome"]: s.value
+        for family in metrics.model_requests.collect() for s in family.samples if s.name.endswith("_total")
+    }
+
+
+def test_a_stream_that_fails_midway_tells_the_client_in_band_and_releases_its_adapter() -> None:
+    from adapters.errors import InvalidRequest
+    from service.api.answers import in_band_errors
+
+    async def read(events: object) -> list[str]:
+        return [event async for event in in_band_errors(events)]  # type: ignore[arg-type]
+
+    stream, lease, metrics = _held_stream(["data: 1\n\n"], InvalidRequest("too long", param="messages", code="x"))
+    sent = asyncio.run(read(stream))
+    error = json.loads(sent[1].removeprefix("data: "))["error"]
+    assert sent[0] == "data: 1\n\n" and sent[-1] == "data: [DONE]\n\n"
+    assert (error["message"], error["param"], error["code"]) == ("too long", "messages", "x")
+    assert lease.released == 1 and _outcomes(metrics) == {"error": 1.0}
+
+    stream, lease, metrics = _held_stream([], RuntimeError("engine died"))
+    error = json.loads(asyncio.run(read(stream))[0].removeprefix("data: "))["error"]
+    assert (error["type"], error["message"]) == ("server_error", "generation failed: RuntimeError")
+    assert lease.released == 1
+
+    stream, lease, metrics = _held_stream(["data: 1\n\n", "data: [DONE]\n\n"])
+    assert asyncio.run(read(stream))[-1] == "data: [DONE]\n\n"
+    assert lease.released == 1 and _outcomes(metrics) == {"ok": 1.0}
+
+
+def test_a_client_that_goes_away_mid_stream_releases_the_adapter_at_once_and_counts_an_error() -> None:
+    """Closing the edge's stream closes the answer's own stream there and then, not whenever it is collected."""
+    from service.api.answers import in_band_errors
+
+    stream, lease, metrics = _held_stream(["data: 1\n\n", "data: 2\n\n"])
+
+    async def leave_after_one() -> None:
+        edge = in_band_errors(stream)  # type: ignore[arg-type]
+        assert await edge.__anext__() == "data: 1\n\n"
+        await edge.aclose()
+        assert lease.released == 1
+
+    asyncio.run(leave_after_one())
+    assert _outcomes(metrics) == {"error": 1.0}

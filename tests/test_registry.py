@@ -509,3 +509,28 @@ def test_a_version_published_again_after_its_delete_can_be_aliased(registry: Reg
     registry.set_alias("shout", "prod", AliasTarget(version="v3"))
     assert registry.resolve("shout", "prod").version == "v3"
     assert registry.aliases("shout").unpublished == []
+
+
+def test_a_directory_put_in_the_store_by_other_means_is_listed_and_copied_for_import(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """What POST /adapters/import reads through the registry: the files directly under the prefix (not deeper),
+    then the chosen ones copied into a local directory."""
+    registry.store.put_bytes("imports/peft/adapter_config.json", b"{}")
+    registry.store.put_bytes("imports/peft/adapter_model.safetensors", b"weights")
+    registry.store.put_bytes("imports/peft/checkpoint-1/adapter_model.safetensors", b"older")
+    assert sorted(registry.unpublished_files("imports/peft/")) == ["adapter_config.json", "adapter_model.safetensors"]
+    work = tmp_path / "work"
+    work.mkdir()
+    registry.get_unpublished_files("imports/peft/", ["adapter_model.safetensors"], work)
+    assert [p.name for p in work.iterdir()] == ["adapter_model.safetensors"]
+    assert (work / "adapter_model.safetensors").read_bytes() == b"weights"
+    with pytest.raises(InvalidAdapter):
+        registry.get_unpublished_files("imports/peft/", ["../escape"], work)
+
+
+def test_a_dataset_named_by_its_key_is_read_through_the_registry(registry: Registry) -> None:
+    key, _ = registry.put_dataset(b'{"messages": []}\n')
+    assert registry.stored_dataset(key) == b'{"messages": []}\n'
+    with pytest.raises(InvalidName):
+        registry.stored_dataset("/etc/passwd")

@@ -52,6 +52,10 @@ class FileBook:
             return True
         return any(key in (j.spec.dataset_uri, j.spec.validation_uri) for j in self.list_jobs())
 
+    def stored_dataset(self, key: str) -> bytes:
+        """The bytes of a dataset a request names by its key in the store (`dataset_uri`)."""
+        return self.store.get_bytes(check_key(key))
+
     # Files (OpenAI's Files API): files/<id>.json, the bytes content-addressed under datasets/ where jobs find them
 
     def put_file(self, record: StoredFile, data: bytes) -> StoredFile:

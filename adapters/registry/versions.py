@@ -208,6 +208,16 @@ class AdapterVersions(AliasBook):
             shutil.rmtree(temp, ignore_errors=True)
         return dest
 
+    def unpublished_files(self, prefix: str) -> list[str]:
+        """The names of the files directly under `prefix` (a key ending in `/`): a PEFT directory put in the store
+        by other means, before it is imported as a version."""
+        return [key[len(prefix) :] for key in self.store.list(prefix) if "/" not in key[len(prefix) :]]
+
+    def get_unpublished_files(self, prefix: str, names: Iterable[str], dest: Path) -> None:
+        """Download the files `names` under `prefix` into the directory `dest`, to be checked and published."""
+        for filename in names:
+            self.store.get_file(prefix + check_filename(filename), dest / filename)
+
     def delete(self, name: str, version: str | None = None) -> list[str]:
         """Unpublish one version (every version if None): first a revision of the aliases that drops those
         pointing at it and fences it off, then the manifest, then the files; NotFound if none."""

@@ -1,11 +1,12 @@
 """Chat completions: messages rendered with the target's own template (tools, tool calls and tool results written
 as the trainer writes them), decoded, and shaped into OpenAI's chat answer, whole or streamed with tool calls held
-back until they are whole. What chat shares with text completions is in service/inference/pipeline.py."""
+back until they are whole. This module drives the request; the steps it shares with text completions are in
+service/inference/pipeline.py, which never calls back into it."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,9 @@ from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, chec
 from service.gateway import Gateway
 from service.inference.pipeline import (
     Answer,
-    Prepared,
     Target,
     Work,
+    admit,
     check_count,
     check_prompt_chars,
     constraint_param,
@@ -27,7 +28,6 @@ from service.inference.pipeline import (
     ranked,
     request_sampling,
     schema_param,
-    serve,
     sse,
     structured_constraint,
     token_budget,
@@ -201,8 +201,8 @@ def _strings(value: Any) -> Iterator[str]:
 async def create_chat_completion(
     gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]]
 ) -> Answer:
-    """POST /v1/chat/completions (and an eval run's sample): the request checked, its prompt built for the target
-    it names, served whole or streamed."""
+    """POST /v1/chat/completions (and an eval run's sample), step by step: the request's limits, admission and
+    the target it names, its prompt and sampling, then the answer whole or streamed."""
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     # Everything the template renders counts (tools, tool calls, tool results), not the messages' text alone:
     # a cheap lower bound here, the exact count on the tokenizer's thread before it tokenizes anything.
@@ -210,23 +210,14 @@ async def create_chat_completion(
     check_prompt_chars(gw, rendered_chars_at_least(body), "tools" if body.tools else "messages")
     plan = ToolPlan.of(body)
     plan.check(gw.engine.grammar_limits)
-
-    async def prepare(target: Target) -> Prepared:
-        tokenizer = gw.engine.tokenizer
-        prefill = CALL_OPEN if plan.forced else ""
-        max_chars = gw.engine.max_prompt_chars
-        try:
-            prompt_ids = await gw.engine.tokenize(
-                lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill, max_chars)
-            )
-        except ValueError as exc:
-            check_prompt_chars(gw, int(exc.args[0]), "tools" if body.tools else "messages")
-            raise
+    target = await admit(gw, body)
+    with target.released_on_error():
+        prompt_ids = await _prompt_ids(gw, body, plan, target)
         limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         params = request_sampling(
             body,
             target,
-            tokenizer,
+            gw.engine.tokenizer,
             max_tokens=token_budget(body.token_limit, len(prompt_ids), gw.engine.max_model_len, limit),
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             structured=plan.constraint() or structured_constraint(body),
@@ -234,64 +225,82 @@ async def create_chat_completion(
         await gw.engine.verify(
             params, "tools" if plan.forced else constraint_param(body), None if plan.forced else schema_param(body)
         )
-        work = Work(gw, target, [prompt_ids], [params])
-        return Prepared(work, lambda rid: _complete(work, body, plan, rid), lambda rid: _stream(work, body, plan, rid))
+    work = Work.start(gw, target, [prompt_ids], [params], "chatcmpl")
+    if body.stream:
+        return Answer(work.headers, events=_stream(work, body, plan))
+    return Answer(work.headers, body=await _complete(work, body, plan, is_disconnected))
 
-    return await serve(gw, body, "chatcmpl", prepare, is_disconnected)
+
+async def _prompt_ids(gw: Gateway, body: ChatCompletionRequest, plan: ToolPlan, target: Target) -> list[int]:
+    """The prompt rendered with the target's template and tokenized on the tokenizer's thread."""
+    tokenizer = gw.engine.tokenizer
+    prefill = CALL_OPEN if plan.forced else ""
+    max_chars = gw.engine.max_prompt_chars
+    try:
+        return await gw.engine.tokenize(
+            lambda: chat_prompt_ids(tokenizer, target.template, body.messages, plan.tools, prefill, max_chars)
+        )
+    except ValueError as exc:
+        check_prompt_chars(gw, int(exc.args[0]), "tools" if body.tools else "messages")
+        raise
 
 
 def _logprobs(body: ChatCompletionRequest, o: Any) -> ChoiceLogprobs | None:
     return chat_logprobs(o.token_ids, o.logprobs, body.top_logprobs or 0) if body.logprobs else None
 
 
-async def _complete(work: Work, body: ChatCompletionRequest, plan: ToolPlan, request_id: str) -> ChatCompletion:
-    final = await work.final(0, request_id)
-    choices = []
-    for o in sorted(final.outputs, key=lambda o: o.index):
-        content, calls, reason = plan.answer(o.text, finish_reason(o.finish_reason))
-        choices.append(
-            ChatChoice(
-                index=o.index,
-                message=AssistantMessage(content=content, tool_calls=calls),
-                logprobs=_logprobs(body, o),
-                finish_reason=reason,  # type: ignore[arg-type]
+async def _complete(
+    work: Work, body: ChatCompletionRequest, plan: ToolPlan, is_disconnected: Callable[[], Awaitable[bool]]
+) -> ChatCompletion:
+    with work.held():
+        (final,) = await work.finals(is_disconnected)
+        choices = []
+        for o in sorted(final.outputs, key=lambda o: o.index):
+            content, calls, reason = plan.answer(o.text, finish_reason(o.finish_reason))
+            choices.append(
+                ChatChoice(
+                    index=o.index,
+                    message=AssistantMessage(content=content, tool_calls=calls),
+                    logprobs=_logprobs(body, o),
+                    finish_reason=reason,  # type: ignore[arg-type]
+                )
             )
-        )
-    usage = work.done(sum(len(o.token_ids) for o in final.outputs))
-    return ChatCompletion(id=request_id, model=body.model, choices=choices, usage=usage)
+        usage = work.done(sum(len(o.token_ids) for o in final.outputs))
+    return ChatCompletion(id=work.request_id, model=body.model, choices=choices, usage=usage)
 
 
-async def _stream(work: Work, body: ChatCompletionRequest, plan: ToolPlan, request_id: str) -> AsyncIterator[str]:
+async def _stream(work: Work, body: ChatCompletionRequest, plan: ToolPlan) -> AsyncGenerator[str, None]:
     created = int(time.time())
 
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         return sse(
-            ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=choices, usage=usage)
+            ChatCompletionChunk(id=work.request_id, created=created, model=body.model, choices=choices, usage=usage)
         )
 
-    for index in range(body.n):
-        yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-    produced = 0
-    # With tools, text is held back while it may be a tool call; what is sent never has to be taken back.
-    held = _HeldText(plan, body.n)
-    async for out in work.generate(0, request_id):
-        for o in out.outputs:
-            produced += len(o.token_ids)
-            reason = finish_reason(o.finish_reason)
-            logprobs = _logprobs(body, o)
-            if not plan.parses:
-                # The detokenizer may hold text back (a partial character or stop string): nothing to send yet.
-                if not o.text and reason is None and not body.logprobs:
+    with work.held():
+        for index in range(body.n):
+            yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        produced = 0
+        # With tools, text is held back while it may be a tool call; what is sent never has to be taken back.
+        held = _HeldText(plan, body.n)
+        async for out in work.generate(0):
+            for o in out.outputs:
+                produced += len(o.token_ids)
+                reason = finish_reason(o.finish_reason)
+                logprobs = _logprobs(body, o)
+                if not plan.parses:
+                    # The detokenizer may hold text back (a partial character or stop string): nothing to send yet.
+                    if not o.text and reason is None and not body.logprobs:
+                        continue
+                    delta = Delta(content=o.text)
+                    yield chunk([ChunkChoice(index=o.index, delta=delta, logprobs=logprobs, finish_reason=reason)])  # type: ignore[arg-type]
                     continue
-                delta = Delta(content=o.text)
-                yield chunk([ChunkChoice(index=o.index, delta=delta, logprobs=logprobs, finish_reason=reason)])  # type: ignore[arg-type]
-                continue
-            for choice in held.add(o.index, o.text, reason, logprobs):
-                yield chunk([choice])
-    usage = work.done(produced)
-    if body.include_usage:
-        yield chunk([], usage)
-    yield sse("[DONE]")
+                for choice in held.add(o.index, o.text, reason, logprobs):
+                    yield chunk([choice])
+        usage = work.done(produced)
+        if body.include_usage:
+            yield chunk([], usage)
+        yield sse("[DONE]")
 
 
 class _HeldText:

@@ -1,25 +1,24 @@
-"""What chat and text completions share (service/inference/chat.py, completions.py build on it): the target a model
-name means, admission, token budgets, sampling, the engine work, usage, logprob ranking, streaming, aborts and
-per-model metrics. Errors are domain errors (adapters/errors.py); the edge maps them."""
+"""The steps chat and text completions share, called in order by service/inference/chat.py and completions.py
+(this module never calls back into them): admission and the target a model name means (`admit`), the request's
+limits, token budget and sampling, the engine work whole or streamed with aborts (`Work`), usage, logprob ranking
+and per-model metrics. Errors are domain errors (adapters/errors.py); the edge maps them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from adapters.errors import ClientGone, EngineFailed, InvalidRequest, SkillserveError
+from adapters.errors import ClientGone, EngineFailed, InvalidRequest
 from adapters.templates import ChatTemplate, get_template, template_from_manifest
 from service.engine.adapter_cache import Lease
 from service.engine.core import sampling_params
-from service.errors import from_domain
 from service.gateway import Gateway
 from service.metrics import RequestMeter
 from service.protocol.common import SamplingFields, Usage
@@ -55,6 +54,15 @@ class Target:
         if self.lease is not None:
             self.lease.release()
             self.lease = None
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """While a request is prepared (prompt, sampling, constraint): a failure releases the target."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
 
 async def resolve_target(gw: Gateway, model: str, user: str | None = None) -> Target:
@@ -188,33 +196,6 @@ async def until_disconnected(is_disconnected: Callable[[], Awaitable[bool]], wor
             task.cancel()
 
 
-async def guarded_stream(events: AsyncIterator[str], on_close: Callable[[bool], None]) -> AsyncIterator[str]:
-    """Stream events; a mid-stream error becomes an error event then [DONE] (the 200 is already sent).
-    `on_close(failed)` runs however the stream ends."""
-    failed = True
-    try:
-        async for event in events:
-            yield event
-        failed = False
-    except SkillserveError as exc:
-        yield sse(from_domain(exc).body())
-        yield sse("[DONE]")
-    except Exception as exc:  # the 200 is sent; all that is left is to tell the client in-band
-        yield sse(
-            {
-                "error": {
-                    "message": f"generation failed: {type(exc).__name__}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
-        )
-        yield sse("[DONE]")
-    finally:
-        on_close(failed)
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
@@ -226,101 +207,94 @@ def ranked(candidates: dict[int, Any], top: int) -> list[Any]:
     return sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)[:top]
 
 
+async def admit(gw: Gateway, body: SamplingFields) -> Target:
+    """The first step of serving: admission (refused while the engine is full or starting), then the target the
+    model name means, held for the request and metered per model. Until the request's `Work` starts, a failure
+    must release it (`Target.released_on_error`)."""
+    gw.engine.admit()
+    target = await resolve_target(gw, body.model, body.user)
+    target.meter = gw.metrics.meter(target.metric_model)
+    return target
+
+
 @dataclass
 class Work:
-    """One request's engine work once prepared: its target, and each prompt's token ids with its sampling."""
+    """One request's engine work once prepared: its target, each prompt's token ids with its sampling, and the
+    request's id. From here on, `held` records the request's outcome and releases the target however it ends."""
 
     gw: Gateway
     target: Target
     prompts: list[list[int]]
     params: list[Any]
+    request_id: str
+
+    @classmethod
+    def start(cls, gw: Gateway, target: Target, prompts: list[list[int]], params: list[Any], id_prefix: str) -> Work:
+        """The prepared request, given its id (`chatcmpl-...`, `cmpl-...`), its prompt tokens metered."""
+        work = cls(gw, target, prompts, params, f"{id_prefix}-{uuid.uuid4().hex}")
+        if target.meter is not None:
+            target.meter.tokens("prompt", work.prompt_tokens)
+        return work
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(ids) for ids in self.prompts)
 
-    def generate(self, i: int, request_id: str) -> AsyncIterator[Any]:
-        """Prompt `i`'s outputs as the engine streams them (closing the iterator aborts the request)."""
-        return self.gw.engine.generate(self.prompts[i], self.params[i], self.target.lora, request_id, self.target.meter)
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.target.headers
 
-    async def final(self, i: int, request_id: str) -> Any:
+    def engine_id(self, i: int) -> str:
+        """Prompt `i`'s request id in the engine (one per prompt when a request carries several)."""
+        return self.request_id if len(self.prompts) == 1 else f"{self.request_id}-{i}"
+
+    def generate(self, i: int) -> AsyncIterator[Any]:
+        """Prompt `i`'s outputs as the engine streams them (closing the iterator aborts the request)."""
+        return self.gw.engine.generate(
+            self.prompts[i], self.params[i], self.target.lora, self.engine_id(i), self.target.meter
+        )
+
+    async def final(self, i: int) -> Any:
         """Prompt `i`'s finished output."""
         final = None
-        async for out in self.generate(i, request_id):
+        async for out in self.generate(i):
             final = out
         if final is None:
             raise EngineFailed("the engine returned nothing")
         return final
+
+    async def finals(self, is_disconnected: Callable[[], Awaitable[bool]]) -> list[Any]:
+        """Every prompt's finished output, run together; the client going away first aborts them (ClientGone)."""
+        every = asyncio.gather(*(self.final(i) for i in range(len(self.prompts))))
+        return await until_disconnected(is_disconnected, every)
 
     def done(self, completion_tokens: int) -> Usage:
         """The answer is complete: its tokens counted against the model, and its usage."""
         self.target.generated(completion_tokens)
         return usage(self.prompt_tokens, completion_tokens)
 
-
-@dataclass
-class Prepared:
-    """An endpoint's engine work for one target, and how to answer it whole or streamed."""
-
-    work: Work
-    complete: Callable[[str], Awaitable[Any]]  # request id -> the response body
-    events: Callable[[str], AsyncIterator[str]]  # request id -> Server-Sent Events
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Around the answer, whole or streamed: the request's outcome counted (failed unless the block ends
+        normally: an error, a cancel, a stream closed early) and the target released."""
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            if self.target.meter is not None:
+                self.target.meter.outcome(failed)
+            self.target.release()
 
 
 @dataclass
 class Answer:
-    """A served request: the response body, or its Server-Sent Events; with the headers that say who answered."""
+    """A served request: the response body, or its Server-Sent Events; with the headers that say who answered.
+    The edge renders it (service/api/answers.py)."""
 
     headers: dict[str, str]
     body: Any = None
-    events: AsyncIterator[str] | None = None
-
-    def render(self, response: Response) -> Any:
-        if self.events is not None:
-            return StreamingResponse(
-                self.events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers},
-            )
-        response.headers.update(self.headers)
-        return self.body
-
-
-async def serve(
-    gw: Gateway,
-    body: SamplingFields,
-    id_prefix: str,
-    prepare: Callable[[Target], Awaitable[Prepared]],
-    is_disconnected: Callable[[], Awaitable[bool]],
-) -> Answer:
-    """What chat and completions share: admission, the target held for exactly the request's life, per-model
-    metrics, the answer whole or streamed, and the engine requests aborted when the client goes away. The
-    endpoints differ only in `prepare`: how they build prompts and sampling, and how they shape answers."""
-    gw.engine.admit()
-    target = await resolve_target(gw, body.model, body.user)
-    meter = target.meter = gw.metrics.meter(target.metric_model)
-    try:
-        prepared = await prepare(target)
-    except BaseException:
-        target.release()
-        raise
-    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-    meter.tokens("prompt", prepared.work.prompt_tokens)
-    if body.stream:
-
-        def close(failed: bool) -> None:
-            meter.outcome(failed)
-            target.release()
-
-        return Answer(target.headers, events=guarded_stream(prepared.events(request_id), close))
-    failed = True
-    try:
-        answer = await until_disconnected(is_disconnected, prepared.complete(request_id))
-        failed = False
-        return Answer(target.headers, body=answer)
-    finally:
-        meter.outcome(failed)
-        target.release()
+    events: AsyncGenerator[str, None] | None = None
 
 
 def request_sampling(

@@ -26,7 +26,6 @@ from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
-from service.errors import from_domain
 from service.gateway import Gateway
 from service.management import jobs
 from service.protocol.adapters import (
@@ -146,7 +145,7 @@ async def train(
 async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:
     """The bytes of a dataset the request names by `dataset_uri` in this gateway's store."""
     assert body.dataset_uri is not None
-    return await asyncio.to_thread(gw.registry.store.get_bytes, _store_key(gw, body.dataset_uri))  # type: ignore[no-any-return]
+    return await asyncio.to_thread(gw.registry.stored_dataset, _store_key(gw, body.dataset_uri))  # type: ignore[no-any-return]
 
 
 def _dataset_parser(gw: Gateway, body: CreateAdapterJSON) -> Callable[[bytes], Dataset]:
@@ -168,9 +167,7 @@ async def _validation_set(parse: Callable[[bytes], Dataset], validation: bytes) 
     try:
         return await off_loop(parse, validation)
     except DatasetError as exc:
-        error = from_domain(exc)
-        error.param, error.message = "validation", f"validation {error.message}"
-        raise error from None
+        raise exc.about("validation", "validation ") from None
 
 
 async def _check_pending(gw: Gateway) -> None:
@@ -247,18 +244,14 @@ def import_directory(gw: Gateway, name: str, uri: str, template_name: str) -> Ma
     """Publish a PEFT LoRA directory already in the store as a new version of `name`, checked like any other."""
     template = get_template(template_name, gw.engine.tokenizer)
     prefix = _store_key(gw, uri.rstrip("/")) + "/"
-    store = gw.registry.store
-    keys = [k for k in store.list(prefix) if "/" not in k[len(prefix) :]]
     # PEFT also writes README.md and the like; only what an adapter may hold is carried over.
-    wanted = [k for k in keys if allowed_file(k[len(prefix) :]) and not k.endswith("/manifest.json")]
-    names = {k[len(prefix) :] for k in wanted}
+    names = {n for n in gw.registry.unpublished_files(prefix) if allowed_file(n) and n != "manifest.json"}
     for required in ("adapter_config.json", "adapter_model.safetensors"):
         if required not in names:
             raise InvalidAdapter(f"{uri} has no {required}: not a PEFT adapter directory")
     work = Path(tempfile.mkdtemp(prefix="skillserve-import-"))
     try:
-        for key in wanted:
-            store.get_file(key, work / key[len(prefix) :])
+        gw.registry.get_unpublished_files(prefix, sorted(names), work)
         shapes = base_linear_shapes(gw.engine.model_dir)
         lora = lora_info(
             json.loads((work / "adapter_config.json").read_text()),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapters import graders
-from adapters.errors import GraderError, NotFound, SkillserveError
+from adapters.errors import GraderError, InvalidRequest, NotFound, Overloaded, SkillserveError, StoreUnavailable
 from adapters.registry import Registry
 from adapters.schema import (
     CriterionCounts,
@@ -37,7 +37,6 @@ from adapters.schema import (
     TokenUsage,
     output_item_id,
 )
-from service.errors import APIError, from_domain
 
 if TYPE_CHECKING:
     from service.gateway import Gateway
@@ -77,7 +76,7 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
     """Ask `model` (base, adapter, `name@version`, alias, `ft:` id) as POST /v1/chat/completions would: the same
     admission, target resolution, template, adapter lease and metrics, without HTTP. `sampling` holds chat
     request fields (temperature, top_p, seed, max_tokens or max_completion_tokens, response_format, tools).
-    Raises the APIError a chat request would get."""
+    Raises the domain error a chat request would get."""
     from pydantic import ValidationError
 
     from service.inference.chat import create_chat_completion
@@ -88,15 +87,12 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(step) for step in error["loc"])
-        raise APIError(400, f"{where}: {error['msg']}", param=where) from None
+        raise InvalidRequest(f"{where}: {error['msg']}", param=where) from None
 
     async def never_disconnected() -> bool:
         return False
 
-    try:
-        completion = (await create_chat_completion(gw, body, never_disconnected)).body
-    except SkillserveError as exc:
-        raise from_domain(exc) from None
+    completion = (await create_chat_completion(gw, body, never_disconnected)).body
     choice = completion.choices[0]
     text = choice.message.content or ""
     if choice.message.tool_calls:
@@ -334,8 +330,8 @@ class EvalRunner:
             usage[run.model] = answer.usage
         except graders.TemplateReferenceError as exc:
             sample_error = {"code": "invalid_variable_error", "message": str(exc)}
-        except APIError as exc:
-            sample_error = {"code": exc.code or "sampling_error", "message": exc.message}
+        except SkillserveError as exc:
+            sample_error = {"code": exc.code or "sampling_error", "message": str(exc)}
 
         async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
             judged = await self._ask(model, messages, params)
@@ -380,13 +376,13 @@ class EvalRunner:
             try:
                 async with self._slots:
                     return await self.sample(model, messages, sampling)
-            except APIError as exc:
-                if exc.status in (429, 503):
-                    await asyncio.sleep(wait)
-                    wait = min(wait * 2, RETRY_S[1])
-                    continue
+            except (Overloaded, StoreUnavailable):  # the 429s and 503s a chat request can get
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY_S[1])
+                continue
+            except SkillserveError as exc:
                 if exc.param == "model" or exc.code in ("model_not_found", "invalid_name"):
-                    raise RunFailed(exc.code or "model_not_found", exc.message) from None
+                    raise RunFailed(exc.code or "model_not_found", str(exc)) from None
                 raise
 
     async def _finish(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters import graders
-from adapters.errors import GraderError, NotFound
+from adapters.errors import InvalidRequest, NotFound, RunFinished
 from adapters.schema import (
     OUTPUT_ITEM_ID_RE,
     EvalOutputItem,
@@ -22,7 +22,6 @@ from adapters.schema import (
     EvalRunRecord,
     EvalRunStatus,
 )
-from service.errors import APIError
 from service.management.eval_runs import chat_sampling, message_text
 from service.protocol.common import page
 from service.protocol.evals import (
@@ -70,8 +69,9 @@ SAMPLE_SCHEMA: dict[str, Any] = {
 }
 
 
-def bad(param: str, message: str, code: str = "invalid_parameter") -> APIError:
-    return APIError(400, f"{param}: {message}", param=param, code=code)
+def bad(param: str, message: str, code: str = "invalid_parameter") -> InvalidRequest:
+    """A 400 naming the field at fault."""
+    return InvalidRequest(f"{param}: {message}", param=param, code=code)
 
 
 def check_metadata(metadata: Mapping[str, str] | None, param: str = "metadata") -> dict[str, str]:
@@ -211,10 +211,7 @@ def check_criteria(criteria: list[dict[str, Any]]) -> None:
     seen: set[str] = set()
     for index, criterion in enumerate(criteria):
         param = f"testing_criteria[{index}]"
-        try:
-            checked = graders.validate(criterion, param)
-        except GraderError as exc:
-            raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+        checked = graders.validate(criterion, param)
         if checked.type == "text_similarity" and checked.pass_threshold is None:  # type: ignore[union-attr]
             raise bad(f"{param}.pass_threshold", "a text_similarity criterion needs a pass_threshold")
         if checked.name in seen:
@@ -259,9 +256,9 @@ def _eval(gw: Gateway, eval_id: str) -> EvalRecord:
     try:
         return gw.registry.get_eval(eval_id)  # type: ignore[no-any-return]
     except NotFound as exc:  # an id of the wrong shape is as unknown as a missing one
-        raise APIError(404, str(exc), code="not_found", param="eval_id") from None
+        raise NotFound(str(exc), param="eval_id") from None
     except ValueError:
-        raise APIError(404, f"eval {eval_id} not found", code="not_found", param="eval_id") from None
+        raise NotFound(f"eval {eval_id} not found", param="eval_id") from None
 
 
 def update_eval(gw: Gateway, eval_id: str, body: UpdateEval) -> EvalObject:
@@ -413,9 +410,9 @@ def _run(gw: Gateway, eval_id: str, run_id: str) -> EvalRunRecord:
     try:
         return gw.registry.get_eval_run(eval_id, run_id)  # type: ignore[no-any-return]
     except NotFound as exc:
-        raise APIError(404, str(exc), code="not_found", param="run_id") from None
+        raise NotFound(str(exc), param="run_id") from None
     except ValueError:
-        raise APIError(404, f"run {run_id} of eval {eval_id} not found", code="not_found", param="run_id") from None
+        raise NotFound(f"run {run_id} of eval {eval_id} not found", param="run_id") from None
 
 
 def list_runs(gw: Gateway, eval_id: str, after: str | None, limit: int, order: str, status: str | None) -> RunList:
@@ -443,8 +440,7 @@ def cancel_run(gw: Gateway, eval_id: str, run_id: str) -> RunObject:
     written = gw.registry.update_eval_run(eval_id, run_id, cancel)
     if written is None:
         latest = _run(gw, eval_id, run_id)
-        raise APIError(409, f"run {run_id} is {latest.status.value}: only a queued or running run can be canceled",
-                       code="run_finished")
+        raise RunFinished(f"run {run_id} is {latest.status.value}: only a queued or running run can be canceled")
     return run_object(written)
 
 
@@ -484,8 +480,7 @@ def list_output_items(
 def get_output_item(gw: Gateway, eval_id: str, run_id: str, output_item_id: str) -> OutputItemObject:
     run = _run(gw, eval_id, run_id)
     match = OUTPUT_ITEM_ID_RE.fullmatch(output_item_id)
-    missing = APIError(404, f"output item {output_item_id} of run {run_id} not found", code="not_found",
-                       param="output_item_id")
+    missing = NotFound(f"output item {output_item_id} of run {run_id} not found", param="output_item_id")
     if match is None or f"evalrun_{match.group(1)}" != run.id:
         raise missing
     try:

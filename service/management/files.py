@@ -13,7 +13,6 @@ import unicodedata
 from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
 from adapters.errors import DatasetError, InvalidRequest
 from adapters.schema import StoredFile
-from service.errors import APIError, from_domain
 from service.gateway import Gateway
 from service.management.adapters import off_loop
 from service.management.evals import EVALS_PURPOSE, parse_eval_rows
@@ -80,13 +79,6 @@ def safe_filename(name: str | None) -> str:
     return kept[:MAX_FILENAME_CHARS] or DEFAULT_FILENAME
 
 
-def restated(error: APIError, param: str, what: str) -> APIError:
-    """A dataset error (param "dataset" or "validation") restated about the file it came from."""
-    error.param = param
-    error.message = f"{what}: {error.message.removeprefix('validation ')}"
-    return error
-
-
 async def upload_file(
     gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None
 ) -> FileObject:
@@ -111,7 +103,7 @@ async def upload_file(
     try:
         kind, dataset = await off_loop(_checked_file, data, gw.settings)
     except DatasetError as exc:
-        raise restated(from_domain(exc), "file", f"file {filename!r}") from None
+        raise exc.about("file", f"file {filename!r}: ") from None
     now = time.time()
     record = StoredFile(
         filename=filename,

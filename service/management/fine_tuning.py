@@ -33,11 +33,10 @@ from adapters.schema import (
     StoredFile,
 )
 from service.engine.adapter_cache import FT_PREFIX
-from service.errors import APIError, from_domain
 from service.gateway import Gateway
 from service.management import adapters as adapter_ops
 from service.management import jobs
-from service.management.files import PURPOSE, restated
+from service.management.files import PURPOSE
 from service.management.jobs import checkpoint_model, ftjob_id, job_id_of
 from service.protocol.adapters import CreateAdapterJSON
 from service.protocol.common import page
@@ -158,17 +157,14 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     try:
         job = await adapter_ops.train(gw, request, None, validation=validation, learning_rate_multiplier=multiplier)
     except DatasetError as exc:
-        raise restated(from_domain(exc), "training_file", f"training_file {training.id}") from None
-    except APIError as error:
-        if error.param == "validation":
-            raise restated(error, "validation_file", f"validation_file {body.validation_file}") from None
-        raise
+        if exc.param == "validation":
+            raise exc.about("validation_file", f"validation_file {body.validation_file}: ") from None
+        raise exc.about("training_file", f"training_file {training.id}: ") from None
     except JobRefused as refused:
         # The runner failed the job with the cluster's reason: it is listed as this API's job, failed.
         await asyncio.to_thread(gw.registry.put_fine_tune, fine_tune_of(job_id=refused.job_id))
-        answer = from_domain(refused)
-        answer.message = f"{refused.reason}; fine-tuning job {ftjob_id(refused.job_id)} is recorded as failed"
-        raise answer from None
+        said = f"{refused.reason}; fine-tuning job {ftjob_id(refused.job_id)} is recorded as failed"
+        raise refused.said_as(said) from None
     return await _recorded(gw, job, fine_tune_of(job_id=job.id))
 
 

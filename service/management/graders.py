@@ -7,11 +7,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from adapters import graders
-from adapters.errors import GraderError
 from adapters.schema import (
     TokenUsage,
 )
-from service.errors import APIError
 from service.management.eval_runs import sample_chat
 from service.management.evals import bad
 from service.protocol.evals import (
@@ -28,19 +26,13 @@ if TYPE_CHECKING:
 
 
 def validate_grader(body: ValidateGrader) -> ValidatedGrader:
-    try:
-        graders.validate(body.grader, "grader")
-    except GraderError as exc:
-        raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+    graders.validate(body.grader, "grader")
     return ValidatedGrader(grader=body.grader)
 
 
 async def run_grader(gw: Gateway, body: RunGrader) -> GraderRunResult:
     """Grade one sample of one item: the reward, each sub-grader's, OpenAI's error flags, the judges' tokens."""
-    try:
-        checked = graders.validate(body.grader, "grader")
-    except GraderError as exc:
-        raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+    checked = graders.validate(body.grader, "grader")
     if body.item is not None and not isinstance(body.item, dict):
         raise bad("item", "must be an object (it fills the item namespace)")
     usage: dict[str, TokenUsage] = {}

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.api.answers import render
 from service.api.auth import require_inference
 from service.api.deps import GatewayDep
 from service.inference.completions import create_completion
@@ -23,4 +24,4 @@ router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
 )
 async def completions(body: CompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
     answer = await create_completion(gw, body, request.is_disconnected)
-    return answer.render(response)
+    return render(answer, response)
