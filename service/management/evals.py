@@ -23,6 +23,7 @@ from adapters.schema import (
     EvalRunStatus,
 )
 from service.errors import APIError
+from service.management.background import parsed_request
 from service.management.eval_runs import chat_sampling, message_text
 from service.protocol.common import page
 from service.protocol.evals import (
@@ -327,16 +328,8 @@ def _check_template(messages: list[Any], param: str) -> None:
 
 
 def _check_sampling(sampling: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
-    from service.protocol.chat import ChatCompletionRequest
-
-    try:
-        ChatCompletionRequest.model_validate({**sampling, "model": "x", "messages": [{"role": "user", "content": "x"}]})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(step) for step in error["loc"])
-        raise bad(f"data_source.sampling_params.{where}", error["msg"]) from None
+    message = {"model": "x", "messages": [{"role": "user", "content": "x"}]}
+    parsed_request("/v1/chat/completions", {**sampling, **message}, prefix="data_source.sampling_params.")
 
 
 async def create_run(gw: Gateway, eval_id: str, body: CreateRun) -> RunObject:
