@@ -75,6 +75,17 @@ def bad(param: str, message: str, code: str = "invalid_parameter") -> APIError:
     return APIError(400, f"{param}: {message}", param=param, code=code)
 
 
+async def file_of_purpose(gw: Gateway, file_id: str, purpose: str, param: str) -> bytes:
+    """The bytes of a /v1/files file uploaded with `purpose`; a 400 naming `param` for any other."""
+    try:
+        stored = await asyncio.to_thread(gw.registry.get_file, file_id)
+    except NotFound:
+        raise bad(param, f"{file_id} does not exist", "invalid_file") from None
+    if stored.purpose != purpose:
+        raise bad(param, f"{file_id} was not uploaded with purpose {purpose!r}", "invalid_file")
+    return await asyncio.to_thread(gw.registry.file_content, file_id)  # type: ignore[no-any-return]
+
+
 def check_metadata(metadata: Mapping[str, str] | None, param: str = "metadata") -> dict[str, str]:
     """OpenAI's limits: at most 16 pairs, keys up to 64 characters, values up to 512."""
     metadata = dict(metadata or {})
@@ -388,13 +399,7 @@ async def _rows(gw: Gateway, body: CreateRun) -> list[dict[str, Any]]:
     if source.type == "file_id":
         if not source.id:
             raise bad("data_source.source.id", "name a file uploaded with purpose 'evals'")
-        try:
-            stored = await asyncio.to_thread(gw.registry.get_file, source.id)
-        except NotFound:
-            raise bad("data_source.source.id", f"{source.id} does not exist", "invalid_file") from None
-        if stored.purpose != EVALS_PURPOSE:
-            raise bad("data_source.source.id", f"{source.id} was not uploaded with purpose 'evals'", "invalid_file")
-        data = await asyncio.to_thread(gw.registry.file_content, source.id)
+        data = await file_of_purpose(gw, source.id, EVALS_PURPOSE, "data_source.source.id")
         try:
             return parse_eval_rows(data, limit)
         except ValueError as exc:
