@@ -56,6 +56,12 @@ class RunFinished(Conflict):
     code = "run_finished"
 
 
+class BatchNotCancellable(Conflict):
+    """A batch past running (finalizing, or finished), asked to be cancelled."""
+
+    code = "batch_not_cancellable"
+
+
 class WrongRunner(Conflict):
     """A job that runs on another runner than this gateway's: only that runner can stop it."""
 

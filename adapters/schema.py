@@ -500,3 +500,110 @@ class EvalOutputItem(BaseModel):
     sample: dict[str, Any] = Field(default_factory=dict, description="input, output, usage, sampling, error")
     results: list[dict[str, Any]] = Field(default_factory=list, description="one per testing criterion")
     usage: dict[str, TokenUsage] = Field(default_factory=dict, description="per model: the sample's and the judges'")
+
+
+# OpenAI's Batch API: a batch (a file of requests run in the background) and each of its lines' results.
+
+BATCH_ID_RE = re.compile(r"^batch_[0-9a-f]{32}$")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+
+
+def new_batch_id() -> str:
+    return "batch_" + uuid.uuid4().hex
+
+
+def batch_request_id(batch_id: str, index: int) -> str:
+    """A line's id in the output and error files: named by its batch and its line, so a rewrite gives the same."""
+    return "batch_req_" + hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
+
+
+def batch_file_id(batch_id: str, kind: Literal["output", "error"]) -> str:
+    """The id of a batch's output or error file: named by the batch, so two writers (a resumed executor, a second
+    replica) write one file, never two."""
+    return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
+
+
+class BatchStatus(StrEnum):
+    validating = "validating"
+    failed = "failed"
+    in_progress = "in_progress"
+    finalizing = "finalizing"
+    completed = "completed"
+    expired = "expired"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (BatchStatus.failed, BatchStatus.completed, BatchStatus.expired, BatchStatus.cancelled)
+
+
+# A batch's allowed moves: every writer of its status goes through this table (registry's `update_batch`).
+BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.validating: frozenset({BatchStatus.in_progress, BatchStatus.failed, BatchStatus.cancelling}),
+    BatchStatus.in_progress: frozenset(
+        {BatchStatus.finalizing, BatchStatus.expired, BatchStatus.cancelling, BatchStatus.failed}
+    ),
+    BatchStatus.finalizing: frozenset({BatchStatus.completed, BatchStatus.failed}),
+    BatchStatus.cancelling: frozenset({BatchStatus.cancelled, BatchStatus.failed}),
+    BatchStatus.completed: frozenset(),
+    BatchStatus.failed: frozenset(),
+    BatchStatus.expired: frozenset(),
+    BatchStatus.cancelled: frozenset(),
+}
+
+
+class BatchCounts(BaseModel):
+    """Lines run (a fold of the batch's line results) and the tokens they used."""
+
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class BatchRecord(BaseModel):
+    """A batch at batches/<id>.json, changed only by compare-and-swap; its counts are a fold of its lines' results,
+    so a resumed batch can recount them from the store."""
+
+    id: str = Field(default_factory=new_batch_id, pattern=BATCH_ID_RE.pattern)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    input_file_id: str
+    completion_window: str = "24h"
+    status: BatchStatus = BatchStatus.validating
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float = Field(description="the completion window's end: lines not run by then are expired")
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    model: str | None = Field(None, description="the one model every line names; null when they name several")
+    total: int = Field(0, description="lines in the input file")
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="why the file failed validation")
+    counts: BatchCounts = Field(default_factory=BatchCounts)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    output_expires_after_s: int | None = Field(None, description="the output and error files' lifetime")
+
+
+class BatchLineResult(BaseModel):
+    """One input line's answer at batch_lines/<batch-id>/<line>.json, written once (if absent): what the output
+    file (status 200) or the error file (any other) holds for it."""
+
+    batch_id: str = Field(pattern=BATCH_ID_RE.pattern)
+    index: int = Field(ge=0, description="the line's place among the file's requests, from 0")
+    custom_id: str
+    status_code: int
+    request_id: str
+    body: dict[str, Any]
+    input_tokens: int = 0
+    output_tokens: int = 0
+    created_at: float = Field(default_factory=time.time)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code == 200

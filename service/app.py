@@ -18,12 +18,13 @@ from adapters.store import open_store
 from service import errors, logs
 from service.api.auth import KeyGate
 from service.api.middleware import BodyLimit, RequestContext
-from service.api.routes import adapters, chat, completions, files, fine_tuning, health, jobs, models, ui
+from service.api.routes import adapters, batches, chat, completions, files, fine_tuning, health, jobs, models, ui
 from service.api.routes import evals as eval_routes
 from service.api.routes import graders as grader_routes
 from service.engine.adapter_cache import AdapterCache
 from service.engine.core import Engine
 from service.gateway import Gateway
+from service.management.batch_runs import start_batches
 from service.management.eval_runs import start_eval_runs
 from service.management.jobs import JobReads
 from service.metrics import Metrics
@@ -83,7 +84,7 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
 @asynccontextmanager
 async def running(gw: Gateway) -> AsyncIterator[None]:
     """The gateway's background parts for the app's life: metrics server, runner, engine (and its stall watch), eval
-    runs; stopped in the reverse order."""
+    runs and batches; stopped in the reverse order."""
     settings, engine, runner = gw.settings, gw.engine, gw.runner
     metrics_server = gw.metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
     if runner is not None:
@@ -95,10 +96,12 @@ async def running(gw: Gateway) -> AsyncIterator[None]:
             if settings.engine_stall_seconds:
                 watch = asyncio.create_task(engine.watch(every=min(5.0, settings.engine_stall_seconds / 4)))
         await start_eval_runs(gw)  # after the engine: runs left running resume on it
+        await start_batches(gw)  # likewise batches
         yield
     finally:
-        if gw.eval_runs is not None:
-            await gw.eval_runs.stop()
+        for executor in (gw.batches, gw.eval_runs):
+            if executor is not None:
+                await executor.stop()
         if watch is not None:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,7 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (chat, completions, models, files, fine_tuning, eval_routes, grader_routes, adapters, jobs, health):
+    for module in (
+        chat, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters, jobs, health
+    ):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -86,6 +87,13 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
     if isinstance(exc, domain.InvalidAdapter | domain.InvalidName | domain.TemplateError | domain.GraderError):
         return APIError(400, str(exc), code=exc.code, param=exc.param)
     return APIError(500, str(exc), type="server_error", code=exc.code)
+
+
+def answer_of(exc: domain.SkillserveError) -> tuple[int, dict[str, Any]]:
+    """A domain error as the edge answers it, as data: the status and OpenAI's error body. For records that keep
+    the HTTP answer a request would have had (a batch's error file), so the mapping stays this one."""
+    error = from_domain(exc)
+    return error.status, error.body()
 
 
 class _ErrorResponse(JSONResponse):

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     eval_concurrency: int = Field(
         1, ge=1, le=16, description="eval runs: rows in the engine at once, all runs together (live traffic first)"
     )
+    batch_concurrency: int = Field(
+        1, ge=1, le=16, description="batches: lines in the engine at once, all batches together (live traffic first)"
+    )
     train_processes_per_job: int = Field(
         1, ge=1, description="local runner: data-parallel trainer processes per job under torchrun (one per GPU)"
     )

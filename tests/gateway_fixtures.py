@@ -90,6 +90,13 @@ def management_settings(root: Path, **overrides: Any) -> Settings:
     )  # type: ignore[arg-type]
 
 
+def in_process_sdk(app: Any, key: str) -> Any:
+    """The official openai SDK on an in-process gateway (`app` a FastAPI TestClient, used as its HTTP client)."""
+    import openai
+
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=app, max_retries=0)
+
+
 @contextmanager
 def gateway_process(
     root: Path, store_uri: str, extra_env: dict[str, str] | None = None, ready: str = "/ready", timeout: float = 600

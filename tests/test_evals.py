@@ -26,7 +26,14 @@ from adapters.schema import EvalOutputItem, EvalRecord, EvalRunRecord, EvalRunSt
 from adapters.store import FileStore
 from service.app import create_app
 from service.management.eval_runs import EvalRunner, Sampled
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
+from tests.gateway_fixtures import (
+    ADMIN_KEY,
+    API_KEY,
+    GatewayServer,
+    in_process_sdk,
+    management_settings,
+    publish_adapter,
+)
 
 CAPITALS = [
     {"item": {"country": "France", "capital": "Paris"}},
@@ -77,12 +84,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def admin(app: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=ADMIN_KEY, http_client=app, max_retries=0)
+    return in_process_sdk(app, ADMIN_KEY)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
 def reader(app: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=API_KEY, http_client=app, max_retries=0)
+    return in_process_sdk(app, API_KEY)  # type: ignore[no-any-return]
 
 
 def refusal(call: Any) -> dict[str, Any]:

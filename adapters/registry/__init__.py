@@ -10,6 +10,9 @@ methods come from one facet per kind of record, each in a module of its own:
 | `FileBook` | files.py | datasets, OpenAI Files API records |
 | `FineTuneBook` | fine_tunes.py | OpenAI fine-tuning records, `ft:` model ids |
 | `EvalBook` | evals.py | evals, their runs (compare-and-swap), output items (written once) |
+| `BatchBook` | batches.py | batches (compare-and-swap), their lines' results (written once) |
+
+`RecordShelf` (records.py) is what the last two share: reads, compare-and-swap through a status table, write-once.
 
 keys.py is the one map of where each lies. A caller that needs one facet types against it (the runners'
 `JobRegistry`), not the whole class. A facet that needs another's records says so with a Protocol on `self`.
@@ -18,6 +21,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
+from adapters.registry.batches import BatchBook
 from adapters.registry.evals import EvalBook
 from adapters.registry.files import FileBook
 from adapters.registry.fine_tunes import FineTuneBook
@@ -29,6 +33,7 @@ from adapters.store import ObjectStore
 __all__ = [
     "AliasBook",
     "AdapterVersions",
+    "BatchBook",
     "EvalBook",
     "FileBook",
     "FineTuneBook",
@@ -43,8 +48,8 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook):
-    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records and evals."""
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals and batches."""
 
     def __init__(self, store: ObjectStore):
         self.store = store

@@ -11,17 +11,14 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from adapters.errors import Conflict, NotFound
+from adapters.errors import NotFound
 from adapters.registry.keys import check_filename, checkpoint_prefix, job_key
+from adapters.registry.records import RecordShelf
 from adapters.registry.versions import adapter_files
 from adapters.schema import JobRecord, JobStatus, Manifest
 from adapters.store import ObjectStore
 
 log = logging.getLogger("skillserve.registry")
-
-# A job record's compare-and-swap, retried on a lost race: its writers write at most about once a second.
-UPDATE_ATTEMPTS = 8
-
 
 class _Publishes(Protocol):
     """What publishing a checkpoint needs of the registry beside the jobs."""
@@ -35,10 +32,8 @@ class _Publishes(Protocol):
     def store(self) -> ObjectStore: ...
 
 
-class JobBook:
+class JobBook(RecordShelf):
     """Job records: status, progress, metrics, checkpoints."""
-
-    store: ObjectStore
 
     def put_job(self, record: JobRecord) -> None:
         """Write a job record whole: for a new job. A change to an existing one goes through `update_job`."""
@@ -56,22 +51,7 @@ class JobBook:
         compare-and-swap: if another process wrote the record in between, it is read again and `change` runs
         on the new one. So no writer (the trainer, a runner, the gateway) ever overwrites what it did not see.
         Returns the record written, or None when `change` declined; NotFound if the job is gone."""
-        key = job_key(job_id)
-        try:
-            for _ in range(UPDATE_ATTEMPTS):
-                data, tag = self.store.get_tagged(key)
-                written = change(JobRecord.model_validate_json(data))
-                if written is None:
-                    return None
-                try:
-                    self.store.put_bytes(key, written.model_dump_json(indent=2).encode(), if_match=tag)
-                except Conflict:
-                    log.info("job %s changed while it was being written; reading it again", job_id)
-                    continue
-                return written
-        except NotFound:  # gone before the read, or between the read and the write
-            raise NotFound(f"job {job_id} not found") from None
-        raise Conflict(f"job {job_id} kept changing: {UPDATE_ATTEMPTS} writes in a row lost the race")
+        return self._swap(job_key(job_id), JobRecord, change, f"job {job_id} not found")
 
     def list_jobs(self) -> list[JobRecord]:
         """Every job record, newest first."""

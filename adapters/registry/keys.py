@@ -7,6 +7,7 @@ datasets/<sha256>.jsonl, files/<file-id>.json                    datasets and Op
 fine_tunes/<job-id>.json, ft_models/<sha256 of the id>.json      OpenAI fine-tuning records (fine_tunes.py)
 evals/<eval-id>.json, eval_runs/<eval-id>/<run-id>.json,
 eval_items/<run-id>/<row>.json                                   evals, their runs, output items (evals.py)
+batches/<batch-id>.json, batch_lines/<batch-id>/<line>.json      batches, their lines' results (batches.py)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import re
 
 from adapters.errors import InvalidAdapter, InvalidName
-from adapters.schema import EVAL_ID_RE, EVAL_RUN_ID_RE, Manifest, check_job_id, check_name
+from adapters.schema import BATCH_ID_RE, EVAL_ID_RE, EVAL_RUN_ID_RE, Manifest, check_job_id, check_name
 from adapters.store import check_key
 
 MANIFEST = "manifest.json"
@@ -109,6 +110,18 @@ def eval_items_prefix(run_id: str) -> str:
 
 def eval_item_key(run_id: str, index: int) -> str:
     return f"{eval_items_prefix(run_id)}{int(index):09d}.json"  # zero-padded: list order is row order
+
+
+def batch_key(batch_id: str) -> str:
+    return f"batches/{_checked(batch_id, BATCH_ID_RE, 'batch id')}.json"
+
+
+def batch_lines_prefix(batch_id: str) -> str:
+    return f"batch_lines/{_checked(batch_id, BATCH_ID_RE, 'batch id')}/"
+
+
+def batch_line_key(batch_id: str, index: int) -> str:
+    return f"{batch_lines_prefix(batch_id)}{int(index):09d}.json"  # zero-padded: list order is line order
 
 
 def check_filename(filename: str) -> str:

@@ -1,11 +1,9 @@
 """The background executor of eval runs: each row's prompt through the serving path, every criterion graded, one
 output item written per row, the run's counts kept as a fold of its items.
 
-Live traffic keeps priority: at most `eval_concurrency` rows (all runs together) are in the engine at once, so an
-eval holds that many of the engine's `max_num_seqs` batch slots and never queues live requests behind a backlog of
-its own; a row refused for load (429) or an engine not ready (503) waits and is tried again, it does not fail.
-(vLLM's `priority` scheduling would let rows yield inside the engine too; this gateway starts vLLM with its
-default first-come policy, so concurrency is the bound.)
+Live traffic keeps priority: at most `eval_concurrency` rows (all runs together) are in the engine at once, and a
+row refused for load (429) or by an engine not ready (503) waits and is tried again, it does not fail
+(service/management/background.py, shared with batches).
 
 Restart: a run left `queued` or `in_progress` is resumed when a gateway starts. Its rows already written are
 not redone (each row's item is written only if absent, under a key named by the row), and its counts are
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapters import graders
-from adapters.errors import GraderError, InvalidRequest, NotFound, Overloaded, SkillserveError, StoreUnavailable
+from adapters.errors import GraderError, NotFound, SkillserveError
 from adapters.registry import Registry
 from adapters.schema import (
     CriterionCounts,
@@ -37,6 +35,8 @@ from adapters.schema import (
     TokenUsage,
     output_item_id,
 )
+from service.management.background import BackgroundExecutor, Slots, parsed_request, serve_whole
+from service.protocol.chat import ChatCompletion
 
 if TYPE_CHECKING:
     from service.gateway import Gateway
@@ -45,7 +45,6 @@ log = logging.getLogger("skillserve.evals")
 
 # A criterion whose grader sets no pass mark of its own (score_model without pass_threshold, multi) passes at this.
 DEFAULT_PASS_SCORE = 0.5
-RETRY_S = (0.5, 30.0)  # first and longest wait before a row refused for load is tried again
 
 
 @dataclass(frozen=True)
@@ -77,22 +76,9 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
     admission, target resolution, template, adapter lease and metrics, without HTTP. `sampling` holds chat
     request fields (temperature, top_p, seed, max_tokens or max_completion_tokens, response_format, tools).
     Raises the domain error a chat request would get."""
-    from pydantic import ValidationError
-
-    from service.inference.chat import create_chat_completion
-    from service.protocol.chat import ChatCompletionRequest
-
-    try:
-        body = ChatCompletionRequest.model_validate({**sampling, "model": model, "messages": messages})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(step) for step in error["loc"])
-        raise InvalidRequest(f"{where}: {error['msg']}", param=where) from None
-
-    async def never_disconnected() -> bool:
-        return False
-
-    completion = (await create_chat_completion(gw, body, never_disconnected)).body
+    body = parsed_request("/v1/chat/completions", {**sampling, "model": model, "messages": messages})
+    completion = await serve_whole(gw, body)
+    assert isinstance(completion, ChatCompletion)
     choice = completion.choices[0]
     text = choice.message.content or ""
     if choice.message.tool_calls:
@@ -201,7 +187,7 @@ def chat_sampling(sampling_params: Mapping[str, Any] | None) -> dict[str, Any]:
 # ---------------------------------------------------------------- the executor
 
 
-class EvalRunner:
+class EvalRunner(BackgroundExecutor):
     """Runs eval runs in the background, `concurrency` rows at a time over all runs."""
 
     def __init__(
@@ -212,20 +198,16 @@ class EvalRunner:
         concurrency: int = 1,
         serving: bool = True,
     ):
+        super().__init__()
         self.registry = registry
         self.sample = sample
         self.rows = rows  # a run's rows from its data source (use case: inline content or a stored file)
         self.serving = serving
-        self._slots = asyncio.Semaphore(max(1, concurrency))
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = Slots(concurrency)
 
     def submit(self, eval_id: str, run_id: str) -> None:
         """Start executing a run (a no-op when it is already executing here)."""
-        if run_id in self._tasks and not self._tasks[run_id].done():
-            return
-        task = asyncio.create_task(self._execute(eval_id, run_id), name=f"eval-run-{run_id}")
-        self._tasks[run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run_id, None) if self._tasks.get(run_id) is task else None)
+        self._start(run_id, lambda: self._execute(eval_id, run_id))
 
     async def resume(self) -> list[str]:
         """Take up every run left queued or in progress (after a restart); their ids."""
@@ -235,22 +217,6 @@ class EvalRunner:
             log.info("resuming eval run %s of %s (%s)", run.id, run.eval_id, run.status.value)
             self.submit(run.eval_id, run.id)
         return [run.id for run in pending]
-
-    async def wait(self, run_id: str) -> None:
-        """Until the run's execution here has ended (tests, shutdown)."""
-        task = self._tasks.get(run_id)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
-
-    async def stop(self) -> None:
-        """Stop executing (shutdown): runs stay `in_progress` in the store, for the next start to resume."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
     async def _execute(self, eval_id: str, run_id: str) -> None:
         try:
@@ -371,19 +337,12 @@ class EvalRunner:
     async def _ask(self, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
         """One call through the serving path, within the eval's slots; load and a starting engine are waited out,
         an unknown model fails the run."""
-        wait = RETRY_S[0]
-        while True:
-            try:
-                async with self._slots:
-                    return await self.sample(model, messages, sampling)
-            except (Overloaded, StoreUnavailable):  # the 429s and 503s a chat request can get
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, RETRY_S[1])
-                continue
-            except SkillserveError as exc:
-                if exc.param == "model" or exc.code in ("model_not_found", "invalid_name"):
-                    raise RunFailed(exc.code or "model_not_found", str(exc)) from None
-                raise
+        try:
+            return await self._slots.call(lambda: self.sample(model, messages, sampling))
+        except SkillserveError as exc:
+            if exc.param == "model" or exc.code in ("model_not_found", "invalid_name"):
+                raise RunFailed(exc.code or "model_not_found", str(exc)) from None
+            raise
 
     async def _finish(
         self,

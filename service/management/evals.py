@@ -22,6 +22,7 @@ from adapters.schema import (
     EvalRunRecord,
     EvalRunStatus,
 )
+from service.management.background import parsed_request
 from service.management.eval_runs import chat_sampling, message_text
 from service.protocol.common import page
 from service.protocol.evals import (
@@ -72,6 +73,17 @@ SAMPLE_SCHEMA: dict[str, Any] = {
 def bad(param: str, message: str, code: str = "invalid_parameter") -> InvalidRequest:
     """A 400 naming the field at fault."""
     return InvalidRequest(f"{param}: {message}", param=param, code=code)
+
+
+async def file_of_purpose(gw: Gateway, file_id: str, purpose: str, param: str) -> bytes:
+    """The bytes of a /v1/files file uploaded with `purpose`; a 400 naming `param` for any other."""
+    try:
+        stored = await asyncio.to_thread(gw.registry.get_file, file_id)
+    except NotFound:
+        raise bad(param, f"{file_id} does not exist", "invalid_file") from None
+    if stored.purpose != purpose:
+        raise bad(param, f"{file_id} was not uploaded with purpose {purpose!r}", "invalid_file")
+    return await asyncio.to_thread(gw.registry.file_content, file_id)  # type: ignore[no-any-return]
 
 
 def check_metadata(metadata: Mapping[str, str] | None, param: str = "metadata") -> dict[str, str]:
@@ -324,16 +336,8 @@ def _check_template(messages: list[Any], param: str) -> None:
 
 
 def _check_sampling(sampling: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
-    from service.protocol.chat import ChatCompletionRequest
-
-    try:
-        ChatCompletionRequest.model_validate({**sampling, "model": "x", "messages": [{"role": "user", "content": "x"}]})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(step) for step in error["loc"])
-        raise bad(f"data_source.sampling_params.{where}", error["msg"]) from None
+    message = {"model": "x", "messages": [{"role": "user", "content": "x"}]}
+    parsed_request("/v1/chat/completions", {**sampling, **message}, prefix="data_source.sampling_params.")
 
 
 async def create_run(gw: Gateway, eval_id: str, body: CreateRun) -> RunObject:
@@ -392,13 +396,7 @@ async def _rows(gw: Gateway, body: CreateRun) -> list[dict[str, Any]]:
     if source.type == "file_id":
         if not source.id:
             raise bad("data_source.source.id", "name a file uploaded with purpose 'evals'")
-        try:
-            stored = await asyncio.to_thread(gw.registry.get_file, source.id)
-        except NotFound:
-            raise bad("data_source.source.id", f"{source.id} does not exist", "invalid_file") from None
-        if stored.purpose != EVALS_PURPOSE:
-            raise bad("data_source.source.id", f"{source.id} was not uploaded with purpose 'evals'", "invalid_file")
-        data = await asyncio.to_thread(gw.registry.file_content, source.id)
+        data = await file_of_purpose(gw, source.id, EVALS_PURPOSE, "data_source.source.id")
         try:
             return parse_eval_rows(data, limit)
         except ValueError as exc:

@@ -1,5 +1,6 @@
 """OpenAI's Files API: fine-tuning files (datasets stored through the registry, checked on upload by the dataset
-parser) and eval rows; upload, list, retrieve, content and delete."""
+parser), eval rows and batch input files; upload, list, retrieve, content and delete. Batches write their output
+and error files here too (purpose batch_output)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from adapters.errors import DatasetError, InvalidRequest
 from adapters.schema import StoredFile
 from service.gateway import Gateway
 from service.management.adapters import off_loop
+from service.management.batches import BATCH_PURPOSE
 from service.management.evals import EVALS_PURPOSE, parse_eval_rows
 from service.protocol.common import page
 from service.protocol.files import FileDeleted, FileList, FileObject
@@ -86,10 +88,10 @@ async def upload_file(
 
     Rows are checked for their format here; their length in tokens depends on the template a job trains with,
     so it is checked when a job is created."""
-    if purpose not in (PURPOSE, EVALS_PURPOSE):
+    if purpose not in (PURPOSE, EVALS_PURPOSE, BATCH_PURPOSE):
         raise InvalidRequest(
-            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}') and "
-            f"eval rows ('{EVALS_PURPOSE}')",
+            f"purpose {purpose!r} is not supported: this gateway keeps files for fine-tuning ('{PURPOSE}'), "
+            f"eval rows ('{EVALS_PURPOSE}') and batches' requests ('{BATCH_PURPOSE}')",
             param="purpose",
             code="invalid_purpose",
         )
@@ -100,6 +102,8 @@ async def upload_file(
     filename = safe_filename(filename)
     if purpose == EVALS_PURPOSE:
         return await _upload_eval_rows(gw, filename, data, expires_after_s)
+    if purpose == BATCH_PURPOSE:
+        return await _upload_batch_requests(gw, filename, data, expires_after_s)
     try:
         kind, dataset = await off_loop(_checked_file, data, gw.settings)
     except DatasetError as exc:
@@ -126,15 +130,30 @@ async def _upload_eval_rows(gw: Gateway, filename: str, data: bytes, expires_aft
         rows = await off_loop(parse_eval_rows, data, gw.settings.max_dataset_rows)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"file {filename!r}: {exc}", param="file", code="invalid_file") from None
+    return await _keep(gw, filename, EVALS_PURPOSE, data, expires_after_s, len(rows))
+
+
+async def _upload_batch_requests(gw: Gateway, filename: str, data: bytes, expires_after_s: int | None) -> FileObject:
+    """A batch's input file, kept as sent: its lines are checked against the endpoint a batch names when the batch
+    is created (service/management/batches.py), as OpenAI does."""
+    count = await off_loop(lambda: sum(1 for _ in lines(data)))
+    if not count:
+        raise InvalidRequest(f"file {filename!r}: no lines", param="file", code="invalid_file")
+    return await _keep(gw, filename, BATCH_PURPOSE, data, expires_after_s, count)
+
+
+async def _keep(gw: Gateway, filename: str, purpose: str, data: bytes, expires_after_s: int | None,
+                rows: int) -> FileObject:
+    """Store a file whose rows are not a dataset to train on (no dataset kind)."""
     now = time.time()
     record = StoredFile(
         filename=filename,
-        purpose=EVALS_PURPOSE,
+        purpose=purpose,
         bytes=len(data),
         sha256="",
         created_at=now,
         expires_at=now + expires_after_s if expires_after_s is not None else None,
-        rows=len(rows),
+        rows=rows,
     )
     return file_object(await asyncio.to_thread(gw.registry.put_file, record, data))
 

@@ -26,12 +26,12 @@ UPLOAD_ERRORS = {**ERRORS, **error_responses(413)}
     response_model=FileObject,
     responses=UPLOAD_ERRORS,
     dependencies=[Depends(require_admin)],
-    summary="Upload a fine-tuning file (JSONL, purpose fine-tune) or eval rows (purpose evals), rows checked (admin)",
+    summary="Upload a fine-tuning file (JSONL, purpose fine-tune), eval rows (evals) or batch requests (batch) (admin)",
 )
 async def upload_file(
     gw: GatewayDep,
     file: Annotated[UploadFile, File(description="JSONL: one training row (or preference pair) per line")],
-    purpose: Annotated[str, Form(description="fine-tune")],
+    purpose: Annotated[str, Form(description="fine-tune, evals or batch")],
     expires_anchor: Annotated[Literal["created_at"] | None, Form(alias="expires_after[anchor]")] = None,
     expires_seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
 ) -> FileObject:
