@@ -84,7 +84,7 @@ def criterion_names(testing_criteria: list[dict[str, object]]) -> list[str]:
 
 
 def check_version(
-    gate: EvalGate, alias: str, model: str, runs: list[EvalRunRecord], criteria: list[str]
+    gate: EvalGate, alias: str, model: str, runs: list[EvalRunRecord], criteria: list[str], param: str = "version"
 ) -> Verdict:
     """Whether `model` (`name@<version>`) may be served by gated `alias`: some completed run of the gate's eval on
     exactly that model passes. Raises EvalRequired when there is none, EvalGateFailed with the newest completed
@@ -95,11 +95,11 @@ def check_version(
         raise EvalRequired(
             f"alias {alias!r} is gated by eval {gate.eval_id}: run it on model {model!r} first "
             f"(POST /v1/evals/{gate.eval_id}/runs with data_source.model {model!r})",
-            param="version",
+            param=param,
         )
     verdicts = [gate_verdict(gate, run, criteria) for run in sorted(completed, key=lambda r: r.created_at,
                                                                     reverse=True)]
     for verdict in verdicts:
         if verdict.passed:
             return verdict
-    raise EvalGateFailed(f"{model} may not be served by alias {alias!r}: {verdicts[0].reason}", param="version")
+    raise EvalGateFailed(f"{model} may not be served by alias {alias!r}: {verdicts[0].reason}", param=param)

@@ -169,6 +169,19 @@ class EvalGate(BaseModel):
     )
 
 
+class TrainingEvalGate(EvalGate):
+    """A training job's gate (our extension of OpenAI's job body): the trainer runs the eval on the new version with
+    these rows and prompt before publishing, records the run, and publishes only if it passes."""
+
+    input_messages: dict[str, Any] = Field(
+        description="as an eval run's data_source.input_messages: a template over {{item.*}}, or an item_reference"
+    )
+    source: dict[str, Any] = Field(
+        description="as an eval run's data_source.source: file_content rows, or the file_id of a file of purpose evals"
+    )
+    max_completion_tokens: int = Field(64, ge=1, le=4096, description="the longest answer sampled (greedily)")
+
+
 class JobSpec(BaseModel):
     """What the trainer needs to run one job; stored in the job record, so any process can pick it up."""
 
@@ -189,7 +202,7 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     method: Method = Field(default_factory=Method)
     metadata: dict[str, str] = Field(default_factory=dict, description="the submitter's own labels, kept as given")
-    eval_gate: EvalGate | None = Field(
+    eval_gate: TrainingEvalGate | None = Field(
         None, description="publish only if the new version passes this eval (run by the trainer, recorded as a run)"
     )
 
