@@ -39,7 +39,7 @@ CRITERIA: list[dict[str, Any]] = [
 ROWS = [{"item": {"words": "sun dog", "first": "SUN"}}, {"item": {"words": "blue book", "first": "BLUE"}}]
 PROMPT = {"type": "template", "template": [{"role": "user", "content": "Shout these words: {{item.words}}"}]}
 LENIENT = {"shouts": 0.5, "says the password": 0.0}
-ANY = {"shouts": 0.0, "says the password": 0.0}  # passed by any answer: the slow test's jobs train two steps, not a skill
+ANY = {"shouts": 0.0, "says the password": 0.0}  # any answer passes: the slow test's jobs train 2 steps, not a skill
 TWO_STEPS = {**SHOUT_TRAINING, "max_steps": 2, "eval_samples": 0}
 
 
@@ -140,7 +140,8 @@ def test_a_job_publishes_only_if_its_new_version_passes_the_gate_and_its_run_pro
         assert failing.status_code == 202, failing.text
         failed = follow(gateway, failing.json()["id"])
         assert failed["status"] == "failed", failed
-        assert "EvalGateFailed" in failed["error"] and "criterion 'says the password' passed 0% of 2 rows" in failed["error"]
+        assert "EvalGateFailed" in failed["error"]
+        assert "criterion 'says the password' passed 0% of 2 rows" in failed["error"]
         assert http.get("/adapters/shout-gated").json()["versions"] == []  # never published
         refused_version = failed["version"]
 
