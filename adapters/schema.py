@@ -16,6 +16,7 @@ from adapters.errors import InvalidName
 # Names and versions become path segments in the store: a strict alphabet keeps them there.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}$")
 JOB_ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+EVAL_ID_RE = re.compile(r"^eval_[0-9a-f]{32}$")
 T = TypeVar("T")
 
 
@@ -152,6 +153,35 @@ class Method(BaseModel):
     beta: float = Field(0.1, gt=0, le=10, description="DPO only: how far the adapter may move from the base")
 
 
+class EvalGate(BaseModel):
+    """An eval a version must pass: to become what a gated alias serves, or to be published by a training job.
+
+    A criterion passes the gate when its pass rate in a completed run (rows it passed over every row of the run:
+    an errored row counts as failed) reaches its minimum: `criteria[name]` when named there, else
+    `min_pass_rate`. adapters/gates.py `gate_verdict` decides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eval_id: str = Field(pattern=EVAL_ID_RE.pattern, description="the eval (POST /v1/evals) the version must pass")
+    min_pass_rate: float = Field(1.0, ge=0.0, le=1.0, description="each criterion's least pass rate, 0 to 1")
+    criteria: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict, description="per-criterion least pass rates by criterion name, over min_pass_rate"
+    )
+
+
+class TrainingEvalGate(EvalGate):
+    """A training job's gate (our extension of OpenAI's job body): the trainer runs the eval on the new version with
+    these rows and prompt before publishing, records the run, and publishes only if it passes."""
+
+    input_messages: dict[str, Any] = Field(
+        description="as an eval run's data_source.input_messages: a template over {{item.*}}, or an item_reference"
+    )
+    source: dict[str, Any] = Field(
+        description="as an eval run's data_source.source: file_content rows, or the file_id of a file of purpose evals"
+    )
+    max_completion_tokens: int = Field(64, ge=1, le=4096, description="the longest answer sampled (greedily)")
+
+
 class JobSpec(BaseModel):
     """What the trainer needs to run one job; stored in the job record, so any process can pick it up."""
 
@@ -172,6 +202,9 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     method: Method = Field(default_factory=Method)
     metadata: dict[str, str] = Field(default_factory=dict, description="the submitter's own labels, kept as given")
+    eval_gate: TrainingEvalGate | None = Field(
+        None, description="publish only if the new version passes this eval (run by the trainer, recorded as a run)"
+    )
 
 
 class Phase(StrEnum):
@@ -325,6 +358,11 @@ class Aliases(BaseModel):
     name: AdapterName
     revision: int = Field(0, ge=0, description="0 = no alias ever set; a conditional write names the one it read")
     aliases: dict[AdapterName, AliasTarget] = Field(default_factory=dict)
+    gates: dict[AdapterName, EvalGate] = Field(
+        default_factory=dict,
+        description="per alias, the eval a version must pass before the alias (or its canary) serves it; kept "
+        "across moves until changed",
+    )
     unpublished: list[Version] = Field(
         default_factory=list,
         description="versions being (or just) deleted: no alias may point at them; dropped once their manifest is gone",
@@ -386,7 +424,6 @@ class FineTunedModel(BaseModel):
 
 # OpenAI's Evals API: an eval (a dataset's shape and its graders), its runs, and each run's output items.
 
-EVAL_ID_RE = re.compile(r"^eval_[0-9a-f]{32}$")
 EVAL_RUN_ID_RE = re.compile(r"^evalrun_[0-9a-f]{32}$")
 # An output item's id names its run and its row, so a resumed run writes each row once (outputitem_<run>_<row>).
 OUTPUT_ITEM_ID_RE = re.compile(r"^outputitem_([0-9a-f]{32})_([0-9]{1,9})$")

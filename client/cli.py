@@ -133,6 +133,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "method": args.method,
     }
     with connect(args) as client:
+        from client.cli_evals import training_gate  # here: that module builds on this one's client
+
+        gate = training_gate(client, args)
+        if gate is not None:
+            form["eval_gate"] = json.dumps(gate)
         job = checked(
             client.post(
                 "/adapters",
@@ -330,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         "non_preferred_output)",
     )
     train.add_argument("--follow", action="store_true", help="show progress until the job finishes")
+    from client.cli_evals import add_gate_options  # here: that module builds on this one's client
+
+    add_gate_options(train)
     train.set_defaults(func=cmd_train)
 
     follow_cmd = sub.add_parser("follow", help="show a job's progress until it finishes")

@@ -201,6 +201,47 @@ def _template(path: str | None) -> dict[str, Any]:
     return {"type": "template", "template": template}
 
 
+def training_gate(client: httpx.Client, args: argparse.Namespace) -> dict[str, Any] | None:
+    """`skillserve train`'s eval gate (our extension of the training request): its rows uploaded as a file of purpose
+    evals, its template, minimums from --gate-min-pass-rate and --gate-criterion NAME=RATE; None without --eval-gate."""
+    if args.eval_gate is None:
+        return None
+    if args.gate_rows is None:
+        raise CLIError("--eval-gate needs --gate-rows: the rows the new version answers before it is published")
+    criteria = {}
+    for pair in args.gate_criterion:
+        name, sep, rate = pair.rpartition("=")
+        try:
+            criteria[name] = float(rate)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise CLIError(f"--gate-criterion {pair!r}: expected NAME=RATE, e.g. 'names the capital=0.9'")
+    data = Path(args.gate_rows).read_bytes()
+    uploaded = checked(client.post("/v1/files", data={"purpose": "evals"},
+                                  files={"file": (Path(args.gate_rows).name, data, "application/jsonl")}))
+    return {
+        "eval_id": args.eval_gate,
+        "min_pass_rate": args.gate_min_pass_rate,
+        "criteria": criteria,
+        "input_messages": _template(args.gate_template),
+        "source": {"type": "file_id", "id": uploaded["id"]},
+    }
+
+
+def add_gate_options(train: argparse.ArgumentParser) -> None:
+    """`skillserve train`'s options for a training gate (docs/evals.md, Promotion gates)."""
+    train.add_argument("--eval-gate", metavar="EVAL_ID", default=None,
+                       help="publish only if the new version passes this eval (the trainer runs it first)")
+    train.add_argument("--gate-rows", metavar="rows.jsonl", help='the gate\'s rows, one {"item": {...}} per line')
+    train.add_argument("--gate-template", metavar="messages.json",
+                       help="a JSON list of chat messages over {{item.*}} (default: each item's own `messages`)")
+    train.add_argument("--gate-min-pass-rate", type=float, default=1.0,
+                       help="each criterion's least pass rate, 0 to 1 (default 1: every row)")
+    train.add_argument("--gate-criterion", action="append", default=[], metavar="NAME=RATE",
+                       help="a criterion's own least pass rate (repeatable)")
+
+
 def follow_run(client: httpx.Client, eval_id: str, run: dict[str, Any], rows: int) -> dict[str, Any]:
     """Poll a run until it ends, saying on stderr how many rows are graded; returns its last state."""
     shown = None

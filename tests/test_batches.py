@@ -21,12 +21,12 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from adapters.errors import InvalidRequest, Overloaded
 from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import BatchLineResult, BatchRecord, BatchStatus, StoredFile
 from adapters.store import FileStore
 from service.app import create_app
-from service.errors import APIError
 from service.management.batch_runs import BatchRunner
 from service.management.batches import parse_batch_file
 from tests.gateway_fixtures import (
@@ -275,10 +275,10 @@ def test_a_line_refused_by_the_endpoint_goes_to_the_error_file_and_load_is_waite
     async def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         question = body["messages"][-1]["content"]
         if question == QUESTIONS["japan"]:
-            raise APIError(400, "messages: too long", param="messages", code="context_length_exceeded")
+            raise InvalidRequest("messages: too long", param="messages", code="context_length_exceeded")
         if question == QUESTIONS["italy"] and not refused_for_load:
             refused_for_load.append(question)
-            raise APIError(429, "overloaded", type="rate_limit_error", code="overloaded")
+            raise Overloaded("the queue is full")
         return await answer(endpoint, body)
 
     asyncio.run(resumed(runner_on(registry, send)))

@@ -185,6 +185,27 @@ def test_a_bad_dataset_shows_each_bad_line_and_nothing_is_queued(
     screenshot(page, "ui-new-skill.png")
 
 
+@pytest.mark.slow
+def test_the_new_skill_form_sends_an_eval_gate_and_shows_its_refusal_naming_the_field(
+    page: Any, gateway: GatewayServer, console: Console
+) -> None:
+    console.expected_statuses.add(404)  # the refused job itself
+    jobs_before = len(gateway.registry.list_jobs())
+    sign_in(page, ADMIN_KEY, "#/new")
+    page.get_by_label("Name", exact=True).fill("ui-gated")
+    page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(json.dumps(r) for r in shout_rows(6)))
+    missing = "eval_" + "0" * 32
+    page.get_by_label("Eval gate (JSON, optional)").fill(json.dumps({
+        "eval_id": missing, "input_messages": {"type": "template", "template": [{"role": "user", "content": "hi"}]},
+        "source": {"type": "file_content", "content": [{"item": {}}]},
+    }))
+    page.get_by_role("button", name="Train").click()
+    refused = page.locator("#dataset-errors")
+    refused.wait_for()
+    assert f"eval {missing} not found" in refused.inner_text() and "eval_gate.eval_id" in refused.inner_text()
+    assert len(gateway.registry.list_jobs()) == jobs_before
+
+
 @pytest.fixture(scope="module")
 def trained(browser: Any, gateway: GatewayServer) -> dict[str, Any]:
     """Train the shout skill from the New skill page, watching its job page until it ends."""

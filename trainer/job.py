@@ -22,6 +22,7 @@ from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
 from trainer import distributed
 from trainer.evaluate import check_min_score
+from trainer.gate import check_training_gate
 from trainer.loop import Cancelled, Hooks, TrainingMethod, TrainResult, train
 from trainer.methods import method_for
 
@@ -195,6 +196,14 @@ def _run_main(store_uri: str, job_id: str) -> int:
                 raise Cancelled("job cancelled")
             record.metrics = dict(result.metrics)  # kept when the guard below fails the job: the figures say why
             check_min_score(result.metrics, spec.hyperparameters.min_score)
+            if spec.eval_gate is not None:
+                reporter.phase(Phase.evaluating)
+                gated = check_training_gate(
+                    registry, spec.eval_gate, f"{spec.name}@{spec.version}", job_id, template, base_dir,
+                    result.adapter_dir,
+                )
+                result.metrics.update(gated)
+                record.metrics = dict(result.metrics)
             reporter.phase(Phase.publishing)
             manifest = trained_manifest(
                 result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,

@@ -12,10 +12,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from enum import Enum
+from typing import Protocol, cast
 
-from adapters.errors import AlreadyExists, Conflict, InvalidName, NotFound
+from adapters.errors import AlreadyExists, Conflict, InvalidName, InvalidRequest, NotFound
+from adapters.gates import check_version, criterion_names, unknown_criteria
 from adapters.registry.keys import adapter_prefix, alias_key, alias_prefix, is_manifest_key, manifest_key
-from adapters.schema import GENERATED_VERSION_RE, LATEST, Aliases, AliasTarget, check_name
+from adapters.schema import (
+    GENERATED_VERSION_RE,
+    LATEST,
+    Aliases,
+    AliasTarget,
+    EvalGate,
+    EvalRecord,
+    EvalRunRecord,
+    check_name,
+)
 from adapters.store import ObjectStore
 
 ALIAS_WRITE_ATTEMPTS = 8
@@ -29,6 +41,69 @@ def pick_version(aliases: Aliases, ref: str | None, user: str | None) -> str | N
     if target is None:
         return ref
     return target.pick(user if user is not None else uuid.uuid4().hex)
+
+
+class Keep(Enum):
+    """`set_alias`'s gate argument when the call leaves the alias's gate as it is."""
+
+    GATE = "keep"
+
+
+class _ReadsEvals(Protocol):
+    """What checking a gate needs: the gate's eval and its runs."""
+
+    def get_eval(self, eval_id: str) -> EvalRecord: ...
+    def list_eval_runs(self, eval_id: str | None = None) -> list[EvalRunRecord]: ...
+
+
+def gated_versions(previous: AliasTarget | None, target: AliasTarget) -> list[tuple[str, str]]:
+    """The versions a move to `target` starts serving (with the request field that names each): a new `version`,
+    and a canary whose share goes up (a new canary, or more weight on the same one). Staying put, or lowering a
+    canary's weight, needs no eval."""
+    moved = []
+    if previous is None or previous.version != target.version:
+        moved.append((target.version, "version"))
+    if target.canary is not None and target.canary_weight > 0:
+        before = previous.canary_weight if previous is not None and previous.canary == target.canary else 0.0
+        if target.canary_weight > before:
+            moved.append((target.canary, "canary"))
+    return moved
+
+
+def check_gate(evals: _ReadsEvals, alias: str, gate: EvalGate) -> None:
+    """A gate that can be passed: not on `latest` (every publish moves it), its eval there, and every
+    per-criterion minimum naming one of the eval's criteria."""
+    if alias == LATEST:
+        raise InvalidRequest(
+            "latest moves on every publish and cannot be gated: gate the alias users call (e.g. prod)",
+            param="gate", code="invalid_gate",
+        )
+    try:
+        evaluation = evals.get_eval(gate.eval_id)
+    except NotFound:
+        raise NotFound(f"eval {gate.eval_id} not found", param="gate.eval_id") from None
+    criteria = criterion_names(evaluation.testing_criteria)
+    for unknown in unknown_criteria(gate, criteria):
+        raise InvalidRequest(
+            f"eval {gate.eval_id} has no criterion {unknown!r} (it has {', '.join(map(repr, criteria))})",
+            param=f"gate.criteria.{unknown}", code="invalid_gate",
+        )
+
+
+def pass_gate(evals: _ReadsEvals, name: str, alias: str, gate: EvalGate, version: str, param: str) -> None:
+    """`name@version` has a completed run of the gate's eval that passes it; EvalRequired or EvalGateFailed
+    (409s naming `param`) otherwise."""
+    try:
+        evaluation = evals.get_eval(gate.eval_id)
+    except NotFound:
+        raise NotFound(
+            f"alias {alias!r} is gated by eval {gate.eval_id}, which no longer exists: set another gate or "
+            "remove it (gate: null)", param="gate.eval_id",
+        ) from None
+    check_version(
+        gate, alias, f"{name}@{version}", evals.list_eval_runs(gate.eval_id),
+        criterion_names(evaluation.testing_criteria), param,
+    )
 
 
 class AliasBook:
@@ -47,19 +122,30 @@ class AliasBook:
         return Aliases(name=name)
 
     def set_alias(
-        self, name: str, alias: str, target: AliasTarget | None, *, expected_revision: int | None = None
+        self,
+        name: str,
+        alias: str,
+        target: AliasTarget | None,
+        *,
+        expected_revision: int | None = None,
+        gate: EvalGate | None | Keep = Keep.GATE,
     ) -> Aliases:
-        """Point `alias` at `target` (None removes it) in a new revision, written with a conditional put.
+        """Point `alias` at `target` (None removes it) in a new revision, written with a conditional put; `gate`
+        sets the alias's promotion gate (None removes it), kept across moves until changed.
 
         With `expected_revision`, the write happens only if that revision is still in force (AlreadyExists
         otherwise: someone moved an alias since it was read); without, a lost race is retried on the new state.
         Refused: an alias named like a version (InvalidName), a version being deleted (Conflict), an unknown version
-        or, when removing, an adapter with neither versions nor aliases (NotFound)."""
+        or, when removing, an adapter with neither versions nor aliases (NotFound); on a gated alias, a version
+        that has no passing run of the gate's eval (EvalRequired, EvalGateFailed: adapters/gates.py)."""
         check_name(alias, "alias")
         if GENERATED_VERSION_RE.fullmatch(alias):
             raise InvalidName(
                 f"alias {alias!r} is named like a version: name@{alias} must mean that version", param="alias"
             )
+        evals = cast(_ReadsEvals, self)  # a Registry: the alias book and the eval book over one store
+        if isinstance(gate, EvalGate):
+            check_gate(evals, alias, gate)
 
         def change(current: Aliases) -> Aliases | None:
             if expected_revision is not None and current.revision != expected_revision:
@@ -71,10 +157,15 @@ class AliasBook:
                 raise InvalidName(
                     f"alias {alias!r} is a version of {name}: {name}@{alias} must mean that version", param="alias"
                 )
+            gates = dict(current.gates)
+            if gate is None:
+                gates.pop(alias, None)
+            elif isinstance(gate, EvalGate):
+                gates[alias] = gate
             if target is None:
-                if alias in current.aliases:
+                if alias in current.aliases or gates != current.gates:
                     return current.model_copy(
-                        update={"aliases": {a: t for a, t in current.aliases.items() if a != alias}}
+                        update={"aliases": {a: t for a, t in current.aliases.items() if a != alias}, "gates": gates}
                     )
                 if current.revision == 0 and not any(map(is_manifest_key, self.store.list(adapter_prefix(name)))):
                     raise NotFound(f"adapter {name!r} not found")
@@ -87,7 +178,11 @@ class AliasBook:
                     raise Conflict(f"adapter {name}@{version} is being deleted: no alias can point at it", param=param)
                 if not self.store.exists(manifest_key(name, version)):
                     raise NotFound(f"adapter {name}@{version} not found", param=param)
-            return current.model_copy(update={"aliases": {**current.aliases, alias: target}})
+            if alias in gates:
+                # Checked on the revision just read: the gate in force is the one the write is conditional on.
+                for version, param in gated_versions(current.aliases.get(alias), target):
+                    pass_gate(evals, name, alias, gates[alias], version, param)
+            return current.model_copy(update={"aliases": {**current.aliases, alias: target}, "gates": gates})
 
         return self.change_aliases(name, change, conditional=expected_revision is not None)
 
@@ -104,7 +199,8 @@ class AliasBook:
             # Versions whose manifest is gone need no fence: an alias write checks the manifest after its read.
             unpublished = [v for v in changed.unpublished if self.store.exists(manifest_key(name, v))]
             written = Aliases(
-                name=name, revision=current.revision + 1, aliases=changed.aliases, unpublished=unpublished
+                name=name, revision=current.revision + 1, aliases=changed.aliases, gates=changed.gates,
+                unpublished=unpublished,
             )
             try:
                 self.store.put_bytes(

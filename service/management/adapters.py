@@ -27,7 +27,7 @@ from adapters.servable import allowed_file, base_linear_shapes, check_files, lor
 from adapters.store import check_key
 from adapters.templates import get_template
 from service.gateway import Gateway
-from service.management import jobs
+from service.management import gates, jobs
 from service.protocol.adapters import (
     AdapterDetail,
     AdapterList,
@@ -118,6 +118,8 @@ async def train(
     if learning_rate_multiplier is not None:
         hyper = scaled_learning_rate(hyper, len(dataset.rows), body.method.type, learning_rate_multiplier)
     _check_plan(gw, hyper, dataset)
+    if body.eval_gate is not None:
+        await gates.check_eval_gate(gw, body.eval_gate)
     await _check_pending(gw)
     # Only a valid dataset reaches the store.
     key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
@@ -135,6 +137,7 @@ async def train(
         hyperparameters=hyper,
         method=body.method,
         metadata=body.metadata,
+        eval_gate=body.eval_gate,
     )
     job = JobRecord(spec=spec, runner=here.name)
     await asyncio.to_thread(gw.registry.put_job, job)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.schema import Aliases, AliasTarget, check_name
+from adapters.registry.aliases import Keep
+from adapters.schema import Aliases, AliasTarget, EvalGate, check_name
 from service.gateway import Gateway
 
 
@@ -15,12 +16,19 @@ async def get_aliases(gw: Gateway, name: str) -> Aliases:
 
 
 async def set_alias(
-    gw: Gateway, name: str, alias: str, target: AliasTarget | None, expected_revision: int | None
+    gw: Gateway,
+    name: str,
+    alias: str,
+    target: AliasTarget | None,
+    expected_revision: int | None,
+    gate: EvalGate | None | Keep = Keep.GATE,
 ) -> Aliases:
-    """Point `alias` of `name` at `target` (None removes it), if the aliases are still at `expected_revision`."""
+    """Point `alias` of `name` at `target` (None removes it), if the aliases are still at `expected_revision`; a
+    gated alias moves only to a version that passed its eval (adapters/gates.py), `gate` sets or (None) removes
+    the gate."""
     check_name(name)
     written: Aliases = await asyncio.to_thread(
-        gw.registry.set_alias, name, alias, target, expected_revision=expected_revision
+        gw.registry.set_alias, name, alias, target, expected_revision=expected_revision, gate=gate
     )
     await gw.cache.forget_aliases(name)
     return written

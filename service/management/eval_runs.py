@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from adapters import graders
 from adapters.errors import GraderError, NotFound, SkillserveError
+from adapters.eval_rows import criterion_result, item_status, recount, rendered_messages, tally
 from adapters.registry import Registry
 from adapters.schema import (
-    CriterionCounts,
     EvalOutputItem,
     EvalRecord,
     EvalRunRecord,
     EvalRunStatus,
-    ResultCounts,
     TokenUsage,
     output_item_id,
 )
@@ -42,9 +41,6 @@ if TYPE_CHECKING:
     from service.gateway import Gateway
 
 log = logging.getLogger("skillserve.evals")
-
-# A criterion whose grader sets no pass mark of its own (score_model without pass_threshold, multi) passes at this.
-DEFAULT_PASS_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -96,86 +92,10 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
 # ---------------------------------------------------------------- what a run does with a row (pure)
 
 
-def rendered_messages(input_messages: Mapping[str, Any], item: Mapping[str, Any]) -> list[dict[str, str]]:
-    """A row's prompt: the template's messages with `{{item.*}}` filled (`developer` sent as `system`), or the
-    messages the row holds at `item_reference`."""
-    if input_messages.get("type") == "item_reference":
-        value: Any = {"item": item}
-        for step in str(input_messages["item_reference"]).split("."):
-            if not isinstance(value, Mapping) or step not in value:
-                raise graders.TemplateReferenceError(
-                    f"item_reference {input_messages['item_reference']!r} names nothing in this row"
-                )
-            value = value[step]
-        if not isinstance(value, list) or not all(isinstance(m, Mapping) and "role" in m for m in value):
-            raise graders.TemplateReferenceError(
-                f"item_reference {input_messages['item_reference']!r} is not a list of messages"
-            )
-        return [{"role": str(m["role"]), "content": message_text(m.get("content"))} for m in value]
-    return [
-        {
-            "role": "system" if message["role"] == "developer" else message["role"],
-            "content": graders.render(message_text(message["content"]), item, None),
-        }
-        for message in input_messages.get("template") or []
-    ]
-
-
-def message_text(content: Any) -> str:
-    """The text of a message's content: a string, a text part, or a list of them joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        return str(content.get("text", ""))
-    if isinstance(content, list):
-        return "\n".join(message_text(part) for part in content)
-    return ""
-
-
-def criterion_result(result: graders.GradeResult) -> dict[str, Any]:
-    """A grade as an output item's result: OpenAI's name, type, score, passed (a grader without a pass mark
-    passes at DEFAULT_PASS_SCORE), and the grader's errors and details beside them."""
-    passed = result.passed if result.passed is not None else result.score >= DEFAULT_PASS_SCORE
-    return {**result.as_dict(), "passed": bool(passed) and not result.errors}
-
-
-def item_status(results: list[dict[str, Any]], sample_error: dict[str, str] | None) -> str:
-    if sample_error is not None or any(result["errors"] for result in results):
-        return "error"
-    return "pass" if all(result["passed"] for result in results) else "fail"
-
-
-def tally(run: EvalRunRecord, item: EvalOutputItem) -> EvalRunRecord:
-    """`run` with one more row counted: its status, each criterion's verdict, each model's tokens."""
-    counts = run.result_counts.model_copy()
-    counts.total += 1
-    field = {"pass": "passed", "fail": "failed", "error": "errored"}[item.status]
-    setattr(counts, field, getattr(counts, field) + 1)
-    criteria = {name: value.model_copy() for name, value in run.per_criterion.items()}
-    for result in item.results:
-        entry = criteria.setdefault(result["name"], CriterionCounts())
-        if result["passed"]:
-            entry.passed += 1
-        else:
-            entry.failed += 1
-    usage = dict(run.per_model_usage)
-    for model, used in item.usage.items():
-        usage[model] = usage.get(model, TokenUsage()).plus(used)
-    return run.model_copy(update={"result_counts": counts, "per_criterion": criteria, "per_model_usage": usage})
-
-
 def tally_into(item: EvalOutputItem, run: EvalRunRecord) -> EvalRunRecord | None:
     """`item` counted into the stored run; nothing once the run has finished, whose counts are final (a completed
     run's are made from its items)."""
     return None if run.status.finished else tally(run, item)
-
-
-def recount(run: EvalRunRecord, items: list[EvalOutputItem]) -> EvalRunRecord:
-    """`run`'s counts made again from its items (what a resumed run starts from)."""
-    fresh = run.model_copy(update={"result_counts": ResultCounts(), "per_criterion": {}, "per_model_usage": {}})
-    for item in items:
-        fresh = tally(fresh, item)
-    return fresh
 
 
 def chat_sampling(sampling_params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -8,13 +8,13 @@ checked whole here (400s naming the field), stored, and executed in the backgrou
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters import graders
 from adapters.errors import InvalidRequest, NotFound, RunFinished
+from adapters.eval_rows import message_text, parse_eval_rows
 from adapters.schema import (
     OUTPUT_ITEM_ID_RE,
     EvalOutputItem,
@@ -23,7 +23,7 @@ from adapters.schema import (
     EvalRunStatus,
 )
 from service.management.background import parsed_request
-from service.management.eval_runs import chat_sampling, message_text
+from service.management.eval_runs import chat_sampling
 from service.protocol.common import page
 from service.protocol.evals import (
     CreateEval,
@@ -169,26 +169,6 @@ def item_problem(schema: Mapping[str, Any], value: Any, where: str = "item") -> 
             if found:
                 return found
     return None
-
-
-def parse_eval_rows(data: bytes, max_rows: int) -> list[dict[str, Any]]:
-    """A file of eval rows (JSONL, each `{"item": {...}}` with an optional `sample`); ValueError naming the line."""
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            raise ValueError(f"line {number}: not JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("item"), dict):
-            raise ValueError(f'line {number}: each line is {{"item": {{...}}}} (an object under "item")')
-        rows.append(row)
-        if len(rows) > max_rows:
-            raise ValueError(f"more than {max_rows} rows (max_dataset_rows)")
-    if not rows:
-        raise ValueError("no rows")
-    return rows
 
 
 def run_rows(gw: Gateway, run: EvalRunRecord) -> list[dict[str, Any]]:

@@ -142,6 +142,7 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         hyperparameters=_hyperparameters(requested, seed),
         method=Method(type=kind, **({} if beta == "auto" else {"beta": beta})),  # type: ignore[arg-type]
         metadata=body.metadata or {},
+        eval_gate=body.eval_gate,
     )
     multiplier = None if requested.learning_rate_multiplier == "auto" else float(requested.learning_rate_multiplier)
     fine_tune_of = functools.partial(

@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.schema import Hyperparameters, JobRecord, Manifest, Method
+from adapters.schema import EvalGate, Hyperparameters, JobRecord, Manifest, Method, TrainingEvalGate
 
 
 class CreateAdapterJSON(BaseModel):
@@ -34,6 +34,11 @@ class CreateAdapterJSON(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     method: Method = Field(default_factory=Method, description="supervised (SFT rows) or dpo (preference rows)")
     metadata: dict[str, str] = Field(default_factory=dict, description="your own labels, kept with the job")
+    eval_gate: TrainingEvalGate | None = Field(
+        None,
+        description="publish only if the new version passes this eval: the trainer answers these rows greedily, "
+        "records a completed run of the eval on name@<version> and fails the job naming the criterion otherwise",
+    )
 
     @model_validator(mode="after")
     def _one_dataset(self) -> CreateAdapterJSON:
@@ -72,6 +77,12 @@ class SetAliasRequest(BaseModel):
     expected_revision: int | None = Field(
         None, strict=True,
         description="write only if the aliases are still at this revision (from GET); 409 otherwise",
+    )
+    gate: EvalGate | None = Field(
+        None,
+        description="a promotion gate: from now on the alias moves to a version (or gives a canary more weight) "
+        "only if a completed run of this eval on exactly `name@<version>` passes it (409 eval_required or "
+        "eval_gate_failed otherwise); kept across moves; null removes it, leaving it out keeps it",
     )
 
     @field_validator("canary")

@@ -10,6 +10,8 @@ from pydantic import (
     Field,
 )
 
+from adapters.schema import TrainingEvalGate
+
 AutoLiteral = Literal["auto"]
 
 
@@ -74,6 +76,11 @@ class CreateFineTuningJob(BaseModel):
     integrations: list[dict[str, Any]] | None = Field(None, description="none are supported: null or []")
     template: str = Field(
         "chatml", description="skillserve: the chat template the model is trained and served with"
+    )
+    eval_gate: TrainingEvalGate | None = Field(
+        None,
+        description="skillserve (extra_body), not OpenAI's: the job publishes its model only if it passes this eval "
+        "(see docs/evals.md, Promotion gates)",
     )
 
 

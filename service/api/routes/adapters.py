@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from adapters.dataset import rows_to_jsonl
+from adapters.registry.aliases import Keep
 from adapters.schema import Aliases, AliasTarget, Manifest, check_name
 from service.api.auth import require_admin, require_inference
 from service.api.deps import GatewayDep
@@ -50,6 +51,7 @@ MULTIPART_SCHEMA = {
             "type": "string",
             "description": "supervised (default) or dpo (preference rows), or a JSON object of Method",
         },
+        "eval_gate": {"type": "string", "description": "JSON object of TrainingEvalGate: publish only if it passes"},
     },
 }
 
@@ -71,12 +73,13 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
         if not isinstance(upload, UploadFile):
             raise APIError(400, "multipart requests need a `dataset` file field", param="dataset")
         data = await upload.read(limit + 1)
-        hyper, method = form.get("hyperparameters"), form.get("method")
+        hyper, method, gate = form.get("hyperparameters"), form.get("method"), form.get("eval_gate")
         fields: dict[str, Any] = {
             "name": form.get("name"),
             "template": form.get("template") or "chatml",
             "hyperparameters": hyper if isinstance(hyper, str) and hyper.strip() else {},
             "method": method,
+            "eval_gate": gate if isinstance(gate, str) and gate.strip() else None,
             "rows": [],  # stands for the uploaded file in validation
         }
         return await adapter_ops.off_loop(_form_request, fields), data
@@ -115,6 +118,7 @@ def _form_request(fields: dict[str, Any]) -> CreateAdapterJSON:
             **fields,
             "hyperparameters": json.loads(hyper) if isinstance(hyper, str) else hyper,
             "method": _form_method(fields["method"]),
+            "eval_gate": json.loads(fields["eval_gate"]) if isinstance(fields["eval_gate"], str) else None,
         }
     return _validated(fields)
 
@@ -236,7 +240,8 @@ async def set_alias(name: str, body: SetAliasRequest, gw: GatewayDep) -> Aliases
         )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    return await aliases.set_alias(gw, name, body.alias, target, body.expected_revision)
+    gate = body.gate if "gate" in body.model_fields_set else Keep.GATE
+    return await aliases.set_alias(gw, name, body.alias, target, body.expected_revision, gate)
 
 
 @router.delete(

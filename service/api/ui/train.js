@@ -99,6 +99,10 @@ export async function form(main, { signal }) {
   });
   const count = h("span", { class: "muted", "aria-live": "polite" });
   const file = h("input", { id: "dataset-file", type: "file", accept: ".jsonl,.json,.txt,application/jsonl,application/json,text/plain" });
+  const gate = h("textarea", {
+    id: "eval-gate", name: "eval_gate", rows: 5, spellcheck: "false", "aria-describedby": "eval-gate-help",
+    placeholder: '{"eval_id": "eval_…", "min_pass_rate": 1.0, "criteria": {},\n "input_messages": {"type": "template", "template": [{"role": "user", "content": "Shout these words: {{item.words}}"}]},\n "source": {"type": "file_content", "content": [{"item": {"words": "sun dog", "first": "SUN"}}]}}',
+  });
   const result = h("div", { id: "train-result" });
   const submit = h("button", { type: "submit" }, "Train");
 
@@ -139,6 +143,15 @@ export async function form(main, { signal }) {
     body.append("name", name.value.trim());
     body.append("template", template.value);
     body.append("hyperparameters", JSON.stringify(hyperparameters));
+    if (gate.value.trim()) {
+      try {
+        body.append("eval_gate", JSON.stringify(JSON.parse(gate.value)));
+      } catch {
+        result.replaceChildren(h("p", { class: "card alert", role: "alert", id: "dataset-errors" }, "The eval gate is not JSON: give an object, or leave it empty."));
+        gate.focus();
+        return;
+      }
+    }
     body.append("dataset", bigFile || new Blob([rows.value], { type: "application/jsonl" }), bigFile ? bigFile.name : "dataset.jsonl");
     submit.disabled = true;
     submit.textContent = "Checking the dataset…";
@@ -174,6 +187,9 @@ export async function form(main, { signal }) {
         h("p", { class: "muted", style: "margin-top:0" }, "Defaults come from the API's schema; only changed values are sent. ",
           h("button", { type: "button", class: "ghost small", onclick: () => fields.forEach((f) => f.reset()) }, "Reset to defaults")),
         h("div", { class: "hyper" }, fields.map((f) => f.node))),
+      h("div", { class: "field" }, h("label", { for: "eval-gate" }, "Eval gate (JSON, optional)"), gate,
+        h("small", { id: "eval-gate-help" }, "publish only if the new version passes this eval: the trainer answers its rows, ",
+          "records the run, and fails the job naming the criterion otherwise (docs/evals.md, Promotion gates)")),
       result,
       h("div", { class: "row" }, submit)));
   recount();
