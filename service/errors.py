@@ -83,6 +83,8 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
         # The cluster's own refusal, not a fault of this gateway: 403 when its account lacks the permission
         # (the message names it), else 422: the request was well-formed, the cluster will not run its job.
         return APIError(403 if isinstance(exc, domain.JobForbidden) else 422, str(exc), code=exc.code)
+    if isinstance(exc, domain.GraderError):
+        return APIError(400, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, domain.InvalidAdapter | domain.InvalidName | domain.TemplateError):
         return APIError(400, str(exc), code=exc.code, param=exc.param)
     return APIError(500, str(exc), type="server_error", code=exc.code)
