@@ -162,11 +162,12 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     suffix = body.suffix or None
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     beta = getattr(requested, "beta", "auto")
-    method = Method(type=kind, **({} if beta == "auto" else {"beta": beta}))  # type: ignore[arg-type]
     notes: list[JobEvent] = []
     if reinforcement is not None:
         assert isinstance(requested, ReinforcementHyperparameters)
         method, notes = _reinforcement(requested, reinforcement.grader, training.rows)
+    else:
+        method = Method(type=kind, **({} if beta == "auto" else {"beta": beta}))  # type: ignore[arg-type]
     request = CreateAdapterJSON(
         name=f"{suffix.lower()}-{short}" if suffix else f"ft-{short}",
         template=body.template,
