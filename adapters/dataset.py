@@ -10,6 +10,10 @@ Every row becomes a list of chat messages; the template turns messages into text
 Preference training (method `dpo`) takes OpenAI's preference rows instead:
 {"input": {"messages": [...], "tools": [...]}, "preferred_output": [{"role": "assistant", ...}],
 "non_preferred_output": [{"role": "assistant", ...}]}: one prompt and two answers to it.
+
+Reinforcement fine-tuning (method `reinforcement`) takes OpenAI's RFT rows: {"messages": [...], "tools": [...],
+...}, the messages ending in the user's turn (the model samples the answer), and any other fields the grader reads
+as `{{item.<field>}}` (the whole row is the grader's item).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ _ROW = re.compile(rb"^[ \t\r\x0b\x0c]*[^ \t\n\r\x0b\x0c][^\n]*", re.M)
 # Scanned this many bytes at a time: one C call holds the GIL, and the gateway's event loop must win it back often.
 _SCAN_BYTES = 256 * 1024
 Messages = list[dict[str, str]]
-MethodType = Literal["supervised", "dpo"]
+MethodType = Literal["supervised", "dpo", "reinforcement"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class Dataset:
     # Preference datasets: one pair per row; `rows` then holds each prompt with its preferred answer, and `tokens`
     # both conversations of a pair, as DPO trains on both.
     pairs: list[Preference] = field(default_factory=list)
+    # Reinforcement datasets: each row as sent (the grader's item); `rows` then holds each prompt, and `tokens` the
+    # prompt's length with the generation prompt.
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def format(self) -> str:
@@ -99,9 +106,10 @@ def _prompt_completion(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
-def chat_messages(messages: Any, tools: Any = None) -> list[dict[str, str]]:
+def chat_messages(messages: Any, tools: Any = None, answered: bool = True) -> list[dict[str, str]]:
     """Check an OpenAI-style message list for training, tool calls and results included; returns plain
-    text turns (tools, calls and results written as text by `adapters.tools.flatten`)."""
+    text turns (tools, calls and results written as text by `adapters.tools.flatten`). `answered=False`: a prompt,
+    which needs no assistant turn."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     checked: list[dict[str, Any]] = []
@@ -133,8 +141,9 @@ def chat_messages(messages: Any, tools: Any = None) -> list[dict[str, str]]:
     turns = [m["role"] for m in checked if m["role"] != "system"]
     if not turns or turns[0] != "user":
         raise ValueError("the first message after the system message must be from the user")
-    if "assistant" not in turns:
-        raise ValueError("no assistant message: nothing to learn")
+    if answered and "assistant" not in turns:
+        raise ValueError("no assistant message: nothing to learn (a prompt to sample from is a row of method "
+                         "'reinforcement')")
     return flatten(checked, check_tools(tools) if tools is not None else None)
 
 
@@ -221,6 +230,30 @@ def preference_pair(row: Any) -> Preference:
     return Preference(chosen[:-1], chosen[-1], rejected[-1])
 
 
+def prompt_row(row: Any, grader: Any = None) -> list[dict[str, str]]:
+    """The prompt of one parsed reinforcement row (messages ending in the user's turn); ValueError with the reason if
+    it is not one, or if a `{{item.*}}` the grader reads is not in it."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    if "messages" not in row:
+        raise ValueError("missing field 'messages': a reinforcement row is a prompt, its messages ending in the "
+                         "user's turn")
+    messages = row["messages"]
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+            and messages[-1].get("role") != "user":
+        raise ValueError(f"'messages' must end with the user's turn (the model samples the answer), not with a "
+                         f"{messages[-1].get('role')!r} message")
+    prompt = chat_messages(messages, row.get("tools"), answered=False)
+    if grader is not None:
+        from adapters.graders import TemplateReferenceError, check_item
+
+        try:
+            check_item(grader, row)
+        except TemplateReferenceError as exc:
+            raise ValueError(f"the grader's {exc}") from None
+    return prompt
+
+
 def rows_to_jsonl(rows: list[Any]) -> bytes:
     """Inline rows (from an API request) as the JSONL bytes that are validated and stored."""
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
@@ -252,11 +285,13 @@ def parse_dataset(
     template: Any | None = None,
     max_row_tokens: int | None = None,
     method: MethodType = "supervised",
+    grader: Any = None,
 ) -> Dataset:
     """Validate JSONL bytes; raise DatasetError listing every bad line, or return the rows as messages.
 
     With a tokenizer and template, each row is also rendered and measured in tokens. `method="dpo"` reads
-    preference rows (`input`, `preferred_output`, `non_preferred_output`) into `pairs`. A line longer than
+    preference rows (`input`, `preferred_output`, `non_preferred_output`) into `pairs`; `"reinforcement"` reads
+    prompts into `rows` and each row as sent into `items`, checked against `grader`'s `{{item.*}}`. A line longer than
     `max_line_bytes` is refused unread (parsing one JSON text is one uninterruptible call). Checking stops after
     `MAX_REPORTED` bad lines.
     """
@@ -291,7 +326,10 @@ def parse_dataset(
             continue
         pair = None
         try:
-            if method == "dpo":
+            if method == "reinforcement":
+                fmt, messages = "prompt", prompt_row(row, grader)
+                conversations = {"": messages}
+            elif method == "dpo":
                 pair = preference_pair(row)
                 fmt, messages = "preference", [*pair.prompt, pair.chosen]
                 conversations = {"preferred_output": messages, "non_preferred_output": [*pair.prompt, pair.rejected]}
@@ -302,7 +340,8 @@ def parse_dataset(
             errors.append((number, str(exc)))
             continue
         if tokenizer is not None and template is not None and max_row_tokens:
-            measured = [(what, *_token_problem(tokenizer, template, turns, max_row_tokens))
+            answered = method != "reinforcement"
+            measured = [(what, *_token_problem(tokenizer, template, turns, max_row_tokens, answered))
                         for what, turns in conversations.items()]
             problems = [f"{what}: {reason}" if what else reason for what, reason, _ in measured if reason]
             if problems:
@@ -311,6 +350,8 @@ def parse_dataset(
             dataset.tokens.append(sum(tokens for _, _, tokens in measured))
         if pair is not None:
             dataset.pairs.append(pair)
+        if method == "reinforcement":
+            dataset.items.append(row)
         dataset.rows.append(messages)
         dataset.lines.append(number)
         dataset.formats.add(fmt)
@@ -322,18 +363,19 @@ def parse_dataset(
 
 
 def _token_problem(
-    tokenizer: Any, template: Any, messages: list[dict[str, str]], limit: int
+    tokenizer: Any, template: Any, messages: list[dict[str, str]], limit: int, answered: bool = True
 ) -> tuple[str | None, int]:
-    """(what is wrong with the row, or None; its length in tokens after templating)."""
+    """(what is wrong with the row, or None; its length in tokens after templating). A prompt (`answered=False`) is
+    measured as the gateway sends it, with the generation prompt."""
     from adapters.masking import encode
 
     try:
-        encoded = encode(tokenizer, template, messages)
+        encoded = encode(tokenizer, template, messages, add_generation_prompt=not answered)
     except TemplateError as exc:
         return str(exc), 0
     length = len(encoded.input_ids)
     if length > limit:
         return f"too long: {length} tokens after templating, the limit is {limit}", length
-    if not any(encoded.assistant_mask):
+    if answered and not any(encoded.assistant_mask):
         return "nothing to learn: the template leaves no assistant tokens", length
     return None, length

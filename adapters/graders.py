@@ -409,6 +409,45 @@ def _param(prefix: str, loc: tuple[int | str, ...], data: Any) -> str:
     return path
 
 
+def _texts(grader: AnyGrader) -> list[str]:
+    """Every template text of a grader, its sub-graders' included."""
+    if isinstance(grader, StringCheckGrader | TextSimilarityGrader):
+        return [grader.input, grader.reference]
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+        return [message.text() for message in grader.input]
+    if isinstance(grader, MultiGrader):
+        return [text for sub in grader.graders.values() for text in _texts(sub)]
+    return []
+
+
+def check_item(grader: AnyGrader, item: Mapping[str, Any]) -> None:
+    """Raise TemplateReferenceError when a `{{item.*}}` of the grader does not resolve in `item` (a dataset row
+    checked before training, so a row the grader cannot read is a line-numbered error, not a reward of 0)."""
+    for text in _texts(grader):
+        for match in _PLACEHOLDER.finditer(text):
+            reference = match.group(1).strip()
+            if reference.startswith("item"):
+                render(match.group(0), item, None)
+
+
+MODEL_GRADERS_REFUSED = (
+    "cannot be a reward here: a model grader asks a judge through the gateway's serving path, and the trainer runs "
+    "apart from the gateway (a subprocess or a cluster Job) with no judge to ask; use string_check, text_similarity "
+    "or a multi grader over them"
+)
+
+
+def check_local(grader: AnyGrader, param: str = "grader") -> AnyGrader:
+    """`grader` if every grader in it runs without a judge model (the trainer's reward), else a GraderError naming
+    the model grader."""
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+        raise GraderError(f"{grader.type} {MODEL_GRADERS_REFUSED}", f"{param}.type")
+    if isinstance(grader, MultiGrader):
+        for name, sub in grader.graders.items():
+            check_local(sub, f"{param}.graders.{name}")
+    return grader
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Grading
 # ---------------------------------------------------------------------------------------------------------

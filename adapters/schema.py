@@ -111,6 +111,9 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in the backward pass: far less memory for one more forward pass"
     )
+    eval_interval: int = Field(
+        0, ge=0, le=100_000, description="optimizer steps between held-out evaluations; 0 = twice an epoch"
+    )
     eval_samples: int = Field(
         16, ge=0, le=1000, description="held-out rows answered greedily and scored after training; 0 = none"
     )
@@ -145,12 +148,39 @@ class JobStatus(StrEnum):
 
 
 class Method(BaseModel):
-    """How the adapter learns: supervised fine-tuning on answers, or DPO on preference pairs."""
+    """How the adapter learns: supervised fine-tuning on answers, DPO on preference pairs, or reinforcement toward a
+    grader's score on its own samples."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo (preference)")
+    type: Literal["supervised", "dpo", "reinforcement"] = Field(
+        "supervised", description="supervised (SFT), dpo (preference) or reinforcement (a grader's reward)"
+    )
     beta: float = Field(0.1, gt=0, le=10, description="DPO only: how far the adapter may move from the base")
+    grader: dict[str, Any] | None = Field(
+        None, description="reinforcement only: the reward, one of OpenAI's graders as the Evals API takes them "
+        "(string_check, text_similarity, multi); model graders cannot run in the trainer"
+    )
+    kl_beta: float = Field(
+        0.04, ge=0, le=10, description="reinforcement only: weight of the KL term to the base model (trl GRPO's "
+        "beta); 0 = none"
+    )
+    samples_per_prompt: Auto[int] = Field(
+        None, ge=2, le=64, description="reinforcement only: completions sampled per prompt at each step, the group "
+        "whose rewards are compared; null = chosen from the data"
+    )
+    max_completion_tokens: int = Field(
+        64, ge=1, le=4096, description="reinforcement only: longest sampled completion, in tokens"
+    )
+    temperature: float = Field(1.0, gt=0, le=2, description="reinforcement only: sampling temperature while training")
+
+    @model_validator(mode="after")
+    def _grader_goes_with_reinforcement(self) -> Method:
+        if self.type == "reinforcement" and self.grader is None:
+            raise ValueError("method reinforcement needs a grader: the reward its samples are scored by")
+        if self.type != "reinforcement" and self.grader is not None:
+            raise ValueError(f"a grader goes with method reinforcement, not {self.type}")
+        return self
 
 
 class EvalGate(BaseModel):
@@ -225,6 +255,10 @@ class Progress(BaseModel):
     loss: float | None = None
     eval_loss: float | None = None
     learning_rate: float | None = None
+    reward: float | None = Field(None, description="reinforcement: the mean grader score of the last step's samples")
+    eval_reward: float | None = Field(
+        None, description="reinforcement: the mean grader score of greedy answers to the held-out prompts"
+    )
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
 
@@ -246,8 +280,12 @@ class Checkpoint(BaseModel):
     epoch: float = 0.0
     train_loss: float | None = None
     eval_loss: float | None = None
+    eval_reward: float | None = Field(None, description="reinforcement: the held-out mean reward, higher is better")
     at: float = Field(default_factory=time.time)
-    best: bool = Field(False, description="the checkpoint with the lowest held-out loss: the one published")
+    best: bool = Field(
+        False, description="the checkpoint with the best held-out figure (lowest loss, or highest reward for "
+        "reinforcement): the one published"
+    )
     stored: str | None = Field(
         None, description="store prefix holding its adapter files when kept (publishable as a version later)"
     )
@@ -391,8 +429,9 @@ class StoredFile(BaseModel):
     created_at: float = Field(default_factory=time.time)
     expires_at: float | None = Field(None, description="gone (404) from this time on; null = kept until deleted")
     rows: int = 0
-    kind: Literal["supervised", "preference"] = Field(
-        "supervised", description="what its rows look like: answers to learn, or preference pairs (DPO)"
+    kind: Literal["supervised", "preference", "prompts"] = Field(
+        "supervised", description="what its rows look like: answers to learn, preference pairs (DPO), or prompts "
+        "ending in the user's turn (reinforcement)"
     )
 
 

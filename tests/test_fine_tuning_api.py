@@ -192,7 +192,7 @@ def test_jobs_that_name_no_file_or_another_model_are_400s_and_unknown_jobs_404s(
         client.fine_tuning.jobs.create(
             model=DEFAULT_MODEL, training_file=stored.id, method={"type": "reinforcement"}  # type: ignore[typeddict-item]
         )
-    assert reinforcement.value.body["param"] == "method.type"  # type: ignore[index]
+    assert reinforcement.value.body["param"] == "method.reinforcement.grader"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-" + "0" * 32)
     with pytest.raises(openai.NotFoundError):

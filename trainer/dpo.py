@@ -17,7 +17,7 @@ from adapters.masking import encode_preference
 from adapters.schema import Hyperparameters
 from adapters.templates import ChatTemplate
 from trainer.evaluate import evaluate_preferences
-from trainer.loop import Columns, Messages, TrainerParts
+from trainer.loop import LOWEST_LOSS, Columns, Messages, TrainerParts
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
@@ -62,6 +62,7 @@ class DirectPreference:
     the base model (the same weights with the adapter off, which trl uses as the reference for a peft model)."""
 
     name = "dpo"
+    criterion = LOWEST_LOSS
 
     def __init__(self, beta: float) -> None:
         self.beta = beta

@@ -28,6 +28,10 @@ from trainer import distributed, forgetting
 from trainer.evaluate import evaluate_generations
 
 ProgressFn = Callable[[Progress], None]
+# The step figures a job's metrics events carry, when the method logs them (reinforcement: reward, its spread, KL
+# to the base, and the seconds spent sampling and grading).
+LOGGED = ("loss", "eval_loss", "learning_rate", "reward", "reward_std", "kl", "eval_reward", "sampling_seconds",
+          "completions/mean_length")
 PlanFn = Callable[[dict[str, Any]], None]
 EventFn = Callable[[JobEvent], None]
 CheckpointsFn = Callable[[list[Checkpoint]], None]
@@ -89,6 +93,22 @@ class TrainerParts:
     callbacks: list[Any]  # progress, cancel and best-kept: pass them on
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """The held-out figure a method's checkpoints are compared by: its name in trl's evaluation metrics, and which
+    way is better."""
+
+    metric: str = "eval_loss"
+    higher_is_better: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.metric.removeprefix("eval_").replace("_", " ")
+
+
+LOWEST_LOSS = Criterion()
+
+
 class TrainingMethod(Protocol):
     """What a training method supplies to the shared loop (`train`); the loop owns the rest: the held-out split, the
     LoRA and the schedule, checkpoints and the one kept, progress, cancel, the saved adapter. Chosen by name in
@@ -97,6 +117,12 @@ class TrainingMethod(Protocol):
     @property
     def name(self) -> str:
         """The job's `method.type`; also picks this method's defaults in adapters/auto.py."""
+        ...
+
+    @property
+    def criterion(self) -> Criterion:
+        """What the best checkpoint is chosen by: the lowest held-out loss (supervised, DPO) or the highest held-out
+        reward (reinforcement)."""
         ...
 
     @property
@@ -149,21 +175,24 @@ def patience(hp: Hyperparameters, eval_rows: int) -> int:
 
 
 class BestCheckpoint:
-    """Which evaluation had the lowest held-out loss, and whether training should stop: the rule alone, so it is
-    unit-tested without a trainer. `patience` evaluations in a row without a better loss stop training (0: never).
+    """Which evaluation had the best held-out figure (by `criterion`: the lowest loss unless told otherwise), and
+    whether training should stop: the rule alone, so it is unit-tested without a trainer. `patience` evaluations in
+    a row without a better figure stop training (0: never).
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, criterion: Criterion = LOWEST_LOSS):
         self.patience = patience
+        self.criterion = criterion
         self.best_step: int | None = None
-        self.best_loss = math.inf
+        self.best_loss = -math.inf if criterion.higher_is_better else math.inf  # the best figure, loss or not
         self.since_best = 0
         self.stopped_at: int | None = None
 
-    def update(self, step: int, eval_loss: float) -> bool:
+    def update(self, step: int, figure: float) -> bool:
         """Record one evaluation; True when it is the best so far (ties keep the earlier, less-trained one)."""
-        if eval_loss < self.best_loss:
-            self.best_step, self.best_loss, self.since_best = step, eval_loss, 0
+        better = figure > self.best_loss if self.criterion.higher_is_better else figure < self.best_loss
+        if better:
+            self.best_step, self.best_loss, self.since_best = step, figure, 0
             return True
         self.since_best += 1
         return False
@@ -233,11 +262,15 @@ def _progress_callback(
                 p.eval_loss = float(logs["eval_loss"])
             if "learning_rate" in logs:
                 p.learning_rate = float(logs["learning_rate"])
+            if logs.get("reward") is not None:
+                p.reward = float(logs["reward"])
+            if logs.get("eval_reward") is not None:
+                p.eval_reward = float(logs["eval_reward"])
             if p.step and p.phase is Phase.training:
                 p.eta_seconds = round(elapsed / p.step * max(p.total_steps - p.step, 0), 1)
                 p.tokens_per_second = round(tokens_per_epoch * p.epoch / elapsed, 1) if elapsed else None
             report(p.model_copy())
-            figures = {k: round(float(logs[k]), 6) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
+            figures = {k: round(float(logs[k]), 6) for k in LOGGED if logs.get(k) is not None}
             if figures and not self.finished:  # the evaluations after training are in the metrics, not history
                 data = {"step": p.step, "epoch": round(p.epoch, 4), **figures}
                 if "loss" in data:
@@ -270,27 +303,30 @@ def _best_callback(rule: BestCheckpoint, note: EventFn, on_checkpoints: Checkpoi
                 self.train_loss = round(float(logs["loss"]), 6)
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
-            loss = (metrics or {}).get("eval_loss")
-            if not self.training or loss is None:
+            criterion = rule.criterion
+            figure = (metrics or {}).get(criterion.metric)
+            if not self.training or figure is None:
                 return  # the evaluations after training (adapter and base) are reports, not candidates
             step = state.global_step
             if self.checkpoints and self.checkpoints[-1].step == step:
                 return  # the last step's forced evaluation, when it fell on a scheduled one too
-            better = rule.update(step, float(loss))
+            better = rule.update(step, float(figure))
+            seen = {k: round(float(v), 6) for k, v in (metrics or {}).items() if k in ("eval_loss", "eval_reward")}
             checkpoint = Checkpoint(
-                step=step, epoch=round(float(state.epoch or 0), 4), train_loss=self.train_loss,
-                eval_loss=round(float(loss), 6),
+                step=step, epoch=round(float(state.epoch or 0), 4), train_loss=self.train_loss, **seen,
             )
             self.checkpoints.append(checkpoint)
             if better:
                 model = kwargs["model"]
                 self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             verdict = "best so far" if better else f"best is still step {rule.best_step} ({rule.best_loss:.4g})"
-            note(JobEvent(message=f"evaluation at step {step}: held-out loss {loss:.4g}, {verdict}"))
+            note(JobEvent(message=f"evaluation at step {step}: held-out {criterion.label} {figure:.4g}, {verdict}",
+                          data={"step": step, criterion.metric: round(float(figure), 6)}))
             if step < state.max_steps and rule.should_stop(step):
                 control.should_training_stop = True
+                direction = "higher" if criterion.higher_is_better else "lower"
                 note(JobEvent(message=f"stopping early at step {step}: {rule.since_best} evaluations without a "
-                              f"lower held-out loss than step {rule.best_step}'s"))
+                              f"{direction} held-out {criterion.label} than step {rule.best_step}'s"))
             on_checkpoints(list(self.checkpoints))
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -550,8 +586,8 @@ def build_run(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
     steps_per_epoch = math.ceil(len(data.train) / (device_batch * world.size))
-    eval_steps = eval_every(steps_per_epoch) if data.evaluated else None
-    rule = BestCheckpoint(patience(hp, len(data.held_out)))
+    eval_steps = (hp.eval_interval or eval_every(steps_per_epoch)) if data.evaluated else None
+    rule = BestCheckpoint(patience(hp, len(data.held_out)), method.criterion)
     keep_best = _best_callback(rule, hooks.note, hooks.on_checkpoints)
     chosen: dict[str, Any] = {}
 
@@ -605,9 +641,11 @@ def kept_record(
     if hp.keep == "last" or rule.best_step is None:
         return {"kept": "last", "kept_step": final_step, "kept_reason": f"the last step ({final_step}): keep=last"}
     stopped = f"; stopped early at step {rule.stopped_at}" if rule.stopped_at is not None else ""
+    criterion = rule.criterion
+    best = "highest" if criterion.higher_is_better else "lowest"
     return {
-        "kept": "best", "kept_step": rule.best_step, "best_eval_loss": round(rule.best_loss, 6),
+        "kept": "best", "kept_step": rule.best_step, f"best_{criterion.metric}": round(rule.best_loss, 6),
         "stopped_early": rule.stopped_at is not None,
-        "kept_reason": f"lowest held-out loss ({rule.best_loss:.4g}) at step {rule.best_step} of {final_step}"
-        + stopped,
+        "kept_reason": f"{best} held-out {criterion.label} ({rule.best_loss:.4g}) at step {rule.best_step} of "
+        f"{final_step}" + stopped,
     }

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from adapters.schema import Method
 from trainer.dpo import DirectPreference
 from trainer.loop import TrainingMethod
+from trainer.rft import Reinforcement
 from trainer.sft import Supervised
 
 METHODS: dict[str, Callable[[Method], TrainingMethod]] = {
     "supervised": lambda spec: Supervised(),
     "dpo": lambda spec: DirectPreference(beta=spec.beta),
-    # "reinforcement" (issue 29: on-policy samples scored by a grader) is added here, with its name in
-    # adapters/schema.py `Method.type`; tests/test_trainer.py checks the two agree.
+    "reinforcement": Reinforcement,
 }
 
 

@@ -9,7 +9,7 @@ from adapters.dataset import Dataset
 from adapters.masking import encode
 from adapters.schema import Hyperparameters
 from adapters.templates import ChatTemplate
-from trainer.loop import Columns, Messages, TrainerParts
+from trainer.loop import LOWEST_LOSS, Columns, Messages, TrainerParts
 
 
 def encode_rows(tokenizer: Any, template: ChatTemplate, rows: list[Messages], max_len: int) -> Columns:
@@ -26,6 +26,7 @@ class Supervised:
     """Supervised fine-tuning on the assistant's answers (`method: supervised`, the default)."""
 
     name = "supervised"
+    criterion = LOWEST_LOSS
 
     @property
     def label(self) -> dict[str, Any]:

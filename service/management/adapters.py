@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters import auto
+from adapters import auto, graders
 from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobRecord, JobSpec, Manifest, check_name
+from adapters.schema import Hyperparameters, JobEvent, JobRecord, JobSpec, Manifest, Method, check_name
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
@@ -62,11 +62,11 @@ def _store_key(gw: Gateway, uri: str) -> str:
     return check_key(uri)  # an absolute path is refused, not read as a key
 
 
-def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method) -> None:
     """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
     values the trainer will choose from the data for what the request left out)."""
     settings = gw.settings
-    hyper = auto.choose(hyper, len(dataset.rows))
+    hyper = auto.choose(hyper, len(dataset.rows), method.type)
     assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
     if hyper.rank > settings.max_lora_rank:
         raise InvalidRequest(
@@ -92,6 +92,9 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
         )
     per_row = sum(dataset.tokens) / len(dataset.tokens) if dataset.tokens else hyper.max_seq_length
     tokens = int(steps * hyper.batch_size * per_row) if hyper.max_steps else int(sum(dataset.tokens) * hyper.epochs)
+    if method.type == "reinforcement":  # each prompt is read once per sample, with the sample
+        samples = auto.samples_per_prompt(method, rows)
+        tokens = int(steps * hyper.batch_size * samples * (per_row + method.max_completion_tokens))
     if tokens > settings.max_job_tokens:
         raise InvalidRequest(f"this job would train on about {tokens} tokens; the limit is {settings.max_job_tokens} "
             "(max_job_tokens)",
@@ -102,22 +105,31 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset) -> None:
 
 async def train(
     gw: Gateway, body: CreateAdapterJSON, data: bytes | None, *, validation: bytes | None = None,
-    learning_rate_multiplier: float | None = None,
+    learning_rate_multiplier: float | None = None, events: list[JobEvent] | None = None,
+    grader_param: str = "method.grader",
 ) -> JobRecord:
     """Validate a training request and its dataset, store the dataset and the job, and queue the job.
 
     `validation` is a dataset evaluated on instead of a held-out split (OpenAI's `validation_file`); a bad one is a
-    400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose."""
+    400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose. A
+    reinforcement method's grader is checked as /v1/fine_tuning/alpha/graders/validate checks it (a 400 whose
+    `param` starts with `grader_param`), and refused if it needs a judge model. `events` start the job's history."""
     here = jobs.runner(gw)
     check_name(body.name)  # before any I/O
+    grader = None
+    if body.method.type == "reinforcement":
+        grader = graders.check_local(graders.validate(body.method.grader, grader_param), grader_param)
     raw = data if data is not None else await _stored_dataset(gw, body)
-    parse = _dataset_parser(gw, body)
+    parse = _dataset_parser(gw, body, grader)
     dataset = await off_loop(parse, raw)
     held_out = None if validation is None else await _validation_set(parse, validation)
     hyper = body.hyperparameters
     if learning_rate_multiplier is not None:
         hyper = scaled_learning_rate(hyper, len(dataset.rows), body.method.type, learning_rate_multiplier)
-    _check_plan(gw, hyper, dataset)
+    method = body.method
+    if method.type == "reinforcement" and method.samples_per_prompt is None:  # chosen now: the job says what it runs
+        method = method.model_copy(update={"samples_per_prompt": auto.samples_per_prompt(method, len(dataset.rows))})
+    _check_plan(gw, hyper, dataset, method)
     if body.eval_gate is not None:
         await gates.check_eval_gate(gw, body.eval_gate)
     await _check_pending(gw)
@@ -135,11 +147,11 @@ async def train(
         validation_uri=validation_key,
         validation_rows=len(held_out.rows) if held_out is not None else None,
         hyperparameters=hyper,
-        method=body.method,
+        method=method,
         metadata=body.metadata,
         eval_gate=body.eval_gate,
     )
-    job = JobRecord(spec=spec, runner=here.name)
+    job = JobRecord(spec=spec, runner=here.name, events=list(events or []))
     await asyncio.to_thread(gw.registry.put_job, job)
     await asyncio.to_thread(here.submit, job)
     return job
@@ -151,7 +163,7 @@ async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:
     return await asyncio.to_thread(gw.registry.stored_dataset, _store_key(gw, body.dataset_uri))  # type: ignore[no-any-return]
 
 
-def _dataset_parser(gw: Gateway, body: CreateAdapterJSON) -> Callable[[bytes], Dataset]:
+def _dataset_parser(gw: Gateway, body: CreateAdapterJSON, grader: Any = None) -> Callable[[bytes], Dataset]:
     """The dataset check this request's rows go through: the operator's limits, the template, the method."""
     settings = gw.settings
     return functools.partial(
@@ -163,6 +175,7 @@ def _dataset_parser(gw: Gateway, body: CreateAdapterJSON) -> Callable[[bytes], D
         template=get_template(body.template, gw.engine.tokenizer),
         max_row_tokens=min(settings.max_row_tokens, body.hyperparameters.max_seq_length),
         method=body.method.type,
+        grader=grader,
     )
 
 

@@ -39,9 +39,9 @@ def file_object(stored: StoredFile) -> FileObject:
     )
 
 
-def _preference_rows(data: bytes, max_line_bytes: int) -> bool:
-    """Whether the first row that parses (of the first few) is one of OpenAI's preference rows (DPO) rather than
-    one to learn from."""
+def _kind_of_rows(data: bytes, max_line_bytes: int) -> str:
+    """What the first row that parses (of the first few) is: one of OpenAI's preference rows (DPO), a prompt ending in
+    the user's turn (reinforcement), or else one to learn from."""
     for _, raw in itertools.islice(lines(data), MAX_REPORTED):
         if len(raw) > max_line_bytes:
             continue
@@ -49,19 +49,30 @@ def _preference_rows(data: bytes, max_line_bytes: int) -> bool:
             row = json.loads(raw)
         except (ValueError, RecursionError):
             continue
-        return isinstance(row, dict) and ("preferred_output" in row or "non_preferred_output" in row)
-    return False
+        if not isinstance(row, dict):
+            return "supervised"
+        if "preferred_output" in row or "non_preferred_output" in row:
+            return "preference"
+        messages = row.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get("role") == "user":
+            return "prompts"
+        return "supervised"
+    return "supervised"
+
+
+METHOD_OF_KIND = {"preference": "dpo", "prompts": "reinforcement", "supervised": "supervised"}
 
 
 def _checked_file(data: bytes, settings: Settings) -> tuple[str, Dataset]:
     """(kind, rows) of an uploaded file: on a dataset-check thread, rows counted before any is parsed."""
-    kind = "preference" if _preference_rows(data, settings.max_dataset_line_bytes) else "supervised"
+    kind = _kind_of_rows(data, settings.max_dataset_line_bytes)
     dataset = parse_dataset(
         data,
         max_bytes=settings.max_dataset_bytes,
         max_rows=settings.max_dataset_rows,
         max_line_bytes=settings.max_dataset_line_bytes,
-        method="dpo" if kind == "preference" else "supervised",
+        method=METHOD_OF_KIND[kind],  # type: ignore[arg-type]
     )
     return kind, dataset
 

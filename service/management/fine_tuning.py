@@ -51,6 +51,8 @@ from service.protocol.fine_tuning import (
     FineTuningJobEvent,
     FineTuningJobEventList,
     FineTuningJobList,
+    ReinforcementHyperparameters,
+    ReinforcementMethod,
     SupervisedHyperparameters,
 )
 
@@ -63,25 +65,47 @@ T = TypeVar("T")
 # ---------------------------------------------------------------- jobs
 
 
-def _method(body: CreateFineTuningJob) -> tuple[str, SupervisedHyperparameters]:
-    """The method's type and its hyperparameters, from `method` or the deprecated top-level `hyperparameters`."""
+def _method(body: CreateFineTuningJob) -> tuple[str, SupervisedHyperparameters, ReinforcementMethod | None]:
+    """The method's type, its hyperparameters and (reinforcement) its grader, from `method` or the deprecated
+    top-level `hyperparameters`."""
     if body.method is None:
-        return "supervised", body.hyperparameters or SupervisedHyperparameters()
+        return "supervised", body.hyperparameters or SupervisedHyperparameters(), None
     if body.hyperparameters is not None:
         raise InvalidRequest("give hyperparameters in `method` only (the top-level `hyperparameters` is deprecated)",
             param="hyperparameters",
         )
     method = body.method
-    if method.type == "reinforcement" or method.reinforcement is not None:
-        raise InvalidRequest("reinforcement fine-tuning is not supported here: use method supervised or dpo",
-            param="method.type", code="unsupported_method",
-        )
-    other = method.dpo if method.type == "supervised" else method.supervised
-    if other is not None:
+    given = [name for name in ("supervised", "dpo", "reinforcement") if getattr(method, name) is not None]
+    if [name for name in given if name != method.type]:
         raise InvalidRequest(f"method.type is {method.type!r}: give only method.{method.type}", param="method")
+    if method.type == "reinforcement":
+        if method.reinforcement is None:
+            raise InvalidRequest("method reinforcement needs method.reinforcement.grader: the reward its samples are "
+                                 "scored by", param="method.reinforcement.grader")
+        if method.reinforcement.response_format is not None:
+            raise InvalidRequest("method.reinforcement.response_format is not supported: the samples are plain text "
+                                 "(send null)", param="method.reinforcement.response_format")
+        return "reinforcement", method.reinforcement.hyperparameters, method.reinforcement
     if method.type == "dpo":
-        return "dpo", method.dpo.hyperparameters if method.dpo else DpoHyperparameters()
-    return "supervised", method.supervised.hyperparameters if method.supervised else SupervisedHyperparameters()
+        return "dpo", method.dpo.hyperparameters if method.dpo else DpoHyperparameters(), None
+    return "supervised", method.supervised.hyperparameters if method.supervised else SupervisedHyperparameters(), None
+
+
+def _reinforcement(
+    requested: ReinforcementHyperparameters, grader: dict[str, Any], rows: int
+) -> tuple[Method, list[JobEvent]]:
+    """The job's reinforcement method from OpenAI's hyperparameters, and a note for each one accepted unused."""
+    method = Method(type="reinforcement", grader=grader)
+    if requested.compute_multiplier != "auto":
+        method.samples_per_prompt = auto.samples_per_prompt(method, rows, float(requested.compute_multiplier))
+    notes = []
+    if requested.eval_samples != "auto":
+        notes.append(JobEvent(level="warn", message=f"eval_samples={requested.eval_samples} is not used: the "
+                              "held-out reward is the grader's score of one greedy answer per held-out prompt"))
+    if requested.reasoning_effort != "auto":
+        notes.append(JobEvent(level="warn", message=f"reasoning_effort={requested.reasoning_effort!r} is not used: "
+                              "the models served here do not reason apart from their answer"))
+    return method, notes
 
 
 def _hyperparameters(requested: SupervisedHyperparameters, seed: int) -> Hyperparameters:
@@ -91,6 +115,8 @@ def _hyperparameters(requested: SupervisedHyperparameters, seed: int) -> Hyperpa
         given["epochs"] = float(requested.n_epochs)
     if requested.batch_size != "auto":
         given["batch_size"] = requested.batch_size
+    if isinstance(requested, ReinforcementHyperparameters) and requested.eval_interval != "auto":
+        given["eval_interval"] = requested.eval_interval
     return Hyperparameters(**given)
 
 
@@ -124,7 +150,7 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     """Check the request and its files, then train through `adapters.train` (the job of POST /adapters), and
     keep what this API names beside the job: the files, the hyperparameters as requested and the model id."""
     _check_request(gw, body)
-    kind, requested = _method(body)
+    kind, requested, reinforcement = _method(body)
     training = await _job_file(gw, body.training_file, "training_file")
     validation = None
     if body.validation_file is not None:
@@ -135,12 +161,18 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     suffix = body.suffix or None
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     beta = getattr(requested, "beta", "auto")
+    notes: list[JobEvent] = []
+    if reinforcement is not None:
+        assert isinstance(requested, ReinforcementHyperparameters)
+        method, notes = _reinforcement(requested, reinforcement.grader, training.rows)
+    else:
+        method = Method(type=kind, **({} if beta == "auto" else {"beta": beta}))  # type: ignore[arg-type]
     request = CreateAdapterJSON(
         name=f"{suffix.lower()}-{short}" if suffix else f"ft-{short}",
         template=body.template,
         dataset_uri=dataset_key(training.sha256),
         hyperparameters=_hyperparameters(requested, seed),
-        method=Method(type=kind, **({} if beta == "auto" else {"beta": beta})),  # type: ignore[arg-type]
+        method=method,
         metadata=body.metadata or {},
         eval_gate=body.eval_gate,
     )
@@ -156,7 +188,10 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         organization_id=gw.settings.fine_tune_owner,
     )
     try:
-        job = await adapter_ops.train(gw, request, None, validation=validation, learning_rate_multiplier=multiplier)
+        job = await adapter_ops.train(
+            gw, request, None, validation=validation, learning_rate_multiplier=multiplier, events=notes,
+            grader_param="method.reinforcement.grader",
+        )
     except DatasetError as exc:
         if exc.param == "validation":
             raise exc.about("validation_file", f"validation_file {body.validation_file}: ") from None
@@ -202,6 +237,14 @@ def resolved_hyperparameters(record: JobRecord) -> dict[str, Any]:
     }
     if spec.method.type == "dpo":
         resolved["beta"] = _number(spec.method.beta)
+    if spec.method.type == "reinforcement":
+        samples = planned.get("samples_per_prompt", auto.samples_per_prompt(spec.method, spec.dataset_rows))
+        resolved["compute_multiplier"] = _number(samples / auto.samples_per_prompt(Method(
+            type="reinforcement", grader=spec.method.grader), spec.dataset_rows))
+        interval = planned.get("eval_every_steps", spec.hyperparameters.eval_interval or None)
+        resolved["eval_interval"] = interval if interval else "auto"
+        resolved["eval_samples"] = "auto"
+        resolved["reasoning_effort"] = "auto"
     return resolved
 
 
@@ -234,7 +277,8 @@ def render_job(gw: Gateway, record: JobRecord, fine_tune: FineTune | None) -> Fi
         validation_file=fine_tune.validation_file if fine_tune is not None else spec.validation_uri,
         estimated_finish=int(time.time() + eta) if status is JobStatus.running and eta is not None else None,
         metadata=spec.metadata or None,
-        method={"type": spec.method.type, spec.method.type: {"hyperparameters": hyper}},
+        method={"type": spec.method.type, spec.method.type: {
+            "hyperparameters": hyper, **({"grader": spec.method.grader} if spec.method.grader is not None else {})}},
         user_provided_suffix=fine_tune.suffix if fine_tune is not None else None,
         job_id=record.id,
         adapter=f"{spec.name}@{spec.version}",

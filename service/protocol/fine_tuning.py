@@ -33,6 +33,32 @@ class DpoHyperparameters(SupervisedHyperparameters):
     )
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    """OpenAI's reinforcement hyperparameters; what this trainer has no use for is accepted and said so in the job's
+    events."""
+
+    eval_interval: Annotated[int, Field(ge=1, le=100_000)] | AutoLiteral = Field(
+        "auto", description="optimizer steps between held-out evaluations (auto: twice an epoch)"
+    )
+    eval_samples: Annotated[int, Field(ge=1, le=1000)] | AutoLiteral = Field(
+        "auto", description="accepted, not used: the held-out reward is one greedy answer per held-out prompt"
+    )
+    compute_multiplier: Annotated[float, Field(gt=0, le=16)] | AutoLiteral = Field(
+        "auto", description="x the completions sampled per prompt that the data would choose (auto: 1)"
+    )
+    reasoning_effort: Literal["default", "low", "medium", "high"] | AutoLiteral = Field(
+        "auto", description="accepted, not used: the models served here do not reason apart from their answer"
+    )
+
+
+class ReinforcementMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grader: dict[str, Any] = Field(description="the reward: string_check, text_similarity or multi over them")
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+    response_format: dict[str, Any] | None = Field(None, description="not supported: null")
+
+
 class SupervisedMethod(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,7 +77,7 @@ class FineTuningMethod(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class CreateFineTuningJob(BaseModel):
