@@ -400,6 +400,26 @@ def test_chat_bodies_are_decoded_and_validated_off_the_event_loop_so_health_answ
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "n", reply.text
 
 
+def test_bodies_parsed_off_the_event_loop_keep_their_error_bodies_and_the_key_check_first(
+    app: tuple[TestClient, Settings],
+) -> None:
+    """What FastAPI answered when it parsed bodies on the loop: a JSON error at its position, a body that is no
+    UTF-8, a field error naming its param; and a key without the route's role is refused before its body's errors."""
+    client, _ = app
+    as_json = {"content-type": "application/json"}
+    reply = client.post("/v1/chat/completions", content=b'{"model": "x", ', headers={**INFERENCE, **as_json})
+    assert reply.status_code == 400 and reply.json()["error"]["details"][0]["type"] == "json_invalid", reply.text
+    reply = client.post("/v1/chat/completions", content=b'{"model": "\xff"}', headers={**INFERENCE, **as_json})
+    assert reply.status_code == 400 and reply.json()["error"]["message"] == "There was an error parsing the body"
+    body = {"model": DEFAULT_MODEL, "messages": HELLO, "bogus": 1}
+    reply = client.post("/v1/chat/completions", json=body, headers=INFERENCE)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "bogus", reply.text
+    reply = client.post("/v1/fine_tuning/jobs", json={"model": 3}, headers=INFERENCE)
+    assert reply.status_code == 403 and reply.json()["error"]["code"] == "admin_key_required", reply.text
+    reply = client.post("/v1/fine_tuning/jobs", json={"model": 3}, headers=ADMIN)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "model", reply.text
+
+
 def test_multipart_uploads_are_parsed_off_the_event_loop_so_health_answers_meanwhile(
     app: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
