@@ -17,9 +17,10 @@ import contextlib
 import email.message
 import json
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import params
 from fastapi.dependencies.utils import get_flat_dependant
@@ -38,8 +39,18 @@ from service.errors import APIError
 if TYPE_CHECKING:
     from fastapi._compat import ModelField
 
+T = TypeVar("T")
+
 SPOOL_BYTES = 2**20  # a file part stays in memory up to this, then goes to a temporary file (as Starlette's do)
 BATCH_BYTES = 2**20  # bytes received before they go to the parser's thread: fewer hops than one per chunk
+# Threads of their own, two: store reads on the default executor never wait behind uploads, and eight uploads at once
+# are not eight threads contending with the event loop for the interpreter.
+BODY_THREADS = ThreadPoolExecutor(2, thread_name_prefix="request-body")
+
+
+async def on_body_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on a request-body thread."""
+    return await asyncio.get_running_loop().run_in_executor(BODY_THREADS, fn, *args)
 
 
 class OffLoopRoute(APIRoute):
@@ -63,7 +74,7 @@ class OffLoopRoute(APIRoute):
             elif field is not None and not form and is_json(request.headers.get("content-type")):
                 body = await request.body()
                 if body:
-                    request.decoded, invalid = await asyncio.to_thread(decode_and_validate, body, model)
+                    request.decoded, invalid = await on_body_thread(decode_and_validate, body, model)
             try:
                 return await handler(request)
             except RequestValidationError as exc:
@@ -116,7 +127,7 @@ class OffLoopRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "decoded"):
-            self.decoded, _ = await asyncio.to_thread(decode_and_validate, await self.body(), None)
+            self.decoded, _ = await on_body_thread(decode_and_validate, await self.body(), None)
         return self.decoded
 
     def form(
@@ -143,10 +154,10 @@ class OffLoopRequest(Request):
                     batch.append(chunk)
                     size += len(chunk)
                     if size >= BATCH_BYTES:
-                        await asyncio.to_thread(parser.feed, batch)
+                        await on_body_thread(parser.feed, batch)
                         batch, size = [], 0
-            await asyncio.to_thread(parser.feed, batch)
-            self._form = await asyncio.to_thread(parser.finish)
+            await on_body_thread(parser.feed, batch)
+            self._form = await on_body_thread(parser.finish)
         except BaseException:
             parser.close()
             raise
