@@ -274,6 +274,12 @@ def lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         start = end
 
 
+def newlines(data: bytes) -> int:
+    """The newlines in `data`, counted `_SCAN_BYTES` at a time: one count over a 40 MB file holds the interpreter for
+    about 70 ms whatever thread runs it, and with it the gateway's event loop."""
+    return sum(data.count(b"\n", start, start + _SCAN_BYTES) for start in range(0, len(data), _SCAN_BYTES))
+
+
 def parse_dataset(
     data: bytes,
     *,
@@ -298,7 +304,7 @@ def parse_dataset(
     if len(data) > max_bytes:
         raise DatasetError([(0, f"file too big: {len(data)} bytes, the limit is {max_bytes}")])
     # Rows are counted before any is parsed or tokenized, so an oversized dataset is refused at once.
-    if data.count(b"\n") >= max_rows:
+    if newlines(data) >= max_rows:
         for count, (number, _) in enumerate(lines(data), start=1):
             if count > max_rows:
                 raise DatasetError([(number, f"too many rows: more than {max_rows}, the limit is {max_rows}")])

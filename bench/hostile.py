@@ -1,12 +1,13 @@
-"""Hostile structured outputs and tools (issue 26, cases 2, 4 and 5) sent 8 at a time, against one gateway.
+"""Hostile structured outputs, tools and uploads (issue 26, cases 2-5) sent 8 at a time, against one gateway.
 
     python -m bench.hostile              # every case (a few minutes on two CPU cores)
+    python -m bench.hostile --only 3: --only "4: 20,000"   # the cases whose name holds either
 
-For each case, `copies` clients send the same hostile request at once while a prober times `/health`
-every 0.1 s and a victim sends 1-token base chats one after another. Reported per case: what the hostile
-requests got (status, seconds), the worst and median `/health`, the victim's median chat next to its idle
-median, and the peak resident memory of the gateway process (the engine core and the grammar workers are
-its children and are reported apart). The target: `/health` under 100 ms, the victim within 2x of idle,
+For each case, `copies` clients (in a process of their own) send the same hostile request at once while a
+prober times `/health` every 0.1 s and a victim sends 1-token base chats one after another. Reported per case:
+what the hostile requests got (status, seconds), the worst and median `/health`, the victim's median chat next
+to its idle median, and the peak resident memory of the gateway process (the engine core and the grammar
+workers are its children and are reported apart). The target: `/health` under 100 ms, the victim within 2x of idle,
 the gateway's memory flat.
 """
 
@@ -15,9 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,17 @@ from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, start_gateway
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "bench" / "results" / "hostile.json"
 ASK = [{"role": "user", "content": "Say hello."}]
+ADMIN_KEY = "bench-admin-key"
 
 
-def cases() -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Upload:
+    """A fine-tuning file of `x` lines (no row parses: 400) posted to /v1/files as multipart, with an admin key."""
+
+    megabytes: int
+
+
+def cases() -> dict[str, dict[str, Any] | Upload]:
     huge_array = {"type": "array", "minItems": 1000000000}
     slow = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 100 + i} for i in range(50)}}
     wide = {"type": "object", "properties": {f"p{i:05d}": {"type": "string"} for i in range(20_000)}}
@@ -47,6 +59,8 @@ def cases() -> dict[str, dict[str, Any]]:
         "2: regex ((a{0,1000}){0,1000}){0,1000}": {
             "structured_outputs": {"regex": "((a{0,1000}){0,1000}){0,1000}"}
         },
+        "3: /v1/files, 4 MB of x lines": Upload(4),
+        "3: /v1/files, 40 MB of x lines": Upload(40),
         "4: 20,000 required properties (1.2 MB)": {"response_format": _schema(wide)},
         "4: 50 bounded strings (85 s to compile)": {"response_format": _schema(slow)},
         "5: 128 tools, 3.9 MB of descriptions": {"tools": tools},
@@ -71,14 +85,47 @@ async def _chat(http: httpx.AsyncClient, **fields: Any) -> tuple[int, float]:
     return reply.status_code, time.perf_counter() - started
 
 
+async def _upload(http: httpx.AsyncClient, data: bytes) -> tuple[int, float]:
+    started = time.perf_counter()
+    reply = await http.post(
+        "/v1/files",
+        data={"purpose": "fine-tune"},
+        files={"file": ("x.jsonl", data)},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    return reply.status_code, time.perf_counter() - started
+
+
+async def _hostile(http: httpx.AsyncClient, case: dict[str, Any] | Upload, copies: int) -> list[tuple[int, float]]:
+    if isinstance(case, Upload):
+        data = b"x\n" * (case.megabytes * 2**19)  # one file, shared by every copy
+        return await asyncio.gather(*[_upload(http, data) for _ in range(copies)])
+    return await asyncio.gather(*[_chat(http, **case) for _ in range(copies)])
+
+
+def send_hostile(url: str, case: dict[str, Any] | Upload, copies: int) -> list[tuple[int, float]]:
+    """The hostile requests of one case, (status, seconds) each, sent from a process of its own: a client that sends
+    8 x 40 MB from the prober's own event loop delays its probes by up to 300 ms, which a prober in another process
+    did not see from the gateway."""
+
+    async def send() -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600) as http:
+            return await _hostile(http, case, copies)
+
+    return asyncio.run(send())
+
+
 async def _health(http: httpx.AsyncClient) -> float:
     started = time.perf_counter()
     await http.get("/health")
     return time.perf_counter() - started
 
 
-async def measure(url: str, pid: int, fields: dict[str, Any] | None, copies: int) -> dict[str, Any]:
-    """One case (None: idle), until its hostile requests are all answered (idle: 10 victim chats)."""
+async def measure(
+    url: str, pid: int, fields: dict[str, Any] | Upload | None, copies: int, senders: ProcessPoolExecutor
+) -> dict[str, Any]:
+    """One case (None: idle), until its hostile requests, sent by `senders`, are all answered (idle: 10 victim
+    chats)."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
         done = asyncio.Event()
@@ -105,7 +152,7 @@ async def measure(url: str, pid: int, fields: dict[str, Any] | None, copies: int
         hostile: list[tuple[int, float]] = []
         if fields is not None:
             await asyncio.sleep(0.5)
-            hostile = await asyncio.gather(*[_chat(http, **fields) for _ in range(copies)])
+            hostile = await asyncio.get_running_loop().run_in_executor(senders, send_hostile, url, fields, copies)
             done.set()
         await asyncio.gather(*tasks)
     return {
@@ -123,16 +170,20 @@ async def measure(url: str, pid: int, fields: dict[str, Any] | None, copies: int
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        server = start_gateway(EngineShape(), f"file://{workdir / 'store'}", workdir)
+        admin = {"SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY])}  # uploads take an admin key
+        server = start_gateway(EngineShape(), f"file://{workdir / 'store'}", workdir, extra_env=admin)
+        senders = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        senders.submit(time.sleep, 0).result()  # started before any measurement
         try:
-            results: dict[str, Any] = {"idle": asyncio.run(measure(server.url, server.proc.pid, None, 0))}
+            results: dict[str, Any] = {"idle": asyncio.run(measure(server.url, server.proc.pid, None, 0, senders))}
             for name, fields in cases().items():
-                if args.only and args.only not in name:
+                if args.only and not any(part in name for part in args.only):
                     continue
-                results[name] = asyncio.run(measure(server.url, server.proc.pid, fields, args.copies))
+                results[name] = asyncio.run(measure(server.url, server.proc.pid, fields, args.copies, senders))
                 print(name, json.dumps(results[name]), flush=True)
             alive = server.proc.poll() is None
         finally:
+            senders.shutdown()
             server.stop()
     return {"machine": machine(), "copies": args.copies, "gateway_survived": alive, "cases": results}
 
@@ -161,7 +212,9 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=8, help="hostile requests of each case sent at once")
-    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only the cases whose name contains this (repeatable)"
+    )
     args = parser.parse_args(argv)
     result = run(args)
     RESULT.parent.mkdir(parents=True, exist_ok=True)

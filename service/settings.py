@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     )
     max_inference_request_bytes: int = Field(
         2**20,
-        description="largest body of an inference request (/v1/...; 413 beyond): FastAPI parses it on the event "
-        "loop, so this bounds how long one request holds every other (a full context is under 200 KB of text)",
+        description="largest body of an inference request (/v1/...; 413 beyond): decoded on a worker thread, but the "
+        "decode holds the interpreter for its length, so this bounds how long one request holds every other (a full "
+        "context is under 200 KB of text)",
     )
     header_timeout_s: float = Field(
         10.0, description="seconds a connection may take to send a request's headers before it is closed"

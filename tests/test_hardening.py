@@ -24,6 +24,7 @@ import httpx
 import psutil
 import pytest
 from fastapi.testclient import TestClient
+from python_multipart.multipart import MultipartParser
 
 from adapters.dataset import parse_dataset
 from adapters.errors import DatasetError
@@ -33,6 +34,7 @@ from adapters.schema import JobRecord, JobSpec, JobStatus
 from adapters.store import FileStore
 from service.api.auth import KeyGate
 from service.app import create_app
+from service.protocol import common
 from service.runners.local import LocalRunner
 from service.settings import Settings
 from tests.gateway_fixtures import (
@@ -318,22 +320,51 @@ def test_training_seeds_the_trainer_would_refuse_are_400s_on_both_training_apis(
 STALL = "stall-the-parser-here"
 
 
+class HeldUntilHealth:
+    """Wraps `owner.name` (a parser) so that its first call on input marked with STALL waits until /health has
+    answered: a parser on the event loop would wait in vain, as /health cannot answer until it returns."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, marked: Callable[..., bool]):
+        self.started, self.answered = threading.Event(), threading.Event()
+        self.resumed_after_health: list[bool] = []
+        parse = getattr(owner, name)
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            if marked(*args) and not self.started.is_set():
+                self.started.set()
+                self.resumed_after_health.append(self.answered.wait(20))
+            return parse(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, held)
+
+    def send(self, client: TestClient, case: str, request: Callable[[], httpx.Response]) -> httpx.Response:
+        """`request` sent on a thread of its own; /health asked once the parser holds it."""
+        self.started.clear()
+        self.answered.clear()
+        self.resumed_after_health.clear()
+        replies: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: replies.append(request()))
+        thread.start()
+        assert self.started.wait(60), f"{case}: the marked input was never parsed"
+        assert client.get("/health").status_code in (200, 503)
+        self.answered.set()
+        thread.join(60)
+        assert self.resumed_after_health == [True], f"{case}: /health waited for the parser"
+        assert replies, f"{case}: no reply"
+        return replies[0]
+
+
+def _holds_stall(text: Any, *_: Any) -> bool:
+    raw = text.encode() if isinstance(text, str) else bytes(text) if isinstance(text, bytes | bytearray) else b""
+    return STALL.encode() in raw
+
+
 def test_datasets_are_parsed_off_the_event_loop_so_health_answers_meanwhile(
     app: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The parser stops at a marked row until /health has answered: on the event loop it would wait in vain."""
     client, _ = app
-    parse, started, answered = json.loads, threading.Event(), threading.Event()
-    resumed_after_health: list[bool] = []
-
-    def stalling_loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        raw = text.encode() if isinstance(text, str) else bytes(text)
-        if STALL.encode() in raw and not started.is_set():
-            started.set()
-            resumed_after_health.append(answered.wait(20))
-        return parse(text, *args, **kwargs)
-
-    monkeypatch.setattr(json, "loads", stalling_loads)
+    hold = HeldUntilHealth(monkeypatch, json, "loads", _holds_stall)
     marked = {"prompt": STALL, "completion": "b"}
     jsonl = b"x\n" * 50 + (json.dumps(marked) + "\n").encode()
     uploads: dict[str, Callable[[], httpx.Response]] = {
@@ -348,18 +379,75 @@ def test_datasets_are_parsed_off_the_event_loop_so_health_answers_meanwhile(
         ),
     }
     for case, upload in uploads.items():
-        started.clear()
-        answered.clear()
-        resumed_after_health.clear()
-        replies: list[httpx.Response] = []
-        thread = threading.Thread(target=lambda: replies.append(upload()))  # noqa: B023
-        thread.start()
-        assert started.wait(60), f"{case}: the marked row was never parsed"
-        assert client.get("/health").status_code in (200, 503)
-        answered.set()
-        thread.join(60)
-        assert resumed_after_health == [True], f"{case}: /health waited for the parser"
-        assert replies and replies[0].status_code == 400, f"{case}: {replies}"
+        reply = hold.send(client, case, upload)
+        assert reply.status_code == 400, f"{case}: {reply.text}"
+
+
+@pytest.mark.parametrize("stage", ["decode", "validation"])
+def test_chat_bodies_are_decoded_and_validated_off_the_event_loop_so_health_answers_meanwhile(
+    app: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """FastAPI decoded and validated a JSON body on the event loop (eight 20,000-property schemas at once held
+    /health 341 ms): held at a marked body, in its JSON decode or in its validation, /health still answers. The
+    body fails validation (`n` over 16), and its 400 names the param as before."""
+    client, _ = app
+    if stage == "decode":
+        hold = HeldUntilHealth(monkeypatch, json, "loads", _holds_stall)
+    else:  # the request model's walk over every string, the longest step of its validation
+        hold = HeldUntilHealth(monkeypatch, common, "lone_surrogate", lambda value: STALL in str(value))
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": STALL}], "n": 99}
+    reply = hold.send(client, stage, lambda: client.post("/v1/chat/completions", json=body, headers=INFERENCE))
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "n", reply.text
+
+
+def test_bodies_parsed_off_the_event_loop_keep_their_error_bodies_and_the_key_check_first(
+    app: tuple[TestClient, Settings],
+) -> None:
+    """What FastAPI answered when it parsed bodies on the loop: a JSON error at its position, a body that is no
+    UTF-8, a field error naming its param; and a key without the route's role is refused before its body's errors."""
+    client, _ = app
+    as_json = {"content-type": "application/json"}
+    reply = client.post("/v1/chat/completions", content=b'{"model": "x", ', headers={**INFERENCE, **as_json})
+    assert reply.status_code == 400 and reply.json()["error"]["details"][0]["type"] == "json_invalid", reply.text
+    reply = client.post("/v1/chat/completions", content=b'{"model": "\xff"}', headers={**INFERENCE, **as_json})
+    assert reply.status_code == 400 and reply.json()["error"]["message"] == "There was an error parsing the body"
+    body = {"model": DEFAULT_MODEL, "messages": HELLO, "bogus": 1}
+    reply = client.post("/v1/chat/completions", json=body, headers=INFERENCE)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "bogus", reply.text
+    reply = client.post("/v1/fine_tuning/jobs", json={"model": 3}, headers=INFERENCE)
+    assert reply.status_code == 403 and reply.json()["error"]["code"] == "admin_key_required", reply.text
+    reply = client.post("/v1/fine_tuning/jobs", json={"model": 3}, headers=ADMIN)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "model", reply.text
+
+
+def test_multipart_uploads_are_parsed_off_the_event_loop_so_health_answers_meanwhile(
+    app: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette parsed multipart bodies on the event loop (eight 40 MB uploads at once held /health 716 ms): held at
+    a marked chunk of the body, /health still answers. A file over max_dataset_bytes is still 413 naming it."""
+    client, settings = app
+    hold = HeldUntilHealth(monkeypatch, MultipartParser, "write", lambda _parser, data, *_: _holds_stall(data))
+    jsonl = b"x\n" * 50 + (json.dumps({"prompt": STALL, "completion": "b"}) + "\n").encode()
+    uploads: dict[str, Callable[[], httpx.Response]] = {
+        "POST /v1/files": lambda: client.post(
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("d.jsonl", jsonl)}, headers=ADMIN
+        ),
+        "POST /adapters, multipart": lambda: client.post(
+            "/adapters", data={"name": "stall"}, files={"dataset": ("d.jsonl", jsonl)}, headers=ADMIN
+        ),
+    }
+    for case, upload in uploads.items():
+        reply = hold.send(client, case, upload)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_dataset", f"{case}: {reply.text}"
+    monkeypatch.setattr(settings, "max_dataset_bytes", len(jsonl) - 1)
+    reply = client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("d.jsonl", jsonl)}, headers=ADMIN)
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"] == {
+        "message": f"file too big: the limit is {len(jsonl) - 1} bytes (max_dataset_bytes)",
+        "type": "invalid_request_error",
+        "param": "file",
+        "code": "file_too_large",
+    }
 
 
 STAND_IN_TRAINER = """

@@ -382,11 +382,10 @@ def _upload(client: TestClient, jsonl: bytes, name: str = "limits") -> httpx.Res
     )
 
 
-def test_dataset_limits_are_400_with_the_reason(app_client: tuple[TestClient, RecordingStore]) -> None:
+def test_dataset_limits_are_refused_with_the_reason(app_client: tuple[TestClient, RecordingStore]) -> None:
     client, store = app_client
     row = b'{"prompt": "a", "completion": "b"}\n'
     cases = {
-        "file too big": row * (LIMITS["max_dataset_bytes"] // len(row) + 1),
         "too many rows": row * (LIMITS["max_dataset_rows"] + 1),
         "too long": json.dumps({"prompt": "word " * 200, "completion": "b"}).encode() + b"\n",
     }
@@ -395,6 +394,12 @@ def test_dataset_limits_are_400_with_the_reason(app_client: tuple[TestClient, Re
         assert reply.status_code == 400, reply.text
         error = reply.json()["error"]
         assert error["code"] == "invalid_dataset" and reason in error["message"], error
+    # A file over max_dataset_bytes is refused by the multipart parser at the byte that crosses the limit, as on
+    # /v1/files, before any row is looked at.
+    reply = _upload(client, row * (LIMITS["max_dataset_bytes"] // len(row) + 1))
+    assert reply.status_code == 413, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "file_too_large" and error["param"] == "dataset" and "max_dataset_bytes" in error["message"]
     assert store.inner.list("datasets/") == []
 
 

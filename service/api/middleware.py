@@ -65,8 +65,9 @@ class RequestContext:
 class BodyLimit:
     """Pure ASGI middleware: refuse request bodies over their limit with 413, declared or streamed.
 
-    Inference bodies (/v1/...) have a far smaller limit than uploads: the JSON of a request is parsed on the
-    event loop, so its size bounds how long one request can hold every other."""
+    Inference bodies (/v1/...) have a far smaller limit than uploads: the JSON of a request is decoded on a worker
+    thread (service/api/bodies.py), but one json.loads holds the interpreter, and so the event loop, for its whole
+    length, so its size bounds how long one request can hold every other."""
 
     def __init__(self, app: ASGIApp, limit: int, inference_limit: int):
         self.app = app

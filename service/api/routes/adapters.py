@@ -18,6 +18,7 @@ from adapters.dataset import rows_to_jsonl
 from adapters.registry.aliases import Keep
 from adapters.schema import Aliases, AliasTarget, Manifest, check_name
 from service.api.auth import require_admin, require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.errors import APIError
 from service.gateway import Gateway
@@ -33,7 +34,7 @@ from service.protocol.adapters import (
 )
 from service.protocol.common import MANAGEMENT_ERRORS, Deleted, ErrorResponse, error_responses
 
-router = APIRouter(tags=["adapters"])
+router = APIRouter(route_class=OffLoopRoute, tags=["adapters"])
 
 ERRORS = MANAGEMENT_ERRORS
 # Bodies may be too large (413) and training may be at its max_pending_jobs (429).

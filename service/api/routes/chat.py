@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.answers import render
 from service.api.auth import require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.inference.chat import create_chat_completion
 from service.protocol.chat import ChatCompletion, ChatCompletionRequest
 from service.protocol.common import STREAMING_RESPONSES
 
-router = APIRouter(tags=["openai"], dependencies=[Depends(require_inference)])
+router = APIRouter(route_class=OffLoopRoute, tags=["openai"], dependencies=[Depends(require_inference)])
 
 
 @router.post(

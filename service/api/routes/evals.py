@@ -12,6 +12,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 
 from service.api.auth import require_admin, require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.management import evals
 from service.protocol.common import MANAGEMENT_ERRORS, error_responses
@@ -29,7 +30,7 @@ from service.protocol.evals import (
     UpdateEval,
 )
 
-router = APIRouter(tags=["evals"])
+router = APIRouter(route_class=OffLoopRoute, tags=["evals"])
 
 ERRORS = MANAGEMENT_ERRORS
 CANCEL_ERRORS = {**ERRORS, **error_responses(409)}

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from service.api.auth import require_admin, require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.errors import APIError
 from service.management import files
 from service.protocol.common import MANAGEMENT_ERRORS, error_responses
 from service.protocol.files import FileDeleted, FileList, FileObject
 
-router = APIRouter(tags=["files"])
+router = APIRouter(route_class=OffLoopRoute, tags=["files"])
 
 ERRORS = MANAGEMENT_ERRORS
 UPLOAD_ERRORS = {**ERRORS, **error_responses(413)}

@@ -8,6 +8,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.api.auth import require_admin, require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.management import fine_tuning
 from service.protocol.common import MANAGEMENT_ERRORS, error_responses
@@ -19,7 +20,7 @@ from service.protocol.fine_tuning import (
     FineTuningJobList,
 )
 
-router = APIRouter(tags=["fine-tuning"])
+router = APIRouter(route_class=OffLoopRoute, tags=["fine-tuning"])
 
 ERRORS = MANAGEMENT_ERRORS
 # Training may be at its max_pending_jobs (429); a job on another runner cannot be cancelled here (409).

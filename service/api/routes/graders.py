@@ -7,12 +7,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.auth import require_inference
+from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
 from service.management import graders
 from service.protocol.common import INFERENCE_ERRORS
 from service.protocol.evals import GraderRunResult, RunGrader, ValidatedGrader, ValidateGrader
 
-router = APIRouter(tags=["graders"], dependencies=[Depends(require_inference)])
+router = APIRouter(route_class=OffLoopRoute, tags=["graders"], dependencies=[Depends(require_inference)])
 
 
 @router.post(
