@@ -83,18 +83,25 @@ def criterion_names(testing_criteria: list[dict[str, object]]) -> list[str]:
     return [graders.validate(c, f"testing_criteria[{i}]").name for i, c in enumerate(testing_criteria)]
 
 
+def speaks_for(run: EvalRunRecord, model: str) -> bool:
+    """Whether `run` measured exactly `model` (`name@<version>`): it was sent to that model, or every row it
+    sampled was answered by it (a run sent to an alias or an `ft:` id records the version that served each row; an
+    alias that moved or split during the run leaves two, and such a run speaks for neither)."""
+    return run.served_by == [model] or (run.model == model and run.served_by in ([], [model]))
+
+
 def check_version(
     gate: EvalGate, alias: str, model: str, runs: list[EvalRunRecord], criteria: list[str], param: str = "version"
 ) -> Verdict:
     """Whether `model` (`name@<version>`) may be served by gated `alias`: some completed run of the gate's eval on
-    exactly that model passes. Raises EvalRequired when there is none, EvalGateFailed with the newest completed
-    run's reason when none passes. A run on an alias or an `ft:` id does not count: a run records the model name it
-    was sent, not the version that answered (an alias may move, or split, during a run)."""
-    completed = [r for r in runs if r.model == model and r.status is EvalRunStatus.completed]
+    exactly that model passes (`speaks_for`). Raises EvalRequired when there is none, EvalGateFailed with the
+    newest completed run's reason when none passes."""
+    completed = [r for r in runs if speaks_for(r, model) and r.status is EvalRunStatus.completed]
     if not completed:
         raise EvalRequired(
             f"alias {alias!r} is gated by eval {gate.eval_id}: run it on model {model!r} first "
-            f"(POST /v1/evals/{gate.eval_id}/runs with data_source.model {model!r})",
+            f"(POST /v1/evals/{gate.eval_id}/runs with data_source.model {model!r}, or an alias or ft: id that "
+            "serves that version for the whole run)",
             param=param,
         )
     verdicts = [gate_verdict(gate, run, criteria) for run in sorted(completed, key=lambda r: r.created_at,

@@ -561,6 +561,10 @@ class EvalRunRecord(BaseModel):
     result_counts: ResultCounts = Field(default_factory=ResultCounts)
     per_criterion: dict[str, CriterionCounts] = Field(default_factory=dict)
     per_model_usage: dict[str, TokenUsage] = Field(default_factory=dict)
+    served_by: list[str] = Field(
+        default_factory=list,
+        description="every exact model (base id or name@version) that answered a row, sorted: one when all agree",
+    )
 
 
 class EvalOutputItem(BaseModel):
@@ -576,6 +580,9 @@ class EvalOutputItem(BaseModel):
     sample: dict[str, Any] = Field(default_factory=dict, description="input, output, usage, sampling, error")
     results: list[dict[str, Any]] = Field(default_factory=list, description="one per testing criterion")
     usage: dict[str, TokenUsage] = Field(default_factory=dict, description="per model: the sample's and the judges'")
+    served_by: str | None = Field(
+        None, description="the exact model (base id or name@version) that answered the row; None when not sampled"
+    )
 
 
 # OpenAI's Batch API: a batch (a file of requests run in the background) and each of its lines' results.

@@ -43,21 +43,30 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
         yield client, Registry(open_store(settings.store_uri))
 
 
-def run_eval(registry: Registry, eval_id: str, answers: dict[str, dict[str, str]]) -> None:
-    """Execute a run of `eval_id` on each model of `answers` to the end, as the gateway's executor does."""
+def run_eval(
+    registry: Registry, eval_id: str, answers: dict[str, dict[str, str]], served: dict[str, list[str]] | None = None,
+    source: dict[str, Any] | None = None,
+) -> list[str]:
+    """Execute a run of `eval_id` on each model of `answers` to the end, as the gateway's executor does (`served`:
+    the version that answers each row, per model; `source`: other rows, or a file holding ROWS); the runs' ids."""
     from service.management.eval_runs import EvalRunner
 
-    runs = [registry.put_eval_run(EvalRunRecord(eval_id=eval_id, model=model, data_source=data_source(model),
+    sources = {model: {**data_source(model), **({"source": source} if source else {})} for model in answers}
+    runs = [registry.put_eval_run(EvalRunRecord(eval_id=eval_id, model=model, data_source=sources[model],
                                                 rows=len(ROWS))) for model in answers]
 
+    def rows(run: EvalRunRecord) -> list[dict[str, Any]]:
+        return run.data_source["source"].get("content", ROWS)  # type: ignore[no-any-return]
+
     async def execute() -> None:
-        runner = EvalRunner(registry, scripted_serving(answers), lambda r: r.data_source["source"]["content"])
+        runner = EvalRunner(registry, scripted_serving(answers, served), rows)
         for run in runs:
             runner.submit(eval_id, run.id)
         for run in runs:
             await runner.wait(run.id)
 
     asyncio.run(execute())
+    return [run.id for run in runs]
 
 
 def point(client: TestClient, name: str, **body: Any) -> httpx.Response:
@@ -112,6 +121,29 @@ def test_a_gated_alias_moves_only_to_a_version_that_passed_its_eval(
     # Removing the gate lets any version through
     assert point(client, name, version=v3, gate=None).status_code == 200
     assert "prod" not in client.get(f"/adapters/{name}/aliases").json()["gates"]
+
+
+def test_a_run_sent_to_an_alias_counts_for_the_version_that_answered_every_row(
+    app: tuple[TestClient, Registry], gated: dict[str, Any]
+) -> None:
+    client, registry = app
+    name, v1, v3, gate = gated["name"], gated["v1"], gated["v3"], gated["gate"]
+    assert point(client, name, version=v1, gate=gate).status_code == 200
+    # prod moved from v1 to v3 after two rows: a run that measured two versions speaks for neither
+    (moved,) = run_eval(registry, gate["eval_id"], {f"{name}@prod": RIGHT},
+                        {f"{name}@prod": [f"{name}@{v1}"] * 2 + [f"{name}@{v3}"] * 2})
+    refused = point(client, name, version=v3)
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_required", refused.text
+    run = client.get(f"/v1/evals/{gate['eval_id']}/runs/{moved}").json()
+    assert run["status"] == "completed" and run["served_by"] is None, run
+    items = client.get(f"/v1/evals/{gate['eval_id']}/runs/{moved}/output_items").json()["data"]
+    assert [i["sample"]["served_by"] for i in items] == [f"{name}@{v1}"] * 2 + [f"{name}@{v3}"] * 2
+
+    # A run sent to the canary alias, every row answered by v3: it is v3's run
+    (canary,) = run_eval(registry, gate["eval_id"], {f"{name}@canary": RIGHT}, {f"{name}@canary": [f"{name}@{v3}"] * 4})
+    assert client.get(f"/v1/evals/{gate['eval_id']}/runs/{canary}").json()["served_by"] == f"{name}@{v3}"
+    moved_to_v3 = point(client, name, version=v3)
+    assert moved_to_v3.status_code == 200, moved_to_v3.text
 
 
 def test_a_canary_on_a_gated_alias_gains_weight_only_for_a_version_that_passed(
