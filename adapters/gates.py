@@ -54,12 +54,29 @@ def minimum(gate: EvalGate, criterion: str) -> float:
     return gate.criteria.get(criterion, gate.min_pass_rate)
 
 
+def rows_problem(gate: EvalGate, run: EvalRunRecord) -> str | None:
+    """Why `run`'s rows cannot speak for `gate`: not the file the gate fixes, or fewer rows than it asks for (so a
+    run on easier or fewer rows cannot pass it)."""
+    if gate.file_id is not None:
+        source = run.data_source.get("source") or {}
+        used = source.get("id") if source.get("type") == "file_id" else None
+        if used != gate.file_id:
+            took = f"file {used}" if used else f"{source.get('type') or 'no'} rows"
+            return f"run {run.id} took its rows from {took}, not from file {gate.file_id} as the gate requires"
+    if gate.min_rows is not None and run.result_counts.total < gate.min_rows:
+        return f"run {run.id} graded {run.result_counts.total} rows; the gate requires at least {gate.min_rows}"
+    return None
+
+
 def gate_verdict(gate: EvalGate, run: EvalRunRecord, criteria: list[str]) -> Verdict:
     """Whether `run` (of the gate's eval, whose testing criteria are named `criteria`, in order) passes `gate`."""
     if run.status is not EvalRunStatus.completed:
         return Verdict(False, f"run {run.id} is {run.status.value}, not completed")
     if run.result_counts.total == 0:
         return Verdict(False, f"run {run.id} graded no rows")
+    problem = rows_problem(gate, run)
+    if problem is not None:
+        return Verdict(False, problem)
     rates = pass_rates(run, criteria)
     for name in criteria:
         least = minimum(gate, name)

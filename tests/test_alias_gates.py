@@ -9,6 +9,7 @@ that answers as the base model does (a LoRA whose B matrices are zero) and one t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,30 @@ def test_a_canary_on_a_gated_alias_gains_weight_only_for_a_version_that_passed(
     assert point(client, name, version=v1, canary=v2, canary_weight=0.3, gate=gate).status_code == 200  # no move
     assert point(client, name, version=v1, canary=v2, canary_weight=0.1).status_code == 200
     assert error(point(client, name, version=v1, canary=v2, canary_weight=0.2))["code"] == "eval_gate_failed"
+
+
+def test_a_gate_that_fixes_its_rows_refuses_a_run_on_other_rows_or_fewer(
+    app: tuple[TestClient, Registry], gated: dict[str, Any]
+) -> None:
+    client, registry = app
+    name, v1, v3, gate = gated["name"], gated["v1"], gated["v3"], gated["gate"]
+    lines = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
+    uploaded = client.post("/v1/files", files={"file": ("capitals.jsonl", lines)}, data={"purpose": "evals"})
+    assert uploaded.status_code == 200, uploaded.text
+    on_file = {**gate, "file_id": uploaded.json()["id"]}
+    # v1 passed every criterion, but on rows given inline: not the gate's file
+    refused = point(client, name, version=v1, gate=on_file)
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_gate_failed", refused.text
+    assert f"took its rows from file_content rows, not from file {on_file['file_id']}" in error(refused)["message"]
+    run_eval(registry, gate["eval_id"], {f"{name}@{v1}": RIGHT}, source={"type": "file_id", "id": on_file["file_id"]})
+    assert point(client, name, version=v1, gate=on_file).status_code == 200
+
+    # v3 answered two rows right: enough for the plain gate, not for one that asks for four rows
+    run_eval(registry, gate["eval_id"], {f"{name}@{v3}": RIGHT}, source={"type": "file_content", "content": ROWS[:2]})
+    refused = point(client, name, version=v3, gate={**gate, "min_rows": 4})
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_gate_failed", refused.text
+    assert "graded 2 rows; the gate requires at least 4" in error(refused)["message"]
+    assert point(client, name, version=v3, gate=gate).status_code == 200
 
 
 def test_a_gate_is_refused_naming_the_field_when_it_could_never_be_passed(
