@@ -260,9 +260,13 @@ def test_a_version_that_fails_the_eval_never_becomes_prod_and_one_that_passes_do
     assert required.status_code == 409 and error(required)["code"] == "eval_required", required.text
     assert f"'promoted@{noisy}'" in error(required)["message"]
 
+    # The good version is run through an alias (ungated) that serves it: the run records the version that answered
+    with gateway.client() as http:
+        assert http.post("/adapters/promoted/aliases", json={"alias": "candidate", "version": good}).status_code == 200
+    sent_to = {noisy: f"promoted@{noisy}", good: "promoted@candidate"}
     started = time.monotonic()
     runs = {version: live.evals.runs.create(
-        evaluation.id, data_source=live_data_source(f"promoted@{version}", ROWS_THE_BASE_KNOWS)  # type: ignore[arg-type]
+        evaluation.id, data_source=live_data_source(sent_to[version], ROWS_THE_BASE_KNOWS)  # type: ignore[arg-type]
     ) for version in (noisy, good)}
     finished = {version: poll(live, evaluation.id, run.id) for version, run in runs.items()}
     print(f"two runs of {len(ROWS_THE_BASE_KNOWS)} rows: {time.monotonic() - started:.0f} s")
@@ -270,6 +274,9 @@ def test_a_version_that_fails_the_eval_never_becomes_prod_and_one_that_passes_do
         items = live.evals.runs.output_items.list(run.id, eval_id=evaluation.id)
         print(version, run.status, [(i.sample.output[0].content if i.sample.output else None) for i in items])
     assert finished[good].result_counts.passed == len(ROWS_THE_BASE_KNOWS), finished[good]
+    assert (finished[good].model_extra or {})["served_by"] == f"promoted@{good}"
+    good_items = live.evals.runs.output_items.list(runs[good].id, eval_id=evaluation.id)
+    assert {(i.sample.model_extra or {})["served_by"] for i in good_items} == {f"promoted@{good}"}
     assert finished[noisy].result_counts.passed < len(ROWS_THE_BASE_KNOWS), finished[noisy]
 
     refused = promote(noisy, gate=gate)
