@@ -85,7 +85,8 @@ def item_status(results: list[dict[str, Any]], sample_error: dict[str, str] | No
 
 
 def tally(run: EvalRunRecord, item: EvalOutputItem) -> EvalRunRecord:
-    """`run` with one more row counted: its status, each criterion's verdict, each model's tokens."""
+    """`run` with one more row counted: its status, each criterion's verdict, each model's tokens, the version that
+    answered it."""
     counts = run.result_counts.model_copy()
     counts.total += 1
     field = {"pass": "passed", "fail": "failed", "error": "errored"}[item.status]
@@ -100,12 +101,15 @@ def tally(run: EvalRunRecord, item: EvalOutputItem) -> EvalRunRecord:
     usage = dict(run.per_model_usage)
     for model, used in item.usage.items():
         usage[model] = usage.get(model, TokenUsage()).plus(used)
-    return run.model_copy(update={"result_counts": counts, "per_criterion": criteria, "per_model_usage": usage})
+    served_by = sorted({*run.served_by, item.served_by}) if item.served_by else run.served_by
+    return run.model_copy(update={"result_counts": counts, "per_criterion": criteria, "per_model_usage": usage,
+                                  "served_by": served_by})
 
 
 def recount(run: EvalRunRecord, items: list[EvalOutputItem]) -> EvalRunRecord:
     """`run`'s counts made again from its items (what a resumed run starts from)."""
-    fresh = run.model_copy(update={"result_counts": ResultCounts(), "per_criterion": {}, "per_model_usage": {}})
+    fresh = run.model_copy(update={"result_counts": ResultCounts(), "per_criterion": {}, "per_model_usage": {},
+                                    "served_by": []})
     for item in items:
         fresh = tally(fresh, item)
     return fresh

@@ -54,12 +54,29 @@ def minimum(gate: EvalGate, criterion: str) -> float:
     return gate.criteria.get(criterion, gate.min_pass_rate)
 
 
+def rows_problem(gate: EvalGate, run: EvalRunRecord) -> str | None:
+    """Why `run`'s rows cannot speak for `gate`: not the file the gate fixes, or fewer rows than it asks for (so a
+    run on easier or fewer rows cannot pass it)."""
+    if gate.file_id is not None:
+        source = run.data_source.get("source") or {}
+        used = source.get("id") if source.get("type") == "file_id" else None
+        if used != gate.file_id:
+            took = f"file {used}" if used else f"{source.get('type') or 'no'} rows"
+            return f"run {run.id} took its rows from {took}, not from file {gate.file_id} as the gate requires"
+    if gate.min_rows is not None and run.result_counts.total < gate.min_rows:
+        return f"run {run.id} graded {run.result_counts.total} rows; the gate requires at least {gate.min_rows}"
+    return None
+
+
 def gate_verdict(gate: EvalGate, run: EvalRunRecord, criteria: list[str]) -> Verdict:
     """Whether `run` (of the gate's eval, whose testing criteria are named `criteria`, in order) passes `gate`."""
     if run.status is not EvalRunStatus.completed:
         return Verdict(False, f"run {run.id} is {run.status.value}, not completed")
     if run.result_counts.total == 0:
         return Verdict(False, f"run {run.id} graded no rows")
+    problem = rows_problem(gate, run)
+    if problem is not None:
+        return Verdict(False, problem)
     rates = pass_rates(run, criteria)
     for name in criteria:
         least = minimum(gate, name)
@@ -83,18 +100,25 @@ def criterion_names(testing_criteria: list[dict[str, object]]) -> list[str]:
     return [graders.validate(c, f"testing_criteria[{i}]").name for i, c in enumerate(testing_criteria)]
 
 
+def speaks_for(run: EvalRunRecord, model: str) -> bool:
+    """Whether `run` measured exactly `model` (`name@<version>`): it was sent to that model, or every row it
+    sampled was answered by it (a run sent to an alias or an `ft:` id records the version that served each row; an
+    alias that moved or split during the run leaves two, and such a run speaks for neither)."""
+    return run.served_by == [model] or (run.model == model and run.served_by in ([], [model]))
+
+
 def check_version(
     gate: EvalGate, alias: str, model: str, runs: list[EvalRunRecord], criteria: list[str], param: str = "version"
 ) -> Verdict:
     """Whether `model` (`name@<version>`) may be served by gated `alias`: some completed run of the gate's eval on
-    exactly that model passes. Raises EvalRequired when there is none, EvalGateFailed with the newest completed
-    run's reason when none passes. A run on an alias or an `ft:` id does not count: a run records the model name it
-    was sent, not the version that answered (an alias may move, or split, during a run)."""
-    completed = [r for r in runs if r.model == model and r.status is EvalRunStatus.completed]
+    exactly that model passes (`speaks_for`). Raises EvalRequired when there is none, EvalGateFailed with the
+    newest completed run's reason when none passes."""
+    completed = [r for r in runs if speaks_for(r, model) and r.status is EvalRunStatus.completed]
     if not completed:
         raise EvalRequired(
             f"alias {alias!r} is gated by eval {gate.eval_id}: run it on model {model!r} first "
-            f"(POST /v1/evals/{gate.eval_id}/runs with data_source.model {model!r})",
+            f"(POST /v1/evals/{gate.eval_id}/runs with data_source.model {model!r}, or an alias or ft: id that "
+            "serves that version for the whole run)",
             param=param,
         )
     verdicts = [gate_verdict(gate, run, criteria) for run in sorted(completed, key=lambda r: r.created_at,

@@ -17,6 +17,7 @@ from adapters.errors import InvalidName
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}$")
 JOB_ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
 EVAL_ID_RE = re.compile(r"^eval_[0-9a-f]{32}$")
+FILE_ID_RE = re.compile(r"^file-[0-9a-f]{32}$")
 T = TypeVar("T")
 
 
@@ -197,6 +198,11 @@ class EvalGate(BaseModel):
     criteria: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict, description="per-criterion least pass rates by criterion name, over min_pass_rate"
     )
+    file_id: str | None = Field(
+        None, pattern=FILE_ID_RE.pattern,
+        description="the rows a passing run must have used: data_source.source of type file_id with this id",
+    )
+    min_rows: int | None = Field(None, ge=1, description="the fewest rows a passing run must have graded")
 
 
 class TrainingEvalGate(EvalGate):
@@ -410,7 +416,6 @@ class Aliases(BaseModel):
 
 # The OpenAI fine-tuning API's own records: what it takes and names beyond the job and the adapter it makes.
 
-FILE_ID_RE = re.compile(r"^file-[0-9a-f]{32}$")
 
 
 def new_file_id() -> str:
@@ -561,6 +566,10 @@ class EvalRunRecord(BaseModel):
     result_counts: ResultCounts = Field(default_factory=ResultCounts)
     per_criterion: dict[str, CriterionCounts] = Field(default_factory=dict)
     per_model_usage: dict[str, TokenUsage] = Field(default_factory=dict)
+    served_by: list[str] = Field(
+        default_factory=list,
+        description="every exact model (base id or name@version) that answered a row, sorted: one when all agree",
+    )
 
 
 class EvalOutputItem(BaseModel):
@@ -576,6 +585,9 @@ class EvalOutputItem(BaseModel):
     sample: dict[str, Any] = Field(default_factory=dict, description="input, output, usage, sampling, error")
     results: list[dict[str, Any]] = Field(default_factory=list, description="one per testing criterion")
     usage: dict[str, TokenUsage] = Field(default_factory=dict, description="per model: the sample's and the judges'")
+    served_by: str | None = Field(
+        None, description="the exact model (base id or name@version) that answered the row; None when not sampled"
+    )
 
 
 # OpenAI's Batch API: a batch (a file of requests run in the background) and each of its lines' results.

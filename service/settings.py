@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     kv_cache_space_gb: int | None = Field(None, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     tensor_parallel_size: int = Field(1, description="GPUs to shard the model over")
     enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode on GPU)")
+    priority_scheduling: bool = Field(
+        True, description="vLLM's priority policy: queued eval rows and batch lines start after queued live requests"
+    )
     max_queue: int = Field(256, description="requests waiting or running before new ones get 429")
     engine_stall_seconds: float = Field(
         120.0,

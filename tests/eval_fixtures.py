@@ -53,9 +53,11 @@ ANSWERS = {
 }
 
 
-def scripted_serving(answers: dict[str, dict[str, str]]) -> Any:
+def scripted_serving(answers: dict[str, dict[str, str]], served: dict[str, list[str]] | None = None) -> Any:
     """A test double for the serving path (eval_runs.sample_chat): each model answers each country as scripted; a
-    model not in the script is unknown, as the gateway would say."""
+    model not in the script is unknown, as the gateway would say. `served` names, per model, the version that
+    answers each call in turn (what an alias resolved to); without it, the version is not known."""
+    versions = {model: iter(order) for model, order in (served or {}).items()}
 
     async def sample(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
         if model not in answers:
@@ -64,7 +66,7 @@ def scripted_serving(answers: dict[str, dict[str, str]]) -> Any:
         text = next(answer for country, answer in answers[model].items() if country in question)
         usage = TokenUsage(invocation_count=1, prompt_tokens=24, completion_tokens=len(text.split()) + 1,
                            total_tokens=25 + len(text.split()))
-        return Sampled(text, usage, "stop")
+        return Sampled(text, usage, "stop", next(versions[model]) if model in versions else "")
 
     return sample
 

@@ -9,6 +9,7 @@ that answers as the base model does (a LoRA whose B matrices are zero) and one t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,21 +44,30 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
         yield client, Registry(open_store(settings.store_uri))
 
 
-def run_eval(registry: Registry, eval_id: str, answers: dict[str, dict[str, str]]) -> None:
-    """Execute a run of `eval_id` on each model of `answers` to the end, as the gateway's executor does."""
+def run_eval(
+    registry: Registry, eval_id: str, answers: dict[str, dict[str, str]], served: dict[str, list[str]] | None = None,
+    source: dict[str, Any] | None = None,
+) -> list[str]:
+    """Execute a run of `eval_id` on each model of `answers` to the end, as the gateway's executor does (`served`:
+    the version that answers each row, per model; `source`: other rows, or a file holding ROWS); the runs' ids."""
     from service.management.eval_runs import EvalRunner
 
-    runs = [registry.put_eval_run(EvalRunRecord(eval_id=eval_id, model=model, data_source=data_source(model),
+    sources = {model: {**data_source(model), **({"source": source} if source else {})} for model in answers}
+    runs = [registry.put_eval_run(EvalRunRecord(eval_id=eval_id, model=model, data_source=sources[model],
                                                 rows=len(ROWS))) for model in answers]
 
+    def rows(run: EvalRunRecord) -> list[dict[str, Any]]:
+        return run.data_source["source"].get("content", ROWS)  # type: ignore[no-any-return]
+
     async def execute() -> None:
-        runner = EvalRunner(registry, scripted_serving(answers), lambda r: r.data_source["source"]["content"])
+        runner = EvalRunner(registry, scripted_serving(answers, served), rows)
         for run in runs:
             runner.submit(eval_id, run.id)
         for run in runs:
             await runner.wait(run.id)
 
     asyncio.run(execute())
+    return [run.id for run in runs]
 
 
 def point(client: TestClient, name: str, **body: Any) -> httpx.Response:
@@ -114,6 +124,29 @@ def test_a_gated_alias_moves_only_to_a_version_that_passed_its_eval(
     assert "prod" not in client.get(f"/adapters/{name}/aliases").json()["gates"]
 
 
+def test_a_run_sent_to_an_alias_counts_for_the_version_that_answered_every_row(
+    app: tuple[TestClient, Registry], gated: dict[str, Any]
+) -> None:
+    client, registry = app
+    name, v1, v3, gate = gated["name"], gated["v1"], gated["v3"], gated["gate"]
+    assert point(client, name, version=v1, gate=gate).status_code == 200
+    # prod moved from v1 to v3 after two rows: a run that measured two versions speaks for neither
+    (moved,) = run_eval(registry, gate["eval_id"], {f"{name}@prod": RIGHT},
+                        {f"{name}@prod": [f"{name}@{v1}"] * 2 + [f"{name}@{v3}"] * 2})
+    refused = point(client, name, version=v3)
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_required", refused.text
+    run = client.get(f"/v1/evals/{gate['eval_id']}/runs/{moved}").json()
+    assert run["status"] == "completed" and run["served_by"] is None, run
+    items = client.get(f"/v1/evals/{gate['eval_id']}/runs/{moved}/output_items").json()["data"]
+    assert [i["sample"]["served_by"] for i in items] == [f"{name}@{v1}"] * 2 + [f"{name}@{v3}"] * 2
+
+    # A run sent to the canary alias, every row answered by v3: it is v3's run
+    (canary,) = run_eval(registry, gate["eval_id"], {f"{name}@canary": RIGHT}, {f"{name}@canary": [f"{name}@{v3}"] * 4})
+    assert client.get(f"/v1/evals/{gate['eval_id']}/runs/{canary}").json()["served_by"] == f"{name}@{v3}"
+    moved_to_v3 = point(client, name, version=v3)
+    assert moved_to_v3.status_code == 200, moved_to_v3.text
+
+
 def test_a_canary_on_a_gated_alias_gains_weight_only_for_a_version_that_passed(
     app: tuple[TestClient, Registry], gated: dict[str, Any]
 ) -> None:
@@ -128,6 +161,30 @@ def test_a_canary_on_a_gated_alias_gains_weight_only_for_a_version_that_passed(
     assert point(client, name, version=v1, canary=v2, canary_weight=0.3, gate=gate).status_code == 200  # no move
     assert point(client, name, version=v1, canary=v2, canary_weight=0.1).status_code == 200
     assert error(point(client, name, version=v1, canary=v2, canary_weight=0.2))["code"] == "eval_gate_failed"
+
+
+def test_a_gate_that_fixes_its_rows_refuses_a_run_on_other_rows_or_fewer(
+    app: tuple[TestClient, Registry], gated: dict[str, Any]
+) -> None:
+    client, registry = app
+    name, v1, v3, gate = gated["name"], gated["v1"], gated["v3"], gated["gate"]
+    lines = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
+    uploaded = client.post("/v1/files", files={"file": ("capitals.jsonl", lines)}, data={"purpose": "evals"})
+    assert uploaded.status_code == 200, uploaded.text
+    on_file = {**gate, "file_id": uploaded.json()["id"]}
+    # v1 passed every criterion, but on rows given inline: not the gate's file
+    refused = point(client, name, version=v1, gate=on_file)
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_gate_failed", refused.text
+    assert f"took its rows from file_content rows, not from file {on_file['file_id']}" in error(refused)["message"]
+    run_eval(registry, gate["eval_id"], {f"{name}@{v1}": RIGHT}, source={"type": "file_id", "id": on_file["file_id"]})
+    assert point(client, name, version=v1, gate=on_file).status_code == 200
+
+    # v3 answered two rows right: enough for the plain gate, not for one that asks for four rows
+    run_eval(registry, gate["eval_id"], {f"{name}@{v3}": RIGHT}, source={"type": "file_content", "content": ROWS[:2]})
+    refused = point(client, name, version=v3, gate={**gate, "min_rows": 4})
+    assert refused.status_code == 409 and error(refused)["code"] == "eval_gate_failed", refused.text
+    assert "graded 2 rows; the gate requires at least 4" in error(refused)["message"]
+    assert point(client, name, version=v3, gate=gate).status_code == 200
 
 
 def test_a_gate_is_refused_naming_the_field_when_it_could_never_be_passed(
@@ -203,9 +260,13 @@ def test_a_version_that_fails_the_eval_never_becomes_prod_and_one_that_passes_do
     assert required.status_code == 409 and error(required)["code"] == "eval_required", required.text
     assert f"'promoted@{noisy}'" in error(required)["message"]
 
+    # The good version is run through an alias (ungated) that serves it: the run records the version that answered
+    with gateway.client() as http:
+        assert http.post("/adapters/promoted/aliases", json={"alias": "candidate", "version": good}).status_code == 200
+    sent_to = {noisy: f"promoted@{noisy}", good: "promoted@candidate"}
     started = time.monotonic()
     runs = {version: live.evals.runs.create(
-        evaluation.id, data_source=live_data_source(f"promoted@{version}", ROWS_THE_BASE_KNOWS)  # type: ignore[arg-type]
+        evaluation.id, data_source=live_data_source(sent_to[version], ROWS_THE_BASE_KNOWS)  # type: ignore[arg-type]
     ) for version in (noisy, good)}
     finished = {version: poll(live, evaluation.id, run.id) for version, run in runs.items()}
     print(f"two runs of {len(ROWS_THE_BASE_KNOWS)} rows: {time.monotonic() - started:.0f} s")
@@ -213,6 +274,9 @@ def test_a_version_that_fails_the_eval_never_becomes_prod_and_one_that_passes_do
         items = live.evals.runs.output_items.list(run.id, eval_id=evaluation.id)
         print(version, run.status, [(i.sample.output[0].content if i.sample.output else None) for i in items])
     assert finished[good].result_counts.passed == len(ROWS_THE_BASE_KNOWS), finished[good]
+    assert (finished[good].model_extra or {})["served_by"] == f"promoted@{good}"
+    good_items = live.evals.runs.output_items.list(runs[good].id, eval_id=evaluation.id)
+    assert {(i.sample.model_extra or {})["served_by"] for i in good_items} == {f"promoted@{good}"}
     assert finished[noisy].result_counts.passed < len(ROWS_THE_BASE_KNOWS), finished[noisy]
 
     refused = promote(noisy, gate=gate)

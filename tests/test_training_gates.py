@@ -1,8 +1,9 @@
 """Training gates: a job that names an eval publishes only if its new version passes it; the trainer's run of the
 eval is recorded as a completed run on `name@<version>`, and satisfies an alias's gate later.
 
-The fast test drives trainer/gate.py on a real file store with answers given; the slow ones train the shout skill
-through POST /adapters with the real trainer and engine, and check the refusals at submit.
+The fast tests drive trainer/gate.py on a real file store with answers given, and submit gated jobs through
+POST /v1/fine_tuning/jobs to a management gateway whose runner is stopped (the jobs stay queued); the slow ones train
+the shout skill through POST /adapters with the real trainer and engine, and check the refusals at submit.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+from fastapi.testclient import TestClient
 
 from adapters.gates import check_version, criterion_names
+from adapters.models import DEFAULT_MODEL
 from adapters.registry import Registry
 from adapters.schema import EvalGate, EvalRecord, EvalRunStatus, TrainingEvalGate
 from adapters.store import FileStore
 from client.cli import main
-from tests.gateway_fixtures import ADMIN_KEY, GatewayServer
+from service.app import create_app
+from tests.gateway_fixtures import ADMIN_KEY, GatewayServer, management_settings
 from tests.shout import SHOUT_TRAINING, shout_rows
+from tests.test_fine_tuning_api import chat_rows, jsonl, sdk
 from tests.test_gateway_training import follow
 
 ITEM_SCHEMA = {
@@ -78,6 +84,46 @@ def test_the_trainers_gate_run_is_recorded_and_speaks_for_the_version_at_an_alia
     names = criterion_names(evaluation.testing_criteria)
     alias_gate = EvalGate(eval_id=evaluation.id, criteria=LENIENT)
     assert check_version(alias_gate, "prod", "shout@v2", registry.list_eval_runs(evaluation.id), names).passed
+
+
+def test_a_fine_tuning_job_carries_its_eval_gate_and_a_gate_it_could_never_run_is_refused_at_submit(
+    tmp_path: Path,
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with TestClient(create_app(management_settings(tmp_path)), headers=admin) as http:
+        gateway = http.app.state.gateway  # type: ignore[attr-defined]
+        gateway.runner.stop()  # jobs stay queued: this test is about what is submitted, not training
+        client = sdk(http)
+        eval_id = new_eval(http)
+        training = client.files.create(file=("chat.jsonl", jsonl(chat_rows(8, seed=3))), purpose="fine-tune")
+        gate_file = client.files.create(file=("gate.jsonl", jsonl(ROWS)), purpose="evals")  # type: ignore[arg-type]
+
+        def create(gate: dict[str, Any]) -> Any:
+            return client.fine_tuning.jobs.create(model=DEFAULT_MODEL, training_file=training.id,
+                                                  extra_body={"eval_gate": gate})
+
+        cases: dict[str, tuple[dict[str, Any], type[openai.APIStatusError]]] = {
+            "eval_gate.eval_id": (training_gate("eval_" + "0" * 32), openai.NotFoundError),
+            "eval_gate.criteria.shout": (training_gate(eval_id, criteria={"shout": 0.5}), openai.BadRequestError),
+            "eval_gate.source.content[1].item.first": (training_gate(eval_id, source={
+                "type": "file_content", "content": [ROWS[0], {"item": {"words": "sun"}}]}), openai.BadRequestError),
+            "eval_gate.source.id": (training_gate(eval_id, source={"type": "file_id", "id": training.id}),
+                                    openai.BadRequestError),  # a file, but not of purpose evals
+            "eval_gate.file_id": (training_gate(eval_id, file_id=gate_file.id), openai.BadRequestError),
+            "eval_gate.min_rows": (training_gate(eval_id, min_rows=3), openai.BadRequestError),
+        }
+        for param, (gate, refusal) in cases.items():
+            with pytest.raises(refusal) as refused:
+                create(gate)
+            assert refused.value.body["param"] == param, refused.value.body  # type: ignore[index]
+        assert http.get("/jobs").json()["data"] == []  # nothing stored for a refused gate
+
+        gate = training_gate(eval_id, criteria=LENIENT, source={"type": "file_id", "id": gate_file.id},
+                             file_id=gate_file.id, min_rows=2)
+        job = create(gate)
+        assert job.status in ("validating_files", "queued"), job
+        record = gateway.registry.get_job(job.id.removeprefix("ftjob-"))
+        assert record.spec.eval_gate == TrainingEvalGate.model_validate(gate)  # what the trainer will run
 
 
 # ------------------------------------------------------------------------------------ the real trainer

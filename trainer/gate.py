@@ -90,6 +90,7 @@ def run_gate(
             sample={"input": prompt or [], "output": [] if text is None else [{"role": "assistant", "content": text}],
                     "model": model_ref, "error": error, "temperature": 0,
                     "max_completion_tokens": gate.max_completion_tokens},
+            served_by=model_ref if text is not None else None,
         ))
     for item in items:
         registry.put_output_item(item)

@@ -108,6 +108,9 @@ class Engine:
             tensor_parallel_size=s.tensor_parallel_size,
             enforce_eager=s.enforce_eager,
             disable_log_stats=True,
+            # Background work (eval runs, batches) asks for a larger number than live requests: a waiting live
+            # request is scheduled before any waiting background one (service/management/background.py).
+            scheduling_policy="priority" if s.priority_scheduling else "fcfs",
         )
 
     def start(self) -> None:
@@ -191,9 +194,11 @@ class Engine:
         lora: LoRARequest | None = None,
         request_id: str | None = None,
         meter: RequestMeter | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream RequestOutputs; closing the iterator (a client disconnect) aborts the request in vLLM.
-        `meter` times the first token (seen only when outputs stream)."""
+        `meter` times the first token (seen only when outputs stream). `priority`: smaller is scheduled first
+        among waiting requests (live 0; ignored when priority_scheduling is off)."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -205,7 +210,7 @@ class Engine:
         try:
             # AsyncLLM.generate aborts the request itself when this generator is closed or cancelled.
             async for out in llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora, priority=priority
             ):
                 if first_token is not None and any(o.token_ids for o in out.outputs):
                     first_token.token()

@@ -199,10 +199,11 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 async def create_chat_completion(
-    gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]]
+    gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0
 ) -> Answer:
-    """POST /v1/chat/completions (and an eval run's sample), step by step: the request's limits, admission and
-    the target it names, its prompt and sampling, then the answer whole or streamed."""
+    """POST /v1/chat/completions (and an eval run's sample, a batch's line: `priority` above 0), step by step: the
+    request's limits, admission and the target it names, its prompt and sampling, then the answer whole or
+    streamed."""
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     # Everything the template renders counts (tools, tool calls, tool results), not the messages' text alone:
     # a cheap lower bound here, the exact count on the tokenizer's thread before it tokenizes anything.
@@ -225,7 +226,7 @@ async def create_chat_completion(
         await gw.engine.verify(
             params, "tools" if plan.forced else constraint_param(body), None if plan.forced else schema_param(body)
         )
-    work = Work.start(gw, target, [prompt_ids], [params], "chatcmpl")
+    work = Work.start(gw, target, [prompt_ids], [params], "chatcmpl", priority)
     if body.stream:
         return Answer(work.headers, events=_stream(work, body, plan))
     return Answer(work.headers, body=await _complete(work, body, plan, is_disconnected))

@@ -47,10 +47,10 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
 
 
 async def create_completion(
-    gw: Gateway, body: CompletionRequest, is_disconnected: Callable[[], Awaitable[bool]]
+    gw: Gateway, body: CompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0
 ) -> Answer:
-    """POST /v1/completions, step by step: the request's limits, admission and the target it names, each prompt
-    tokenized with its sampling, then the answer whole or streamed."""
+    """POST /v1/completions (and a batch's line: `priority` above 0), step by step: the request's limits, admission
+    and the target it names, each prompt tokenized with its sampling, then the answer whole or streamed."""
     check_count(len(body.prompts), gw.settings.max_messages, "prompt")
     for text in body.prompts:
         check_prompt_chars(gw, len(text), "prompt")
@@ -76,7 +76,7 @@ async def create_completion(
         await gw.engine.verify(params[0], constraint_param(body), schema_param(body))
         for other in params[1:]:  # one constraint for every prompt: checked and compiled once
             other.structured_outputs = params[0].structured_outputs
-    work = Work.start(gw, target, prompts, params, "cmpl")
+    work = Work.start(gw, target, prompts, params, "cmpl", priority)
     if body.stream:
         return Answer(work.headers, events=_stream(work, body))
     return Answer(work.headers, body=await _complete(work, body, is_disconnected))

@@ -227,11 +227,14 @@ class Work:
     prompts: list[list[int]]
     params: list[Any]
     request_id: str
+    priority: int = 0  # in the engine's waiting queue: live requests 0, background work more (scheduled later)
 
     @classmethod
-    def start(cls, gw: Gateway, target: Target, prompts: list[list[int]], params: list[Any], id_prefix: str) -> Work:
+    def start(
+        cls, gw: Gateway, target: Target, prompts: list[list[int]], params: list[Any], id_prefix: str, priority: int = 0
+    ) -> Work:
         """The prepared request, given its id (`chatcmpl-...`, `cmpl-...`), its prompt tokens metered."""
-        work = cls(gw, target, prompts, params, f"{id_prefix}-{uuid.uuid4().hex}")
+        work = cls(gw, target, prompts, params, f"{id_prefix}-{uuid.uuid4().hex}", priority)
         if target.meter is not None:
             target.meter.tokens("prompt", work.prompt_tokens)
         return work
@@ -251,7 +254,7 @@ class Work:
     def generate(self, i: int) -> AsyncIterator[Any]:
         """Prompt `i`'s outputs as the engine streams them (closing the iterator aborts the request)."""
         return self.gw.engine.generate(
-            self.prompts[i], self.params[i], self.target.lora, self.engine_id(i), self.target.meter
+            self.prompts[i], self.params[i], self.target.lora, self.engine_id(i), self.target.meter, self.priority
         )
 
     async def final(self, i: int) -> Any:

@@ -3,10 +3,13 @@ taken up again by the next start; the bounded slots their requests hold in the e
 rather than failed; and their one way into the serving path, a request parsed as its route parses it and served
 whole, without HTTP.
 
-Live traffic keeps priority: at most `concurrency` background requests are in the engine at once, so they hold that
-many of the engine's `max_num_seqs` batch slots and never queue live requests behind a backlog of their own. (vLLM's
-`priority` scheduling would let them yield inside the engine too; this gateway starts vLLM with its default
-first-come policy, so concurrency is the bound.)
+Live traffic keeps priority, twice over. At most `concurrency` background requests are in the engine at once, so
+they hold that many of the engine's `max_num_seqs` batch slots and never queue live requests behind a backlog of
+their own. And inside the engine they ask for BACKGROUND_PRIORITY: the gateway starts vLLM with its `priority`
+policy (setting `priority_scheduling`), whose waiting queue is ordered by (priority, arrival), so when every slot is
+taken a live request that arrives later still starts before a background request that waits. vLLM preempts a
+running request for a more urgent one only when KV-cache blocks run out, not for a slot: a background request
+already running finishes its step, and its sequence, in its slot.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
     from service.gateway import Gateway
 
 T = TypeVar("T")
+LIVE_PRIORITY = 0  # what a request through the HTTP routes asks the engine for (vLLM's default)
+BACKGROUND_PRIORITY = 1  # eval rows and batch lines: scheduled after every waiting live request
 RETRY_S = (0.5, 30.0)  # first and longest wait before a request refused for load is tried again
 REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -94,18 +100,28 @@ def parsed_request(endpoint: str, data: Any, prefix: str = "") -> ChatCompletion
         raise InvalidRequest(message, param=where or None, code="invalid_parameter") from None
 
 
-async def serve_whole(gw: Gateway, request: ChatCompletionRequest | CompletionRequest) -> BaseModel:
+@dataclass(frozen=True)
+class Served:
+    """A request served whole: the response body, and the exact model that answered it (the base id or
+    `name@version`: what an alias or an `ft:` id resolved to for this request, the route's version header)."""
+
+    body: BaseModel
+    served_by: str
+
+
+async def serve_whole(gw: Gateway, request: ChatCompletionRequest | CompletionRequest, priority: int) -> Served:
     """The answer POST /v1/chat/completions or /v1/completions would give `request` (the same admission, target
-    resolution, template, adapter lease and metrics), whole; the domain error the route would answer otherwise."""
+    resolution, template, adapter lease and metrics), whole, at `priority` in the engine's waiting queue; the domain
+    error the route would answer otherwise."""
     from service.inference.chat import create_chat_completion
     from service.inference.completions import create_completion
+    from service.inference.pipeline import VERSION_HEADER
 
     async def never_disconnected() -> bool:
         return False
 
     if isinstance(request, ChatCompletionRequest):
-        answer = await create_chat_completion(gw, request, never_disconnected)
+        answer = await create_chat_completion(gw, request, never_disconnected, priority)
     else:
-        answer = await create_completion(gw, request, never_disconnected)
-    body: BaseModel = answer.body
-    return body
+        answer = await create_completion(gw, request, never_disconnected, priority)
+    return Served(answer.body, answer.headers.get(VERSION_HEADER, ""))

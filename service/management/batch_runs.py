@@ -1,10 +1,11 @@
 """The background executor of batches: each line's request through the serving path, its answer written once, the
 batch's counts kept as a fold of its lines' results, and at the end the output and error files in /v1/files.
 
-Live traffic keeps priority: at most `batch_concurrency` lines (all batches together) are in the engine at once, a
-line refused for load (429) or by an engine not ready (503) waits and is tried again (background.py). The
-completion window is a deadline: no line starts after it, lines still running are stopped, and the batch ends
-`expired` with what was answered in its output file and the rest in its error file.
+Live traffic keeps priority: at most `batch_concurrency` lines (all batches together) are in the engine at once,
+they wait in the engine's queue behind live requests (BACKGROUND_PRIORITY), a line refused for load (429) or by an
+engine not ready (503) waits and is tried again (background.py). The completion window is a deadline: no line starts
+after it, lines still running are stopped, and the batch ends `expired` with what was answered in its output file
+and the rest in its error file.
 
 Restart: a batch left validating, in progress or cancelling is resumed when a gateway starts. A line's result is
 written only if absent, under a key named by the line, so a line answered before the stop is not run again, one
@@ -37,7 +38,13 @@ from adapters.schema import (
     batch_request_id,
 )
 from service.errors import answer_of
-from service.management.background import BackgroundExecutor, Slots, parsed_request, serve_whole
+from service.management.background import (
+    BACKGROUND_PRIORITY,
+    BackgroundExecutor,
+    Slots,
+    parsed_request,
+    serve_whole,
+)
 from service.management.batches import OUTPUT_PURPOSE, BatchRequest, batch_requests
 
 if TYPE_CHECKING:
@@ -318,8 +325,8 @@ async def start_batches(gw: Gateway) -> BatchRunner:
     """The gateway's batch executor, on its serving path, with every batch not finished resumed."""
 
     async def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer = await serve_whole(gw, parsed_request(endpoint, body, prefix="body."))
-        return answer.model_dump(mode="json")
+        served = await serve_whole(gw, parsed_request(endpoint, body, prefix="body."), BACKGROUND_PRIORITY)
+        return served.body.model_dump(mode="json")
 
     runner = BatchRunner(
         gw.registry, send, lambda batch: batch_requests(gw, batch), gw.settings.batch_concurrency,

@@ -1,8 +1,9 @@
 """The background executor of eval runs: each row's prompt through the serving path, every criterion graded, one
 output item written per row, the run's counts kept as a fold of its items.
 
-Live traffic keeps priority: at most `eval_concurrency` rows (all runs together) are in the engine at once, and a
-row refused for load (429) or by an engine not ready (503) waits and is tried again, it does not fail
+Live traffic keeps priority: at most `eval_concurrency` rows (all runs together) are in the engine at once, they
+wait in the engine's queue behind live requests (BACKGROUND_PRIORITY under vLLM's priority policy), and a row
+refused for load (429) or by an engine not ready (503) waits and is tried again, it does not fail
 (service/management/background.py, shared with batches).
 
 Restart: a run left `queued` or `in_progress` is resumed when a gateway starts. Its rows already written are
@@ -34,7 +35,14 @@ from adapters.schema import (
     TokenUsage,
     output_item_id,
 )
-from service.management.background import BackgroundExecutor, Slots, parsed_request, serve_whole
+from service.management.background import (
+    BACKGROUND_PRIORITY,
+    LIVE_PRIORITY,
+    BackgroundExecutor,
+    Slots,
+    parsed_request,
+    serve_whole,
+)
 from service.protocol.chat import ChatCompletion
 
 if TYPE_CHECKING:
@@ -45,11 +53,13 @@ log = logging.getLogger("skillserve.evals")
 
 @dataclass(frozen=True)
 class Sampled:
-    """A model's answer to one prompt, as a chat completion gives it."""
+    """A model's answer to one prompt, as a chat completion gives it, and the exact model that answered it (the base
+    id or `name@version`: what an alias or `ft:` id resolved to; empty when not known)."""
 
     text: str
     usage: TokenUsage
     finish_reason: str | None
+    served_by: str = ""
 
 
 Sampler = Callable[[str, list[dict[str, Any]], dict[str, Any]], Awaitable[Sampled]]
@@ -67,13 +77,17 @@ class RunFailed(Exception):
 # ---------------------------------------------------------------- the one way into the serving path
 
 
-async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+async def sample_chat(
+    gw: Gateway, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any], priority: int = LIVE_PRIORITY
+) -> Sampled:
     """Ask `model` (base, adapter, `name@version`, alias, `ft:` id) as POST /v1/chat/completions would: the same
-    admission, target resolution, template, adapter lease and metrics, without HTTP. `sampling` holds chat
+    admission, target resolution, template, adapter lease and metrics, without HTTP, at `priority` in the engine
+    (a grader run for a client is live; an eval run's rows and judges are background). `sampling` holds chat
     request fields (temperature, top_p, seed, max_tokens or max_completion_tokens, response_format, tools).
     Raises the domain error a chat request would get."""
     body = parsed_request("/v1/chat/completions", {**sampling, "model": model, "messages": messages})
-    completion = await serve_whole(gw, body)
+    served = await serve_whole(gw, body, priority)
+    completion = served.body
     assert isinstance(completion, ChatCompletion)
     choice = completion.choices[0]
     text = choice.message.content or ""
@@ -86,6 +100,7 @@ async def sample_chat(gw: Gateway, model: str, messages: list[dict[str, Any]], s
         TokenUsage(invocation_count=1, prompt_tokens=usage.prompt_tokens,
                    completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens),
         choice.finish_reason,
+        served.served_by,
     )
 
 
@@ -252,6 +267,7 @@ class EvalRunner(BackgroundExecutor):
             sample=sample,
             results=results,
             usage=usage,
+            served_by=(answer.served_by or None) if answer is not None else None,
         )
 
     async def _ask(self, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
@@ -287,7 +303,7 @@ async def start_eval_runs(gw: Gateway) -> EvalRunner:
     from service.management.evals import run_rows
 
     async def sample(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
-        return await sample_chat(gw, model, messages, sampling)
+        return await sample_chat(gw, model, messages, sampling, BACKGROUND_PRIORITY)
 
     runner = EvalRunner(
         gw.registry, sample, lambda run: run_rows(gw, run), gw.settings.eval_concurrency, gw.settings.load_engine

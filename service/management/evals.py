@@ -296,6 +296,7 @@ def run_object(run: EvalRunRecord) -> RunObject:
         per_model_usage=[ModelUsage(model_name=model, **usage.model_dump()) for model, usage in
                          run.per_model_usage.items()],
         report_url=f"/v1/evals/{run.eval_id}/runs/{run.id}",
+        served_by=run.served_by[0] if len(run.served_by) == 1 else None,
     )
 
 
@@ -438,7 +439,7 @@ def output_item_object(item: EvalOutputItem) -> OutputItemObject:
         datasource_item_id=item.index,
         datasource_item=item.item,
         results=[GraderResult(**result) for result in item.results],
-        sample=OutputSample.model_validate(item.sample),
+        sample=OutputSample.model_validate({**item.sample, "served_by": item.served_by}),
     )
 
 

@@ -101,6 +101,12 @@ def _check(gw: Gateway, gate: TrainingEvalGate) -> None:
     check_criteria(gate, evaluation)
     check_prompt(gate.input_messages)
     rows = gate_rows(gw, gate.source)
+    if gate.file_id is not None and (gate.source.get("type"), gate.source.get("id")) != ("file_id", gate.file_id):
+        raise bad("eval_gate.file_id", f"the gate requires a run on file {gate.file_id}, and the trainer's run takes "
+                  f"its rows from eval_gate.source: give source {{'type': 'file_id', 'id': '{gate.file_id}'}}")
+    if gate.min_rows is not None and len(rows) < gate.min_rows:
+        raise bad("eval_gate.min_rows", f"the gate requires at least {gate.min_rows} rows; eval_gate.source holds "
+                  f"{len(rows)}")
     for index, row in enumerate(rows):
         found = item_problem(evaluation.item_schema, row.get("item"), "item")
         if found:

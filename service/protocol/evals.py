@@ -183,6 +183,10 @@ class RunObject(BaseModel):
     per_testing_criteria_results: list[CriterionResult] | None = None
     per_model_usage: list[ModelUsage] | None = None
     report_url: str = Field(description="where this gateway serves the run (there is no report page)")
+    served_by: str | None = Field(
+        None, description="skillserve: the exact model (base id or name@version) that answered every row, when one "
+        "did (an alias that moved during the run leaves it null; each output item's sample names its own)",
+    )
 
 
 class RunList(BaseModel):
@@ -225,6 +229,9 @@ class OutputSample(BaseModel):
     top_p: float | None = None
     seed: int | None = None
     max_completion_tokens: int | None = None
+    served_by: str | None = Field(
+        None, description="skillserve: the exact model (base id or name@version) that answered, whatever `model` named"
+    )
 
 
 class GraderResult(BaseModel):
