@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 from adapters import auto, graders
 from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
+from adapters.parents import inherited
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobEvent, JobRecord, JobSpec, Manifest, Method, check_name
+from adapters.schema import Hyperparameters, JobEvent, JobRecord, JobSpec, Manifest, Method, check_name, parse_ref
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
+from service.engine.adapter_cache import FT_PREFIX
 from service.gateway import Gateway
 from service.management import gates, jobs
 from service.protocol.adapters import (
@@ -116,6 +118,10 @@ async def train(
     `param` starts with `grader_param`), and refused if it needs a judge model. `events` start the job's history."""
     here = jobs.runner(gw)
     check_name(body.name)  # before any I/O
+    parent = None
+    if body.model is not None and body.model != gw.engine.base_model_id:
+        parent = await asyncio.to_thread(parent_of, gw, body.model)
+        body = continued(body, parent)
     grader = None
     if body.method.type == "reinforcement":
         grader = graders.check_local(graders.validate(body.method.grader, grader_param), grader_param)
@@ -150,11 +156,42 @@ async def train(
         method=method,
         metadata=body.metadata,
         eval_gate=body.eval_gate,
+        parent=parent.ref if parent is not None else None,
     )
     job = JobRecord(spec=spec, runner=here.name, events=list(events or []))
     await asyncio.to_thread(gw.registry.put_job, job)
     await asyncio.to_thread(here.submit, job)
     return job
+
+
+def parent_of(gw: Gateway, model: str) -> Manifest:
+    """The adapter version a job continues from, pinned now: `model` as the chat route takes it (`name`, an alias
+    `name@alias`, `name@version` or an `ft:` id); NotFound naming `model`, or InvalidRequest when it was trained on
+    another base."""
+    try:
+        if model.startswith(FT_PREFIX):
+            target = gw.registry.fine_tuned_model(model)
+            manifest: Manifest = gw.registry.manifest(target.name, target.version)
+        else:
+            manifest = gw.registry.resolve(*parse_ref(model))
+    except (NotFound, InvalidName):
+        raise NotFound(f"model {model!r} is neither this gateway's base model ({gw.engine.base_model_id}) nor a "
+                       "published adapter (name, name@version, an alias or an ft: id)", param="model") from None
+    if manifest.base_model != gw.engine.base_model_id:
+        raise InvalidRequest(f"model {model!r} ({manifest.ref}) was trained on {manifest.base_model!r}; this gateway "
+                             f"trains on {gw.engine.base_model_id!r}", param="model", code="model_not_available")
+    return manifest
+
+
+def continued(body: CreateAdapterJSON, parent: Manifest) -> CreateAdapterJSON:
+    """The request as it trains when it continues from `parent`: the parent's template and LoRA shape, or a 400
+    naming the field the request set otherwise."""
+    if "template" in body.model_fields_set and body.template != parent.template_name:
+        raise InvalidRequest(f"template {body.template!r} does not fit {parent.ref}, trained and served with "
+                             f"{parent.template_name!r}: training continues with its template (leave template out)",
+                             param="template")
+    hyper = inherited(body.hyperparameters, parent.lora, parent.ref)
+    return body.model_copy(update={"template": parent.template_name, "hyperparameters": hyper})
 
 
 async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:

@@ -26,6 +26,11 @@ class CreateAdapterJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    model: str | None = Field(
+        None, description="train on the base model (null, or its id) or continue from an adapter: name (its latest), "
+        "name@version, an alias or an ft: id; the new version starts from its LoRA weights, with its rank, targets "
+        "and template, and its manifest names it as `parent`"
+    )
     template: str = Field("chatml", description="built-in template: chatml, alpaca, instruction or base")
     rows: list[dict[str, Any]] | None = Field(None, description="the dataset inline: one JSON object per row")
     dataset_uri: str | None = Field(
