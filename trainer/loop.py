@@ -209,9 +209,7 @@ def split_rows(rows: list[Example], eval_fraction: float, seed: int) -> tuple[li
     rule for every method's examples."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = 0
-    if eval_fraction > 0 and len(rows) >= 5:
-        n_eval = max(1, round(len(rows) * eval_fraction))
+    n_eval = auto.held_out_rows(len(rows), eval_fraction)
     train_idx, eval_idx = order[: len(rows) - n_eval], order[len(rows) - n_eval :]
     return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
 
@@ -588,7 +586,9 @@ def build_run(
     lora = LoraConfig(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
-    steps_per_epoch = math.ceil(len(data.train) / (device_batch * world.size))
+    steps_per_epoch = auto.steps_per_epoch(len(data.train), device_batch * world.size, method.name)
+    if not steps_per_epoch:  # the gateway refuses such a job at submit time; this guards a direct call
+        raise ValueError(f"{len(data.train)} training rows make no whole batch of {device_batch * world.size}")
     eval_steps = (hp.eval_interval or eval_every(steps_per_epoch)) if data.evaluated else None
     rule = BestCheckpoint(patience(hp, len(data.held_out)), method.criterion)
     keep_best = _best_callback(rule, hooks.note, hooks.on_checkpoints)

@@ -64,9 +64,10 @@ def _store_key(gw: Gateway, uri: str) -> str:
     return check_key(uri)  # an absolute path is refused, not read as a key
 
 
-def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method) -> None:
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> None:
     """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
-    values the trainer will choose from the data for what the request left out)."""
+    values the trainer will choose from the data for what the request left out). `validated`: the job has its own
+    validation rows, so none of its training rows are held out."""
     settings = gw.settings
     hyper = auto.choose(hyper, len(dataset.rows), method.type)
     assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
@@ -85,7 +86,15 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: M
                 param="hyperparameters.target_modules",
             )
     rows = len(dataset.rows)
-    steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
+    train_rows = rows if validated else rows - auto.held_out_rows(rows, hyper.eval_fraction)
+    per_epoch = auto.steps_per_epoch(train_rows, hyper.batch_size, method.type)
+    if not per_epoch:
+        raise InvalidRequest(
+            f"hyperparameters.batch_size={hyper.batch_size} is more than the {train_rows} training prompts: "
+            "reinforcement samples whole batches of prompts (lower batch_size, or add rows)",
+            param="hyperparameters.batch_size",
+        )
+    steps = hyper.max_steps or math.ceil(per_epoch * hyper.epochs)
     if steps > settings.max_job_steps:
         raise InvalidRequest(
             f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
@@ -135,7 +144,7 @@ async def train(
     method = body.method
     if method.type == "reinforcement" and method.samples_per_prompt is None:  # chosen now: the job says what it runs
         method = method.model_copy(update={"samples_per_prompt": auto.samples_per_prompt(method, len(dataset.rows))})
-    _check_plan(gw, hyper, dataset, method)
+    _check_plan(gw, hyper, dataset, method, validated=held_out is not None)
     if body.eval_gate is not None:
         await gates.check_eval_gate(gw, body.eval_gate)
     await _check_pending(gw)
