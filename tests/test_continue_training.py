@@ -169,6 +169,43 @@ def test_a_model_that_is_no_adapter_or_a_lora_setting_it_cannot_take_is_refused_
     assert other_template.value.body["param"] == "template"  # type: ignore[index]
 
 
+def test_the_cli_trains_toward_a_grader_from_a_skill_and_shows_a_refusal_naming_the_field(
+    app: TestClient, peft_adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`skillserve train --method reinforcement --grader grader.json --from MODEL`, against the in-process gateway."""
+    import contextlib
+    import json
+
+    from client import cli
+
+    monkeypatch.setattr(cli, "connect", lambda args: contextlib.nullcontext(app))
+    registry = registry_of(app)
+    parent = publish_adapter(registry, peft_adapter_dir, "cli-parent", template="alpaca")
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_bytes(rows_to_jsonl([{"messages": [{"role": "user", "content": f"Shout: {w}"}], "answer": w.upper()}
+                                    for w in ("sun", "dog", "cat", "sea", "sky", "red")]))
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "eq"}
+    (tmp_path / "grader.json").write_text(json.dumps(grader))
+    (tmp_path / "bad.json").write_text(json.dumps({**grader, "operation": "equals"}))
+    app.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    base = ["train", str(rows), "--name", "cli-rft", "--method", "reinforcement"]
+    assert cli.main([*base, "--grader", str(tmp_path / "grader.json"), "--from", "cli-parent",
+                     "--method-set", "samples_per_prompt=2", "--set", "batch_size=2"]) == 0
+    queued = capsys.readouterr().out.split()[1]
+    spec = registry.get_job(queued).spec
+    assert (spec.method.type, spec.method.grader, spec.method.samples_per_prompt) == ("reinforcement", grader, 2)
+    assert (spec.parent, spec.template) == (parent.ref, "alpaca")
+    # Refusals name the field: the grader's, and a template the parent was not trained with.
+    assert cli.main([*base, "--grader", str(tmp_path / "bad.json")]) == 1
+    assert "400: method.grader.operation: " in capsys.readouterr().err
+    assert cli.main([*base, "--grader", str(tmp_path / "grader.json"), "--from", "cli-parent",
+                     "--template", "chatml"]) == 1
+    assert "400: template 'chatml' does not fit cli-parent@" in capsys.readouterr().err
+    assert cli.main([*base]) == 1 and "needs --grader" in capsys.readouterr().err
+
+
 # --- end to end ------------------------------------------------------------------------------------------------
 
 
