@@ -113,7 +113,7 @@ def test_a_job_on_an_adapter_is_pinned_to_its_version_with_its_template_and_lora
         reply = app.post("/adapters", json={**body, "model": model}, headers=ADMIN)
         assert reply.status_code == 202, reply.text
         spec = registry.get_job(reply.json()["id"]).spec
-        assert spec.parent == f"parent@{version}", model
+        assert spec.parent == reply.json()["parent"] == f"parent@{version}", model
         assert spec.template == "alpaca"
         assert (spec.hyperparameters.rank, spec.hyperparameters.alpha) == (8, 16)
         assert spec.hyperparameters.target_modules == ["q_proj", "v_proj"]
