@@ -16,7 +16,7 @@ from adapters.dataset import parse_dataset, rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.registry import Registry
-from adapters.schema import FineTunedModel, Hyperparameters, JobRecord
+from adapters.schema import AliasTarget, FineTunedModel, Hyperparameters, JobRecord
 from adapters.store import FileStore
 from adapters.templates import get_template
 from service.app import create_app
@@ -117,6 +117,11 @@ def test_a_job_on_an_adapter_is_pinned_to_its_version_with_its_template_and_lora
         assert spec.template == "alpaca"
         assert (spec.hyperparameters.rank, spec.hyperparameters.alpha) == (8, 16)
         assert spec.hyperparameters.target_modules == ["q_proj", "v_proj"]
+    # An alias with a canary: its own version, whatever share the canary takes.
+    registry.set_alias("parent", "prod", AliasTarget(version=first.version, canary=latest.version, canary_weight=0.99))
+    for _ in range(3):
+        reply = app.post("/adapters", json={**body, "model": "parent@prod"}, headers=ADMIN)
+        assert reply.status_code == 202 and reply.json()["parent"] == first.ref, reply.text
     # The base model's id is the base, as before.
     reply = app.post("/adapters", json={**body, "model": DEFAULT_MODEL}, headers=ADMIN)
     assert reply.status_code == 202 and registry.get_job(reply.json()["id"]).spec.parent is None

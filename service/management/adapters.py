@@ -23,7 +23,17 @@ from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
 from adapters.parents import inherited
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobEvent, JobRecord, JobSpec, Manifest, Method, check_name, parse_ref
+from adapters.schema import (
+    LATEST,
+    Hyperparameters,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    Manifest,
+    Method,
+    check_name,
+    parse_ref,
+)
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
@@ -175,14 +185,17 @@ async def train(
 
 def parent_of(gw: Gateway, model: str) -> Manifest:
     """The adapter version a job continues from, pinned now: `model` as the chat route takes it (`name`, an alias
-    `name@alias`, `name@version` or an `ft:` id); NotFound naming `model`, or InvalidRequest when it was trained on
-    another base."""
+    `name@alias` (its version, not a canary), `name@version` or an `ft:` id); NotFound naming `model`, or
+    InvalidRequest when it was trained on another base."""
     try:
         if model.startswith(FT_PREFIX):
-            target = gw.registry.fine_tuned_model(model)
-            manifest: Manifest = gw.registry.manifest(target.name, target.version)
+            fine_tuned = gw.registry.fine_tuned_model(model)
+            manifest: Manifest = gw.registry.manifest(fine_tuned.name, fine_tuned.version)
         else:
-            manifest = gw.registry.resolve(*parse_ref(model))
+            name, ref = parse_ref(model)
+            # An alias's own version, never its canary: what a job trains from does not depend on a coin toss.
+            target = gw.registry.aliases(name).aliases.get(ref or LATEST)
+            manifest = gw.registry.manifest(name, target.version if target is not None else ref)
     except (NotFound, InvalidName):
         raise NotFound(f"model {model!r} is neither this gateway's base model ({gw.engine.base_model_id}) nor a "
                        "published adapter (name, name@version, an alias or an ft: id)", param="model") from None
