@@ -21,6 +21,7 @@ from adapters.store import FileStore
 from adapters.templates import get_template
 from service.app import create_app
 from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings, publish_adapter
+from tests.preferences import preference_rows
 from tests.shout import shout_rows
 from trainer.loop import train
 from trainer.sft import Supervised
@@ -74,6 +75,51 @@ def test_continuing_from_an_adapter_starts_from_its_weights(peft_adapter_dir: Pa
     assert abs(parent_loss - base_loss) > 0.1, (parent_loss, base_loss)  # the parent is not the base
     assert continued.metrics["train_loss_first"] == pytest.approx(parent_loss, rel=2e-3)
     assert fresh.metrics["train_loss_first"] == pytest.approx(base_loss, rel=2e-3)
+
+
+GRADER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+          "operation": "eq"}
+
+
+def method_rows(method_type: str) -> list[dict[str, Any]]:
+    if method_type == "dpo":
+        return preference_rows(8)
+    if method_type == "reinforcement":
+        return [{"messages": [{"role": "user", "content": r["instruction"]}], "answer": r["output"]}
+                for r in shout_rows(8)]
+    return shout_rows(8)
+
+
+@pytest.mark.parametrize("method_type", ["supervised", "dpo", "reinforcement"])
+def test_every_methods_trainer_starts_from_the_parents_lora_weights(
+    method_type: str, peft_adapter_dir: Path, tmp_path: Path
+) -> None:
+    """The loop is shared: SFT's, DPO's and GRPO's trainers each hold the parent's LoRA tensors before step one."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from adapters import auto
+    from adapters.graders import validate
+    from adapters.schema import Method
+    from trainer.loop import Hooks, build_run, encode_split, load_tokenizer
+    from trainer.methods import method_for
+
+    base_dir = resolve_model(DEFAULT_MODEL)
+    rl = method_type == "reinforcement"
+    dataset = parse_dataset(rows_to_jsonl(method_rows(method_type)), method=method_type,
+                            grader=validate(GRADER, "method.grader") if rl else None)
+    method = method_for(Method(type=method_type, grader=GRADER if rl else None, samples_per_prompt=2 if rl else None))
+    hp = auto.choose(Hyperparameters(rank=8, alpha=16, target_modules=["q_proj", "v_proj"], max_steps=1,
+                                     eval_fraction=0.0, dtype="float32", batch_size=2), 8, method_type)
+    tokenizer = load_tokenizer(base_dir)
+    data = encode_split(method, tokenizer, get_template("chatml", tokenizer), method.examples(dataset), None, hp)
+    run = build_run(method, base_dir, tokenizer, data, hp, [], Hooks(), str(tmp_path), peft_adapter_dir)
+    saved = load_file(str(peft_adapter_dir / "adapter_model.safetensors"))
+    held = get_peft_model_state_dict(run.trainer.model)
+    assert set(held) == set(saved)
+    for key, tensor in saved.items():
+        torch.testing.assert_close(held[key].float(), tensor.float(), msg=key)
 
 
 def test_a_lora_of_another_shape_is_refused_before_training(peft_adapter_dir: Path, tmp_path: Path) -> None:
