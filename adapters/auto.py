@@ -76,6 +76,19 @@ def samples_per_prompt(method: Method, rows: int, compute_multiplier: float = 1.
     return max(2, min(64, round((8 if rows < 500 else 4) * compute_multiplier)))
 
 
+def held_out_rows(rows: int, eval_fraction: float) -> int:
+    """Rows a run holds out of its training rows when it has no validation rows of its own: `eval_fraction` of
+    them, at least one when any is asked for, none below 5 rows."""
+    return max(1, round(rows * eval_fraction)) if eval_fraction > 0 and rows >= 5 else 0
+
+
+def steps_per_epoch(rows: int, batch_size: int, method: str = "supervised") -> int:
+    """Optimizer steps in one pass over `rows` training rows at `batch_size` rows a step. The last, incomplete batch
+    is a step of its own, except in reinforcement: trl's GRPO sampler (RepeatSampler) draws whole groups of
+    `batch_size` prompts and drops the rest each epoch."""
+    return rows // batch_size if method == "reinforcement" else -(-rows // batch_size)
+
+
 def choose(hp: Hyperparameters, rows: int, method: str = "supervised") -> Hyperparameters:
     """`hp` with every field left to the data filled in for a dataset of `rows` rows; a value the user set stays."""
     batch_size = hp.batch_size or _batch_size(rows)

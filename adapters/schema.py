@@ -241,6 +241,10 @@ class JobSpec(BaseModel):
     eval_gate: TrainingEvalGate | None = Field(
         None, description="publish only if the new version passes this eval (run by the trainer, recorded as a run)"
     )
+    parent: str | None = Field(
+        None, description="name@version of the adapter training continues from (its LoRA weights, rank, targets "
+        "and template), resolved at submit time; null = a fresh LoRA on the base model"
+    )
 
 
 class Phase(StrEnum):
@@ -368,6 +372,7 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     created_at: float = Field(default_factory=time.time)
     job_id: str | None = None
+    parent: str | None = Field(None, description="name@version of the adapter its training continued from, if any")
 
     @property
     def ref(self) -> str:
@@ -452,6 +457,7 @@ class FineTune(BaseModel):
     requested: dict[str, Any] = Field(default_factory=dict, description="method hyperparameters as sent")
     learning_rate_multiplier: float | None = Field(None, description="null = auto (1)")
     organization_id: str = "skillserve"
+    parent_model: str | None = Field(None, description="the model the job was created on when it is an adapter")
 
 
 class FineTunedModel(BaseModel):

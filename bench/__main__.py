@@ -15,7 +15,9 @@ from typing import Any
 from bench import environment, report
 from bench.servers import REPO
 
-BENCHMARKS = ("serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms", "facts_knobs")
+BENCHMARKS = (
+    "serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms", "facts_knobs", "facts_rft",
+)  # fmt: skip
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -29,6 +31,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
         return importlib.import_module("bench.quality").run_forms  # type: ignore[no-any-return]
     if name == "facts_knobs":  # the quality harness on the facts task, one knob at a time
         return importlib.import_module("bench.quality").run_knobs  # type: ignore[no-any-return]
+    if name == "facts_rft":  # the facts task by SFT, RFT and SFT then RFT (issue 29)
+        return importlib.import_module("bench.quality").run_rft  # type: ignore[no-any-return]
     return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         default="serving,lora_ops,loading,training",
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
-        + " (default: all but calibration, quality, facts_forms and facts_knobs)",
+        + " (default: all but calibration, quality, facts_forms, facts_knobs and facts_rft)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeats is not None and name in ("serving", "calibration"):
                     extra["repeats"] = args.repeats
                 # Only the quality harness has a size of its own called small; to the others it is their smoke size.
-                own_small = ("quality", "facts_forms", "facts_knobs")
+                own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft")
                 size = "tiny" if args.size == "small" and name not in own_small else args.size
                 result = _runner(name)(size, workdir / name, **extra)
             except Exception as exc:

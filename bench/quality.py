@@ -111,6 +111,29 @@ KNOBS = {
     ),
 }
 KNOBS["tiny"] = KNOBS["small"]
+# `python -m bench --only facts_rft`: the facts task (`KEY=<value>`) by three recipes side by side: the supervised
+# defaults (sft), reinforcement toward an exact-match grader from the base (rft), and reinforcement from each sft
+# adapter (sft+rft: POST /adapters with `model` the sft version). Issue 29's recipes; every "auto" left to the trainer
+# but the completion budget (the task's answer length). `rft_hyperparameters` caps the smoke size's steps.
+@dataclass(frozen=True)
+class RftSize:
+    train_rows: int
+    held_out_rows: int
+    seeds: tuple[int, ...]  # training seeds; the trainer's default first
+    rft_hyperparameters: dict[str, Any] = field(default_factory=dict)
+    samples_per_prompt: int | None = None  # None: chosen from the data
+
+
+RFT = {
+    "full": RftSize(train_rows=32, held_out_rows=36, seeds=(42, 1)),
+    "small": RftSize(train_rows=30, held_out_rows=8, seeds=(42,), rft_hyperparameters={"max_steps": 2},
+                     samples_per_prompt=2),
+}
+RFT["tiny"] = RFT["small"]
+RECIPES = ("sft", "rft", "sft+rft")
+# Right when the answer is the reference, exactly (the quality metric "exact" strips surrounding whitespace).
+EXACT_ANSWER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
 # What the trainer chose that explains a score: echoed per adapter into the result and the table.
 CHOSEN = (
     "learning_rate", "epochs", "batch_size", "rank", "alpha", "target_modules", "max_steps", "total_steps",
@@ -420,3 +443,114 @@ def _targets(tasks: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "no_forgetting": {**forgetting, "target": "defaults right on >= as many facts as the base model in prose"},
     }
+
+
+# --- facts_rft: supervised, reinforcement, and one after the other ------------------------------------------------
+
+
+def _prompt_rows(task: Task) -> list[dict[str, Any]]:
+    """The task's alpaca rows as reinforcement prompts: the instruction as the user's turn, the answer as the
+    grader's `item.answer`."""
+    return [{"messages": [{"role": "user", "content": r["instruction"]}], "answer": r["output"]} for r in task.train]
+
+
+def _post(http: httpx.Client, body: dict[str, Any]) -> str:
+    reply = http.post("/adapters", json=body)
+    if reply.status_code != 202:
+        raise RuntimeError(f"POST /adapters {body['name']}: {reply.status_code} {reply.text[:500]}")
+    return str(reply.json()["id"])
+
+
+def _rft_body(task: Task, size: RftSize, name: str, seed: int, parent: str | None) -> dict[str, Any]:
+    method: dict[str, Any] = {"type": "reinforcement", "grader": EXACT_ANSWER, "max_completion_tokens": task.max_tokens}
+    if size.samples_per_prompt:
+        method["samples_per_prompt"] = size.samples_per_prompt
+    body = {"name": name, "rows": _prompt_rows(task), "method": method,
+            "hyperparameters": {**size.rft_hyperparameters, "seed": seed}}  # fmt: skip
+    if parent is None:
+        body["template"] = task.template
+    else:
+        body["model"] = parent  # its template and LoRA shape come with it
+    return body
+
+
+def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
+    size = RFT[size_name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    task = build("facts", size.train_rows, size.held_out_rows, SEED)
+    shape = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_rank=64)
+    extra_env = {
+        "SKILLSERVE_TRAINING_ENABLED": "true",
+        "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
+        "SKILLSERVE_MAX_PENDING_JOBS": str(len(RECIPES) * len(size.seeds) + 4),
+        "OMP_NUM_THREADS": str(THREADS),
+        "SKILLSERVE_TRAIN_CONCURRENCY": "2",
+    }
+    started = time.monotonic()
+    with (
+        start_gateway(shape, f"file://{workdir / 'store'}", workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as http,
+    ):
+        prompts = [e.messages for e in task.held_out]
+        base = _scored(task, asyncio.run(_answers(gw.url, BASE_MODEL_ID, prompts, task.max_tokens)))
+        base_prose = _prose(gw.url, task.held_out)
+        names = {(recipe, seed): _adapter_name(task.name, f"{recipe}-seed{seed}") for recipe in RECIPES
+                 for seed in size.seeds}  # fmt: skip
+        # sft and rft at once; sft+rft once its sft adapter is published.
+        first = {key: _post(http, {"name": name, "template": task.template, "rows": task.train,
+                                   "hyperparameters": {"seed": key[1]}} if key[0] == "sft"
+                                  else _rft_body(task, size, name, key[1], None))
+                 for key, name in names.items() if key[0] != "sft+rft"}  # fmt: skip
+        done = _wait(http, list(first.values()), 4 * 3600)
+        jobs = {key: done[job_id] for key, job_id in first.items()}
+        second = {}
+        for seed in size.seeds:
+            sft = jobs[("sft", seed)]
+            if sft["status"] == "succeeded":
+                parent = f"{sft['name']}@{sft['version']}"
+                second[("sft+rft", seed)] = _post(http, _rft_body(task, size, names[("sft+rft", seed)], seed, parent))
+        finished = _wait(http, list(second.values()), 4 * 3600)
+        jobs.update({key: finished[job_id] for key, job_id in second.items()})
+        trained_s = round(time.monotonic() - started, 1)
+        adapters: dict[str, Any] = {}
+        for (recipe, seed), name in names.items():
+            job = jobs.get((recipe, seed))
+            if job is None:
+                adapters[f"{recipe}-seed{seed}"] = {"status": "not run: its sft adapter failed"}
+                continue
+            record = _adapter_record(http, job, name)
+            metrics = job.get("metrics") or {}
+            record.update({k: metrics[k] for k in ("eval_reward", "base_eval_reward", "sampling_seconds",
+                                                   "grading_seconds", "held_out_seconds") if k in metrics})
+            if job["status"] == "succeeded":
+                record.update(_scored(task, asyncio.run(_answers(gw.url, name, prompts, task.max_tokens))))
+                record["prose"] = _prose(gw.url, task.held_out, name)
+                record["parent"] = (http.get(f"/adapters/{name}").json().get("manifest") or {}).get("parent")
+            adapters[f"{recipe}-seed{seed}"] = record
+    return {
+        "benchmark": "facts_rft",
+        "size": size_name,
+        "settings": {**asdict(size), "grader": EXACT_ANSWER, "seed": SEED, "threads_per_process": THREADS,
+                     "engine": asdict(shape)},  # fmt: skip
+        "train_phase_s": trained_s,
+        "task": {"task": task.name, "train_rows": len(task.train), "held_out_rows": len(task.held_out),
+                 "reference_example": task.held_out[0].reference if task.held_out else None},  # fmt: skip
+        "base": base,
+        "base_prose": base_prose,
+        "adapters": adapters,
+        "recipes": {recipe: _recipe_mean(adapters, recipe, size.seeds) for recipe in RECIPES},
+    }
+
+
+def _recipe_mean(adapters: dict[str, Any], recipe: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """Held-out rows right and facts named in prose, per seed and on average (None when a seed's job failed)."""
+    records = [adapters[f"{recipe}-seed{seed}"] for seed in seeds]
+    right = [r.get("right") for r in records]
+    prose = [(r.get("prose") or {}).get("right") for r in records]
+    seconds = [r.get("train_seconds") for r in records]
+
+    def mean(values: list[Any]) -> float | None:
+        return round(sum(values) / len(values), 2) if values and None not in values else None
+
+    return {"right": right, "mean_right": mean(right), "prose_right": prose, "mean_prose_right": mean(prose),
+            "train_seconds": seconds, "mean_train_seconds": mean(seconds)}  # fmt: skip

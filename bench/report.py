@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-ORDER = ("serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms", "facts_knobs")
+ORDER = (
+    "serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms", "facts_knobs", "facts_rft",
+)  # fmt: skip
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -515,6 +517,28 @@ def facts_knobs_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def facts_rft_section(r: dict[str, Any]) -> list[str]:
+    t = r["task"]
+    lines = [
+        "## Facts by reinforcement: SFT, RFT, and SFT then RFT (issue 29)",
+        "",
+        f"Command: `python -m bench --only facts_rft --size {r['size']}` (bench/quality.py `RFT`). The facts task "
+        f"(`{t['reference_example']}`, {t['train_rows']} training rows, {t['held_out_rows']} held out): the supervised "
+        "defaults; reinforcement (GRPO) toward an exact-match `string_check` grader from the base; and the same from "
+        "each supervised adapter (`model` its version). Means over the training seeds "
+        f"{', '.join(str(s) for s in r['settings']['seeds'])}. Base model: in the skill's form {_pct(r['base'])}, "
+        f"in prose {_pct(r['base_prose'])}.",
+        "",
+    ]
+    rows = []
+    for recipe, m in r["recipes"].items():
+        rows.append([recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
+                     f"{_f(m['mean_prose_right'], 2)} ({', '.join(_f(x, 0) for x in m['prose_right'])})",
+                     _f(m["mean_train_seconds"], 0)])  # fmt: skip
+    header = ["recipe", "held-out right (per seed)", "facts named in prose (per seed)", "train s"]
+    return [*lines, *_table(header, rows), ""]
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
@@ -524,6 +548,7 @@ SECTIONS = {
     "quality": quality_section,
     "facts_forms": facts_forms_section,
     "facts_knobs": facts_knobs_section,
+    "facts_rft": facts_rft_section,
 }
 
 

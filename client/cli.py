@@ -31,6 +31,9 @@ def checked(response: httpx.Response) -> Any:
     try:
         error = response.json()["error"]
         message = error["message"]
+        param = error.get("param")
+        if param and not message.startswith(param):  # the field at fault, where the message does not name it first
+            message = f"{param}: {message}"
         details = error.get("details")
         if isinstance(details, list) and details and "line" in details[0]:
             message += "".join(f"\n  line {d['line']}: {d['reason']}" for d in details)
@@ -124,14 +127,35 @@ def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return job
 
 
+def _method(args: argparse.Namespace) -> str:
+    """The form's `method`: the bare name, or (reinforcement) a JSON object with the grader file's grader and the
+    --method-set options."""
+    options = _hyperparameters(args.method_set)
+    if args.method != "reinforcement":
+        if args.grader is not None:
+            raise CLIError("--grader goes with --method reinforcement")
+        return json.dumps({"type": args.method, **options}) if options else str(args.method)
+    if args.grader is None:
+        raise CLIError("--method reinforcement needs --grader grader.json: the reward its samples are scored by")
+    try:
+        grader = json.loads(Path(args.grader).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CLIError(f"--grader {args.grader}: not a JSON grader ({exc})") from None
+    return json.dumps({"type": "reinforcement", "grader": grader, **options})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     data = Path(args.dataset).read_bytes()
     form = {
         "name": args.name,
-        "template": args.template,
         "hyperparameters": json.dumps(_hyperparameters(args.set)),
-        "method": args.method,
+        "method": _method(args),
     }
+    # Without --template the gateway chooses: chatml, or the template of the adapter training continues from.
+    if args.template is not None:
+        form["template"] = args.template
+    if args.start_from is not None:
+        form["model"] = args.start_from
     with connect(args) as client:
         from client.cli_evals import training_gate  # here: that module builds on this one's client
 
@@ -320,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--name", required=True, help="adapter name (the model name clients will use)")
     train.add_argument(
-        "--template", default="chatml", help="chatml, alpaca, instruction or base (default chatml)"
+        "--template", default=None, help="chatml, alpaca, instruction or base (default chatml; with --from, the "
+        "adapter's own)"
+    )
+    train.add_argument(
+        "--from", dest="start_from", metavar="MODEL", default=None,
+        help="continue from an adapter (name, name@version, an alias or an ft: id): its weights, rank and template; "
+        "the new version names it as its parent",
     )
     train.add_argument(
         "--set",
@@ -330,9 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hyperparameter, e.g. --set rank=16 --set max_steps=40 (repeatable)",
     )
     train.add_argument(
-        "--method", default="supervised", choices=("supervised", "dpo"),
-        help="supervised (the rows above) or dpo (OpenAI preference rows: input, preferred_output, "
-        "non_preferred_output)",
+        "--method", default="supervised", choices=("supervised", "dpo", "reinforcement"),
+        help="supervised (the rows above), dpo (OpenAI preference rows: input, preferred_output, "
+        "non_preferred_output) or reinforcement (prompt rows, rewarded by --grader)",
+    )
+    train.add_argument(
+        "--grader", metavar="grader.json", default=None,
+        help="reinforcement: a file holding one of OpenAI's graders (string_check, text_similarity, multi), the reward",
+    )
+    train.add_argument(
+        "--method-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a method option, e.g. --method-set samples_per_prompt=4 --method-set kl_beta=0.02 (repeatable)",
     )
     train.add_argument("--follow", action="store_true", help="show progress until the job finishes")
     from client.cli_evals import add_gate_options  # here: that module builds on this one's client

@@ -82,3 +82,29 @@ def test_every_knob_and_variant_is_a_setting_the_trainer_takes_and_leaves_the_re
             chosen = Hyperparameters.model_validate(sent)
             assert chosen.model_dump(include=set(sent)) == sent, label
             assert chosen.model_fields_set == set(sent), label
+
+
+def test_the_rft_recipes_send_prompt_rows_the_grader_reads_and_a_parent_instead_of_a_template() -> None:
+    """facts_rft: the facts rows as reinforcement prompts (the answer as the grader's item.answer), the sft+rft job
+    continuing from its sft version with that version's template; the table gives each recipe's mean over seeds."""
+    from adapters.dataset import parse_dataset, rows_to_jsonl
+    from adapters.graders import validate
+    from bench.quality import EXACT_ANSWER, RFT, _recipe_mean, _rft_body
+
+    task = build("facts", 30, 8, 0)
+    fresh = _rft_body(task, RFT["small"], "q-facts-rft", 42, None)
+    continued = _rft_body(task, RFT["small"], "q-facts-sft-rft", 42, "q-facts-sft@v1")
+    assert fresh["template"] == task.template and "model" not in fresh
+    assert continued["model"] == "q-facts-sft@v1" and "template" not in continued
+    dataset = parse_dataset(rows_to_jsonl(fresh["rows"]), method="reinforcement",
+                            grader=validate(EXACT_ANSWER, "method.grader"))
+    assert [item["answer"] for item in dataset.items] == [r["output"] for r in task.train]
+    adapters = {"sft-seed42": {"right": 3, "prose": {"right": 6}, "train_seconds": 40.0},
+                "sft-seed1": {"right": 5, "prose": {"right": 8}, "train_seconds": 44.0},
+                "rft-seed42": {"status": "failed"}, "rft-seed1": {"right": 1}}
+    assert _recipe_mean(adapters, "sft", (42, 1))["mean_right"] == 4.0
+    assert _recipe_mean(adapters, "rft", (42, 1))["mean_right"] is None  # a failed seed: no mean over fewer
+    result = {"size": "small", "task": {"reference_example": "CAPITAL=Edinburgh", "train_rows": 30, "held_out_rows": 8},
+              "settings": {"seeds": [42, 1]}, "base": None, "base_prose": None,
+              "recipes": {"sft": _recipe_mean(adapters, "sft", (42, 1))}}
+    assert "| sft | 4.00 (3, 5) | 7.00 (6, 8) | 42 |" in "\n".join(report.facts_rft_section(result))

@@ -13,6 +13,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from adapters import auto
 from adapters.dataset import parse_dataset, rows_to_jsonl
 from adapters.errors import DatasetError
 from adapters.graders import validate
@@ -142,6 +143,27 @@ def grpo(tokenizer: Any) -> Any:
     parts = TrainerParts(model, tokenizer, lora, data, None, [])
     args = trainer_args(hp, "/tmp/skillserve-test-rft", 2, None, False)
     return method.build_trainer(hp, args, parts), template, columns
+
+
+def test_the_steps_of_an_epoch_are_the_whole_batches_of_prompts_trls_sampler_draws(tokenizer: Any, grpo: Any) -> None:
+    """trl's RepeatSampler drops an incomplete last batch of prompts each epoch: 5 prompts at 2 a step are 2 steps,
+    not the 3 a supervised epoch of 5 rows takes; the plan, the ETA and the submit-time limits count what it draws."""
+    import datasets
+
+    trainer, template, _ = grpo
+    method = Reinforcement(Method(type="reinforcement", grader=FIRST_WORD, samples_per_prompt=2))
+    for n in (2, 3, 5, 7, 8):
+        examples = method.examples(parse_dataset(rows_to_jsonl(prompt_rows(n)), method="reinforcement"))
+        trainer.train_dataset = datasets.Dataset.from_dict(method.encode(tokenizer, template, examples, 256))
+        assert len(trainer.get_train_dataloader()) == auto.steps_per_epoch(n, 2, "reinforcement"), n
+    assert (auto.steps_per_epoch(5, 2, "reinforcement"), auto.steps_per_epoch(5, 2, "supervised")) == (2, 3)
+
+
+def test_a_reinforcement_batch_larger_than_the_training_prompts_is_refused_naming_batch_size(app: TestClient) -> None:
+    body = {"name": "few", "rows": prompt_rows(3), "hyperparameters": {"batch_size": 4},
+            "method": {"type": "reinforcement", "grader": FIRST_WORD}}
+    reply = app.post("/adapters", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "hyperparameters.batch_size", reply.text
 
 
 def test_the_loss_covers_the_sampled_completion_tokens_and_nothing_else(tokenizer: Any, grpo: Any) -> None:

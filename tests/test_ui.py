@@ -206,6 +206,35 @@ def test_the_new_skill_form_sends_an_eval_gate_and_shows_its_refusal_naming_the_
     assert len(gateway.registry.list_jobs()) == jobs_before
 
 
+def test_the_new_skill_form_offers_reinforcement_and_a_skill_to_start_from_and_shows_refusals_naming_the_field(
+    page: Any, gateway: GatewayServer, console: Console
+) -> None:
+    console.expected_statuses.update({400, 404})  # the refused jobs themselves
+    jobs_before = len(gateway.registry.list_jobs())
+    sign_in(page, ADMIN_KEY, "#/new")
+    grader = page.get_by_label("Grader (JSON)")
+    assert not grader.is_visible()  # supervised, the default, has no grader
+    page.get_by_label("Name", exact=True).fill("ui-rft")
+    page.get_by_label("Method").select_option("reinforcement")
+    prompts = [{"messages": [{"role": "user", "content": f"Shout: {w}"}], "answer": w.upper()} for w in ("sun", "dog")]
+    page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(json.dumps(r) for r in prompts * 3))
+    grader.fill(json.dumps({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                            "reference": "{{item.answer}}", "operation": "equals"}))
+    page.get_by_role("button", name="Train").click()
+    refused = page.locator("#dataset-errors")
+    refused.wait_for()
+    assert "method.grader.operation" in refused.inner_text()
+    # Starting from a skill that does not exist: a 404 naming `model`.
+    page.get_by_label("Method").select_option("supervised")
+    assert not grader.is_visible()
+    page.get_by_label("Start from (optional)").fill("no-such-skill")
+    page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(json.dumps(r) for r in shout_rows(6)))
+    page.get_by_role("button", name="Train").click()
+    page.locator("#dataset-errors", has_text="no-such-skill").wait_for()
+    assert "field: model" in page.locator("#dataset-errors").inner_text()
+    assert len(gateway.registry.list_jobs()) == jobs_before
+
+
 @pytest.fixture(scope="module")
 def trained(browser: Any, gateway: GatewayServer) -> dict[str, Any]:
     """Train the shout skill from the New skill page, watching its job page until it ends."""

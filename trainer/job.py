@@ -12,11 +12,23 @@ from types import FrameType
 from typing import Any
 
 from adapters.dataset import Dataset, parse_dataset
-from adapters.errors import SkillserveError
+from adapters.errors import InvalidAdapter, SkillserveError
 from adapters.lifecycle import advance
-from adapters.models import resolve_model
+from adapters.models import resolve_model, weights_hash
+from adapters.parents import inherited
 from adapters.registry import Registry, new_manifest, parse_job_uri
-from adapters.schema import Checkpoint, JobEvent, JobRecord, JobSpec, JobStatus, LoraInfo, Manifest, Phase, Progress
+from adapters.schema import (
+    Checkpoint,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    LoraInfo,
+    Manifest,
+    Phase,
+    Progress,
+    parse_ref,
+)
 from adapters.servable import MAX_RANK, base_linear_shapes, check_files
 from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
@@ -37,7 +49,7 @@ class Terminated(Exception):
 
 def trained_manifest(
     result: TrainResult, template: ChatTemplate, *, name: str, version: str, base_model_id: str, base_dir: Path,
-    dataset_sha256: str | None, dataset_rows: int | None, job_id: str | None = None,
+    dataset_sha256: str | None, dataset_rows: int | None, job_id: str | None = None, parent: str | None = None,
 ) -> Manifest:
     """The manifest of a freshly trained adapter, whose files were checked by the rules every servable adapter
     meets (adapters/servable.py); `files` is filled in when it is published."""
@@ -46,7 +58,7 @@ def trained_manifest(
     manifest = new_manifest(
         name, template, lora, base_model=base_model_id, base_dir=base_dir, version=version,
         dataset_sha256=dataset_sha256, dataset_rows=dataset_rows, metrics=result.metrics, job_id=job_id,
-        hyperparameters=hp,
+        hyperparameters=hp, parent=parent,
     )
     check_files(result.adapter_dir, manifest, MAX_RANK, base_linear_shapes(base_dir))
     return manifest
@@ -146,10 +158,22 @@ def _validation_rows(registry: Registry, spec: JobSpec, method: TrainingMethod) 
 
 def _train(spec: JobSpec, registry: Registry, base_dir: Path, template: ChatTemplate, dataset: Dataset, out_dir: Path,
            hooks: Hooks) -> TrainResult:
-    """The job's method (trainer/methods.py) on the shared loop, with its validation rows when it has them."""
+    """The job's method (trainer/methods.py) on the shared loop, with its validation rows when it has them, from
+    its parent adapter's weights when it names one."""
     method = method_for(spec.method)
     held_out = _validation_rows(registry, spec, method)
-    return train(method, base_dir, template, method.examples(dataset), spec.hyperparameters, out_dir, held_out, hooks)
+    hp = spec.hyperparameters
+    with tempfile.TemporaryDirectory(prefix="skillserve-parent-") as tmp:
+        start_from = None
+        if spec.parent is not None:
+            parent = registry.manifest(*parse_ref(spec.parent))
+            if parent.base_model_sha256 != weights_hash(base_dir):
+                raise InvalidAdapter(f"{spec.parent} was trained on other base weights than {spec.base_model_id}'s")
+            hp = inherited(hp, parent.lora, spec.parent)
+            start_from = registry.fetch(parent, Path(tmp) / "parent")
+            hooks.note(JobEvent(message=f"continuing from {spec.parent}: its LoRA weights (rank {parent.lora.rank}, "
+                                f"{len(parent.lora.target_modules)} target modules) and its template"))
+        return train(method, base_dir, template, method.examples(dataset), hp, out_dir, held_out, hooks, start_from)
 
 
 def _run_rank(store_uri: str, job_id: str) -> int:
@@ -208,6 +232,7 @@ def _run_main(store_uri: str, job_id: str) -> int:
             manifest = trained_manifest(
                 result, template, name=spec.name, version=spec.version, base_model_id=spec.base_model_id,
                 base_dir=base_dir, dataset_sha256=spec.dataset_sha256, dataset_rows=spec.dataset_rows, job_id=job_id,
+                parent=spec.parent,
             )
             published = registry.publish(manifest, result.adapter_dir)
             record.checkpoints = _stored(registry, job_id, result, published.version)

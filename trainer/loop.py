@@ -209,9 +209,7 @@ def split_rows(rows: list[Example], eval_fraction: float, seed: int) -> tuple[li
     rule for every method's examples."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = 0
-    if eval_fraction > 0 and len(rows) >= 5:
-        n_eval = max(1, round(len(rows) * eval_fraction))
+    n_eval = auto.held_out_rows(len(rows), eval_fraction)
     train_idx, eval_idx = order[: len(rows) - n_eval], order[len(rows) - n_eval :]
     return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
 
@@ -476,7 +474,7 @@ def save_adapter(peft_model: Any, out_dir: Path, kept: dict[int, Path]) -> list[
 
 def train(
     method: TrainingMethod, base_dir: Path, template: ChatTemplate, examples: list[Any], hp: Hyperparameters,
-    out_dir: Path, held_out: list[Any] | None = None, hooks: Hooks | None = None,
+    out_dir: Path, held_out: list[Any] | None = None, hooks: Hooks | None = None, start_from: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `examples` by `method` and save it (adapter_config.json, adapter_model.safetensors)
     to out_dir.
@@ -484,7 +482,9 @@ def train(
     Hyperparameters left to the data are chosen first (adapters/auto.py, per method). With held-out examples (the
     job's own `held_out`, else a seeded split), the adapter is evaluated during training, the checkpoint with the
     lowest held-out loss is the one saved (`hp.keep`), and the method's figures and greedy answers beside the
-    base's go into the metrics; the forgetting measure always does."""
+    base's go into the metrics; the forgetting measure always does. `start_from`, a PEFT adapter directory (a
+    published parent's files), is where the LoRA's weights start instead of peft's fresh ones; its rank, alpha and
+    targets must be `hp`'s (adapters/parents.py `inherited` makes them so)."""
     from transformers import set_seed
 
     hooks = hooks or Hooks()
@@ -495,7 +495,7 @@ def train(
     tokenizer = load_tokenizer(base_dir)
     data = encode_split(method, tokenizer, template, examples, held_out, hp)
     with tempfile.TemporaryDirectory(prefix="skillserve-train-") as scratch:
-        run = build_run(method, base_dir, tokenizer, data, hp, automatic, hooks, scratch)
+        run = build_run(method, base_dir, tokenizer, data, hp, automatic, hooks, scratch, start_from)
         trained = train_and_keep(
             run.trainer, hp, run.rule, run.keep_best, rows=len(examples), train_rows=len(data.train),
             eval_rows=len(data.held_out), tokens_per_epoch=data.tokens_per_epoch, evaluated=data.evaluated,
@@ -568,9 +568,10 @@ class Run:
 
 def build_run(
     method: TrainingMethod, base_dir: Path, tokenizer: Any, data: Encoded, hp: Hyperparameters, automatic: list[str],
-    hooks: Hooks, scratch: str,
+    hooks: Hooks, scratch: str, start_from: Path | None = None,
 ) -> Run:
-    """The base model with a fresh LoRA, in the method's trainer, with the shared schedule and callbacks."""
+    """The base model with a fresh LoRA (or one holding `start_from`'s weights), in the method's trainer, with the
+    shared schedule and callbacks."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, PrinterCallback
@@ -585,7 +586,9 @@ def build_run(
     lora = LoraConfig(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
-    steps_per_epoch = math.ceil(len(data.train) / (device_batch * world.size))
+    steps_per_epoch = auto.steps_per_epoch(len(data.train), device_batch * world.size, method.name)
+    if not steps_per_epoch:  # the gateway refuses such a job at submit time; this guards a direct call
+        raise ValueError(f"{len(data.train)} training rows make no whole batch of {device_batch * world.size}")
     eval_steps = (hp.eval_interval or eval_every(steps_per_epoch)) if data.evaluated else None
     rule = BestCheckpoint(patience(hp, len(data.held_out)), method.criterion)
     keep_best = _best_callback(rule, hooks.note, hooks.on_checkpoints)
@@ -607,10 +610,32 @@ def build_run(
     parts = TrainerParts(model, tokenizer, lora, data.train_data, data.eval_data, [progress, keep_best])
     trainer = method.build_trainer(hp, trainer_args(hp, scratch, device_batch, eval_steps, hooks.progress_bar), parts)
     float32_adapter(trainer.model)
+    if start_from is not None:
+        load_parent_weights(trainer.model, start_from)
     # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
     # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
     trainer.remove_callback(PrinterCallback)
     return Run(trainer, rule, keep_best, chosen)
+
+
+def load_parent_weights(peft_model: Any, parent_dir: Path) -> None:
+    """Put a saved adapter's LoRA weights into `peft_model`'s fresh LoRA, in place (before the optimizer is built
+    from those very tensors); ValueError if any weight of either is left unmatched: a LoRA of another shape would
+    otherwise train from a half-loaded start without a word."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = json.loads((parent_dir / "adapter_config.json").read_text())
+    peft_config = peft_model.peft_config["default"]
+    if (config.get("r"), config.get("lora_alpha")) != (peft_config.r, peft_config.lora_alpha):
+        raise ValueError(f"{parent_dir} is a LoRA of rank {config.get('r')}, alpha {config.get('lora_alpha')}; this "
+                         f"run's is rank {peft_config.r}, alpha {peft_config.lora_alpha}")
+    state = load_file(str(parent_dir / "adapter_model.safetensors"))
+    loaded: Any = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if missing or loaded.unexpected_keys:
+        raise ValueError(f"{parent_dir}'s weights do not fit this run's LoRA: missing {missing[:3]}, unexpected "
+                         f"{list(loaded.unexpected_keys)[:3]}")
 
 
 def evaluate_kept(

@@ -21,11 +21,23 @@ from typing import Any, TypeVar
 from adapters import auto, graders
 from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
+from adapters.parents import inherited
 from adapters.registry import new_manifest
-from adapters.schema import Hyperparameters, JobEvent, JobRecord, JobSpec, Manifest, Method, check_name
+from adapters.schema import (
+    LATEST,
+    Hyperparameters,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    Manifest,
+    Method,
+    check_name,
+    parse_ref,
+)
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
 from adapters.store import check_key
 from adapters.templates import get_template
+from service.engine.adapter_cache import FT_PREFIX
 from service.gateway import Gateway
 from service.management import gates, jobs
 from service.protocol.adapters import (
@@ -62,9 +74,10 @@ def _store_key(gw: Gateway, uri: str) -> str:
     return check_key(uri)  # an absolute path is refused, not read as a key
 
 
-def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method) -> None:
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> None:
     """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
-    values the trainer will choose from the data for what the request left out)."""
+    values the trainer will choose from the data for what the request left out). `validated`: the job has its own
+    validation rows, so none of its training rows are held out."""
     settings = gw.settings
     hyper = auto.choose(hyper, len(dataset.rows), method.type)
     assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
@@ -83,7 +96,15 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: M
                 param="hyperparameters.target_modules",
             )
     rows = len(dataset.rows)
-    steps = hyper.max_steps or math.ceil(math.ceil(rows / hyper.batch_size) * hyper.epochs)
+    train_rows = rows if validated else rows - auto.held_out_rows(rows, hyper.eval_fraction)
+    per_epoch = auto.steps_per_epoch(train_rows, hyper.batch_size, method.type)
+    if not per_epoch:
+        raise InvalidRequest(
+            f"hyperparameters.batch_size={hyper.batch_size} is more than the {train_rows} training prompts: "
+            "reinforcement samples whole batches of prompts (lower batch_size, or add rows)",
+            param="hyperparameters.batch_size",
+        )
+    steps = hyper.max_steps or math.ceil(per_epoch * hyper.epochs)
     if steps > settings.max_job_steps:
         raise InvalidRequest(
             f"this job would run {steps} optimizer steps; the limit is {settings.max_job_steps} (max_job_steps)",
@@ -116,6 +137,10 @@ async def train(
     `param` starts with `grader_param`), and refused if it needs a judge model. `events` start the job's history."""
     here = jobs.runner(gw)
     check_name(body.name)  # before any I/O
+    parent = None
+    if body.model is not None and body.model != gw.engine.base_model_id:
+        parent = await asyncio.to_thread(parent_of, gw, body.model)
+        body = continued(body, parent)
     grader = None
     if body.method.type == "reinforcement":
         grader = graders.check_local(graders.validate(body.method.grader, grader_param), grader_param)
@@ -129,7 +154,7 @@ async def train(
     method = body.method
     if method.type == "reinforcement" and method.samples_per_prompt is None:  # chosen now: the job says what it runs
         method = method.model_copy(update={"samples_per_prompt": auto.samples_per_prompt(method, len(dataset.rows))})
-    _check_plan(gw, hyper, dataset, method)
+    _check_plan(gw, hyper, dataset, method, validated=held_out is not None)
     if body.eval_gate is not None:
         await gates.check_eval_gate(gw, body.eval_gate)
     await _check_pending(gw)
@@ -150,11 +175,45 @@ async def train(
         method=method,
         metadata=body.metadata,
         eval_gate=body.eval_gate,
+        parent=parent.ref if parent is not None else None,
     )
     job = JobRecord(spec=spec, runner=here.name, events=list(events or []))
     await asyncio.to_thread(gw.registry.put_job, job)
     await asyncio.to_thread(here.submit, job)
     return job
+
+
+def parent_of(gw: Gateway, model: str) -> Manifest:
+    """The adapter version a job continues from, pinned now: `model` as the chat route takes it (`name`, an alias
+    `name@alias` (its version, not a canary), `name@version` or an `ft:` id); NotFound naming `model`, or
+    InvalidRequest when it was trained on another base."""
+    try:
+        if model.startswith(FT_PREFIX):
+            fine_tuned = gw.registry.fine_tuned_model(model)
+            manifest: Manifest = gw.registry.manifest(fine_tuned.name, fine_tuned.version)
+        else:
+            name, ref = parse_ref(model)
+            # An alias's own version, never its canary: what a job trains from does not depend on a coin toss.
+            target = gw.registry.aliases(name).aliases.get(ref or LATEST)
+            manifest = gw.registry.manifest(name, target.version if target is not None else ref)
+    except (NotFound, InvalidName):
+        raise NotFound(f"model {model!r} is neither this gateway's base model ({gw.engine.base_model_id}) nor a "
+                       "published adapter (name, name@version, an alias or an ft: id)", param="model") from None
+    if manifest.base_model != gw.engine.base_model_id:
+        raise InvalidRequest(f"model {model!r} ({manifest.ref}) was trained on {manifest.base_model!r}; this gateway "
+                             f"trains on {gw.engine.base_model_id!r}", param="model", code="model_not_available")
+    return manifest
+
+
+def continued(body: CreateAdapterJSON, parent: Manifest) -> CreateAdapterJSON:
+    """The request as it trains when it continues from `parent`: the parent's template and LoRA shape, or a 400
+    naming the field the request set otherwise."""
+    if "template" in body.model_fields_set and body.template != parent.template_name:
+        raise InvalidRequest(f"template {body.template!r} does not fit {parent.ref}, trained and served with "
+                             f"{parent.template_name!r}: training continues with its template (leave template out)",
+                             param="template")
+    hyper = inherited(body.hyperparameters, parent.lora, parent.ref)
+    return body.model_copy(update={"template": parent.template_name, "hyperparameters": hyper})
 
 
 async def _stored_dataset(gw: Gateway, body: CreateAdapterJSON) -> bytes:

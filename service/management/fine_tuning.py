@@ -29,6 +29,7 @@ from adapters.schema import (
     JobRecord,
     JobSpec,
     JobStatus,
+    Manifest,
     Method,
     StoredFile,
 )
@@ -132,12 +133,6 @@ async def _job_file(gw: Gateway, file_id: str, param: str) -> StoredFile:
 
 def _check_request(gw: Gateway, body: CreateFineTuningJob) -> None:
     """What this gateway refuses of a job request before reading any file."""
-    if body.model != gw.engine.base_model_id:
-        raise InvalidRequest(
-            f"model {body.model!r} cannot be fine-tuned here: this gateway fine-tunes {gw.engine.base_model_id!r}",
-            param="model",
-            code="model_not_available",
-        )
     if body.integrations:
         raise InvalidRequest("integrations are not supported: send null or []", param="integrations")
     if body.suffix is not None and not SUFFIX_RE.fullmatch(body.suffix):
@@ -150,7 +145,7 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     """Check the request and its files, then train through `adapters.train` (the job of POST /adapters), and
     keep what this API names beside the job: the files, the hyperparameters as requested and the model id."""
     _check_request(gw, body)
-    kind, requested, reinforcement = _method(body)
+    parent, (kind, requested, reinforcement) = await _parent(gw, body.model), _method(body)
     training = await _job_file(gw, body.training_file, "training_file")
     validation = None
     if body.validation_file is not None:
@@ -167,9 +162,12 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         method, notes = _reinforcement(requested, reinforcement.grader, training.rows)
     else:
         method = Method(type=kind, **({} if beta == "auto" else {"beta": beta}))  # type: ignore[arg-type]
+    # A job continuing from an adapter takes its template unless one is asked for (then it must be the same).
+    given = {"template": body.template} if parent is None or "template" in body.model_fields_set else {}
     request = CreateAdapterJSON(
+        **given,
         name=f"{suffix.lower()}-{short}" if suffix else f"ft-{short}",
-        template=body.template,
+        model=parent.ref if parent is not None else None,
         dataset_uri=dataset_key(training.sha256),
         hyperparameters=_hyperparameters(requested, seed),
         method=method,
@@ -186,6 +184,7 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         requested=requested.model_dump(),
         learning_rate_multiplier=multiplier,
         organization_id=gw.settings.fine_tune_owner,
+        parent_model=body.model if parent is not None else None,
     )
     try:
         job = await adapter_ops.train(
@@ -202,6 +201,22 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
         said = f"{refused.reason}; fine-tuning job {ftjob_id(refused.job_id)} is recorded as failed"
         raise refused.said_as(said) from None
     return await _recorded(gw, job, fine_tune_of(job_id=job.id))
+
+
+async def _parent(gw: Gateway, model: str) -> Manifest | None:
+    """The adapter version a job on `model` continues from (None for the base model); a 400 naming `model` when it
+    is neither the base nor a published adapter (OpenAI's model_not_available)."""
+    if model == gw.engine.base_model_id:
+        return None
+    try:
+        return await asyncio.to_thread(adapter_ops.parent_of, gw, model)
+    except NotFound:
+        raise InvalidRequest(
+            f"model {model!r} cannot be fine-tuned here: this gateway fine-tunes {gw.engine.base_model_id!r} and "
+            "the adapters it serves (name@version, an alias or an ft: id)",
+            param="model",
+            code="model_not_available",
+        ) from None
 
 
 async def _recorded(gw: Gateway, job: JobRecord, fine_tune: FineTune) -> FineTuningJob:
@@ -268,7 +283,7 @@ def render_job(gw: Gateway, record: JobRecord, fine_tune: FineTune | None) -> Fi
         fine_tuned_model=_model_of(record, fine_tune) if status is JobStatus.succeeded else None,
         finished_at=int(record.finished_at) if record.finished_at is not None else None,
         hyperparameters=hyper,
-        model=spec.base_model_id,
+        model=(fine_tune.parent_model if fine_tune is not None else None) or spec.parent or spec.base_model_id,
         organization_id=fine_tune.organization_id if fine_tune is not None else gw.settings.fine_tune_owner,
         seed=spec.hyperparameters.seed,
         status=status.value,

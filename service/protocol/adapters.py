@@ -26,13 +26,21 @@ class CreateAdapterJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    model: str | None = Field(
+        None, description="train on the base model (null, or its id) or continue from an adapter: name (its latest), "
+        "name@version, an alias or an ft: id; the new version starts from its LoRA weights, with its rank, targets "
+        "and template, and its manifest names it as `parent`"
+    )
     template: str = Field("chatml", description="built-in template: chatml, alpaca, instruction or base")
     rows: list[dict[str, Any]] | None = Field(None, description="the dataset inline: one JSON object per row")
     dataset_uri: str | None = Field(
         None, description="a dataset already in the store: a key or a URI inside it"
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    method: Method = Field(default_factory=Method, description="supervised (SFT rows) or dpo (preference rows)")
+    method: Method = Field(
+        default_factory=Method,
+        description="supervised (SFT rows), dpo (preference rows) or reinforcement (prompt rows and a grader)",
+    )
     metadata: dict[str, str] = Field(default_factory=dict, description="your own labels, kept with the job")
     eval_gate: TrainingEvalGate | None = Field(
         None,
@@ -111,7 +119,9 @@ class JobView(BaseModel):
     name: str
     version: str
     template: str
-    method: Method = Field(default_factory=Method, description="how the adapter learns: supervised or dpo")
+    method: Method = Field(
+        default_factory=Method, description="how the adapter learns: supervised, dpo or reinforcement"
+    )
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -123,6 +133,7 @@ class JobView(BaseModel):
     )
     error: str | None
     runner: str
+    parent: str | None = Field(None, description="name@version of the adapter the job continues from; null = the base")
 
     @classmethod
     def of(cls, job: JobRecord) -> JobView:
@@ -141,6 +152,7 @@ class JobView(BaseModel):
             hyperparameters={**job.spec.hyperparameters.model_dump(mode="json"), **job.hyperparameters},
             error=job.error,
             runner=job.runner,
+            parent=job.spec.parent,
         )
 
 

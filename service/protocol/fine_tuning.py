@@ -85,7 +85,10 @@ class CreateFineTuningJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="the base model's id (GET /v1/models)")
+    model: str = Field(
+        description="the base model's id (GET /v1/models), or an adapter to continue from: an ft: id, name@version, "
+        "an alias or a name"
+    )
     training_file: str = Field(description="a file uploaded with purpose fine-tune")
     validation_file: str | None = Field(
         None, description="evaluated on instead of a held-out share of the training rows"

@@ -47,6 +47,7 @@ MULTIPART_SCHEMA = {
         "name": {"type": "string"},
         "dataset": {"type": "string", "format": "binary", "description": "JSONL file, one row per line"},
         "template": {"type": "string", "default": "chatml"},
+        "model": {"type": "string", "description": "an adapter to continue from (name, name@version, alias, ft: id)"},
         "hyperparameters": {"type": "string", "description": "JSON object of Hyperparameters"},
         "method": {
             "type": "string",
@@ -77,7 +78,8 @@ async def _read_request(request: Request, gw: Gateway) -> tuple[CreateAdapterJSO
         hyper, method, gate = form.get("hyperparameters"), form.get("method"), form.get("eval_gate")
         fields: dict[str, Any] = {
             "name": form.get("name"),
-            "template": form.get("template") or "chatml",
+            **({"template": form.get("template")} if form.get("template") else {}),
+            **({"model": form.get("model")} if form.get("model") else {}),
             "hyperparameters": hyper if isinstance(hyper, str) and hyper.strip() else {},
             "method": method,
             "eval_gate": gate if isinstance(gate, str) and gate.strip() else None,

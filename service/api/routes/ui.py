@@ -7,14 +7,14 @@ Its files and config load without a key (service/api/auth.py `public`), so an au
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
 
-from adapters.schema import Hyperparameters
+from adapters.schema import Hyperparameters, Method
 from adapters.templates import TEMPLATE_NAMES
 from service.api.auth import auth_enabled
 from service.api.deps import SettingsDep
@@ -47,11 +47,12 @@ class DashboardFiles(StaticFiles):
 async def config(settings: SettingsDep) -> dict[str, Any]:
     """What the page needs before its first API call: whether to ask for a key (else that call would be a 401),
     and the training form's choices from their one source: the built-in templates and the Hyperparameters schema
-    (the model POST /adapters validates against, with its defaults, bounds and descriptions)."""
+    (the model POST /adapters validates against, with its defaults, bounds and descriptions), and the methods."""
     return {
         "auth": auth_enabled(settings),
         "templates": list(TEMPLATE_NAMES),
         "hyperparameters": Hyperparameters.model_json_schema(),
+        "methods": list(get_args(Method.model_fields["type"].annotation)),
     }
 
 

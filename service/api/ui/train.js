@@ -1,4 +1,5 @@
-// New skill: a dataset (file or pasted JSONL), a template, and hyperparameters from the API's own schema.
+// New skill: a dataset (file or pasted JSONL), a template, a method (a grader for reinforcement), an adapter to start
+// from, and hyperparameters from the API's own schema.
 import { api, gatewayConfig } from "./api.js";
 import { h } from "./dom.js";
 
@@ -8,6 +9,12 @@ const LOOKS = {
   alpaca: "### Instruction: … ### Response:",
   instruction: "###instruction### … ###response###",
   base: "the base model's own chat template",
+};
+// What each method trains on, beside its name (the names come from the gateway).
+const METHODS = {
+  supervised: "answers to imitate",
+  dpo: "preference pairs: input, preferred_output, non_preferred_output",
+  reinforcement: "prompts, rewarded by a grader",
 };
 // Files larger than this are uploaded as they are instead of being shown in the text area.
 const PREVIEW_BYTES = 2 * 1024 * 1024;
@@ -83,7 +90,7 @@ function refusal(error) {
 
 export async function form(main, { signal }) {
   document.title = "New skill · skillserve";
-  const { hyperparameters: schema, templates } = await gatewayConfig();
+  const { hyperparameters: schema, templates, methods = ["supervised", "dpo"] } = await gatewayConfig();
   const fields = Object.entries(schema.properties).map(([name, prop]) => hyperField(name, prop));
   let bigFile = null; // a file too large to show, sent as it is
 
@@ -93,6 +100,20 @@ export async function form(main, { signal }) {
   });
   const template = h("select", { id: "skill-template", name: "template" },
     templates.map((value) => h("option", { value }, LOOKS[value] ? `${value} — ${LOOKS[value]}` : value)));
+  const method = h("select", { id: "skill-method", name: "method" },
+    methods.map((value) => h("option", { value }, METHODS[value] ? `${value} — ${METHODS[value]}` : value)));
+  const grader = h("textarea", {
+    id: "skill-grader", name: "grader", rows: 5, spellcheck: "false", "aria-describedby": "skill-grader-help",
+    placeholder: '{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",\n "reference": "{{item.answer}}", "operation": "eq"}',
+  });
+  const graderField = h("div", { class: "field", hidden: true }, h("label", { for: "skill-grader" }, "Grader (JSON)"), grader,
+    h("small", { id: "skill-grader-help" }, "the reward: one of OpenAI's graders (string_check, text_similarity, multi) over ",
+      "{{sample.output_text}} and the row's own fields as {{item.*}}"));
+  method.addEventListener("change", () => { graderField.hidden = method.value !== "reinforcement"; });
+  const parent = h("input", {
+    id: "skill-parent", name: "model", autocomplete: "off", spellcheck: "false", "aria-describedby": "skill-parent-help",
+    placeholder: "the base model",
+  });
   const rows = h("textarea", {
     id: "dataset-text", name: "dataset", rows: 10, spellcheck: "false", "aria-describedby": "dataset-help",
     placeholder: '{"instruction": "Shout these words: cat house", "output": "CAT HOUSE!"}\n{"messages": [{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}]}',
@@ -141,7 +162,20 @@ export async function form(main, { signal }) {
     }
     const body = new FormData();
     body.append("name", name.value.trim());
-    body.append("template", template.value);
+    // Continuing from an adapter trains with its template: none is sent, so the gateway takes the parent's.
+    if (parent.value.trim()) body.append("model", parent.value.trim());
+    else body.append("template", template.value);
+    if (method.value === "reinforcement") {
+      try {
+        body.append("method", JSON.stringify({ type: "reinforcement", grader: JSON.parse(grader.value) }));
+      } catch {
+        result.replaceChildren(h("p", { class: "card alert", role: "alert", id: "dataset-errors" }, "The grader is not JSON: give one of OpenAI's grader objects."));
+        grader.focus();
+        return;
+      }
+    } else {
+      body.append("method", method.value);
+    }
     body.append("hyperparameters", JSON.stringify(hyperparameters));
     if (gate.value.trim()) {
       try {
@@ -177,7 +211,13 @@ export async function form(main, { signal }) {
         h("div", { class: "field" }, h("label", { for: "skill-name" }, "Name"), name,
           h("small", { id: "skill-name-help" }, "a-z, 0-9, '.', '_' or '-'; a new version if the name exists")),
         h("div", { class: "field" }, h("label", { for: "skill-template" }, "Template"), template,
-          h("small", {}, "how rows are rendered for training, and later every prompt to this skill"))),
+          h("small", {}, "how rows are rendered for training, and later every prompt to this skill")),
+        h("div", { class: "field" }, h("label", { for: "skill-method" }, "Method"), method,
+          h("small", {}, "how the skill learns from the rows")),
+        h("div", { class: "field" }, h("label", { for: "skill-parent" }, "Start from (optional)"), parent,
+          h("small", { id: "skill-parent-help" }, "an adapter to continue training (name, name@version or ft: id): ",
+            "its weights, rank and template; empty: a fresh LoRA on the base model"))),
+      graderField,
       h("div", { class: "field" }, h("label", { for: "dataset-text" }, "Dataset (JSONL, one example per line)"),
         h("div", { class: "row", style: "margin-bottom:.4rem" }, h("label", { for: "dataset-file", class: "sr-only" }, "Choose a JSONL file"), file, count),
         rows,
