@@ -47,7 +47,8 @@ def metadata_filter(request: Request) -> dict[str, str]:
     response_model=StoredCompletionList,
     responses=ERRORS,
     dependencies=[Depends(require_admin)],
-    summary="Stored chat completions, oldest first unless order=desc; filtered by model and metadata[key]=value (admin)",
+    summary="Stored chat completions, oldest first unless order=desc; filtered by model and metadata[key]=value "
+    "(admin)",
 )
 async def list_stored(
     request: Request,
