@@ -701,3 +701,33 @@ class BatchLineResult(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.status_code == 200
+
+
+# Stored chat completions (`store: true`) and the feedback given on them.
+
+STORED_COMPLETION_ID_RE = re.compile(r"^chatcmpl-[0-9a-f]{32}$")
+
+
+class CompletionFeedback(BaseModel):
+    """A reviewer's word on a stored completion: a rating and, optionally, the answer it should have given."""
+
+    rating: Literal["good", "bad"] | None = None
+    corrected: str | None = Field(None, description="the answer it should have given (the assistant's content)")
+    note: str | None = None
+    at: float = Field(default_factory=time.time)
+
+
+class StoredCompletion(BaseModel):
+    """One stored chat completion at completions/<id>.json: the request's messages (and tools), the answer, the
+    model as sent and the version that answered, usage, metadata; metadata and feedback changed by
+    compare-and-swap."""
+
+    id: str = Field(pattern=STORED_COMPLETION_ID_RE.pattern)
+    created: float = Field(default_factory=time.time)
+    model: str = Field(description="the model as the request named it")
+    answered_by: str = Field("", description="the base id or `adapter@version` that answered")
+    messages: list[dict[str, Any]] = Field(description="the request's messages, as sent")
+    tools: list[dict[str, Any]] | None = None
+    response: dict[str, Any] = Field(description="the chat.completion object answered")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    feedback: CompletionFeedback | None = None

@@ -21,9 +21,11 @@ from service.api.middleware import BodyLimit, RequestContext
 from service.api.routes import adapters, batches, chat, completions, files, fine_tuning, health, jobs, models, ui
 from service.api.routes import evals as eval_routes
 from service.api.routes import graders as grader_routes
+from service.api.routes import stored_completions as stored_routes
 from service.engine.adapter_cache import AdapterCache
 from service.engine.core import Engine
 from service.gateway import Gateway
+from service.inference.stored import CompletionWriter
 from service.management.batch_runs import start_batches
 from service.management.eval_runs import start_eval_runs
 from service.management.jobs import JobReads
@@ -78,13 +80,20 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     metrics.watch_loras(cache.in_use, settings.max_loras)
     metrics.watch_engine(lambda: engine.in_flight, engine.unfinished, lambda: engine.grammar.in_flight)
     metrics.watch_residency(cache.resident)
-    return Gateway(settings, engine, registry, cache, runner, metrics, JobReads(registry))
+    writer = CompletionWriter(
+        registry,
+        metrics,
+        settings.stored_completion_queue,
+        max_age_s=settings.stored_completion_max_age_s or None,
+        max_count=settings.stored_completion_max_count or None,
+    )
+    return Gateway(settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer)
 
 
 @asynccontextmanager
 async def running(gw: Gateway) -> AsyncIterator[None]:
     """The gateway's background parts for the app's life: metrics server, runner, engine (and its stall watch), eval
-    runs and batches; stopped in the reverse order."""
+    runs, batches and the stored completions' writer; stopped in the reverse order."""
     settings, engine, runner = gw.settings, gw.engine, gw.runner
     metrics_server = gw.metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
     if runner is not None:
@@ -97,8 +106,12 @@ async def running(gw: Gateway) -> AsyncIterator[None]:
                 watch = asyncio.create_task(engine.watch(every=min(5.0, settings.engine_stall_seconds / 4)))
         await start_eval_runs(gw)  # after the engine: runs left running resume on it
         await start_batches(gw)  # likewise batches
+        if gw.completions is not None:
+            gw.completions.start()
         yield
     finally:
+        if gw.completions is not None:
+            await gw.completions.stop()
         for executor in (gw.batches, gw.eval_runs):
             if executor is not None:
                 await executor.stop()
@@ -128,7 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="skillserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     for module in (
-        chat, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters, jobs, health
+        chat, stored_routes, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters,
+        jobs, health,
     ):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes

@@ -16,6 +16,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.engine.adapter_cache import AdapterCache
     from service.engine.core import Engine
+    from service.inference.stored import CompletionWriter
     from service.management.batch_runs import BatchRunner
     from service.management.eval_runs import EvalRunner
     from service.management.jobs import JobReads
@@ -35,3 +36,4 @@ class Gateway:
     job_reads: JobReads  # job records shared by everyone following a job
     eval_runs: EvalRunner | None = None  # the eval runs' executor, started with the app
     batches: BatchRunner | None = None  # the batches' executor, started with the app
+    completions: CompletionWriter | None = None  # stored completions' writer, started with the app

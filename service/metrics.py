@@ -145,6 +145,12 @@ class Metrics:
             "adapter versions this replica holds on local disk (disk) and with requests in the engine now (in_use)",
             ["tier"], registry=r,
         )
+        self.stored_completions = Counter(
+            "skillserve_stored_completions",
+            "chat completions to store, by outcome: written, dropped (queue full), failed (the store refused), "
+            "pruned (retention)",
+            ["outcome"], registry=r,
+        )
         self._serving_metrics(r)
 
     def _serving_metrics(self, r: CollectorRegistry) -> None:

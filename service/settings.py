@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(
         1, ge=1, le=16, description="batches: lines in the engine at once, all batches together (live traffic first)"
     )
+    store_completions: Literal["request", "always", "never"] = Field(
+        "request",
+        description="chat completions stored: as each request's `store` asks, every one, or none (`store` ignored)",
+    )
+    stored_completion_queue: int = Field(
+        1000, ge=1, description="stored completions waiting for the store; beyond, new ones are dropped and counted"
+    )
+    stored_completion_max_age_s: int = Field(
+        30 * 86400, ge=0, description="stored completions older than this are deleted (0: no age limit)"
+    )
+    stored_completion_max_count: int = Field(
+        100_000, ge=0, description="most stored completions kept; the oldest beyond are deleted (0: no limit)"
+    )
     train_processes_per_job: int = Field(
         1, ge=1, description="local runner: data-parallel trainer processes per job under torchrun (one per GPU)"
     )

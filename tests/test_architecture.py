@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "docsgen": {"adapters", "service.app", "service.api", "docsgen", *SERVICE_BELOW_API},
 }
 # The Gateway holds the typed parts of the layers above it; it names their types for the type checker only.
-TYPE_ONLY = {"service.gateway": {"service.engine", "service.runners", "service.management"}}
+TYPE_ONLY = {"service.gateway": {"service.engine", "service.runners", "service.inference", "service.management"}}
 
 
 def modules() -> list[tuple[str, Path]]:

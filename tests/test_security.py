@@ -94,6 +94,20 @@ ROUTE_ROLES = {
     ("GET", "/metrics"): INFER,
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,
+    # Stored completions hold users' conversations: reading, changing, deleting and exporting them take an admin key
+    # (as a file's rows do); feedback takes any key, so an application can pass its users' ratings on.
+    ("GET", "/v1/chat/completions"): ADMIN_ONLY,
+    ("GET", "/v1/chat/completions/{completion_id}"): ADMIN_ONLY,
+    ("POST", "/v1/chat/completions/{completion_id}"): ADMIN_ONLY,
+    ("DELETE", "/v1/chat/completions/{completion_id}"): ADMIN_ONLY,
+    ("GET", "/v1/chat/completions/{completion_id}/messages"): ADMIN_ONLY,
+    ("POST", "/v1/chat/completions/{completion_id}/feedback"): INFER,
+    ("POST", "/v1/chat/completions/exports"): ADMIN_ONLY,
+    # OpenAI's Batch API: reading takes any key; creating and cancelling take an admin key.
+    ("GET", "/v1/batches"): INFER,
+    ("GET", "/v1/batches/{batch_id}"): INFER,
+    ("POST", "/v1/batches"): ADMIN_ONLY,
+    ("POST", "/v1/batches/{batch_id}/cancel"): ADMIN_ONLY,
     ("GET", "/v1/models"): INFER,
     ("GET", "/v1/models/{model_id:path}"): INFER,
     ("GET", "/adapters"): INFER,
@@ -165,6 +179,7 @@ def test_every_route_enforces_its_role(app_client: tuple[TestClient, RecordingSt
         path = template.replace("{model_id:path}", "x").replace("{name}", "x").replace("{model}", "x")
         path = path.replace("{job_id}", "x").replace("{file_id}", "x").replace("{step}", "1")
         path = path.replace("{eval_id}", "x").replace("{run_id}", "x").replace("{output_item_id}", "x")
+        path = path.replace("{completion_id}", "x").replace("{batch_id}", "x")
         for who, headers in credentials.items():
             reply = client.request(method, path, headers=headers, json={} if method == "POST" else None)
             if role == PUBLIC or who == "admin" or (who == "inference" and role == INFER):

@@ -293,8 +293,6 @@ def test_fields_that_were_dropped_are_honoured_or_refused_by_name(gateway: Gatew
         refused = {
             "audio": {"voice": "alloy", "format": "wav"},
             "modalities": ["text", "audio"],
-            "metadata": {"k": "v"},
-            "store": True,
             "prediction": {"type": "content", "content": "x"},
             "functions": [{"name": "f"}],
             "logprobs_bogus": 1,

@@ -11,8 +11,9 @@ methods come from one facet per kind of record, each in a module of its own:
 | `FineTuneBook` | fine_tunes.py | OpenAI fine-tuning records, `ft:` model ids |
 | `EvalBook` | evals.py | evals, their runs (compare-and-swap), output items (written once) |
 | `BatchBook` | batches.py | batches (compare-and-swap), their lines' results (written once) |
+| `CompletionBook` | completions.py | stored chat completions (written once; metadata, feedback swapped) |
 
-`RecordShelf` (records.py) is what the last two share: reads, compare-and-swap through a status table, write-once.
+`RecordShelf` (records.py) is what the last three share: reads, compare-and-swap through a status table, write-once.
 
 keys.py is the one map of where each lies. A caller that needs one facet types against it (the runners'
 `JobRegistry`), not the whole class. A facet that needs another's records says so with a Protocol on `self`.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
 from adapters.registry.batches import BatchBook
+from adapters.registry.completions import CompletionBook
 from adapters.registry.evals import EvalBook
 from adapters.registry.files import FileBook
 from adapters.registry.fine_tunes import FineTuneBook
@@ -34,6 +36,7 @@ __all__ = [
     "AliasBook",
     "AdapterVersions",
     "BatchBook",
+    "CompletionBook",
     "EvalBook",
     "FileBook",
     "FineTuneBook",
@@ -48,8 +51,9 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook):
-    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals and batches."""
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches and
+    stored completions."""
 
     def __init__(self, store: ObjectStore):
         self.store = store

@@ -8,6 +8,7 @@ fine_tunes/<job-id>.json, ft_models/<sha256 of the id>.json      OpenAI fine-tun
 evals/<eval-id>.json, eval_runs/<eval-id>/<run-id>.json,
 eval_items/<run-id>/<row>.json                                   evals, their runs, output items (evals.py)
 batches/<batch-id>.json, batch_lines/<batch-id>/<line>.json      batches, their lines' results (batches.py)
+completions/<chatcmpl-id>.json                                   stored chat completions (completions.py)
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import hashlib
 import re
 
 from adapters.errors import InvalidAdapter, InvalidName
-from adapters.schema import BATCH_ID_RE, EVAL_ID_RE, EVAL_RUN_ID_RE, Manifest, check_job_id, check_name
+from adapters.schema import (
+    BATCH_ID_RE,
+    EVAL_ID_RE,
+    EVAL_RUN_ID_RE,
+    STORED_COMPLETION_ID_RE,
+    Manifest,
+    check_job_id,
+    check_name,
+)
 from adapters.store import check_key
 
 MANIFEST = "manifest.json"
@@ -122,6 +131,13 @@ def batch_lines_prefix(batch_id: str) -> str:
 
 def batch_line_key(batch_id: str, index: int) -> str:
     return f"{batch_lines_prefix(batch_id)}{int(index):09d}.json"  # zero-padded: list order is line order
+
+
+STORED_COMPLETIONS_PREFIX = "completions/"
+
+
+def stored_completion_key(completion_id: str) -> str:
+    return f"{STORED_COMPLETIONS_PREFIX}{_checked(completion_id, STORED_COMPLETION_ID_RE, 'completion id')}.json"
 
 
 def check_filename(filename: str) -> str:

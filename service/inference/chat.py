@@ -12,6 +12,7 @@ from typing import Any
 
 from adapters.errors import InvalidRequest
 from adapters.masking import encode
+from adapters.schema import StoredCompletion
 from adapters.templates import ChatTemplate
 from adapters.tools import CALL_OPEN, call_schema, flatten, forced_call, parse_calls
 from service.engine.grammar_limits import GrammarLimitError, GrammarLimits, check_constraint
@@ -32,6 +33,7 @@ from service.inference.pipeline import (
     structured_constraint,
     token_budget,
 )
+from service.inference.stored import storing
 from service.protocol.chat import (
     AssistantMessage,
     ChatChoice,
@@ -267,7 +269,30 @@ async def _complete(
                 )
             )
         usage = work.done(sum(len(o.token_ids) for o in final.outputs))
-    return ChatCompletion(id=work.request_id, model=body.model, choices=choices, usage=usage)
+    answer = ChatCompletion(id=work.request_id, model=body.model, choices=choices, usage=usage)
+    _keep(work, body, answer)
+    return answer
+
+
+def _keep(work: Work, body: ChatCompletionRequest, answer: ChatCompletion) -> None:
+    """Hand the answer to the stored completions' writer when it is to be stored: a queue, never the store itself,
+    so storing costs the request no store round trip (service/inference/stored.py)."""
+    writer = work.gw.completions
+    if writer is None or not storing(work.gw.settings.store_completions, body.store):
+        return
+    writer.offer(
+        StoredCompletion.model_construct(
+            id=answer.id,
+            created=float(answer.created),
+            model=body.model,
+            answered_by=work.target.answered_by,
+            messages=[message.model_dump(mode="json", exclude_none=True) for message in body.messages],
+            tools=[tool.model_dump(mode="json", exclude_none=True) for tool in body.tools] if body.tools else None,
+            response=answer.model_dump(mode="json"),
+            metadata=dict(body.metadata or {}),
+            feedback=None,
+        )
+    )
 
 
 async def _stream(work: Work, body: ChatCompletionRequest, plan: ToolPlan) -> AsyncGenerator[str, None]:
@@ -284,10 +309,12 @@ async def _stream(work: Work, body: ChatCompletionRequest, plan: ToolPlan) -> As
         produced = 0
         # With tools, text is held back while it may be a tool call; what is sent never has to be taken back.
         held = _HeldText(plan, body.n)
+        whole = _WholeText(body.n)
         async for out in work.generate(0):
             for o in out.outputs:
                 produced += len(o.token_ids)
                 reason = finish_reason(o.finish_reason)
+                whole.add(o.index, o.text, reason)
                 logprobs = _logprobs(body, o)
                 if not plan.parses:
                     # The detokenizer may hold text back (a partial character or stop string): nothing to send yet.
@@ -299,9 +326,31 @@ async def _stream(work: Work, body: ChatCompletionRequest, plan: ToolPlan) -> As
                 for choice in held.add(o.index, o.text, reason, logprobs):
                     yield chunk([choice])
         usage = work.done(produced)
+        _keep(work, body, ChatCompletion(id=work.request_id, created=created, model=body.model,
+                                         choices=whole.choices(plan), usage=usage))
         if body.include_usage:
             yield chunk([], usage)
         yield sse("[DONE]")
+
+
+class _WholeText:
+    """A streamed answer's choices gathered whole, for storing it as the answer it was."""
+
+    def __init__(self, n: int):
+        self.text: list[str] = [""] * n
+        self.reason: list[str | None] = [None] * n
+
+    def add(self, i: int, piece: str, reason: str | None) -> None:
+        self.text[i] += piece
+        self.reason[i] = reason or self.reason[i]
+
+    def choices(self, plan: ToolPlan) -> list[ChatChoice]:
+        choices = []
+        for i, text in enumerate(self.text):
+            content, calls, reason = plan.answer(text, self.reason[i])
+            message = AssistantMessage(content=content, tool_calls=calls)
+            choices.append(ChatChoice(index=i, message=message, finish_reason=reason))  # type: ignore[arg-type]
+        return choices
 
 
 class _HeldText:

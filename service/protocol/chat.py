@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.protocol.common import FinishReason, SamplingFields, Usage, response_id
+from service.protocol.common import FinishReason, SamplingFields, Usage, check_metadata, response_id
 
 
 class TextPart(BaseModel):
@@ -141,6 +141,16 @@ class ChatCompletionRequest(SamplingFields):
         None, description="auto (the default with tools), none, required, or a named function"
     )
     parallel_tool_calls: bool = Field(True, description="auto: the model may call several tools in one turn")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: bool | None) -> bool | None:
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(value)
 
     @field_validator("messages")
     @classmethod

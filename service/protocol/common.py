@@ -112,7 +112,6 @@ REFUSED_FIELDS = {
     "web_search_options": "web search is not supported",
     "functions": "the deprecated `functions` are not supported: send `tools`",
     "function_call": "the deprecated `function_call` is not supported: send `tool_choice`",
-    "metadata": "metadata belongs to stored completions, which this gateway does not keep",
     "reasoning_effort": "the models served here do not reason in separate tokens",
     "suffix": "suffix (insertion) is not supported",
 }
@@ -157,7 +156,7 @@ class SamplingFields(BaseModel):
         description="vLLM extension: constrain the output to one of `choice`, a `regex`, a `json` schema or a "
         "`grammar`",
     )
-    store: bool | None = Field(None, description="false or absent: nothing is stored")
+    store: bool | None = Field(None, description="chat completions: true stores the answer (docs/data-loop.md)")
     modalities: list[Literal["text"]] | None = Field(None, description='["text"] or absent')
     service_tier: Literal["auto", "default"] | None = Field(None, description="auto or default: one tier here")
     best_of: int | None = Field(None, description="completions: equal to n or absent")
@@ -167,7 +166,9 @@ class SamplingFields(BaseModel):
     web_search_options: Any = Field(None, description=f"refused: {REFUSED_FIELDS['web_search_options']}")
     functions: Any = Field(None, description=f"refused: {REFUSED_FIELDS['functions']}")
     function_call: Any = Field(None, description=f"refused: {REFUSED_FIELDS['function_call']}")
-    metadata: Any = Field(None, description=f"refused: {REFUSED_FIELDS['metadata']}")
+    metadata: dict[str, str] | None = Field(
+        None, description="chat completions: up to 16 pairs kept with a stored completion (keys 64, values 512 chars)"
+    )
     reasoning_effort: Any = Field(None, description=f"refused: {REFUSED_FIELDS['reasoning_effort']}")
     suffix: Any = Field(None, description=f"refused: {REFUSED_FIELDS['suffix']}")
 
@@ -193,8 +194,17 @@ class SamplingFields(BaseModel):
     @field_validator("store")
     @classmethod
     def _store(cls, value: bool | None) -> bool | None:
+        # Chat completions override this: only they are stored.
         if value:
-            raise ValueError("stored completions are not kept here: leave store false")
+            raise ValueError("only chat completions are stored: leave store false")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Chat completions override this: metadata belongs to a stored chat completion.
+        if value is not None:
+            raise ValueError("metadata belongs to stored chat completions: send it to /v1/chat/completions")
         return value
 
     @field_validator("logit_bias")
@@ -229,6 +239,24 @@ class SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # OpenAI's limits
+
+
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's metadata limits (ValueError naming the one broken): at most 16 pairs, keys of 64 characters, values
+    of 512."""
+    if value is None:
+        return None
+    if len(value) > MAX_METADATA_PAIRS:
+        raise ValueError(f"metadata has {len(value)} pairs; at most {MAX_METADATA_PAIRS}")
+    for key, text in value.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise ValueError(f"metadata keys are at most {MAX_METADATA_KEY} characters")
+        if len(text) > MAX_METADATA_VALUE:
+            raise ValueError(f"metadata.{key}: values are at most {MAX_METADATA_VALUE} characters")
+    return value
 
 
 def response_id(prefix: str) -> str:

@@ -1,0 +1,111 @@
+"""Stored chat completions kept off the request's hot path: the request hands its record to a bounded in-memory
+queue and goes on; one background writer drains the queue into the registry and enforces the retention limits.
+
+A full queue drops the record and counts it (`skillserve_stored_completions{outcome="dropped"}`), so a slow or
+unreachable store costs a chat answer nothing but the record. A write the store refuses is counted as `failed` and
+the writer goes on with the next. Records still queued at shutdown get a short grace to be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Literal
+
+from adapters.registry import CompletionBook
+from adapters.schema import StoredCompletion
+from service.metrics import Metrics
+
+log = logging.getLogger("skillserve.stored_completions")
+
+PRUNE_EVERY_S = 60.0  # retention is enforced at most this often: a prune lists every stored completion
+FLUSH_AT_STOP_S = 5.0
+
+
+def storing(policy: Literal["request", "always", "never"], asked: bool | None) -> bool:
+    """Whether a chat completion is stored: the gateway's policy, else what the request's `store` asks."""
+    if policy == "request":
+        return bool(asked)
+    return policy == "always"
+
+
+class CompletionWriter:
+    """The bounded queue of stored completions and the one task that writes them."""
+
+    def __init__(
+        self,
+        registry: CompletionBook,
+        metrics: Metrics,
+        queue_size: int,
+        max_age_s: float | None = None,
+        max_count: int | None = None,
+        prune_every_s: float = PRUNE_EVERY_S,
+    ):
+        self.registry, self.metrics = registry, metrics
+        self.max_age_s, self.max_count, self.prune_every_s = max_age_s, max_count, prune_every_s
+        self._queue: asyncio.Queue[StoredCompletion] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._pruned_at: float | None = None
+
+    def offer(self, record: StoredCompletion) -> bool:
+        """Queue `record` for the writer; never waits: a full queue drops it (counted). Whether it was queued."""
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.metrics.stored_completions.labels("dropped").inc()
+            return False
+        return True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="stored-completions")
+
+    async def stop(self) -> None:
+        """Give what is queued a short grace to be written, then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), FLUSH_AT_STOP_S)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def flushed(self) -> None:
+        """Until every record queued so far has been written or given up on (tests, shutdown)."""
+        await self._queue.join()
+
+    async def _drain(self) -> None:
+        while True:
+            record = await self._queue.get()
+            try:
+                await self._write(record)
+                if self._queue.empty():
+                    await self._prune_if_due()
+            finally:
+                self._queue.task_done()
+
+    async def _write(self, record: StoredCompletion) -> None:
+        try:
+            await asyncio.to_thread(self.registry.put_completion, record)
+        except Exception as exc:  # noqa: BLE001 - the store's failure costs this record, never the writer
+            self.metrics.stored_completions.labels("failed").inc()
+            log.warning("stored completion %s not written: %s: %s", record.id, type(exc).__name__, exc)
+            return
+        self.metrics.stored_completions.labels("written").inc()
+
+    async def _prune_if_due(self) -> None:
+        if self.max_age_s is None and self.max_count is None:
+            return
+        now = time.time()
+        if self._pruned_at is not None and now - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = now
+        try:
+            pruned = await asyncio.to_thread(self.registry.prune_completions, now, self.max_age_s, self.max_count)
+        except Exception as exc:  # noqa: BLE001 - retention is retried at the next prune
+            log.warning("stored completions not pruned: %s: %s", type(exc).__name__, exc)
+            return
+        self.metrics.stored_completions.labels("pruned").inc(pruned)
