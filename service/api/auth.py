@@ -1,10 +1,16 @@
-"""Bearer API keys: inference keys may call the model API, admin keys may also train, import and delete."""
+"""Bearer API keys: inference keys may call the model API, admin keys may also train, import and delete.
+
+Every request that passes the key check carries a `Principal`: who sent it (the key's id, never the key), with
+which role, for which project. Routes and middleware read it with `principal_of(request)` or `PrincipalDep`."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import SettingsDep
@@ -18,7 +24,28 @@ DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 UI = "/ui"
 
 
-ROLE = "skillserve_role"  # where KeyGate leaves its verdict for the route dependencies
+PRINCIPAL = "skillserve_principal"  # where KeyGate leaves its verdict for the route dependencies
+DEFAULT_PROJECT = "default"  # the project of the static `api_keys` / `admin_keys`, and of an auth-off gateway
+
+Role = Literal["admin", "inference"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request. `key_id` names the key without revealing it (None on an auth-off gateway, where
+    everyone is the default project's admin)."""
+
+    key_id: str | None
+    role: Role
+    project: str = DEFAULT_PROJECT
+
+
+OPEN = Principal(key_id=None, role="admin")
+
+
+def key_id(token: str) -> str:
+    """A key's public id: a prefix of its SHA-256, safe to log, show and store."""
+    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _token(header: str) -> str | None:
@@ -34,14 +61,16 @@ def _matches(token: str, keys: list) -> bool:
     return found
 
 
-def _role(header: str, settings: Settings) -> str | None:
-    """"admin", "inference", "" for no key at all, or None for a wrong one; every key is compared once."""
+def _principal(header: str, settings: Settings) -> Principal | str | None:
+    """The key's principal, "" for no key at all, or None for a wrong one; every key is compared once."""
     token = _token(header)
     if token is None:
         return ""
     admin = _matches(token, settings.admin_keys)
     inference = _matches(token, settings.api_keys)
-    return "admin" if admin else "inference" if inference else None
+    if not (admin or inference):
+        return None
+    return Principal(key_id=key_id(token), role="admin" if admin else "inference")
 
 
 def auth_enabled(settings: Settings) -> bool:
@@ -52,33 +81,39 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _check_key(role: str | None) -> None:
-    if role == "":
+def _check_key(found: Principal | str | None) -> Principal:
+    if found == "":
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    if role is None:
+    if not isinstance(found, Principal):
         raise _unauthorized("invalid API key")
+    return found
 
 
-def _request_role(request: Request, settings: Settings) -> str | None:
+def principal_of(request: Request, settings: Settings) -> Principal:
+    """Who sent this request; raises 401 for a missing or wrong key. OPEN on an auth-off gateway."""
+    if not auth_enabled(settings):
+        return OPEN
     state = request.scope.get("state") or {}
-    if ROLE in state:  # already decided by KeyGate, before the body was read
-        return state[ROLE]  # type: ignore[no-any-return]
-    return _role(request.headers.get("authorization", ""), settings)
+    if PRINCIPAL in state:  # already decided by KeyGate, before the body was read
+        return state[PRINCIPAL]  # type: ignore[no-any-return]
+    return _check_key(_principal(request.headers.get("authorization", ""), settings))
+
+
+def current_principal(request: Request, settings: SettingsDep) -> Principal:
+    return principal_of(request, settings)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
 def require_inference(request: Request, settings: SettingsDep) -> None:
     """Any valid key (inference or admin); open when no keys are configured."""
-    if auth_enabled(settings):
-        _check_key(_request_role(request, settings))
+    principal_of(request, settings)
 
 
 def require_admin(request: Request, settings: SettingsDep) -> None:
     """An admin key; open when no keys are configured."""
-    if not auth_enabled(settings):
-        return
-    role = _request_role(request, settings)
-    _check_key(role)
-    if role == "inference":
+    if principal_of(request, settings).role == "inference":
         raise APIError(
             403,
             "this key may only call the inference API; training, import and delete need an admin key",
@@ -113,11 +148,10 @@ class KeyGate:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        role = _role(header, settings)
         try:
-            _check_key(role)
+            principal = _check_key(_principal(header, settings))
         except APIError as error:
             await render(error)(scope, receive, send)
             return
-        scope.setdefault("state", {})[ROLE] = role
+        scope.setdefault("state", {})[PRINCIPAL] = principal
         await self.app(scope, receive, send)
