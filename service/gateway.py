@@ -50,8 +50,8 @@ class Gateway:
     def for_project(self, project: str) -> Gateway:
         """This gateway as one project sees it: its registry a view of that project's namespace and its adapter
         cache keyed by project, so no route can reach another project's objects; the engine, runner and metrics
-        shared. Background executors that do not yet run other projects' work (eval runs, batches, stored
-        completions) are absent there (docs/security.md)."""
+        shared (the stored completions' writer too: chat hands it the project's registry). Background executors that
+        do not yet run other projects' work (eval runs, batches) are absent there (docs/security.md)."""
         if project == self.project:
             return self
         scoped = self._scopes.get(project)
@@ -64,7 +64,6 @@ class Gateway:
                 job_reads=type(self.job_reads)(registry),
                 eval_runs=None,
                 batches=None,
-                completions=None,
                 project=project,
                 _scopes={},
             )

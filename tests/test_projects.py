@@ -183,6 +183,41 @@ def test_the_cli_creates_lists_rotates_and_revokes_keys(
 # ------------------------------------------------------------------------------------------ isolation
 
 
+def test_a_stored_completion_is_written_into_the_project_of_the_request(tmp_path: Path) -> None:
+    """The one stored completions' writer writes each record into the registry it is offered with (the caller's
+    project's), and keeps the retention limits per project."""
+    import asyncio
+
+    from service.inference.stored import CompletionWriter
+    from service.metrics import Metrics
+
+    root = Registry(FileStore(tmp_path / "store"))
+    project = root.create_project("team a").id
+    mine = root.for_project(project)
+
+    def record() -> StoredCompletion:
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        return StoredCompletion(id=completion_id, model="m", messages=[{"role": "user", "content": "hi"}],
+                                response=answer(completion_id, "m"))
+
+    async def scenario() -> list[str]:
+        writer = CompletionWriter(root, Metrics(), 8, max_count=1, prune_every_s=0)
+        writer.start()
+        offered = [record(), record(), record()]
+        writer.offer(offered[0], mine)
+        writer.offer(offered[1])  # the default project's
+        await writer.flushed()
+        writer.offer(offered[2], mine)
+        await writer.flushed()
+        await writer.stop()
+        return [r.id for r in offered]
+
+    in_project, in_default, newest = asyncio.run(scenario())
+    assert [c.id for c in mine.list_completions()] == [newest]  # max_count 1, held in the project
+    assert [c.id for c in root.list_completions()] == [in_default]
+    assert in_project not in {c.id for c in root.list_completions()}
+
+
 def test_a_projects_view_of_the_store_is_what_its_uri_opens_and_runners_find_its_jobs(store: ObjectStore) -> None:
     """A project's records lie under its prefix; the trainer, launched with a job URI inside that prefix, opens the
     same place (file and S3 stores); the runners' ProjectJobs finds the job whichever project holds it."""
@@ -414,7 +449,8 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
                 "temperature": 0}
         text = {"model": "support-tone", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
         with server.client(key_a) as client:
-            assert client.post("/v1/chat/completions", json=chat).status_code == 200
+            stored = client.post("/v1/chat/completions", json={**chat, "store": True})
+            assert stored.status_code == 200
             assert client.post("/v1/completions", json=text).status_code == 200
             assert "support-tone" in [m["id"] for m in client.get("/v1/models").json()["data"]]
         for key in (key_b, ADMIN_KEY, API_KEY):
@@ -423,6 +459,15 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
                     reply = client.post(path, json=body)
                     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
                 assert "support-tone" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
+        deadline = time.monotonic() + 60  # written by the background writer, soon after the answer
+        while not server.registry.for_project(a).list_completions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with server.client(key_a) as client:
+            assert stored.json()["id"] in client.get("/v1/chat/completions").text
+        for key in (key_b, ADMIN_KEY):
+            with server.client(key) as client:
+                assert stored.json()["id"] not in client.get("/v1/chat/completions").text
+                assert client.get(f"/v1/chat/completions/{stored.json()['id']}").status_code == 404
         publish_adapter(server.registry.for_project(b), peft_adapter_dir, "support-tone")
         with server.client(key_b) as client:
             assert client.post("/v1/chat/completions", json=chat).status_code == 200
