@@ -183,6 +183,36 @@ def test_the_cli_creates_lists_rotates_and_revokes_keys(
 # ------------------------------------------------------------------------------------------ isolation
 
 
+def test_the_local_runner_launches_a_projects_job_inside_the_projects_namespace(tmp_path: Path) -> None:
+    """A queued job of a project is found by the runner at start, launched with the job URI inside the project (what
+    the trainer opens), and its verdict written into the project's record."""
+    import sys
+
+    from service.runners.local import LocalRunner
+
+    root = Registry(FileStore(tmp_path / "store"))
+    project = root.create_project("team a").id
+    mine = root.for_project(project)
+    spec = JobSpec(name="tone", base_model="m", base_model_id="m", dataset_uri="datasets/x.jsonl",
+                   dataset_sha256="0" * 64, dataset_rows=1)
+    job = JobRecord(spec=spec)
+    mine.put_job(job)
+    seen = tmp_path / "launched-with"
+    stub = f"import pathlib, sys; pathlib.Path({str(seen)!r}).write_text(sys.argv[-1])"  # a trainer that says nothing
+    runner = LocalRunner(ProjectJobs(root), root.store.uri, tmp_path / "logs", command=[sys.executable, "-c", stub])
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not mine.get_job(job.id).status.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        runner.stop()
+    assert seen.read_text() == f"{mine.store.uri}/jobs/{job.id}.json"
+    record = mine.get_job(job.id)
+    assert record.status is JobStatus.failed and "without finishing the job" in (record.error or "")
+    assert root.list_jobs() == []  # nothing of the project's in the default project
+
+
 def test_a_stored_completion_is_written_into_the_project_of_the_request(tmp_path: Path) -> None:
     """The one stored completions' writer writes each record into the registry it is offered with (the caller's
     project's), and keeps the retention limits per project."""
