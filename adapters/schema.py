@@ -731,3 +731,45 @@ class StoredCompletion(BaseModel):
     response: dict[str, Any] = Field(description="the chat.completion object answered")
     metadata: dict[str, str] = Field(default_factory=dict)
     feedback: CompletionFeedback | None = None
+
+
+# Projects and their API keys (issue 31): a project is a namespace of the store; a key is kept as its hash only.
+
+DEFAULT_PROJECT = "default"  # today's store layout, and the project of the static keys
+PROJECT_ID_RE = re.compile(r"^(?:default|proj_[0-9a-f]{16})$")
+KEY_ID_RE = re.compile(r"^key_[0-9a-f]{16}$")
+KEY_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+KeyRole = Literal["admin", "inference"]
+
+
+def check_project_id(value: str) -> str:
+    if not isinstance(value, str) or not PROJECT_ID_RE.fullmatch(value):
+        raise InvalidName(f"invalid project id {value!r}", param="project_id")
+    return value
+
+
+def new_project_id() -> str:
+    return "proj_" + uuid.uuid4().hex[:16]
+
+
+class ProjectRecord(BaseModel):
+    """One project at org/projects/<id>.json; its objects lie under projects/<id>/ (the default one's at the root)."""
+
+    id: str = Field(pattern=PROJECT_ID_RE.pattern)
+    name: str = Field(min_length=1, max_length=200)
+    created_at: float = Field(default_factory=time.time)
+    archived_at: float | None = None
+
+
+class ApiKeyRecord(BaseModel):
+    """One API key at org/keys/<sha256 of the key>.json: never the key itself, so a leaked store holds no usable key.
+    `id` is `key_` + the first 16 hex digits of that hash (service/api/auth.key_id), safe to log and show."""
+
+    id: str = Field(pattern=KEY_ID_RE.pattern)
+    sha256: str = Field(pattern=KEY_HASH_RE.pattern)
+    project: str = Field(pattern=PROJECT_ID_RE.pattern)
+    role: KeyRole
+    name: str = Field("", max_length=200)
+    created_at: float = Field(default_factory=time.time)
+    revoked_at: float | None = None
+    redacted: str = Field("", description="the key's first and last characters, as OpenAI shows a key")

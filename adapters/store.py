@@ -387,3 +387,49 @@ def open_store(uri: str) -> ObjectStore:
     if "://" in uri:
         raise InvalidName(f"unsupported store URI {uri!r}: use file://<dir> or s3://bucket/prefix")
     return FileStore(uri)
+
+
+class PrefixedStore:
+    """A view of another store under one key prefix (a project's namespace, `projects/<id>/`): every key is the
+    inner store's key with the prefix before it, so nothing through the view reaches outside it. Its `uri` names the
+    same place for open_store (a sub-directory, or a longer S3 prefix), which is how a trainer launched with one of its
+    job URIs finds it."""
+
+    def __init__(self, inner: ObjectStore, prefix: str):
+        if not prefix.endswith("/"):
+            raise InvalidName(f"invalid store prefix {prefix!r}: must end in '/'")
+        check_key(prefix[:-1])
+        self.inner = inner
+        self.prefix = prefix
+        self.uri = f"{inner.uri.rstrip('/')}/{prefix[:-1]}"
+
+    def __repr__(self) -> str:
+        return f"PrefixedStore({self.inner!r}, {self.prefix!r})"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> None:
+        self.inner.put_bytes(self._key(key), data, if_absent=if_absent, if_match=if_match)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.inner.get_bytes(self._key(key))
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_tagged(self._key(key))
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.inner.put_file(self._key(key), path)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.inner.get_file(self._key(key), path)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        check_prefix(prefix)
+        return [key[len(self.prefix) :] for key in self.inner.list(self.prefix + prefix)]
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._key(key))

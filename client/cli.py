@@ -1,4 +1,5 @@
-"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete, eval)."""
+"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete, eval; projects
+and keys)."""
 
 from __future__ import annotations
 
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     from client.cli_evals import add_eval_commands  # here: that module builds on this one's client
 
     add_eval_commands(sub)
+    from client.cli_projects import add_project_commands  # likewise
+
+    add_project_commands(sub)
     return parser
 
 

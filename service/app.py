@@ -13,12 +13,24 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from adapters.registry import Registry
+from adapters.registry import ProjectJobs, Registry
 from adapters.store import open_store
 from service import errors, logs
 from service.api.auth import KeyGate
 from service.api.middleware import BodyLimit, RequestContext
-from service.api.routes import adapters, batches, chat, completions, files, fine_tuning, health, jobs, models, ui
+from service.api.routes import (
+    adapters,
+    batches,
+    chat,
+    completions,
+    files,
+    fine_tuning,
+    health,
+    jobs,
+    models,
+    organization,
+    ui,
+)
 from service.api.routes import evals as eval_routes
 from service.api.routes import graders as grader_routes
 from service.api.routes import stored_completions as stored_routes
@@ -75,8 +87,10 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         base_dir=engine.model_dir,
         max_names=settings.name_cache_entries,
     )
-    runner = build_runner(settings, registry) if settings.training_enabled else None
-    metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in registry.list_jobs())))
+    # Runners see every project's jobs (each launched inside its project's namespace); so does the jobs gauge.
+    jobs = ProjectJobs(registry)
+    runner = build_runner(settings, jobs) if settings.training_enabled else None  # type: ignore[arg-type]
+    metrics.watch_jobs(lambda: dict(Counter(job.status.value for job in jobs.list_jobs())))
     metrics.watch_loras(cache.in_use, settings.max_loras)
     metrics.watch_engine(lambda: engine.in_flight, engine.unfinished, lambda: engine.grammar.in_flight)
     metrics.watch_residency(cache.resident)
@@ -142,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (
         chat, stored_routes, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters,
-        jobs, health,
+        jobs, organization, health,
     ):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes

@@ -6,10 +6,12 @@ depends on nothing above it at run time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.registry import Registry
+from adapters.schema import DEFAULT_PROJECT
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -37,3 +39,32 @@ class Gateway:
     eval_runs: EvalRunner | None = None  # the eval runs' executor, started with the app
     batches: BatchRunner | None = None  # the batches' executor, started with the app
     completions: CompletionWriter | None = None  # stored completions' writer, started with the app
+    project: str = DEFAULT_PROJECT  # whose objects `registry` and `cache` reach (for_project)
+    _scopes: dict[str, Gateway] = field(default_factory=dict, repr=False)
+
+    @property
+    def owner(self) -> str:
+        """The owner in `ft:<base>:<owner>:...` ids: the project, or the configured owner for the default one."""
+        return self.settings.fine_tune_owner if self.project == DEFAULT_PROJECT else self.project
+
+    def for_project(self, project: str) -> Gateway:
+        """This gateway as one project sees it: its registry a view of that project's namespace and its adapter
+        cache keyed by project, so no route can reach another project's objects; the engine, runner and metrics
+        shared (the stored completions' writer too: chat hands it the project's registry). Background executors that
+        do not yet run other projects' work (eval runs, batches) are absent there (docs/security.md)."""
+        if project == self.project:
+            return self
+        scoped = self._scopes.get(project)
+        if scoped is None:
+            registry = self.registry.for_project(project)
+            scoped = self._scopes[project] = dataclasses.replace(
+                self,
+                registry=registry,
+                cache=self.cache.scoped(project, registry),
+                job_reads=type(self.job_reads)(registry),
+                eval_runs=None,
+                batches=None,
+                project=project,
+                _scopes={},
+            )
+        return scoped

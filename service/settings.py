@@ -20,10 +20,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, description="port to listen on")
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="inference keys (JSON list); empty with no admin keys = auth off"
+        default_factory=list, description="inference keys (JSON list); with no admin or operator keys either = auth off"
     )
     admin_keys: list[SecretStr] = Field(
         default_factory=list, description="admin keys (JSON list): may also train, import and delete"
+    )
+    operator_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="operator keys (JSON list): manage projects and their API keys; admins of the default project",
+    )
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="seconds a replica keeps a stored API key's lookup: a revoked key stops within it"
     )
     log_level: str = Field("info", description="log level")
     shutdown_grace_s: int = Field(10, description="seconds open requests (SSE job streams) get at shutdown")

@@ -79,7 +79,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestC
 
 # ------------------------------------------------------------------------------------------ auth
 
-PUBLIC, INFER, ADMIN_ONLY = "public", "inference", "admin"
+PUBLIC, INFER, ADMIN_ONLY, OPERATOR = "public", "inference", "admin", "operator"
 # Every route of the app and who may call it; a route missing here fails the test (new routes need a row).
 ROUTE_ROLES = {
     # Docs and metrics need a key by default (public_docs, public_metrics, metrics_port open them).
@@ -154,6 +154,16 @@ ROUTE_ROLES = {
     ("DELETE", "/v1/evals/{eval_id}/runs/{run_id}"): ADMIN_ONLY,
     ("POST", "/v1/fine_tuning/alpha/graders/validate"): INFER,
     ("POST", "/v1/fine_tuning/alpha/graders/run"): INFER,
+    # Projects and their keys (OpenAI's admin API): operator keys only, never a project's admin.
+    ("POST", "/v1/organization/projects"): OPERATOR,
+    ("GET", "/v1/organization/projects"): OPERATOR,
+    ("GET", "/v1/organization/projects/{project_id}"): OPERATOR,
+    ("POST", "/v1/organization/projects/{project_id}/archive"): OPERATOR,
+    ("POST", "/v1/organization/projects/{project_id}/api_keys"): OPERATOR,
+    ("GET", "/v1/organization/projects/{project_id}/api_keys"): OPERATOR,
+    ("GET", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
+    ("DELETE", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
+    ("POST", "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate"): OPERATOR,
 }
 
 
@@ -180,9 +190,13 @@ def test_every_route_enforces_its_role(app_client: tuple[TestClient, RecordingSt
         path = path.replace("{job_id}", "x").replace("{file_id}", "x").replace("{step}", "1")
         path = path.replace("{eval_id}", "x").replace("{run_id}", "x").replace("{output_item_id}", "x")
         path = path.replace("{completion_id}", "x").replace("{batch_id}", "x")
+        path = path.replace("{project_id}", "x").replace("{key_id}", "x")
         for who, headers in credentials.items():
             reply = client.request(method, path, headers=headers, json={} if method == "POST" else None)
-            if role == PUBLIC or who == "admin" or (who == "inference" and role == INFER):
+            if role == OPERATOR and who in ("admin", "inference"):
+                expected = "403"
+                ok = reply.status_code == 403 and reply.json()["error"]["code"] == "operator_key_required"
+            elif role == PUBLIC or who == "admin" or (who == "inference" and role == INFER):
                 expected = "allowed"
                 ok = reply.status_code not in (401, 403)
             elif who == "inference":

@@ -12,6 +12,7 @@ methods come from one facet per kind of record, each in a module of its own:
 | `EvalBook` | evals.py | evals, their runs (compare-and-swap), output items (written once) |
 | `BatchBook` | batches.py | batches (compare-and-swap), their lines' results (written once) |
 | `CompletionBook` | completions.py | stored chat completions (written once; metadata, feedback swapped) |
+| `ProjectBook` | projects.py | projects, their API keys' hashes (at the root; `for_project` gives a project's view) |
 
 `RecordShelf` (records.py) is what the last three share: reads, compare-and-swap through a status table, write-once.
 
@@ -29,8 +30,10 @@ from adapters.registry.files import FileBook
 from adapters.registry.fine_tunes import FineTuneBook
 from adapters.registry.jobs import JobBook
 from adapters.registry.keys import dataset_key, file_key, job_uri, parse_job_uri
+from adapters.registry.projects import ProjectBook, ProjectJobs, scoped_store
 from adapters.registry.versions import AdapterVersions, new_manifest
-from adapters.store import ObjectStore
+from adapters.schema import DEFAULT_PROJECT
+from adapters.store import ObjectStore, PrefixedStore
 
 __all__ = [
     "AliasBook",
@@ -41,6 +44,8 @@ __all__ = [
     "FileBook",
     "FineTuneBook",
     "JobBook",
+    "ProjectBook",
+    "ProjectJobs",
     "Registry",
     "dataset_key",
     "file_key",
@@ -51,9 +56,18 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook):
-    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches and
-    stored completions."""
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook, ProjectBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches,
+    stored completions, projects and keys."""
 
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, project: str = DEFAULT_PROJECT):
         self.store = store
+        self.project = project
+
+    def for_project(self, project_id: str) -> Registry:
+        """The registry as one project sees it: every record under its namespace (the default project's at the
+        root), so a route holding it cannot reach another project's records, whatever it forgets to check."""
+        if project_id == self.project:
+            return self
+        root = self.store.inner if isinstance(self.store, PrefixedStore) else self.store
+        return Registry(scoped_store(root, project_id), project_id)

@@ -9,6 +9,11 @@ evals/<eval-id>.json, eval_runs/<eval-id>/<run-id>.json,
 eval_items/<run-id>/<row>.json                                   evals, their runs, output items (evals.py)
 batches/<batch-id>.json, batch_lines/<batch-id>/<line>.json      batches, their lines' results (batches.py)
 completions/<chatcmpl-id>.json                                   stored chat completions (completions.py)
+org/projects/<project-id>.json, org/keys/<sha256 of the key>.json projects and their API keys (projects.py)
+projects/<project-id>/...                                        every key above, of a project other than default
+
+The default project's records lie at the root, as they always have (a store written before projects reads
+unchanged); another project's lie under its prefix, through a Registry over a PrefixedStore (Registry.for_project).
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import re
 from adapters.errors import InvalidAdapter, InvalidName
 from adapters.schema import (
     BATCH_ID_RE,
+    DEFAULT_PROJECT,
     EVAL_ID_RE,
     EVAL_RUN_ID_RE,
+    KEY_HASH_RE,
+    KEY_ID_RE,
     STORED_COMPLETION_ID_RE,
     Manifest,
     check_job_id,
     check_name,
+    check_project_id,
 )
 from adapters.store import check_key
 
@@ -152,3 +161,27 @@ def check_filename(filename: str) -> str:
 def is_manifest_key(key: str) -> bool:
     parts = key.split("/")
     return len(parts) == 4 and parts[0] == "adapters" and parts[3] == MANIFEST
+
+
+ORG_PROJECTS_PREFIX = "org/projects/"
+ORG_KEYS_PREFIX = "org/keys/"
+
+
+def project_key(project_id: str) -> str:
+    return f"{ORG_PROJECTS_PREFIX}{check_project_id(project_id)}.json"
+
+
+def api_key_key(sha256: str) -> str:
+    return f"{ORG_KEYS_PREFIX}{_checked(sha256, KEY_HASH_RE, 'key hash')}.json"
+
+
+def api_keys_prefix(key_id: str) -> str:
+    """The keys whose hash starts as `key_id` says (one, barring a 64-bit collision)."""
+    return ORG_KEYS_PREFIX + _checked(key_id, KEY_ID_RE, "key id").removeprefix("key_")
+
+
+def project_prefix(project_id: str) -> str:
+    """Where a project's records lie: '' for the default project (today's layout), `projects/<id>/` for another."""
+    if check_project_id(project_id) == DEFAULT_PROJECT:
+        return ""
+    return f"projects/{project_id}/"

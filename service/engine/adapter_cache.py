@@ -8,6 +8,7 @@ vLLM's own LoRA slots, addressed by a stable integer id per adapter version.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import shutil
 import time
@@ -62,6 +63,7 @@ class Lease:
     path: Path
     lora_id: int
     _release: Callable[[], None] = field(repr=False)
+    ref: str = ""  # the version's name in the engine: `name@version`, after `<project>/` for a project's own
 
     def release(self) -> None:
         self._release()
@@ -98,9 +100,23 @@ class AdapterCache:
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._ids: dict[str, int] = {}
         self._drops: set[asyncio.Task[None]] = set()
+        # '' for the default project; `<project>/` before every name this view keeps (scoped).
+        self.scope = ""
         # Each process starts with an empty cache: files a crashed process left behind are not trusted.
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def scoped(self, project: str, registry: Any) -> AdapterCache:
+        """This cache as one project sees it: its manifests read from the project's registry, and every name it
+        keeps (manifests, disk, engine LoRA ids) qualified by the project, so two projects' `support-tone` are two
+        adapters; the state itself (bounds, disk, engine ids) shared with every other view."""
+        view = copy.copy(self)  # shallow: the dicts below are this cache's own, shared
+        view.registry = registry
+        view.scope = f"{project}/"
+        return view
+
+    def _ref(self, manifest: Manifest) -> str:
+        return self.scope + manifest.ref
 
     # ------------------------------------------------------------ names and manifests
 
@@ -116,7 +132,7 @@ class AdapterCache:
         (ModelNotFound) if there is none."""
         if model.startswith(FT_PREFIX):
             try:
-                target = await self._cached(("@ft", model), lambda: self.registry.fine_tuned_model(model))
+                target = await self._cached(("@ft", self.scope + model), lambda: self.registry.fine_tuned_model(model))
             except NotFound:
                 raise ModelNotFound(model) from None
             name, ref = target.name, target.version
@@ -125,9 +141,9 @@ class AdapterCache:
                 name, ref = parse_ref(model)
             except ValueError:  # not a name any adapter could have: it does not exist
                 raise ModelNotFound(model) from None
-        aliases = await self._cached(("@aliases", name), lambda: self.registry.aliases(name))
+        aliases = await self._cached(("@aliases", self.scope + name), lambda: self.registry.aliases(name))
         version = pick_version(aliases, ref, user)
-        key = (name, version)
+        key = (self.scope + name, version)
         try:
             manifest: Manifest = await self._cached(key, lambda: self.registry.manifest(name, version))
         except NotFound:
@@ -161,7 +177,7 @@ class AdapterCache:
     async def acquire(self, manifest: Manifest) -> Lease:
         """Validate the adapter, make sure its files are on local disk, and hold them for one request."""
         check_manifest(manifest, self.base_model_id, self.max_lora_rank)
-        ref = manifest.ref
+        ref = self._ref(manifest)
         started = time.perf_counter()
         entry = self._entries.get(ref)
         if entry is not None and entry.path.exists():
@@ -184,18 +200,18 @@ class AdapterCache:
             if held.retired and held.users == 0:
                 self._schedule_drop(ref, held)
 
-        return Lease(manifest, entry.path, self.lora_id(ref), release)
+        return Lease(manifest, entry.path, self.lora_id(ref), release, ref)
 
     async def _download_once(self, manifest: Manifest) -> Path:
         """Single-flight: concurrent first requests for one version share one download."""
-        ref = manifest.ref
+        ref = self._ref(manifest)
         future = self._inflight.get(ref)
         if future is not None:
             return await asyncio.shield(future)
         future = asyncio.get_running_loop().create_future()
         self._inflight[ref] = future
         try:
-            dest = self.root / manifest.name / manifest.version
+            dest = self.root / (self.scope + manifest.name) / manifest.version
             started = time.monotonic()
             path = Path(await asyncio.to_thread(self.registry.fetch, manifest, dest))
             try:
@@ -248,13 +264,14 @@ class AdapterCache:
 
     def tier(self, ref: str, engine_ids: set[int]) -> str:
         """Where this process holds an adapter version: "engine", "disk" or "store"."""
+        ref = self.scope + ref
         if self._ids.get(ref) in engine_ids:
             return "engine"
         return "disk" if ref in self._entries else "store"
 
     async def forget_aliases(self, name: str) -> None:
         """After an alias moved through this replica: the next request reads the new ones (others within the TTL)."""
-        self._manifests.pop(("@aliases", name), None)
+        self._manifests.pop(("@aliases", self.scope + name), None)
 
     async def forget(self, name: str, version: str | None = None) -> None:
         """After a delete: drop cached manifests at once (new requests get 404), then local files and the
@@ -262,15 +279,17 @@ class AdapterCache:
 
         vLLM reloads an adapter from its directory whenever its slot was reused, and a failed load kills the
         engine core; so files and the slot of a version in use stay until its last request finishes."""
+        scoped = self.scope + name
         for key in [
             k
             for k, cached in self._manifests.items()
-            if (k[0] == name and (version is None or k[1] in (None, version)))
-            or k == ("@aliases", name)
-            or (k[0] == "@ft" and cached.value.name == name and version in (None, cached.value.version))
+            if (k[0] == scoped and (version is None or k[1] in (None, version)))
+            or k == ("@aliases", scoped)
+            or (k[0] == "@ft" and (k[1] or "").startswith(self.scope) and cached.value.name == name
+                and version in (None, cached.value.version))
         ]:
             del self._manifests[key]
-        for ref in [r for r in self._ids if split_model(r)[0] == name]:
+        for ref in [r for r in self._ids if split_model(r)[0] == scoped]:
             if version is not None and split_model(ref)[1] != version:
                 continue
             entry = self._entries.pop(ref, None)

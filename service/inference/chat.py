@@ -291,7 +291,8 @@ def _keep(work: Work, body: ChatCompletionRequest, answer: ChatCompletion) -> No
             response=answer.model_dump(mode="json"),
             metadata=dict(body.metadata or {}),
             feedback=None,
-        )
+        ),
+        work.gw.registry,  # the caller's project's
     )
 
 

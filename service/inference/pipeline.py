@@ -75,7 +75,7 @@ async def resolve_target(gw: Gateway, model: str, user: str | None = None) -> Ta
 
     manifest = await gw.cache.manifest(model, user)
     lease = await gw.cache.acquire(manifest)
-    lora = LoRARequest(lora_name=manifest.ref, lora_int_id=lease.lora_id, lora_path=str(lease.path))
+    lora = LoRARequest(lora_name=lease.ref or manifest.ref, lora_int_id=lease.lora_id, lora_path=str(lease.path))
     return Target(
         model, template_from_manifest(manifest), lora, lease, metric_model=manifest.name, answered_by=manifest.ref
     )

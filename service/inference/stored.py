@@ -45,14 +45,17 @@ class CompletionWriter:
     ):
         self.registry, self.metrics = registry, metrics
         self.max_age_s, self.max_count, self.prune_every_s = max_age_s, max_count, prune_every_s
-        self._queue: asyncio.Queue[StoredCompletion] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[tuple[StoredCompletion, CompletionBook]] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         self._pruned_at: float | None = None
+        # The registries written to since the last prune, by project: each project's completions are kept apart.
+        self._written: dict[str, CompletionBook] = {}
 
-    def offer(self, record: StoredCompletion) -> bool:
-        """Queue `record` for the writer; never waits: a full queue drops it (counted). Whether it was queued."""
+    def offer(self, record: StoredCompletion, registry: CompletionBook | None = None) -> bool:
+        """Queue `record` for the writer, into `registry` (a project's; the writer's own by default); never waits: a
+        full queue drops it (counted). Whether it was queued."""
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((record, registry or self.registry))
         except asyncio.QueueFull:
             self.metrics.stored_completions.labels("dropped").inc()
             return False
@@ -79,17 +82,18 @@ class CompletionWriter:
 
     async def _drain(self) -> None:
         while True:
-            record = await self._queue.get()
+            record, registry = await self._queue.get()
             try:
-                await self._write(record)
+                await self._write(record, registry)
                 if self._queue.empty():
                     await self._prune_if_due()
             finally:
                 self._queue.task_done()
 
-    async def _write(self, record: StoredCompletion) -> None:
+    async def _write(self, record: StoredCompletion, registry: CompletionBook) -> None:
+        self._written[getattr(registry, "project", "")] = registry
         try:
-            await asyncio.to_thread(self.registry.put_completion, record)
+            await asyncio.to_thread(registry.put_completion, record)
         except Exception as exc:  # noqa: BLE001 - the store's failure costs this record, never the writer
             self.metrics.stored_completions.labels("failed").inc()
             log.warning("stored completion %s not written: %s: %s", record.id, type(exc).__name__, exc)
@@ -103,9 +107,11 @@ class CompletionWriter:
         if self._pruned_at is not None and now - self._pruned_at < self.prune_every_s:
             return
         self._pruned_at = now
-        try:
-            pruned = await asyncio.to_thread(self.registry.prune_completions, now, self.max_age_s, self.max_count)
-        except Exception as exc:  # noqa: BLE001 - retention is retried at the next prune
-            log.warning("stored completions not pruned: %s: %s", type(exc).__name__, exc)
-            return
-        self.metrics.stored_completions.labels("pruned").inc(pruned)
+        written, self._written = self._written or {"": self.registry}, {}
+        for registry in written.values():  # the limits hold per project
+            try:
+                pruned = await asyncio.to_thread(registry.prune_completions, now, self.max_age_s, self.max_count)
+            except Exception as exc:  # noqa: BLE001 - retention is retried at the next prune
+                log.warning("stored completions not pruned: %s: %s", type(exc).__name__, exc)
+                continue
+            self.metrics.stored_completions.labels("pruned").inc(pruned)

@@ -168,6 +168,9 @@ def batch_object(batch: BatchRecord) -> BatchObject:
 async def create_batch(gw: Gateway, body: CreateBatch) -> BatchObject:
     """Check the batch and its input file line by line; store it `validating` (then run in the background) or
     `failed` with the lines at fault."""
+    if gw.batches is None:  # a project's gateway view (Gateway.for_project) runs none yet
+        raise bad("input_file_id", f"batches are offered in the default project only, not yet in {gw.project!r}",
+                  "not_available_in_project")
     if body.endpoint not in BATCH_ENDPOINTS:
         raise bad("endpoint", f"{body.endpoint!r} is not offered: batches here run {' or '.join(BATCH_ENDPOINTS)}",
                   "invalid_value")

@@ -177,13 +177,13 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     multiplier = None if requested.learning_rate_multiplier == "auto" else float(requested.learning_rate_multiplier)
     fine_tune_of = functools.partial(
         FineTune,
-        model=f"{FT_PREFIX}{gw.engine.base_model_id}:{gw.settings.fine_tune_owner}:{suffix or ''}:{short}",
+        model=f"{FT_PREFIX}{gw.engine.base_model_id}:{gw.owner}:{suffix or ''}:{short}",
         suffix=suffix,
         training_file=training.id,
         validation_file=body.validation_file,
         requested=requested.model_dump(),
         learning_rate_multiplier=multiplier,
-        organization_id=gw.settings.fine_tune_owner,
+        organization_id=gw.owner,
         parent_model=body.model if parent is not None else None,
     )
     try:
@@ -284,7 +284,7 @@ def render_job(gw: Gateway, record: JobRecord, fine_tune: FineTune | None) -> Fi
         finished_at=int(record.finished_at) if record.finished_at is not None else None,
         hyperparameters=hyper,
         model=(fine_tune.parent_model if fine_tune is not None else None) or spec.parent or spec.base_model_id,
-        organization_id=fine_tune.organization_id if fine_tune is not None else gw.settings.fine_tune_owner,
+        organization_id=fine_tune.organization_id if fine_tune is not None else gw.owner,
         seed=spec.hyperparameters.seed,
         status=status.value,
         trained_tokens=record.metrics.get("train_tokens") if status.finished else None,

@@ -31,7 +31,7 @@ def _adapter_card(gw: Gateway, manifest: Manifest, model_id: str, engine_ids: se
     return ModelCard(
         id=model_id,
         created=int(manifest.created_at),
-        owned_by=gw.settings.fine_tune_owner if model_id.startswith(FT_PREFIX) else "skillserve",
+        owned_by=gw.owner if model_id.startswith(FT_PREFIX) else "skillserve",
         root=manifest.ref,
         parent=gw.engine.base_model_id,
         max_model_len=gw.engine.max_model_len,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+from adapters.registry import job_uri
 from adapters.schema import JobRecord
 
 
@@ -29,6 +30,14 @@ class Runner(Protocol):
 
     def stop(self) -> None:
         """Stop watching; running trainers are left to finish or be marked failed on the next start."""
+
+
+def trainer_uri(registry: Any, store_uri: str, job_id: str) -> str:
+    """The job URI a trainer is launched with: inside the job's project's namespace when the runner's registry knows
+    every project's jobs (adapters.registry.ProjectJobs), else `<store-uri>/jobs/<id>.json`."""
+    if hasattr(registry, "job_uri"):
+        return str(registry.job_uri(job_id))
+    return job_uri(store_uri, job_id)
 
 
 def trainer_command(processes: int = 1) -> list[str]:

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from adapters.lifecycle import advance
 from adapters.schema import JobRecord, JobStatus
+from service.runners.base import trainer_uri
 from service.runners.cluster import (
     JOB_SELECTOR,
     JobRegistry,
@@ -47,11 +48,11 @@ PATCHABLE_POD_FIELDS = (
 
 
 def build_trainjob(
-    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str
+    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str, uri: str | None = None
 ) -> dict[str, Any]:
     """The TrainJob that trains `record` on `settings.k8s_trainjob_nodes` nodes, each with the GPUs the job
     template asks for (one trainer process per GPU), as a plain dict."""
-    job = build_job(record, settings, template, namespace)
+    job = build_job(record, settings, template, namespace, uri)
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     uri = container["command"][-1]
@@ -146,7 +147,10 @@ class KubeflowRunner(ReconcilingRunner):
         return {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
 
     def _create(self, record: JobRecord) -> None:
-        body = build_trainjob(record, self.settings, self.template, self.namespace)
+        body = build_trainjob(
+            record, self.settings, self.template, self.namespace,
+            trainer_uri(self.registry, self.settings.store_uri, record.id),
+        )
         self.api.create_namespaced_custom_object(body=body, **self._where())
 
     def cancel(self, job_id: str) -> None:

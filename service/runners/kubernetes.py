@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from adapters.lifecycle import advance
 from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
-from service.runners.base import trainer_command
+from service.runners.base import trainer_command, trainer_uri
 from service.runners.cluster import (
     COMPONENT,
     FAILED_CREATE_GRACE_SECONDS,
@@ -60,7 +60,7 @@ def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_job(
-    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str
+    record: JobRecord, settings: Settings, template: dict[str, Any], namespace: str, uri: str | None = None
 ) -> dict[str, Any]:
     """The `batch/v1` Job manifest that trains `record`, as a plain dict (what the API server receives)."""
     labels, annotations = _labels(record), _annotations(record)
@@ -80,7 +80,7 @@ def build_job(
                     "labels": {**labels, **(template.get("podLabels") or {})},
                     "annotations": {**annotations, **(template.get("podAnnotations") or {})},
                 },
-                "spec": _pod_spec(record, settings, template),
+                "spec": _pod_spec(record, settings, template, uri),
             },
         },
     }
@@ -125,13 +125,15 @@ def _env(settings: Settings, template: dict[str, Any]) -> list[dict[str, Any]]:
     return env + list(template.get("env") or [])
 
 
-def _container(record: JobRecord, settings: Settings, template: dict[str, Any], processes: int) -> dict[str, Any]:
+def _container(
+    record: JobRecord, settings: Settings, template: dict[str, Any], processes: int, uri: str | None = None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "trainer",
         "image": template.get("image") or settings.k8s_trainer_image,
         "imagePullPolicy": template.get("imagePullPolicy", "IfNotPresent"),
         # More than one GPU: torchrun with one data-parallel trainer process per GPU (trainer/distributed.py).
-        "command": ["python", *trainer_command(processes), job_uri(settings.store_uri, record.id)],
+        "command": ["python", *trainer_command(processes), uri or job_uri(settings.store_uri, record.id)],
         "env": _env(settings, template),
         "resources": _quantities(template.get("resources") or {}),
         "securityContext": {
@@ -162,7 +164,9 @@ POD_KEYS = (
 )
 
 
-def _pod_spec(record: JobRecord, settings: Settings, template: dict[str, Any]) -> dict[str, Any]:
+def _pod_spec(
+    record: JobRecord, settings: Settings, template: dict[str, Any], uri: str | None = None
+) -> dict[str, Any]:
     processes = trainer_processes(template)
     shm = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}] if processes > 1 else []
     pod_spec: dict[str, Any] = {
@@ -176,7 +180,7 @@ def _pod_spec(record: JobRecord, settings: Settings, template: dict[str, Any]) -
             "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(record, settings, template, processes)],
+        "containers": [_container(record, settings, template, processes, uri)],
         "volumes": [
             {"name": "cache", **(template.get("cacheVolume") or {"emptyDir": {}})},
             {"name": "tmp", "emptyDir": {}},
@@ -247,7 +251,10 @@ class KubernetesRunner(ReconcilingRunner):
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.k8s_poll_seconds
 
     def _create(self, record: JobRecord) -> None:
-        body = k8s.V1Job.from_dict(build_job(record, self.settings, self.template, self.namespace))
+        body = k8s.V1Job.from_dict(build_job(
+            record, self.settings, self.template, self.namespace,
+            trainer_uri(self.registry, self.settings.store_uri, record.id),
+        ))
         assert body is not None
         self.api.create_namespaced_job(namespace=self.namespace, body=body)
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from adapters.errors import NotFound, StoreUnavailable
 from adapters.lifecycle import advance
-from adapters.registry import job_uri
 from adapters.schema import JobRecord, JobStatus
 from service.parent_death import signal_on_parent_death
+from service.runners.base import trainer_uri
 
 log = logging.getLogger("skillserve.runner")
 
@@ -139,7 +139,7 @@ class LocalRunner:
         if record.status is not JobStatus.queued:
             return  # cancelled while queued, or picked up elsewhere
         log_path = self.log_dir / f"{job_id}.log"
-        command = [*self.command, job_uri(self.store_uri, job_id)]
+        command = [*self.command, trainer_uri(self.registry, self.store_uri, job_id)]
         log.info("job %s: starting trainer %s", job_id, " ".join(command))
         with log_path.open("wb") as out:
             proc = subprocess.Popen(

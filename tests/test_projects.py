@@ -1,0 +1,509 @@
+"""Projects (issue 31): each team's adapters, files, jobs, evals and stored completions are its own; keys are kept
+as hashes, managed by operator keys, and a revoked key stops on every replica within the key TTL.
+
+Fast tests: management-only gateways (no engine) in-process on a real file store. The engine test (a project's
+adapter served, another project's same name apart) is marked slow."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from adapters.errors import InvalidName
+from adapters.registry import ProjectJobs, Registry, parse_job_uri
+from adapters.schema import (
+    EvalRecord,
+    FineTune,
+    FineTunedModel,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    StoredCompletion,
+    StoredFile,
+)
+from adapters.store import FileStore, ObjectStore, open_store
+from client.cli import main as cli_main
+from service.app import create_app
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, management_settings, publish_adapter
+
+
+def answer(completion_id: str, model: str) -> dict[str, object]:
+    """A chat.completion as the gateway stores it."""
+    return {
+        "id": completion_id, "object": "chat.completion", "created": 1796000000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "HI!"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+OPERATOR_KEY = "test-operator-key"
+TTL_S = 0.5
+FIXTURE_STORE = Path(__file__).parent / "fixtures" / "store-before-projects"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def project_settings(root: Path, **overrides: Any) -> Any:
+    return management_settings(root, operator_keys=[OPERATOR_KEY], key_cache_ttl_s=TTL_S, **overrides)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(project_settings(tmp_path))) as client:
+        yield client
+
+
+def new_project(client: TestClient, name: str) -> str:
+    reply = client.post("/v1/organization/projects", json={"name": name}, headers=bearer(OPERATOR_KEY))
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["id"])
+
+
+def new_key(client: TestClient, project: str, role: str = "admin") -> dict[str, Any]:
+    reply = client.post(
+        f"/v1/organization/projects/{project}/api_keys", json={"name": f"{role} of {project}", "role": role},
+        headers=bearer(OPERATOR_KEY),
+    )
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def fake_adapter_dir(root: Path) -> Path:
+    """Adapter files as the registry publishes them (the engine never sees these: management mode)."""
+    directory = root / "adapter"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
+    (directory / "adapter_model.safetensors").write_bytes(b"not read in these tests")
+    return directory
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+
+def test_a_stored_key_is_shown_once_and_the_store_holds_only_its_hash(app: TestClient, tmp_path: Path) -> None:
+    project = new_project(app, "team a")
+    made = new_key(app, project, "inference")
+    key = made["value"]
+    assert key.startswith("sk-proj-") and made["id"].startswith("key_")
+
+    assert app.get("/v1/models", headers=bearer(key)).status_code == 200
+    listed = app.get(f"/v1/organization/projects/{project}/api_keys", headers=bearer(OPERATOR_KEY)).json()
+    assert [k["id"] for k in listed["data"]] == [made["id"]]
+    assert all(k["value"] is None for k in listed["data"])  # never shown again
+    stored = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert stored, "the key's record is in the store"
+    assert not any(key.encode() in p.read_bytes() for p in stored), "the store holds the key itself"
+
+
+def test_only_operator_keys_manage_projects_and_keys(app: TestClient) -> None:
+    project = new_project(app, "team a")
+    project_admin = new_key(app, project, "admin")["value"]
+    for key in (ADMIN_KEY, API_KEY, project_admin):
+        reply = app.post("/v1/organization/projects", json={"name": "x"}, headers=bearer(key))
+        assert reply.status_code == 403 and reply.json()["error"]["code"] == "operator_key_required"
+        reply = app.get(f"/v1/organization/projects/{project}/api_keys", headers=bearer(key))
+        assert reply.status_code == 403
+    assert app.get("/v1/organization/projects/proj_0000000000000000", headers=bearer(OPERATOR_KEY)).status_code == 404
+    assert app.get("/v1/organization/projects/../x", headers=bearer(OPERATOR_KEY)).status_code == 404
+
+
+def test_a_revoked_key_stops_on_a_second_gateway_over_the_same_store_within_the_ttl(tmp_path: Path) -> None:
+    with (
+        TestClient(create_app(project_settings(tmp_path))) as first,
+        TestClient(create_app(project_settings(tmp_path))) as second,
+    ):
+        project = new_project(first, "team a")
+        made = new_key(first, project, "inference")
+        assert second.get("/v1/models", headers=bearer(made["value"])).status_code == 200  # now cached there
+
+        reply = first.delete(f"/v1/organization/projects/{project}/api_keys/{made['id']}", headers=bearer(OPERATOR_KEY))
+        assert reply.status_code == 200 and reply.json()["deleted"] is True
+        time.sleep(TTL_S * 1.5)  # the second replica's cached answer has expired
+        refused = second.get("/v1/models", headers=bearer(made["value"]))
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        listed = second.get(f"/v1/organization/projects/{project}/api_keys", headers=bearer(OPERATOR_KEY)).json()
+        assert listed["data"][0]["revoked_at"] is not None  # kept, marked
+
+
+def test_a_rotated_key_is_replaced_by_a_new_one_with_its_name_and_role(app: TestClient) -> None:
+    project = new_project(app, "team a")
+    old = new_key(app, project, "admin")
+    reply = app.post(f"/v1/organization/projects/{project}/api_keys/{old['id']}/rotate", headers=bearer(OPERATOR_KEY))
+    assert reply.status_code == 200, reply.text
+    new = reply.json()
+    assert new["id"] != old["id"] and new["owner"]["role"] == "admin" and new["name"] == old["name"]
+    time.sleep(TTL_S * 1.5)
+    assert app.get("/jobs", headers=bearer(old["value"])).status_code == 401
+    assert app.get("/jobs", headers=bearer(new["value"])).status_code == 200
+
+
+def test_archiving_a_project_revokes_its_keys(app: TestClient) -> None:
+    project = new_project(app, "team a")
+    key = new_key(app, project, "inference")["value"]
+    reply = app.post(f"/v1/organization/projects/{project}/archive", headers=bearer(OPERATOR_KEY))
+    assert reply.status_code == 200 and reply.json()["status"] == "archived"
+    time.sleep(TTL_S * 1.5)
+    assert app.get("/v1/models", headers=bearer(key)).status_code == 401
+    reply = app.post(f"/v1/organization/projects/{project}/api_keys", json={}, headers=bearer(OPERATOR_KEY))
+    assert reply.status_code == 404
+
+
+def test_the_cli_creates_lists_rotates_and_revokes_keys(
+    app: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    monkeypatch.setattr(httpx, "Client", lambda **kwargs: app)  # the CLI's HTTP client is the in-process app
+    app.headers["Authorization"] = f"Bearer {OPERATOR_KEY}"
+    assert cli_main(["project", "create", "team a"]) == 0
+    project = capsys.readouterr().out.split()[0]
+    assert cli_main(["key", "create", project, "--role", "admin", "--name", "ci"]) == 0
+    out = capsys.readouterr().out
+    key_id, key = out.split()[0], out.split("key: ")[1].split()[0]
+    assert cli_main(["key", "list", project]) == 0
+    listed = capsys.readouterr().out
+    assert key_id in listed and key not in listed
+    assert cli_main(["key", "rotate", project, key_id]) == 0
+    assert cli_main(["key", "revoke", project, capsys.readouterr().out.split()[0]]) == 0
+    assert cli_main(["key", "revoke", project, "key_0000000000000000"]) == 1
+    assert cli_main(["project", "list"]) == 0
+    assert project in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ isolation
+
+
+def test_the_local_runner_launches_a_projects_job_inside_the_projects_namespace(tmp_path: Path) -> None:
+    """A queued job of a project is found by the runner at start, launched with the job URI inside the project (what
+    the trainer opens), and its verdict written into the project's record."""
+    import sys
+
+    from service.runners.local import LocalRunner
+
+    root = Registry(FileStore(tmp_path / "store"))
+    project = root.create_project("team a").id
+    mine = root.for_project(project)
+    spec = JobSpec(name="tone", base_model="m", base_model_id="m", dataset_uri="datasets/x.jsonl",
+                   dataset_sha256="0" * 64, dataset_rows=1)
+    job = JobRecord(spec=spec)
+    mine.put_job(job)
+    seen = tmp_path / "launched-with"
+    stub = f"import pathlib, sys; pathlib.Path({str(seen)!r}).write_text(sys.argv[-1])"  # a trainer that says nothing
+    runner = LocalRunner(ProjectJobs(root), root.store.uri, tmp_path / "logs", command=[sys.executable, "-c", stub])
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not mine.get_job(job.id).status.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        runner.stop()
+    assert seen.read_text() == f"{mine.store.uri}/jobs/{job.id}.json"
+    record = mine.get_job(job.id)
+    assert record.status is JobStatus.failed and "without finishing the job" in (record.error or "")
+    assert root.list_jobs() == []  # nothing of the project's in the default project
+
+
+def test_a_stored_completion_is_written_into_the_project_of_the_request(tmp_path: Path) -> None:
+    """The one stored completions' writer writes each record into the registry it is offered with (the caller's
+    project's), and keeps the retention limits per project."""
+    import asyncio
+
+    from service.inference.stored import CompletionWriter
+    from service.metrics import Metrics
+
+    root = Registry(FileStore(tmp_path / "store"))
+    project = root.create_project("team a").id
+    mine = root.for_project(project)
+
+    def record() -> StoredCompletion:
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        return StoredCompletion(id=completion_id, model="m", messages=[{"role": "user", "content": "hi"}],
+                                response=answer(completion_id, "m"))
+
+    async def scenario() -> list[str]:
+        writer = CompletionWriter(root, Metrics(), 8, max_count=1, prune_every_s=0)
+        writer.start()
+        offered = [record(), record(), record()]
+        writer.offer(offered[0], mine)
+        writer.offer(offered[1])  # the default project's
+        await writer.flushed()
+        writer.offer(offered[2], mine)
+        await writer.flushed()
+        await writer.stop()
+        return [r.id for r in offered]
+
+    in_project, in_default, newest = asyncio.run(scenario())
+    assert [c.id for c in mine.list_completions()] == [newest]  # max_count 1, held in the project
+    assert [c.id for c in root.list_completions()] == [in_default]
+    assert in_project not in {c.id for c in root.list_completions()}
+
+
+def test_a_projects_view_of_the_store_is_what_its_uri_opens_and_runners_find_its_jobs(store: ObjectStore) -> None:
+    """A project's records lie under its prefix; the trainer, launched with a job URI inside that prefix, opens the
+    same place (file and S3 stores); the runners' ProjectJobs finds the job whichever project holds it."""
+    root = Registry(store)
+    project = root.create_project("team a").id
+    view = root.for_project(project).store
+    view.put_bytes("datasets/x.jsonl", b"rows")
+    assert store.get_bytes(f"projects/{project}/datasets/x.jsonl") == b"rows"
+    assert open_store(view.uri).get_bytes("datasets/x.jsonl") == b"rows"
+    assert view.list("") == ["datasets/x.jsonl"]
+    with pytest.raises(InvalidName):
+        view.get_bytes("../x")
+
+    spec = JobSpec(name="tone", base_model="m", base_model_id="m", dataset_uri="datasets/x.jsonl",
+                   dataset_sha256="0" * 64, dataset_rows=1)
+    job = JobRecord(spec=spec)
+    root.for_project(project).put_job(job)
+    jobs = ProjectJobs(root)
+    assert [j.id for j in jobs.list_jobs()] == [job.id]
+    assert jobs.get_job(job.id).id == job.id
+    store_uri, job_id = parse_job_uri(jobs.job_uri(job.id))
+    assert (store_uri, job_id) == (view.uri, job.id)
+    assert Registry(open_store(store_uri)).get_job(job_id).id == job.id  # what the trainer reads
+
+
+@dataclass
+class Objects:
+    """One project's objects, each kind the API names by id."""
+
+    adapter: str
+    version: str
+    ft_model: str
+    file_id: str
+    job_id: str
+    eval_id: str
+    completion_id: str
+
+
+def make_objects(registry: Registry, root: Path) -> Objects:
+    adapter = "support-tone"
+    manifest = publish_adapter(registry, fake_adapter_dir(root), adapter)
+    data = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "HI!"}]}\n'
+    file = registry.put_file(StoredFile(filename="rows.jsonl", purpose="fine-tune", bytes=0, sha256=""), data)
+    spec = JobSpec(
+        name=adapter, base_model="m", base_model_id=manifest.base_model, dataset_uri=f"datasets/{file.sha256}.jsonl",
+        dataset_sha256=file.sha256, dataset_rows=1,
+    )
+    job = JobRecord(spec=spec, status=JobStatus.succeeded)
+    registry.put_job(job)
+    ft = f"ft:{manifest.base_model}:{registry.project}:tone:{job.id[:8]}"
+    registry.put_fine_tune(FineTune(job_id=job.id, model=ft, training_file=file.id, organization_id=registry.project))
+    registry.put_fine_tuned_model(FineTunedModel(id=ft, name=adapter, version=manifest.version, job_id=job.id))
+    evaluation = registry.put_eval(EvalRecord(name="tone"))
+    completion_id = "chatcmpl-" + uuid.uuid4().hex
+    completion = StoredCompletion(
+        id=completion_id, model=adapter, messages=[{"role": "user", "content": "hi"}],
+        response=answer(completion_id, adapter),
+    )
+    registry.put_completion(completion)
+    return Objects(adapter, manifest.version, ft, file.id, job.id, evaluation.id, completion.id)
+
+
+def object_routes(o: Objects) -> list[tuple[str, str]]:
+    """Every route that names one object, reading (the destructive ones are in DESTRUCTIVE)."""
+    ftjob = f"ftjob-{o.job_id}"
+    return [
+        ("GET", f"/adapters/{o.adapter}"),
+        ("GET", f"/adapters/{o.adapter}/aliases"),
+        ("GET", f"/v1/models/{o.adapter}"),
+        ("GET", f"/v1/models/{o.ft_model}"),
+        ("GET", f"/v1/files/{o.file_id}"),
+        ("GET", f"/v1/files/{o.file_id}/content"),
+        ("GET", f"/jobs/{o.job_id}"),
+        ("GET", f"/jobs/{o.job_id}/events"),
+        ("GET", f"/v1/fine_tuning/jobs/{ftjob}"),
+        ("GET", f"/v1/fine_tuning/jobs/{ftjob}/events"),
+        ("GET", f"/v1/fine_tuning/jobs/{ftjob}/checkpoints"),
+        ("GET", f"/v1/evals/{o.eval_id}"),
+        ("GET", f"/v1/evals/{o.eval_id}/runs"),
+        ("GET", f"/v1/chat/completions/{o.completion_id}"),
+        ("GET", f"/v1/chat/completions/{o.completion_id}/messages"),
+    ]
+
+
+def destructive_routes(o: Objects) -> list[tuple[str, str, dict[str, Any] | None]]:
+    return [
+        ("POST", f"/adapters/{o.adapter}/aliases", {"alias": "prod", "version": "v1"}),
+        ("POST", f"/v1/chat/completions/{o.completion_id}/feedback", {"rating": "bad"}),
+        ("POST", f"/v1/chat/completions/{o.completion_id}", {"metadata": {"a": "b"}}),
+        ("POST", f"/v1/evals/{o.eval_id}", {"name": "renamed"}),
+        ("POST", f"/v1/fine_tuning/jobs/ftjob-{o.job_id}/cancel", None),
+        ("DELETE", f"/jobs/{o.job_id}", None),
+        ("DELETE", f"/v1/chat/completions/{o.completion_id}", None),
+        ("DELETE", f"/v1/evals/{o.eval_id}", None),
+        ("DELETE", f"/v1/files/{o.file_id}", None),
+        ("DELETE", f"/v1/models/{o.ft_model}", None),
+        ("DELETE", f"/adapters/{o.adapter}", None),
+    ]
+
+
+LISTS = ["/v1/models", "/adapters", "/v1/files", "/jobs", "/v1/fine_tuning/jobs", "/v1/evals", "/v1/chat/completions"]
+
+
+def refused_as_absent(reply: Any, role: str, mine: Objects | None = None) -> bool:
+    """Another project's object: 404 as for none; an inference key may be refused first for its role (403), which
+    says nothing of the object; a read that answers for any name (an unknown adapter's empty aliases) must say
+    nothing of it either."""
+    if reply.status_code == 404:
+        return True
+    if mine is not None and reply.status_code == 200:
+        return mine.version not in reply.text
+    return role == "inference" and reply.status_code == 403 and reply.json()["error"]["code"] == "admin_key_required"
+
+
+def test_no_key_reaches_another_projects_objects_in_any_route(app: TestClient, tmp_path: Path) -> None:
+    """The isolation table: routes x {own admin, own inference, other project's admin and inference, operator,
+    default admin and inference}: another project's object is a 404 in every route, lists show only own objects,
+    nothing answers 5xx."""
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    a, b = new_project(app, "team a"), new_project(app, "team b")
+    mine = make_objects(gw.registry.for_project(a), tmp_path / "a")
+    theirs = make_objects(gw.registry.for_project(b), tmp_path / "b")  # the same names, in project b
+    keys = {
+        ("own", "admin"): new_key(app, a, "admin")["value"],
+        ("own", "inference"): new_key(app, a, "inference")["value"],
+        ("other project", "admin"): new_key(app, b, "admin")["value"],
+        ("other project", "inference"): new_key(app, b, "inference")["value"],
+        ("operator", "admin"): OPERATOR_KEY,
+        ("default", "admin"): ADMIN_KEY,
+        ("default", "inference"): API_KEY,
+    }
+    for (who, role), key in keys.items():
+        for method, path in object_routes(mine):
+            reply = app.request(method, path, headers=bearer(key))
+            assert reply.status_code < 500, f"{method} {path} as {who} {role}: {reply.text}"
+            if who == "own":
+                assert reply.status_code == 200 or (role == "inference" and reply.status_code == 403), \
+                    f"{method} {path} as {who} {role}: {reply.status_code} {reply.text}"
+            elif who == "other project" and path.startswith(("/adapters/", f"/v1/models/{mine.adapter}")):
+                # the same name in project b is b's own adapter: b's answer, never a's
+                assert reply.status_code == 200 and mine.version not in reply.text and theirs.version in reply.text
+            else:
+                assert refused_as_absent(reply, role, mine), f"{method} {path} as {who} {role}: {reply.status_code}"
+        for path in LISTS:
+            reply = app.get(path, headers=bearer(key))
+            assert reply.status_code < 500, f"GET {path} as {who} {role}: {reply.text}"
+            if reply.status_code == 200 and who != "own":
+                for own_id in (mine.ft_model, mine.file_id, mine.job_id, mine.eval_id):
+                    assert own_id not in reply.text, f"GET {path} as {who} {role} lists {own_id}"
+    for method, path, body in destructive_routes(mine):
+        for (who, role), key in keys.items():
+            if who == "own" or (who == "other project" and path.startswith("/adapters/")):
+                continue
+            reply = app.request(method, path, headers=bearer(key), json=body)
+            assert reply.status_code < 500, f"{method} {path} as {who} {role}: {reply.text}"
+            assert refused_as_absent(reply, role), f"{method} {path} as {who} {role}: {reply.status_code}"
+    own = bearer(keys[("own", "admin")])
+    for method, path in object_routes(mine):  # nothing of a's was changed or deleted by anyone else
+        assert app.request(method, path, headers=own).status_code == 200, f"{method} {path} after the others"
+    assert app.get(f"/v1/models/{mine.ft_model}", headers=own).json()["owned_by"] == a
+
+
+def test_two_projects_may_each_have_an_adapter_of_one_name(app: TestClient, tmp_path: Path) -> None:
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    a, b = new_project(app, "team a"), new_project(app, "team b")
+    first = publish_adapter(gw.registry.for_project(a), fake_adapter_dir(tmp_path / "a"), "support-tone")
+    second = publish_adapter(gw.registry.for_project(b), fake_adapter_dir(tmp_path / "b"), "support-tone")
+    key_a, key_b = new_key(app, a, "admin")["value"], new_key(app, b, "admin")["value"]
+    assert app.get("/adapters/support-tone", headers=bearer(key_a)).json()["latest"] == first.version
+    assert app.get("/adapters/support-tone", headers=bearer(key_b)).json()["latest"] == second.version
+    assert app.delete("/adapters/support-tone", headers=bearer(key_a)).status_code == 200
+    assert app.get("/adapters/support-tone", headers=bearer(key_a)).status_code == 404
+    assert app.get("/adapters/support-tone", headers=bearer(key_b)).status_code == 200  # b's untouched
+    assert app.get("/adapters/support-tone", headers=bearer(ADMIN_KEY)).status_code == 404  # never default's
+
+
+def test_a_projects_records_lie_under_its_prefix_and_the_defaults_at_the_root(app: TestClient, tmp_path: Path) -> None:
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    a = new_project(app, "team a")
+    publish_adapter(gw.registry.for_project(a), fake_adapter_dir(tmp_path / "a"), "support-tone")
+    publish_adapter(gw.registry, fake_adapter_dir(tmp_path / "d"), "shout")
+    store = FileStore(tmp_path / "store")
+    assert any(k.startswith(f"projects/{a}/adapters/support-tone/") for k in store.list("projects/"))
+    assert [k.split("/")[1] for k in store.list("adapters/")] == ["shout"] * len(store.list("adapters/"))
+
+
+def test_a_store_written_before_projects_is_read_with_everything_in_the_default_project(tmp_path: Path) -> None:
+    """The upgrade: tests/fixtures/store-before-projects was written by the code before projects (commit 0346464,
+    tests/fixtures/make_store_before_projects.py); the new code reads it whole as the default project's."""
+    import shutil
+
+    shutil.copytree(FIXTURE_STORE, tmp_path / "store")
+    expected = json.loads((FIXTURE_STORE.parent / "store-before-projects.json").read_text())
+    with TestClient(create_app(project_settings(tmp_path))) as client:
+        admin = bearer(ADMIN_KEY)
+        assert client.get(f"/adapters/{expected['adapter']}", headers=admin).status_code == 200
+        models = [m["id"] for m in client.get("/v1/models", headers=admin).json()["data"]]
+        assert expected["adapter"] in models and expected["ft_model"] in models
+        assert client.get(f"/v1/files/{expected['file_id']}", headers=admin).status_code == 200
+        assert client.get(f"/jobs/{expected['job_id']}", headers=admin).status_code == 200
+        assert client.get(f"/v1/evals/{expected['eval_id']}", headers=admin).status_code == 200
+        assert client.get(f"/v1/chat/completions/{expected['completion_id']}", headers=admin).status_code == 200
+        project = new_project(client, "new team")
+        newcomer = bearer(new_key(client, project, "admin")["value"])
+        assert client.get(f"/adapters/{expected['adapter']}", headers=newcomer).status_code == 404
+        assert expected["ft_model"] not in client.get("/v1/models", headers=newcomer).text
+
+
+@pytest.mark.slow
+def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_namesake_apart(
+    tmp_path: Path, peft_adapter_dir: Path
+) -> None:
+    """The real engine: project a's `support-tone` answers a's keys through chat and completions and is a 404
+    (model_not_found) to b's and the default project's; b's own `support-tone` is another LoRA, still served after
+    a deletes theirs."""
+    from tests.gateway_fixtures import gateway_process
+
+    extra = {"SKILLSERVE_OPERATOR_KEYS": json.dumps([OPERATOR_KEY])}
+    with gateway_process(tmp_path, f"file://{tmp_path / 'store'}", extra) as (server, _):
+        with server.client(OPERATOR_KEY) as operator:
+            made = {}
+            for name in ("a", "b"):
+                project = operator.post("/v1/organization/projects", json={"name": name}).json()["id"]
+                reply = operator.post(f"/v1/organization/projects/{project}/api_keys", json={"role": "admin"})
+                made[name] = (project, reply.json()["value"])
+        (a, key_a), (b, key_b) = made["a"], made["b"]
+        publish_adapter(server.registry.for_project(a), peft_adapter_dir, "support-tone")
+        chat = {"model": "support-tone", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4,
+                "temperature": 0}
+        text = {"model": "support-tone", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        with server.client(key_a) as client:
+            stored = client.post("/v1/chat/completions", json={**chat, "store": True})
+            assert stored.status_code == 200
+            assert client.post("/v1/completions", json=text).status_code == 200
+            assert "support-tone" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+        for key in (key_b, ADMIN_KEY, API_KEY):
+            with server.client(key) as client:
+                for path, body in (("/v1/chat/completions", chat), ("/v1/completions", text)):
+                    reply = client.post(path, json=body)
+                    assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
+                assert "support-tone" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
+        deadline = time.monotonic() + 60  # written by the background writer, soon after the answer
+        while not server.registry.for_project(a).list_completions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with server.client(key_a) as client:
+            assert stored.json()["id"] in client.get("/v1/chat/completions").text
+        for key in (key_b, ADMIN_KEY):
+            with server.client(key) as client:
+                assert stored.json()["id"] not in client.get("/v1/chat/completions").text
+                assert client.get(f"/v1/chat/completions/{stored.json()['id']}").status_code == 404
+        publish_adapter(server.registry.for_project(b), peft_adapter_dir, "support-tone")
+        with server.client(key_b) as client:
+            assert client.post("/v1/chat/completions", json=chat).status_code == 200
+        with server.client(key_a) as client:
+            assert client.delete("/adapters/support-tone").status_code == 200
+            assert client.post("/v1/chat/completions", json=chat).status_code == 404
+        with server.client(key_b) as client:
+            reply = client.post("/v1/chat/completions", json=chat)
+            assert reply.status_code == 200, reply.text
