@@ -191,6 +191,13 @@ def test_a_projects_burst_waits_behind_anothers_request_and_holds_at_most_its_sh
     assert share.enter("team-b").priority == 2
 
 
+def test_within_a_project_a_quiet_keys_request_goes_ahead_of_a_busy_keys_later_ones() -> None:
+    share = FairShare(max_per_project=16)
+    busy = [share.enter("team-a", "key_busy").priority for _ in range(6)]
+    assert busy == [0, 2, 4, 6, 8, 10]
+    assert share.enter("team-a", "key_quiet").priority == 6  # ahead of the busy key's fourth and later
+
+
 # ------------------------------------------------------------------------------------------ training and storage
 
 

@@ -239,7 +239,7 @@ async def admit(gw: Gateway, body: SamplingFields, caller: CallerLimits | None =
     slot = None
     try:
         gw.engine.admit()
-        slot = gw.fair.enter(caller.project) if caller is not None and gw.fair is not None else None
+        slot = gw.fair.enter(caller.project, caller.key_id) if caller is not None and gw.fair is not None else None
         target = await resolve_target(gw, body.model, body.user)
     except BaseException:
         if slot is not None:
