@@ -174,6 +174,24 @@ class Overloaded(SkillserveError):
         self.unavailable = unavailable
 
 
+class RateLimited(Overloaded):
+    """Over a project's or a key's limit (service/inference/ratelimit.py, training and storage quotas). `headers`:
+    OpenAI's x-ratelimit-* headers for the limit that refused; `kind`: OpenAI's error type for it ("requests",
+    "tokens", or "quota" for limits that waiting does not lift soon)."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, retry_after: int = 1, *, kind: str = "requests", code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message, retry_after)
+        self.kind = kind
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+
+
 class RequestTimeout(SkillserveError):
     """What a request asked for took longer than this service allows it (compiling its grammar): 408."""
 

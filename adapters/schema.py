@@ -245,6 +245,10 @@ class JobSpec(BaseModel):
         None, description="name@version of the adapter training continues from (its LoRA weights, rank, targets "
         "and template), resolved at submit time; null = a fresh LoRA on the base model"
     )
+    planned_tokens: int | None = Field(
+        None, description="tokens the job planned to train on, all epochs, at submit time (counted against its "
+        "project's training_tokens_per_day)"
+    )
 
 
 class Phase(StrEnum):

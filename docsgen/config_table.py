@@ -22,6 +22,8 @@ def _default(field: Any) -> str:
     if (field.json_schema_extra or {}).get("x-auto"):
         return "auto"  # chosen from the data: the README's table of rules says how
     value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(exclude_none=True)
     if isinstance(value, list):
         return "[]" if not value else ", ".join(map(str, value))
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

@@ -37,6 +37,8 @@ from service.api.routes import stored_completions as stored_routes
 from service.engine.adapter_cache import AdapterCache
 from service.engine.core import Engine
 from service.gateway import Gateway
+from service.inference.fairness import FairShare
+from service.inference.ratelimit import rate_limiter
 from service.inference.stored import CompletionWriter
 from service.management.batch_runs import start_batches
 from service.management.eval_runs import start_eval_runs
@@ -101,7 +103,11 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         max_age_s=settings.stored_completion_max_age_s or None,
         max_count=settings.stored_completion_max_count or None,
     )
-    return Gateway(settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer)
+    return Gateway(
+        settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer,
+        limits=rate_limiter(settings.limits_backend, registry.store, settings.limits_claim_share),
+        fair=FairShare(settings.max_project_queue),
+    )
 
 
 @asynccontextmanager

@@ -64,6 +64,9 @@ def from_domain(exc: domain.SkillserveError) -> APIError:
         return APIError(400, str(exc), code=exc.code, param=exc.param, details=lines)
     if isinstance(exc, domain.InvalidRequest):
         return APIError(400, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, domain.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after), **exc.headers}
+        return APIError(429, str(exc), type=exc.kind, code=exc.code, headers=headers)
     if isinstance(exc, domain.Overloaded):
         return overloaded(str(exc), exc.retry_after, status=503 if exc.unavailable else 429)
     if isinstance(exc, domain.RequestTimeout):

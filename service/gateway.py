@@ -18,6 +18,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.engine.adapter_cache import AdapterCache
     from service.engine.core import Engine
+    from service.inference.fairness import FairShare
+    from service.inference.ratelimit import RateLimiter
     from service.inference.stored import CompletionWriter
     from service.management.batch_runs import BatchRunner
     from service.management.eval_runs import EvalRunner
@@ -39,6 +41,8 @@ class Gateway:
     eval_runs: EvalRunner | None = None  # the eval runs' executor, started with the app
     batches: BatchRunner | None = None  # the batches' executor, started with the app
     completions: CompletionWriter | None = None  # stored completions' writer, started with the app
+    limits: RateLimiter | None = None  # projects' and keys' per-minute inference limits, shared over the store
+    fair: FairShare | None = None  # each project's share of the queue and its requests' engine priority
     project: str = DEFAULT_PROJECT  # whose objects `registry` and `cache` reach (for_project)
     _scopes: dict[str, Gateway] = field(default_factory=dict, repr=False)
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.limits import Limits
 from adapters.models import DEFAULT_MODEL, home
 
 
@@ -61,6 +62,31 @@ class Settings(BaseSettings):
     )
     public_docs: bool = Field(
         False, description="with auth on: /docs, /redoc and /openapi.json need no key"
+    )
+
+    # Limits (docs/gateway.md#limits): a project's are default_limits overlaid with its entry in project_limits; a
+    # key's own (key_limits, by key id) apply on top of its project's.
+    default_limits: Limits = Field(
+        default_factory=Limits, description="every project's limits unless project_limits says otherwise (JSON; "
+        "requests_per_minute, tokens_per_minute, concurrent_jobs, training_tokens_per_day, stored_bytes; null = none)"
+    )
+    project_limits: dict[str, Limits] = Field(
+        default_factory=dict, description="limits of named projects, over default_limits (JSON object by project)"
+    )
+    key_limits: dict[str, Limits] = Field(
+        default_factory=dict, description="per-minute limits of single keys, by key id (`key_...`), on top of their "
+        "project's (JSON object)"
+    )
+    limits_backend: Literal["store", "local"] = Field(
+        "store", description="where replicas share per-minute limits: the object store (every replica holds one "
+        "limit), or local (this replica alone)"
+    )
+    limits_claim_share: float = Field(
+        0.1, gt=0, le=1, description="part of a per-minute limit a replica claims from the store at a time: smaller "
+        "wastes less across replicas, larger writes the store less"
+    )
+    max_project_queue: int = Field(
+        128, ge=1, description="requests one project may have in flight (of max_queue); 429 beyond, for it alone"
     )
 
     # Storage

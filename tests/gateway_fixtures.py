@@ -27,10 +27,13 @@ from adapters.registry import Registry, new_manifest
 from adapters.schema import LoraInfo, Manifest
 from adapters.store import open_store
 from adapters.templates import get_template
+from service.api.auth import key_id
 from service.settings import Settings
 
 API_KEY = "test-inference-key"
 ADMIN_KEY = "test-admin-key"
+LIMITED_KEY = "test-limited-key"  # an inference key with per-minute limits of its own (tests/test_limits.py)
+LIMITED_KEY_LIMITS = {"requests_per_minute": 3, "tokens_per_minute": 100_000}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,7 +73,8 @@ def gateway_env(store_uri: str, cache_dir: Path, port: int) -> dict[str, str]:
             "SKILLSERVE_MAX_CPU_LORAS": "4",
             "SKILLSERVE_MAX_LORA_RANK": "16",
             "SKILLSERVE_KV_CACHE_SPACE_GB": "1",
-            "SKILLSERVE_API_KEYS": json.dumps([API_KEY]),
+            "SKILLSERVE_API_KEYS": json.dumps([API_KEY, LIMITED_KEY]),
+            "SKILLSERVE_KEY_LIMITS": json.dumps({key_id(LIMITED_KEY): LIMITED_KEY_LIMITS}),
             "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
             "PYTHONUNBUFFERED": "1",
         }

@@ -421,3 +421,19 @@ def test_trainjob_kind_lets_the_gateway_manage_trainjobs_and_nothing_more() -> N
     assert config["data"]["SKILLSERVE_K8S_JOB_KIND"] == "trainjob"
     (plain_role,) = by_kind(render(GPU_VALUES), "Role")
     assert all("trainer.kubeflow.org" not in rule["apiGroups"] for rule in plain_role["rules"])
+
+
+def test_limits_values_reach_the_gateway_as_the_settings_it_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"limits": {"default": {"requests_per_minute": 600, "concurrent_jobs": 2},
+                         "projects": {"team-b": {"tokens_per_minute": 100000}},
+                         "keys": {"key_0123456789abcdef": {"requests_per_minute": 60}}}}  # fmt: skip
+    (config,) = by_kind(render(values), "ConfigMap")
+    for name, value in config["data"].items():
+        if name.endswith("_LIMITS"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.default_limits.requests_per_minute == 600 and settings.default_limits.concurrent_jobs == 2
+    assert settings.project_limits["team-b"].tokens_per_minute == 100000
+    assert settings.key_limits["key_0123456789abcdef"].requests_per_minute == 60
+    with pytest.raises(Exception, match="requests_per_minut"):
+        render({"limits": {"default": {"requests_per_minut": 6}}})  # a misspelt limit fails at install time

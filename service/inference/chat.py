@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.errors import InvalidRequest
+from adapters.limits import CallerLimits
 from adapters.masking import encode
 from adapters.schema import StoredCompletion
 from adapters.templates import ChatTemplate
@@ -22,6 +23,7 @@ from service.inference.pipeline import (
     Target,
     Work,
     admit,
+    charge,
     check_count,
     check_prompt_chars,
     constraint_param,
@@ -201,11 +203,12 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 async def create_chat_completion(
-    gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0
+    gw: Gateway, body: ChatCompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0,
+    caller: CallerLimits | None = None,
 ) -> Answer:
     """POST /v1/chat/completions (and an eval run's sample, a batch's line: `priority` above 0), step by step: the
-    request's limits, admission and the target it names, its prompt and sampling, then the answer whole or
-    streamed."""
+    request's limits, admission (the `caller`'s per-minute limits and share of the engine) and the target it names,
+    its prompt and sampling, then the answer whole or streamed."""
     check_count(len(body.messages), gw.settings.max_messages, "messages")
     # Everything the template renders counts (tools, tool calls, tool results), not the messages' text alone:
     # a cheap lower bound here, the exact count on the tokenizer's thread before it tokenizes anything.
@@ -213,7 +216,7 @@ async def create_chat_completion(
     check_prompt_chars(gw, rendered_chars_at_least(body), "tools" if body.tools else "messages")
     plan = ToolPlan.of(body)
     plan.check(gw.engine.grammar_limits)
-    target = await admit(gw, body)
+    target = await admit(gw, body, caller, charge(gw, rendered_chars_at_least(body), body.token_limit, body.n))
     with target.released_on_error():
         prompt_ids = await _prompt_ids(gw, body, plan, target)
         limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"

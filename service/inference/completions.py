@@ -10,11 +10,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from adapters.errors import InvalidRequest
+from adapters.limits import CallerLimits
 from service.gateway import Gateway
 from service.inference.pipeline import (
     Answer,
     Work,
     admit,
+    charge,
     check_count,
     check_prompt_chars,
     constraint_param,
@@ -47,14 +49,16 @@ def completion_logprobs(token_ids: Any, logprobs: Any, top: int, offset: int) ->
 
 
 async def create_completion(
-    gw: Gateway, body: CompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0
+    gw: Gateway, body: CompletionRequest, is_disconnected: Callable[[], Awaitable[bool]], priority: int = 0,
+    caller: CallerLimits | None = None,
 ) -> Answer:
     """POST /v1/completions (and a batch's line: `priority` above 0), step by step: the request's limits, admission
     and the target it names, each prompt tokenized with its sampling, then the answer whole or streamed."""
     check_count(len(body.prompts), gw.settings.max_messages, "prompt")
     for text in body.prompts:
         check_prompt_chars(gw, len(text), "prompt")
-    target = await admit(gw, body)
+    chars = sum(len(text) for text in body.prompts)
+    target = await admit(gw, body, caller, charge(gw, chars, body.max_tokens, body.n * len(body.prompts)))
     with target.released_on_error():
         tokenizer = gw.engine.tokenizer
         prompts = await gw.engine.tokenize(lambda: [list(tokenizer(p)["input_ids"]) for p in body.prompts])

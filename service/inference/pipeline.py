@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from adapters.errors import ClientGone, EngineFailed, InvalidRequest
+from adapters.limits import CallerLimits, estimated_tokens
 from adapters.templates import ChatTemplate, get_template, template_from_manifest
 from service.engine.adapter_cache import Lease
 from service.engine.core import sampling_params
 from service.gateway import Gateway
+from service.inference.fairness import Slot
+from service.inference.ratelimit import Ticket
 from service.metrics import RequestMeter
 from service.protocol.common import SamplingFields, Usage
 
@@ -40,10 +43,18 @@ class Target:
     metric_model: str = field(default="")
     answered_by: str = ""  # what the VERSION_HEADER says: the base id or `adapter@version`
     meter: RequestMeter | None = None
+    ticket: Ticket | None = None  # its charge against its project's and key's per-minute limits
+    slot: Slot | None = None  # its place among its project's requests in flight
+    used_tokens: int = 0  # what the ticket is settled with: the prompt once started, then the whole usage
 
     @property
     def headers(self) -> dict[str, str]:
-        return {VERSION_HEADER: self.answered_by}
+        return {VERSION_HEADER: self.answered_by, **(self.ticket.headers if self.ticket is not None else {})}
+
+    @property
+    def fair_priority(self) -> int:
+        """Added to the request's engine priority: its project's requests already in flight (fairness.py)."""
+        return self.slot.priority if self.slot is not None else 0
 
     def generated(self, tokens: int) -> None:
         """The answer is complete: count its tokens against the model."""
@@ -54,6 +65,10 @@ class Target:
         if self.lease is not None:
             self.lease.release()
             self.lease = None
+        if self.slot is not None:
+            self.slot.release()
+        if self.ticket is not None:
+            self.ticket.settle(self.used_tokens)
 
     @contextmanager
     def released_on_error(self) -> Iterator[None]:
@@ -207,13 +222,33 @@ def ranked(candidates: dict[int, Any], top: int) -> list[Any]:
     return sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)[:top]
 
 
-async def admit(gw: Gateway, body: SamplingFields) -> Target:
-    """The first step of serving: admission (refused while the engine is full or starting), then the target the
-    model name means, held for the request and metered per model. Until the request's `Work` starts, a failure
-    must release it (`Target.released_on_error`)."""
-    gw.engine.admit()
-    target = await resolve_target(gw, body.model, body.user)
+def charge(gw: Gateway, chars: int, requested: int | None, answers: int) -> int:
+    """The tokens a request is charged before it runs (corrected to its usage when it ends): its prompt of `chars`
+    characters, and `answers` completions of `requested` tokens each (all the context leaves when not given)."""
+    prompt = estimated_tokens(chars, 0)
+    each = requested if requested is not None else max(0, gw.engine.max_model_len - prompt)
+    return prompt + answers * each
+
+
+async def admit(gw: Gateway, body: SamplingFields, caller: CallerLimits | None = None, tokens: int = 0) -> Target:
+    """The first step of serving: the caller's per-minute limits (charged about `tokens`, corrected when it ends),
+    admission (refused while the engine is full or starting, or the caller's project holds its share of it), then
+    the target the model name means, held for the request and metered per model. Until the request's `Work`
+    starts, a failure must release it (`Target.released_on_error`)."""
+    ticket = await gw.limits.admit(caller, tokens) if caller is not None and gw.limits is not None else None
+    slot = None
+    try:
+        gw.engine.admit()
+        slot = gw.fair.enter(caller.project, caller.key_id) if caller is not None and gw.fair is not None else None
+        target = await resolve_target(gw, body.model, body.user)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        if ticket is not None:
+            ticket.settle(0)
+        raise
     target.meter = gw.metrics.meter(target.metric_model)
+    target.ticket, target.slot = ticket, slot
     return target
 
 
@@ -233,10 +268,12 @@ class Work:
     def start(
         cls, gw: Gateway, target: Target, prompts: list[list[int]], params: list[Any], id_prefix: str, priority: int = 0
     ) -> Work:
-        """The prepared request, given its id (`chatcmpl-...`, `cmpl-...`), its prompt tokens metered."""
-        work = cls(gw, target, prompts, params, f"{id_prefix}-{uuid.uuid4().hex}", priority)
+        """The prepared request, given its id (`chatcmpl-...`, `cmpl-...`), its prompt tokens metered. Its engine
+        priority is `priority` plus its project's requests already in flight (service/inference/fairness.py)."""
+        work = cls(gw, target, prompts, params, f"{id_prefix}-{uuid.uuid4().hex}", priority + target.fair_priority)
         if target.meter is not None:
             target.meter.tokens("prompt", work.prompt_tokens)
+        target.used_tokens = work.prompt_tokens
         return work
 
     @property
@@ -272,8 +309,9 @@ class Work:
         return await until_disconnected(is_disconnected, every)
 
     def done(self, completion_tokens: int) -> Usage:
-        """The answer is complete: its tokens counted against the model, and its usage."""
+        """The answer is complete: its tokens counted against the model and its caller's limits, and its usage."""
         self.target.generated(completion_tokens)
+        self.target.used_tokens = self.prompt_tokens + completion_tokens
         return usage(self.prompt_tokens, completion_tokens)
 
     @contextmanager

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from adapters import auto, graders
 from adapters.dataset import Dataset, parse_dataset
 from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRequest, NotFound, Overloaded
+from adapters.limits import CallerLimits
 from adapters.parents import inherited
 from adapters.registry import new_manifest
 from adapters.schema import (
@@ -39,7 +40,7 @@ from adapters.store import check_key
 from adapters.templates import get_template
 from service.engine.adapter_cache import FT_PREFIX
 from service.gateway import Gateway
-from service.management import gates, jobs
+from service.management import gates, jobs, quotas
 from service.protocol.adapters import (
     AdapterDetail,
     AdapterList,
@@ -74,10 +75,10 @@ def _store_key(gw: Gateway, uri: str) -> str:
     return check_key(uri)  # an absolute path is refused, not read as a key
 
 
-def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> None:
+def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> int:
     """Refuse at submit time what the operator's per-job limits, or the base model, would refuse later (with the
-    values the trainer will choose from the data for what the request left out). `validated`: the job has its own
-    validation rows, so none of its training rows are held out."""
+    values the trainer will choose from the data for what the request left out); else the tokens the job plans to
+    train on. `validated`: the job has its own validation rows, so none of its training rows are held out."""
     settings = gw.settings
     hyper = auto.choose(hyper, len(dataset.rows), method.type)
     assert hyper.rank and hyper.batch_size and hyper.epochs  # chosen above
@@ -122,19 +123,21 @@ def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: M
             param="hyperparameters",
             code="job_too_large",
         )
+    return tokens
 
 
 async def train(
     gw: Gateway, body: CreateAdapterJSON, data: bytes | None, *, validation: bytes | None = None,
     learning_rate_multiplier: float | None = None, events: list[JobEvent] | None = None,
-    grader_param: str = "method.grader",
+    grader_param: str = "method.grader", caller: CallerLimits | None = None,
 ) -> JobRecord:
     """Validate a training request and its dataset, store the dataset and the job, and queue the job.
 
     `validation` is a dataset evaluated on instead of a held-out split (OpenAI's `validation_file`); a bad one is a
     400 with `param` "validation". `learning_rate_multiplier` scales the learning rate the data would choose. A
     reinforcement method's grader is checked as /v1/fine_tuning/alpha/graders/validate checks it (a 400 whose
-    `param` starts with `grader_param`), and refused if it needs a judge model. `events` start the job's history."""
+    `param` starts with `grader_param`), and refused if it needs a judge model. `events` start the job's history;
+    it counts against the `caller`'s project's quotas."""
     here = jobs.runner(gw)
     check_name(body.name)  # before any I/O
     parent = None
@@ -154,10 +157,11 @@ async def train(
     method = body.method
     if method.type == "reinforcement" and method.samples_per_prompt is None:  # chosen now: the job says what it runs
         method = method.model_copy(update={"samples_per_prompt": auto.samples_per_prompt(method, len(dataset.rows))})
-    _check_plan(gw, hyper, dataset, method, validated=held_out is not None)
+    tokens = _check_plan(gw, hyper, dataset, method, validated=held_out is not None)
     if body.eval_gate is not None:
         await gates.check_eval_gate(gw, body.eval_gate)
     await _check_pending(gw)
+    await quotas.check_training(gw, caller, tokens)
     # Only a valid dataset reaches the store.
     key, sha = await asyncio.to_thread(gw.registry.put_dataset, raw)
     validation_key = None if validation is None else (await asyncio.to_thread(gw.registry.put_dataset, validation))[0]
@@ -176,6 +180,7 @@ async def train(
         metadata=body.metadata,
         eval_gate=body.eval_gate,
         parent=parent.ref if parent is not None else None,
+        planned_tokens=tokens,
     )
     job = JobRecord(spec=spec, runner=here.name, events=list(events or []))
     await asyncio.to_thread(gw.registry.put_job, job)
@@ -256,13 +261,14 @@ async def _check_pending(gw: Gateway) -> None:
 
 
 async def submit_training(
-    gw: Gateway, read: Callable[[], Awaitable[tuple[CreateAdapterJSON, bytes | None]]]
+    gw: Gateway, read: Callable[[], Awaitable[tuple[CreateAdapterJSON, bytes | None]]],
+    caller: CallerLimits | None = None,
 ) -> JobRecord:
     """POST /adapters: refused at once when training is disabled, before the body is read; then `read` (the
-    route's parser) and train."""
+    route's parser) and train, against the `caller`'s project's quotas."""
     jobs.runner(gw)
     body, data = await read()
-    return await train(gw, body, data)
+    return await train(gw, body, data, caller=caller)
 
 
 def scaled_learning_rate(hyper: Hyperparameters, rows: int, method: str, multiplier: float) -> Hyperparameters:

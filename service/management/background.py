@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from adapters.errors import InvalidRequest, Overloaded, StoreUnavailable
+from service.inference.fairness import FAIR_SPAN
 from service.protocol.chat import ChatCompletionRequest
 from service.protocol.completions import CompletionRequest
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 LIVE_PRIORITY = 0  # what a request through the HTTP routes asks the engine for (vLLM's default)
-BACKGROUND_PRIORITY = 1  # eval rows and batch lines: scheduled after every waiting live request
+BACKGROUND_PRIORITY = FAIR_SPAN  # eval rows and batch lines: after every waiting live request, of any project
 RETRY_S = (0.5, 30.0)  # first and longest wait before a request refused for load is tried again
 REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,

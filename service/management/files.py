@@ -13,11 +13,13 @@ import unicodedata
 
 from adapters.dataset import MAX_REPORTED, Dataset, lines, parse_dataset
 from adapters.errors import DatasetError, InvalidRequest
+from adapters.limits import CallerLimits
 from adapters.schema import StoredFile
 from service.gateway import Gateway
 from service.management.adapters import off_loop
 from service.management.batches import BATCH_PURPOSE
 from service.management.evals import EVALS_PURPOSE, parse_eval_rows
+from service.management.quotas import check_storage
 from service.protocol.common import page
 from service.protocol.files import FileDeleted, FileList, FileObject
 from service.settings import Settings
@@ -93,9 +95,11 @@ def safe_filename(name: str | None) -> str:
 
 
 async def upload_file(
-    gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None
+    gw: Gateway, filename: str | None, purpose: str, data: bytes, expires_after_s: int | None = None,
+    caller: CallerLimits | None = None,
 ) -> FileObject:
-    """Store a fine-tuning file once its rows are valid (every bad line reported, nothing stored otherwise).
+    """Store a fine-tuning file once its rows are valid (every bad line reported, nothing stored otherwise), within
+    the `caller`'s project's stored_bytes.
 
     Rows are checked for their format here; their length in tokens depends on the template a job trains with,
     so it is checked when a job is created."""
@@ -111,6 +115,7 @@ async def upload_file(
             param="expires_after.seconds",
         )
     filename = safe_filename(filename)
+    await check_storage(gw, caller, len(data))
     if purpose == EVALS_PURPOSE:
         return await _upload_eval_rows(gw, filename, data, expires_after_s)
     if purpose == BATCH_PURPOSE:

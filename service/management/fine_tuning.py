@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from adapters import auto
 from adapters.errors import DatasetError, InvalidRequest, JobRefused, NotFound
+from adapters.limits import CallerLimits
 from adapters.registry import dataset_key
 from adapters.schema import (
     Checkpoint,
@@ -141,9 +142,9 @@ def _check_request(gw: Gateway, body: CreateFineTuningJob) -> None:
         )
 
 
-async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
-    """Check the request and its files, then train through `adapters.train` (the job of POST /adapters), and
-    keep what this API names beside the job: the files, the hyperparameters as requested and the model id."""
+async def create_job(gw: Gateway, body: CreateFineTuningJob, caller: CallerLimits | None = None) -> FineTuningJob:
+    """Check the request and its files, then train through `adapters.train` (the job of POST /adapters, in the
+    `caller`'s quotas), and keep what this API names beside the job: the files, its hyperparameters and model id."""
     _check_request(gw, body)
     parent, (kind, requested, reinforcement) = await _parent(gw, body.model), _method(body)
     training = await _job_file(gw, body.training_file, "training_file")
@@ -189,7 +190,7 @@ async def create_job(gw: Gateway, body: CreateFineTuningJob) -> FineTuningJob:
     try:
         job = await adapter_ops.train(
             gw, request, None, validation=validation, learning_rate_multiplier=multiplier, events=notes,
-            grader_param="method.reinforcement.grader",
+            grader_param="method.reinforcement.grader", caller=caller,
         )
     except DatasetError as exc:
         if exc.param == "validation":

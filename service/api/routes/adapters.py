@@ -17,9 +17,10 @@ from starlette.datastructures import UploadFile
 from adapters.dataset import rows_to_jsonl
 from adapters.registry.aliases import Keep
 from adapters.schema import Aliases, AliasTarget, Manifest, check_name
-from service.api.auth import require_admin, require_inference
+from service.api.auth import PrincipalDep, require_admin, require_inference
 from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
+from service.api.limits import limits_for
 from service.errors import APIError
 from service.gateway import Gateway
 from service.management import adapters as adapter_ops
@@ -187,8 +188,9 @@ def _validated(payload: Any) -> CreateAdapterJSON:
         }
     },
 )
-async def create_adapter(request: Request, gw: GatewayDep) -> JSONResponse:
-    job = await adapter_ops.submit_training(gw, lambda: _read_request(request, gw))
+async def create_adapter(request: Request, gw: GatewayDep, principal: PrincipalDep) -> JSONResponse:
+    caller = limits_for(principal, gw.settings)
+    job = await adapter_ops.submit_training(gw, lambda: _read_request(request, gw), caller)
     return JSONResponse(
         JobView.of(job).model_dump(), status_code=202, headers={"Location": f"/jobs/{job.id}"}
     )

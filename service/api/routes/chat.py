@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.answers import render
-from service.api.auth import require_inference
+from service.api.auth import PrincipalDep, require_inference
 from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
+from service.api.limits import limits_for
 from service.inference.chat import create_chat_completion
 from service.protocol.chat import ChatCompletion, ChatCompletionRequest
 from service.protocol.common import STREAMING_RESPONSES
@@ -23,6 +24,10 @@ router = APIRouter(route_class=OffLoopRoute, tags=["openai"], dependencies=[Depe
     responses=STREAMING_RESPONSES,
     summary="Create a chat completion (OpenAI-compatible); `stream: true` returns SSE chunks",
 )
-async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response, gw: GatewayDep) -> Any:
-    answer = await create_chat_completion(gw, body, request.is_disconnected)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, response: Response, gw: GatewayDep, principal: PrincipalDep
+) -> Any:
+    answer = await create_chat_completion(
+        gw, body, request.is_disconnected, caller=limits_for(principal, gw.settings)
+    )
     return render(answer, response)

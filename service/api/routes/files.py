@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
-from service.api.auth import require_admin, require_inference
+from service.api.auth import PrincipalDep, require_admin, require_inference
 from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
+from service.api.limits import limits_for
 from service.errors import APIError
 from service.management import files
 from service.protocol.common import MANAGEMENT_ERRORS, error_responses
@@ -19,7 +20,7 @@ from service.protocol.files import FileDeleted, FileList, FileObject
 router = APIRouter(route_class=OffLoopRoute, tags=["files"])
 
 ERRORS = MANAGEMENT_ERRORS
-UPLOAD_ERRORS = {**ERRORS, **error_responses(413)}
+UPLOAD_ERRORS = {**ERRORS, **error_responses(413, 429)}
 
 
 @router.post(
@@ -31,6 +32,7 @@ UPLOAD_ERRORS = {**ERRORS, **error_responses(413)}
 )
 async def upload_file(
     gw: GatewayDep,
+    principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="JSONL: one training row (or preference pair) per line")],
     purpose: Annotated[str, Form(description="fine-tune, evals or batch")],
     expires_anchor: Annotated[Literal["created_at"] | None, Form(alias="expires_after[anchor]")] = None,
@@ -42,7 +44,8 @@ async def upload_file(
         raise APIError(
             413, f"file too big: the limit is {limit} bytes (max_dataset_bytes)", param="file", code="file_too_large"
         )
-    return await files.upload_file(gw, file.filename, purpose, data, expires_seconds)
+    caller = limits_for(principal, gw.settings)
+    return await files.upload_file(gw, file.filename, purpose, data, expires_seconds, caller)
 
 
 @router.get(

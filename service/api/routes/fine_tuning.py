@@ -7,9 +7,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service.api.auth import require_admin, require_inference
+from service.api.auth import PrincipalDep, require_admin, require_inference
 from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
+from service.api.limits import limits_for
 from service.management import fine_tuning
 from service.protocol.common import MANAGEMENT_ERRORS, error_responses
 from service.protocol.fine_tuning import (
@@ -35,8 +36,8 @@ CANCEL_ERRORS = {**ERRORS, **error_responses(409)}
     dependencies=[Depends(require_admin)],
     summary="Create a fine-tuning job from uploaded files; it trains an adapter like POST /adapters (admin)",
 )
-async def create_job(body: CreateFineTuningJob, gw: GatewayDep) -> FineTuningJob:
-    return await fine_tuning.create_job(gw, body)
+async def create_job(body: CreateFineTuningJob, gw: GatewayDep, principal: PrincipalDep) -> FineTuningJob:
+    return await fine_tuning.create_job(gw, body, limits_for(principal, gw.settings))
 
 
 @router.get(
