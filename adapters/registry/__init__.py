@@ -12,6 +12,7 @@ methods come from one facet per kind of record, each in a module of its own:
 | `EvalBook` | evals.py | evals, their runs (compare-and-swap), output items (written once) |
 | `BatchBook` | batches.py | batches (compare-and-swap), their lines' results (written once) |
 | `CompletionBook` | completions.py | stored chat completions (written once; metadata, feedback swapped) |
+| `AuditBook` | audit.py | each project's audit log (written once, never changed; pruned by age) |
 
 `RecordShelf` (records.py) is what the last three share: reads, compare-and-swap through a status table, write-once.
 
@@ -22,6 +23,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
+from adapters.registry.audit import AuditBook
 from adapters.registry.batches import BatchBook
 from adapters.registry.completions import CompletionBook
 from adapters.registry.evals import EvalBook
@@ -34,6 +36,7 @@ from adapters.store import ObjectStore
 
 __all__ = [
     "AliasBook",
+    "AuditBook",
     "AdapterVersions",
     "BatchBook",
     "CompletionBook",
@@ -51,9 +54,9 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook):
-    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches and
-    stored completions."""
+class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook, AuditBook):
+    """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches,
+    stored completions and the audit log."""
 
     def __init__(self, store: ObjectStore):
         self.store = store
