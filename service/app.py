@@ -16,9 +16,11 @@ from fastapi import FastAPI
 from adapters.registry import Registry
 from adapters.store import open_store
 from service import errors, logs
+from service.api.audit import AuditTrail
 from service.api.auth import KeyGate
 from service.api.middleware import BodyLimit, RequestContext
 from service.api.routes import adapters, batches, chat, completions, files, fine_tuning, health, jobs, models, ui
+from service.api.routes import audit as audit_routes
 from service.api.routes import evals as eval_routes
 from service.api.routes import graders as grader_routes
 from service.api.routes import stored_completions as stored_routes
@@ -26,6 +28,7 @@ from service.engine.adapter_cache import AdapterCache
 from service.engine.core import Engine
 from service.gateway import Gateway
 from service.inference.stored import CompletionWriter
+from service.management.audit import AuditWriter
 from service.management.batch_runs import start_batches
 from service.management.eval_runs import start_eval_runs
 from service.management.jobs import JobReads
@@ -87,13 +90,16 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         max_age_s=settings.stored_completion_max_age_s or None,
         max_count=settings.stored_completion_max_count or None,
     )
-    return Gateway(settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer)
+    audit = AuditWriter(registry, metrics, settings.audit_queue, max_age_s=settings.audit_max_age_s or None)
+    return Gateway(
+        settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer, audit=audit
+    )
 
 
 @asynccontextmanager
 async def running(gw: Gateway) -> AsyncIterator[None]:
     """The gateway's background parts for the app's life: metrics server, runner, engine (and its stall watch), eval
-    runs, batches and the stored completions' writer; stopped in the reverse order."""
+    runs, batches, the stored completions' and the audit log's writers; stopped in the reverse order."""
     settings, engine, runner = gw.settings, gw.engine, gw.runner
     metrics_server = gw.metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
     if runner is not None:
@@ -108,8 +114,12 @@ async def running(gw: Gateway) -> AsyncIterator[None]:
         await start_batches(gw)  # likewise batches
         if gw.completions is not None:
             gw.completions.start()
+        if gw.audit is not None:
+            gw.audit.start()
         yield
     finally:
+        if gw.audit is not None:
+            await gw.audit.stop()
         if gw.completions is not None:
             await gw.completions.stop()
         for executor in (gw.batches, gw.eval_runs):
@@ -142,13 +152,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (
         chat, stored_routes, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters,
-        jobs, health,
+        jobs, audit_routes, health,
     ):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(
         BodyLimit, limit=settings.max_request_bytes, inference_limit=settings.max_inference_request_bytes
     )
+    # Inside the key check, which tells it who acts; outside the body limit, whose refusals are outcomes too.
+    app.add_middleware(AuditTrail, settings=settings)
     # Outside the body limit: a request without a key is refused before anything else looks at it.
     app.add_middleware(KeyGate, settings=settings)
     app.add_middleware(RequestContext, metrics=metrics)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.engine.adapter_cache import AdapterCache
     from service.engine.core import Engine
     from service.inference.stored import CompletionWriter
+    from service.management.audit import AuditWriter
     from service.management.batch_runs import BatchRunner
     from service.management.eval_runs import EvalRunner
     from service.management.jobs import JobReads
@@ -37,3 +38,4 @@ class Gateway:
     eval_runs: EvalRunner | None = None  # the eval runs' executor, started with the app
     batches: BatchRunner | None = None  # the batches' executor, started with the app
     completions: CompletionWriter | None = None  # stored completions' writer, started with the app
+    audit: AuditWriter | None = None  # the audit log's writer, started with the app
