@@ -777,3 +777,44 @@ class ApiKeyRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
     revoked_at: float | None = None
     redacted: str = Field("", description="the key's first and last characters, as OpenAI shows a key")
+
+
+# The audit log: who did what to a project's objects, and how it ended.
+
+# `audit_<ms since the epoch, 13 digits>_<16 hex>`: sorted as strings, entries sort by time (until the year 2286).
+AUDIT_ID_RE = re.compile(r"^audit_[0-9]{13}_[0-9a-f]{16}$")
+
+
+def new_audit_id(at: float) -> str:
+    return f"audit_{int(at * 1000):013d}_{uuid.uuid4().hex[:16]}"
+
+
+def audit_id_time(audit_id: str) -> float:
+    """When an entry was made, read from its id alone (retention needs no read of the entry)."""
+    return int(audit_id.split("_")[1]) / 1000
+
+
+class AuditActor(BaseModel):
+    """Who acted: a key's public id (never the key itself), its role and project. `key_id` is None for the gateway's
+    own work (role `runner`) and on a gateway without keys."""
+
+    key_id: str | None = None
+    role: str
+    project: str = DEFAULT_PROJECT
+
+
+class AuditEntry(BaseModel):
+    """One action at audit/<project>/<id>.json, written once and never changed: who, when, what, how it ended."""
+
+    id: str = Field(pattern=AUDIT_ID_RE.pattern)
+    at: float
+    actor: AuditActor
+    action: str = Field(description="what was done, e.g. `adapter.delete`, `alias.set`, `file.upload`")
+    method: str | None = Field(None, description="the HTTP method; None for an action outside a request")
+    route: str | None = Field(None, description="the route's template, e.g. `/v1/files/{file_id}`")
+    object_id: str | None = Field(None, description="the object acted on: its id, or name@version")
+    params: dict[str, str] = Field(default_factory=dict, description="the route's path parameters")
+    detail: dict[str, str] = Field(default_factory=dict, description="what the action adds (an alias's new target)")
+    status_code: int | None = Field(None, description="the HTTP status answered")
+    error_code: str | None = Field(None, description="the error body's `code` when the action failed")
+    outcome: Literal["succeeded", "failed"]

@@ -1,5 +1,5 @@
-"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete, eval; projects
-and keys)."""
+"""`skillserve`: a small client of the gateway's HTTP API (train, follow, list, chat, cancel, delete, eval, audit;
+projects and keys)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    params = {"limit": args.limit, "after": args.after, "action": args.action}
+    with connect(args) as client:
+        page = checked(client.get("/v1/audit", params={k: v for k, v in params.items() if v is not None}))
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'WHEN (UTC)':19} {'KEY':20} {'ROLE':9} {'ACTION':24} {'OBJECT':36} OUTCOME")
+    for e in page["data"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["created_at"]))
+        actor = e["actor"]
+        outcome = f"{e['status_code'] or ''} {e['error_code'] or e['outcome']}".strip()
+        print(f"{when:19} {actor['key_id'] or '-':20} {actor['role']:9} {e['action']:24} {e['object_id'] or '-':36} "
+              f"{outcome}")
+    if page["has_more"]:
+        print(f"(more: --after {page['last_id']})")
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.message}
@@ -408,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.set_defaults(func=cmd_chat)
+
+    audit = sub.add_parser("audit", help="the project's audit log, newest first (admin key)")
+    audit.add_argument("--action", default=None, help="only this action, e.g. adapter.delete or alias.set")
+    audit.add_argument("--after", default=None, metavar="ID", help="the page after this entry (older ones)")
+    audit.add_argument("--limit", type=int, default=20, help="entries per page (at most 100)")
+    audit.add_argument("--json", action="store_true", help="the API's JSON as it came")
+    audit.set_defaults(func=cmd_audit)
 
     from client.cli_evals import add_eval_commands  # here: that module builds on this one's client
 

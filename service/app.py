@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from adapters.registry import ProjectJobs, Registry
 from adapters.store import open_store
 from service import errors, logs
+from service.api.audit import AuditTrail
 from service.api.auth import KeyGate
 from service.api.middleware import BodyLimit, RequestContext
 from service.api.routes import (
@@ -31,6 +32,7 @@ from service.api.routes import (
     organization,
     ui,
 )
+from service.api.routes import audit as audit_routes
 from service.api.routes import evals as eval_routes
 from service.api.routes import graders as grader_routes
 from service.api.routes import stored_completions as stored_routes
@@ -40,6 +42,7 @@ from service.gateway import Gateway
 from service.inference.fairness import FairShare
 from service.inference.ratelimit import rate_limiter
 from service.inference.stored import CompletionWriter
+from service.management.audit import AuditWriter
 from service.management.batch_runs import start_batches
 from service.management.eval_runs import start_eval_runs
 from service.management.jobs import JobReads
@@ -103,17 +106,19 @@ def build_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         max_age_s=settings.stored_completion_max_age_s or None,
         max_count=settings.stored_completion_max_count or None,
     )
+    audit = AuditWriter(registry, metrics, settings.audit_queue, max_age_s=settings.audit_max_age_s or None)
     return Gateway(
         settings, engine, registry, cache, runner, metrics, JobReads(registry), completions=writer,
         limits=rate_limiter(settings.limits_backend, registry.store, settings.limits_claim_share),
         fair=FairShare(settings.max_project_queue),
+        audit=audit,
     )
 
 
 @asynccontextmanager
 async def running(gw: Gateway) -> AsyncIterator[None]:
     """The gateway's background parts for the app's life: metrics server, runner, engine (and its stall watch), eval
-    runs, batches and the stored completions' writer; stopped in the reverse order."""
+    runs, batches, the stored completions' and the audit log's writers; stopped in the reverse order."""
     settings, engine, runner = gw.settings, gw.engine, gw.runner
     metrics_server = gw.metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
     if runner is not None:
@@ -128,8 +133,12 @@ async def running(gw: Gateway) -> AsyncIterator[None]:
         await start_batches(gw)  # likewise batches
         if gw.completions is not None:
             gw.completions.start()
+        if gw.audit is not None:
+            gw.audit.start()
         yield
     finally:
+        if gw.audit is not None:
+            await gw.audit.stop()
         if gw.completions is not None:
             await gw.completions.stop()
         for executor in (gw.batches, gw.eval_runs):
@@ -162,13 +171,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (
         chat, stored_routes, completions, models, files, batches, fine_tuning, eval_routes, grader_routes, adapters,
-        jobs, organization, health,
+        jobs, organization, audit_routes, health,
     ):
         app.include_router(module.router)
     ui.install(app)  # the dashboard at /ui, after the API routes
     app.add_middleware(
         BodyLimit, limit=settings.max_request_bytes, inference_limit=settings.max_inference_request_bytes
     )
+    # Inside the key check, which tells it who acts; outside the body limit, whose refusals are outcomes too.
+    app.add_middleware(AuditTrail, settings=settings)
     # Outside the body limit: a request without a key is refused before anything else looks at it.
     app.add_middleware(KeyGate, settings=settings)
     app.add_middleware(RequestContext, metrics=metrics)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from service.inference.fairness import FairShare
     from service.inference.ratelimit import RateLimiter
     from service.inference.stored import CompletionWriter
+    from service.management.audit import AuditWriter
     from service.management.batch_runs import BatchRunner
     from service.management.eval_runs import EvalRunner
     from service.management.jobs import JobReads
@@ -41,6 +42,7 @@ class Gateway:
     eval_runs: EvalRunner | None = None  # the eval runs' executor, started with the app
     batches: BatchRunner | None = None  # the batches' executor, started with the app
     completions: CompletionWriter | None = None  # stored completions' writer, started with the app
+    audit: AuditWriter | None = None  # the audit log's writer, started with the app
     limits: RateLimiter | None = None  # projects' and keys' per-minute inference limits, shared over the store
     fair: FairShare | None = None  # each project's share of the queue and its requests' engine priority
     project: str = DEFAULT_PROJECT  # whose objects `registry` and `cache` reach (for_project)

@@ -151,6 +151,12 @@ class Metrics:
             "pruned (retention)",
             ["outcome"], registry=r,
         )
+        self.audit_entries = Counter(
+            "skillserve_audit_entries",
+            "audit log entries, by outcome: written, dropped (queue full), failed (the store refused), pruned "
+            "(retention)",
+            ["outcome"], registry=r,
+        )
         self._serving_metrics(r)
 
     def _serving_metrics(self, r: CollectorRegistry) -> None:

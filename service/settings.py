@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     stored_completion_max_count: int = Field(
         100_000, ge=0, description="most stored completions kept; the oldest beyond are deleted (0: no limit)"
     )
+    audit_queue: int = Field(
+        1000, ge=1, description="audit entries waiting for the store; beyond, new ones are dropped, counted and logged"
+    )
+    audit_max_age_s: int = Field(
+        365 * 86400, ge=0, description="audit entries older than this are deleted (0: kept forever)"
+    )
     train_processes_per_job: int = Field(
         1, ge=1, description="local runner: data-parallel trainer processes per job under torchrun (one per GPU)"
     )

@@ -164,6 +164,8 @@ ROUTE_ROLES = {
     ("GET", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
     ("DELETE", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
     ("POST", "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate"): OPERATOR,
+    # The audit log: a project's admins read it.
+    ("GET", "/v1/audit"): ADMIN_ONLY,
 }
 
 
@@ -269,6 +271,12 @@ def _path_segment(value: str) -> str:
     return quote(value, safe="").replace(".", "%2E") or "%20"
 
 
+def own_io(store: RecordingStore) -> list[tuple[str, tuple[Any, ...]]]:
+    """The store calls of the request itself: the audit log's writer records a refused admin action too, in the
+    background, under audit/ keys of its own making (docs/audit.md), never under a name the request sent."""
+    return [call for call in store.calls if not (call[1] and str(call[1][0]).startswith("audit/"))]
+
+
 def test_hostile_names_in_paths_are_refused_before_any_io(
     app_client: tuple[TestClient, RecordingStore],
 ) -> None:
@@ -292,7 +300,7 @@ def test_hostile_names_in_paths_are_refused_before_any_io(
             reply = client.request(method, path, headers=ADMIN)
             assert 400 <= reply.status_code < 500, f"{method} {path}: {reply.status_code} {reply.text}"
             assert reply.json()["error"]["message"]
-            assert store.calls == [], f"{method} {path} touched the store: {store.calls}"
+            assert own_io(store) == [], f"{method} {path} touched the store: {store.calls}"
 
 
 HOSTILE_URIS = [
@@ -329,7 +337,7 @@ def test_hostile_names_and_store_uris_in_bodies_are_refused_before_any_io(
         reply = client.post(path, json=body, headers=ADMIN)
         assert reply.status_code == 400, f"{path} {body}: {reply.status_code} {reply.text}"
         assert reply.json()["error"]["message"]
-        assert store.calls == [], f"{path} {body} touched the store: {store.calls}"
+        assert own_io(store) == [], f"{path} {body} touched the store: {store.calls}"
 
 
 def test_hostile_model_names_never_reach_the_store(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from adapters.dataset import rows_to_jsonl
 from adapters.masking import encode
 from adapters.models import DEFAULT_MODEL, resolve_model, weights_hash
 from adapters.registry import Registry, job_uri, parse_job_uri
-from adapters.schema import JobRecord, JobStatus, Method, Phase
+from adapters.schema import DEFAULT_PROJECT, JobRecord, JobStatus, Method, Phase
 from adapters.store import FileStore, S3Store
 from adapters.templates import get_template
 from tests.rows import stored_job
@@ -91,6 +91,15 @@ def test_job_record_and_manifest_tell_the_whole_story(shout_job: Any) -> None:
     assert used["lora_target_modules"] == manifest.lora.target_modules and used["train_rows"] == 72
 
 
+@pytest.mark.slow
+def test_the_version_a_job_publishes_is_in_the_audit_log_as_the_runners_own_work(shout_job: Any) -> None:
+    registry, record, _ = shout_job
+    (published,), more = registry.list_audit(DEFAULT_PROJECT)
+    assert (published.action, published.object_id, published.params) == (
+        "adapter.publish", registry.manifest("shout").ref, {"job_id": record.id})
+    assert published.actor.role == "runner" and published.actor.key_id is None and not more
+
+
 def test_a_failing_job_ends_failed_with_its_reason_and_publishes_nothing(s3_store_uri: str) -> None:
     registry = Registry(S3Store(s3_store_uri))
     record = stored_job(registry, shout_rows(10), "broken", "chatml")
@@ -99,7 +108,7 @@ def test_a_failing_job_ends_failed_with_its_reason_and_publishes_nothing(s3_stor
     failed = registry.get_job(record.id)
     assert failed.status == JobStatus.failed and "NotFound" in (failed.error or "")
     assert failed.finished_at is not None and failed.started_at is not None
-    assert registry.adapters() == []
+    assert registry.adapters() == [] and registry.list_audit(DEFAULT_PROJECT) == ([], False)
 
 
 def test_a_cancelled_job_is_not_run(tmp_path: Path) -> None:

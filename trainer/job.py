@@ -18,6 +18,8 @@ from adapters.models import resolve_model, weights_hash
 from adapters.parents import inherited
 from adapters.registry import Registry, new_manifest, parse_job_uri
 from adapters.schema import (
+    AuditActor,
+    AuditEntry,
     Checkpoint,
     JobEvent,
     JobRecord,
@@ -27,6 +29,7 @@ from adapters.schema import (
     Manifest,
     Phase,
     Progress,
+    new_audit_id,
     parse_ref,
 )
 from adapters.servable import MAX_RANK, base_linear_shapes, check_files
@@ -156,6 +159,20 @@ def _validation_rows(registry: Registry, spec: JobSpec, method: TrainingMethod) 
     return method.examples(held_out)
 
 
+def _audit_published(registry: Registry, job_id: str, manifest: Manifest) -> None:
+    """The audit log's entry for the version a job published: the gateway's own work, outside any request (the job's
+    creation has its own entry, naming the job). A store that refuses it costs the entry, never the job."""
+    at = time.time()
+    entry = AuditEntry(
+        id=new_audit_id(at), at=at, actor=AuditActor(role="runner"), action="adapter.publish",
+        object_id=manifest.ref, params={"job_id": job_id}, outcome="succeeded",
+    )
+    try:
+        registry.put_audit(entry)
+    except Exception as exc:  # noqa: BLE001 - the version is published whatever the audit log's store says
+        log.warning("audit entry for %s (job %s) not written: %s: %s", manifest.ref, job_id, type(exc).__name__, exc)
+
+
 def _train(spec: JobSpec, registry: Registry, base_dir: Path, template: ChatTemplate, dataset: Dataset, out_dir: Path,
            hooks: Hooks) -> TrainResult:
     """The job's method (trainer/methods.py) on the shared loop, with its validation rows when it has them, from
@@ -235,6 +252,7 @@ def _run_main(store_uri: str, job_id: str) -> int:
                 parent=spec.parent,
             )
             published = registry.publish(manifest, result.adapter_dir)
+            _audit_published(registry, job_id, published)
             record.checkpoints = _stored(registry, job_id, result, published.version)
         record.metrics = {**result.metrics, "adapter": published.ref}
         record.status = JobStatus.succeeded

@@ -13,6 +13,7 @@ methods come from one facet per kind of record, each in a module of its own:
 | `BatchBook` | batches.py | batches (compare-and-swap), their lines' results (written once) |
 | `CompletionBook` | completions.py | stored chat completions (written once; metadata, feedback swapped) |
 | `ProjectBook` | projects.py | projects, their API keys' hashes (at the root; `for_project` gives a project's view) |
+| `AuditBook` | audit.py | each project's audit log (written once, never changed; pruned by age) |
 
 `RecordShelf` (records.py) is what the last three share: reads, compare-and-swap through a status table, write-once.
 
@@ -23,6 +24,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
+from adapters.registry.audit import AuditBook
 from adapters.registry.batches import BatchBook
 from adapters.registry.completions import CompletionBook
 from adapters.registry.evals import EvalBook
@@ -37,6 +39,7 @@ from adapters.store import ObjectStore, PrefixedStore
 
 __all__ = [
     "AliasBook",
+    "AuditBook",
     "AdapterVersions",
     "BatchBook",
     "CompletionBook",
@@ -56,9 +59,11 @@ __all__ = [
 ]
 
 
-class Registry(AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook, ProjectBook):
+class Registry(
+    AdapterVersions, JobBook, FileBook, FineTuneBook, EvalBook, BatchBook, CompletionBook, ProjectBook, AuditBook
+):
     """Publish, find, fetch and delete adapters; keep jobs, datasets, files, fine-tuning records, evals, batches,
-    stored completions, projects and keys."""
+    stored completions, projects and keys, and the audit log."""
 
     def __init__(self, store: ObjectStore, project: str = DEFAULT_PROJECT):
         self.store = store

@@ -9,6 +9,8 @@ evals/<eval-id>.json, eval_runs/<eval-id>/<run-id>.json,
 eval_items/<run-id>/<row>.json                                   evals, their runs, output items (evals.py)
 batches/<batch-id>.json, batch_lines/<batch-id>/<line>.json      batches, their lines' results (batches.py)
 completions/<chatcmpl-id>.json                                   stored chat completions (completions.py)
+audit/<project>/<audit-id>.json                                  the audit log, append-only, time-sorted (audit.py);
+                                                                 every project's at the root (one writer per gateway)
 org/projects/<project-id>.json, org/keys/<sha256 of the key>.json projects and their API keys (projects.py)
 projects/<project-id>/...                                        every key above, of a project other than default
 
@@ -23,6 +25,7 @@ import re
 
 from adapters.errors import InvalidAdapter, InvalidName
 from adapters.schema import (
+    AUDIT_ID_RE,
     BATCH_ID_RE,
     DEFAULT_PROJECT,
     EVAL_ID_RE,
@@ -147,6 +150,21 @@ STORED_COMPLETIONS_PREFIX = "completions/"
 
 def stored_completion_key(completion_id: str) -> str:
     return f"{STORED_COMPLETIONS_PREFIX}{_checked(completion_id, STORED_COMPLETION_ID_RE, 'completion id')}.json"
+
+
+AUDIT_PREFIX = "audit/"
+
+
+def audit_prefix(project: str) -> str:
+    """A project's audit entries, ending in '/'."""
+    if not isinstance(project, str) or "/" in project:
+        raise InvalidName(f"invalid project {project!r}")
+    return f"{AUDIT_PREFIX}{check_key(project)}/"
+
+
+def audit_key(project: str, audit_id: str) -> str:
+    # The id begins with its time, zero-padded: list order is time order.
+    return f"{audit_prefix(project)}{_checked(audit_id, AUDIT_ID_RE, 'audit entry id')}.json"
 
 
 def check_filename(filename: str) -> str:

@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from adapters.dataset import rows_to_jsonl
 from adapters.registry.aliases import Keep
 from adapters.schema import Aliases, AliasTarget, Manifest, check_name
+from service.api.audit import note
 from service.api.auth import PrincipalDep, require_admin, require_inference
 from service.api.bodies import OffLoopRoute
 from service.api.deps import GatewayDep
@@ -237,7 +238,9 @@ async def get_aliases(name: str, gw: GatewayDep) -> Aliases:
     dependencies=[Depends(require_admin)],
     summary="Point an alias at a version, split it with a canary, roll it back or remove it (admin)",
 )
-async def set_alias(name: str, body: SetAliasRequest, gw: GatewayDep) -> Aliases:
+async def set_alias(name: str, body: SetAliasRequest, request: Request, gw: GatewayDep) -> Aliases:
+    canary_weight = body.canary_weight if body.canary is not None else None
+    note(request, alias=body.alias, version=body.version, canary=body.canary, canary_weight=canary_weight)
     check_name(name)
     try:
         target = None if body.version is None else AliasTarget(

@@ -1,0 +1,58 @@
+"""The audit log (audit/<project>/<id>.json): entries written once, never changed, listed newest first by their
+time-sortable ids, and deleted only by retention, which reads the time from the id without reading the entry."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from adapters.errors import NotFound
+from adapters.registry.keys import AUDIT_PREFIX, audit_key, audit_prefix
+from adapters.registry.records import RecordShelf
+from adapters.schema import AUDIT_ID_RE, AuditEntry, audit_id_time
+
+log = logging.getLogger("skillserve.registry")
+
+
+class AuditBook(RecordShelf):
+    """Each project's audit entries."""
+
+    def put_audit(self, entry: AuditEntry) -> bool:
+        """Write an entry; never over another (ids carry 64 random bits: two replicas cannot collide)."""
+        return self._put_once(audit_key(entry.actor.project, entry.id), entry)
+
+    def list_audit(
+        self, project: str, after: str | None = None, limit: int = 20, action: str | None = None
+    ) -> tuple[list[AuditEntry], bool]:
+        """A project's entries, newest first: the `limit` older than the entry `after` (an id; it need not still be
+        there), of one `action` if given, and whether more follow. Reads entries only until the page is full."""
+        keys = sorted(self.store.list(audit_prefix(project)), reverse=True)
+        if after is not None:
+            keys = [key for key in keys if key < audit_key(project, after)]
+        found: list[AuditEntry] = []
+        for key in keys:
+            try:
+                entry = AuditEntry.model_validate_json(self.store.get_bytes(key))
+            except NotFound:  # pruned between the list and the read
+                continue
+            except ValidationError as exc:
+                log.warning("skipping unreadable audit entry %s: %s", key, exc)
+                continue
+            if action is not None and entry.action != action:
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(entry)
+        return found, False
+
+    def prune_audit(self, now: float, max_age_s: float) -> int:
+        """Delete every project's entries older than `max_age_s`; how many went."""
+        doomed = []
+        for key in self.store.list(AUDIT_PREFIX):
+            leaf = key.rpartition("/")[2].removesuffix(".json")
+            if AUDIT_ID_RE.fullmatch(leaf) and audit_id_time(leaf) < now - max_age_s:
+                doomed.append(key)
+        for key in doomed:
+            self.store.delete(key)
+        return len(doomed)

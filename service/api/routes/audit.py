@@ -1,0 +1,38 @@
+"""The audit log (service/management/audit.py): a project's admin actions, newest first, read by its admins."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Query
+
+from adapters.errors import InvalidRequest
+from adapters.schema import AUDIT_ID_RE, DEFAULT_PROJECT
+from service.api.auth import PrincipalDep, require_admin
+from service.api.deps import GatewayDep
+from service.management import audit
+from service.protocol.audit import AuditList
+from service.protocol.common import MANAGEMENT_ERRORS
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get(
+    "/v1/audit",
+    response_model=AuditList,
+    responses=MANAGEMENT_ERRORS,
+    dependencies=[Depends(require_admin)],
+    summary="The audit log of the key's project: who did what and how it ended, newest first (admin)",
+)
+async def list_audit(
+    gw: GatewayDep,
+    principal: PrincipalDep,
+    after: str | None = Query(None, description="cursor: the id of the last entry of the previous page"),
+    limit: int = Query(20, ge=1, le=100),
+    action: str | None = Query(None, description="only entries of this action, e.g. `adapter.delete`"),
+) -> AuditList:
+    if after is not None and not AUDIT_ID_RE.fullmatch(after):
+        raise InvalidRequest(f"after: {after!r} is not an audit entry id", param="after", code="invalid_parameter")
+    # Every project's log lies at the root, under audit/<project>/, where the gateway's one writer puts it.
+    root = gw.registry.for_project(DEFAULT_PROJECT)
+    return await asyncio.to_thread(audit.list_entries, root, principal.project, after, limit, action)

@@ -1,0 +1,292 @@
+"""The audit log (docs/audit.md), on an in-process management gateway (no engine) over a real file store, and on
+both store backends for paging and retention.
+
+Every admin route, called with an admin key and with an inference key, leaves one entry naming the key's id, the
+action, the route and how it ended, and nothing else does; the keys themselves never reach the store; a store that
+refuses entries, or a queue that is full, costs entries (counted) and never the action; a project's admins page
+through its entries newest first, filtered by action, and inference keys get 403; retention deletes by age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from adapters.errors import StoreUnavailable
+from adapters.registry import Registry
+from adapters.schema import DEFAULT_PROJECT, AuditActor, AuditEntry, Manifest, new_audit_id
+from adapters.store import FileStore, ObjectStore
+from client import cli
+from service.api.audit import ACTIONS, CHANGES, NOT_ACTIONS, action_of
+from service.api.auth import key_id
+from service.app import create_app
+from service.management.audit import AuditWriter
+from service.metrics import Metrics
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, management_settings
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+INFERENCE = {"Authorization": f"Bearer {API_KEY}"}
+ROWS = b"".join(
+    json.dumps({"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": w.upper() + "!"}]})
+    .encode() + b"\n"
+    for w in ("cat", "dog", "sun")
+)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(management_settings(tmp_path))) as client:
+        yield client
+
+
+def gateway_of(app: TestClient) -> Any:
+    return app.app.state.gateway  # type: ignore[attr-defined]
+
+
+def entries(app: TestClient, project: str = DEFAULT_PROJECT) -> list[AuditEntry]:
+    """Every entry of `project`, newest first, once the writer has written what it was given."""
+    gw = gateway_of(app)
+    app.portal.call(gw.audit.flushed)  # type: ignore[union-attr]
+    found, more = gw.registry.list_audit(project, limit=10_000)
+    assert not more
+    return found  # type: ignore[no-any-return]
+
+
+def counted(metrics: Metrics, outcome: str) -> float:
+    return metrics.registry.get_sample_value("skillserve_audit_entries_total", {"outcome": outcome}) or 0.0
+
+
+def action_routes(app: TestClient) -> list[tuple[str, str]]:
+    """Every (method, template) of the app that is an action."""
+    found = []
+    for route in app.app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, APIRoute):
+            found += [(m, route.path) for m in sorted(route.methods or ()) if action_of(m, route.path) is not None]
+    return sorted(found)
+
+
+def concrete(template: str) -> str:
+    path = template.replace("{model_id:path}", "x").replace("{step}", "1")
+    for param in ("name", "model", "job_id", "file_id", "eval_id", "run_id", "completion_id", "batch_id", "project_id",
+                  "key_id"):
+        path = path.replace("{" + param + "}", "x")
+    return path
+
+
+# ------------------------------------------------------------------------------------ every admin route
+
+
+def test_every_state_changing_route_is_a_named_action_or_changes_nothing(app: TestClient) -> None:
+    routes = app.app.routes  # type: ignore[attr-defined]
+    changing = {(m, r.path) for r in routes if isinstance(r, APIRoute) for m in (r.methods or ()) if m in CHANGES}
+    unnamed = changing - set(ACTIONS) - NOT_ACTIONS
+    assert not unnamed, f"state-changing routes without a name in service/api/audit.py's ACTIONS: {unnamed}"
+    assert set(ACTIONS) <= changing, "ACTIONS names a route the app no longer has"
+
+
+def test_every_admin_route_leaves_one_entry_of_who_what_and_how_it_ended(app: TestClient) -> None:
+    replies = {}
+    for method, template in action_routes(app):
+        body = {"alias": "prod", "version": "3"} if template.endswith("/aliases") else {}
+        for role, headers in (("admin", ADMIN), ("inference", INFERENCE)):
+            replies[(method, template, role)] = app.request(
+                method, concrete(template), headers=headers, json=body if method == "POST" else None
+            )
+    # Reads, generation and graders change nothing: no entry.
+    app.get("/v1/files", headers=ADMIN)
+    app.post("/v1/fine_tuning/alpha/graders/validate", headers=INFERENCE, json={})
+    app.post("/v1/chat/completions", headers=INFERENCE, json={"model": "x", "messages": []})
+    app.delete("/v1/files/file-x")  # no key: refused before any action, names nobody
+
+    found = {(e.method, e.route, e.actor.role): e for e in entries(app)}
+    assert len(found) == len(replies) == len(entries(app)), "one entry per action, none for anything else"
+    for (method, template, role), reply in replies.items():
+        got = found[(method, template, role)]
+        assert got.action == ACTIONS[(method, template)]
+        assert got.actor == AuditActor(key_id=key_id(ADMIN_KEY if role == "admin" else API_KEY), role=role,
+                                         project=DEFAULT_PROJECT)
+        assert got.status_code == reply.status_code, (method, template, role)
+        failed = reply.status_code >= 400
+        assert got.outcome == ("failed" if failed else "succeeded")
+        assert got.error_code == (reply.json()["error"]["code"] if failed else None), (method, template, role)
+        assert got.params == {k: ("1" if k == "step" else "x") for k in _params(template)}
+    refused = found[("DELETE", "/v1/files/{file_id}", "inference")]
+    assert (refused.status_code, refused.error_code) == (403, "admin_key_required")
+    alias = found[("POST", "/adapters/{name}/aliases", "admin")]
+    assert alias.detail == {"alias": "prod", "version": "3"} and alias.status_code == 404  # no such adapter yet
+
+
+def _params(template: str) -> list[str]:
+    return [part.strip("{}").split(":")[0] for part in template.split("/") if part.startswith("{")]
+
+
+def test_an_upload_and_a_delete_name_the_file_and_the_keys_never_reach_the_store(
+    app: TestClient, tmp_path: Path
+) -> None:
+    uploaded = app.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("rows.jsonl", ROWS)},
+                        headers=ADMIN)
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    assert app.delete(f"/v1/files/{file_id}", headers=ADMIN).status_code == 200
+
+    deleted, upload = entries(app)  # newest first
+    assert (upload.action, upload.object_id, upload.outcome, upload.status_code) == (
+        "file.upload", file_id, "succeeded", 200)
+    assert (deleted.action, deleted.object_id, deleted.params) == ("file.delete", file_id, {"file_id": file_id})
+    assert upload.actor.key_id == key_id(ADMIN_KEY)
+
+    stored = [path for path in (tmp_path / "store").rglob("*") if path.is_file()]
+    assert any(path.parts[-3] == "audit" for path in stored)
+    for path in stored:
+        data = path.read_bytes()
+        assert ADMIN_KEY.encode() not in data and API_KEY.encode() not in data, path
+
+
+# ------------------------------------------------------------------------------------ never in the action's way
+
+
+class RefusingAudit(FileStore):
+    """A file store that refuses every audit entry (down), or holds them until released."""
+
+    def __init__(self, root: Path, down: bool = False):
+        super().__init__(root)
+        self.down = down
+        self.released = threading.Event()
+        if down:
+            self.released.set()
+
+    def put_bytes(self, key: str, data: bytes, **kwargs: Any) -> None:
+        if key.startswith("audit/"):
+            if self.down:
+                raise StoreUnavailable("the store is down")
+            self.released.wait()
+        super().put_bytes(key, data, **kwargs)
+
+
+def test_a_store_that_refuses_entries_fails_no_action_and_counts_each_lost_entry(app: TestClient,
+                                                                                   tmp_path: Path) -> None:
+    gw = gateway_of(app)
+    gw.registry.store = RefusingAudit(tmp_path / "store", down=True)
+    uploaded = app.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("rows.jsonl", ROWS)},
+                        headers=ADMIN)
+    assert uploaded.status_code == 200, uploaded.text
+    assert app.get(f"/v1/files/{uploaded.json()['id']}", headers=ADMIN).status_code == 200
+    assert entries(app) == [] and counted(gw.metrics, "failed") == 1 and counted(gw.metrics, "written") == 0
+
+
+def entry(at: float, action: str = "adapter.delete", project: str = DEFAULT_PROJECT) -> AuditEntry:
+    return AuditEntry(id=new_audit_id(at), at=at, actor=AuditActor(key_id="key_x", role="admin", project=project),
+                      action=action, outcome="succeeded")
+
+
+def test_a_slow_store_never_holds_the_action_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    store = RefusingAudit(tmp_path / "store")
+    registry, metrics = Registry(store), Metrics()
+
+    async def scenario() -> list[bool]:
+        writer = AuditWriter(registry, metrics, queue_size=2)
+        writer.start()
+        taken = [writer.offer(entry(time.time()))]
+        while writer._queue.qsize():  # noqa: SLF001 - until the writer holds the first entry at the store
+            await asyncio.sleep(0.01)
+        taken += [writer.offer(entry(time.time())) for _ in range(4)]
+        store.released.set()
+        await writer.flushed()
+        await writer.stop()
+        return taken
+
+    assert asyncio.run(scenario()) == [True, True, True, False, False]  # one at the store, two queued, two dropped
+    assert counted(metrics, "dropped") == 2 and counted(metrics, "written") == 3
+    assert len(registry.list_audit(DEFAULT_PROJECT, limit=100)[0]) == 3
+
+
+# ------------------------------------------------------------------------------------ reading it
+
+
+def test_admins_page_through_their_projects_entries_newest_first_and_inference_keys_get_403(
+    app: TestClient
+) -> None:
+    registry: Registry = gateway_of(app).registry
+    now = time.time()
+    written = [entry(now - 60 + i, "alias.set" if i % 2 else "adapter.delete") for i in range(5)]
+    for made in (*written, entry(now, project="other")):
+        registry.put_audit(made)
+    newest_first = [e.id for e in reversed(written)]
+
+    first = app.get("/v1/audit", params={"limit": 2}, headers=ADMIN).json()
+    assert [e["id"] for e in first["data"]] == newest_first[:2] and first["has_more"]
+    assert first["object"] == "list" and first["data"][0]["object"] == "audit.entry"
+    assert (first["first_id"], first["last_id"]) == (newest_first[0], newest_first[1])
+    rest = app.get("/v1/audit", params={"after": first["last_id"]}, headers=ADMIN).json()
+    assert [e["id"] for e in rest["data"]] == newest_first[2:] and not rest["has_more"]  # not the other project's
+    aliases = app.get("/v1/audit", params={"action": "alias.set"}, headers=ADMIN).json()
+    assert [e["id"] for e in aliases["data"]] == [written[3].id, written[1].id]
+
+    denied = app.get("/v1/audit", headers=INFERENCE)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_key_required"
+    bad = app.get("/v1/audit", params={"after": "../x"}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+    assert app.get("/v1/audit", params={"limit": 101}, headers=ADMIN).status_code in (400, 422)
+
+
+def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    app.headers.update(ADMIN)
+    assert app.delete("/adapters/nothing-here").status_code == 404
+    monkeypatch.setattr(cli, "connect", lambda args: _Borrowed(app))
+    assert cli.main(["--key", ADMIN_KEY, "audit", "--action", "adapter.delete"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert key_id(ADMIN_KEY) in line and "adapter.delete" in line and "nothing-here" in line and "404 not_found" in line
+
+
+class _Borrowed:
+    """The in-process client, lent to the CLI for one `with` (which must not start the app a second time)."""
+
+    def __init__(self, client: httpx.Client):
+        self.client = client
+
+    def __enter__(self) -> httpx.Client:
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_retention_deletes_entries_older_than_the_limit_by_their_ids_alone(store: ObjectStore) -> None:
+    registry = Registry(store)
+    now = time.time()
+    old, kept = entry(now - 400 * 86400), entry(now - 86400)
+    for made in (old, kept, entry(now - 400 * 86400, project="other")):
+        registry.put_audit(made)
+    assert registry.prune_audit(now, 365 * 86400) == 2
+    assert [e.id for e in registry.list_audit(DEFAULT_PROJECT)[0]] == [kept.id]
+    assert registry.list_audit("other") == ([], False)
+
+
+# ------------------------------------------------------------------------------------ outside a request
+
+
+def test_a_version_the_trainer_publishes_is_recorded_and_a_refusing_store_costs_the_entry_not_the_job(
+    tmp_path: Path,
+) -> None:
+    from trainer.job import _audit_published  # what trainer/job.py calls right after it publishes
+
+    manifest = Manifest.model_construct(name="shout", version="7")
+    registry = Registry(FileStore(tmp_path / "store"))
+    _audit_published(registry, "job1", manifest)
+    (published,), _ = registry.list_audit(DEFAULT_PROJECT)
+    assert (published.action, published.object_id, published.actor.role) == ("adapter.publish", "shout@7", "runner")
+
+    refusing = Registry(RefusingAudit(tmp_path / "down", down=True))
+    _audit_published(refusing, "job2", manifest)  # logs, never raises: the version stays published
+    assert refusing.list_audit(DEFAULT_PROJECT) == ([], False)
