@@ -16,7 +16,14 @@ from typing import Any
 
 import httpx
 
-from client.cli import CLIError, checked, connect
+from client import cli
+from client.cli import CLIError, checked
+
+
+def connect(args: argparse.Namespace) -> Any:
+    """client.cli's `connect`, looked up at each call: these commands are imported while the parser is built, and a
+    binding made then would keep whatever `connect` was at that moment."""
+    return cli.connect(args)
 
 FINISHED_RUN = ("completed", "failed", "canceled")
 POLL_S = 2.0

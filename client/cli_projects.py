@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from client.cli import checked, connect
+from client import cli
+from client.cli import checked
+
+
+def connect(args: argparse.Namespace) -> Any:
+    """client.cli's `connect`, looked up at each call: these commands are imported while the parser is built, and a
+    binding made then would keep whatever `connect` was at that moment."""
+    return cli.connect(args)
 
 PROJECTS = "/v1/organization/projects"
 
