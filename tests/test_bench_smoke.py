@@ -148,3 +148,21 @@ def test_quality_scores_the_base_the_defaults_and_a_sweep_point_on_held_out_rows
     assert quality["tasks"][0]["adapters"][sweep[0]]["chosen"]["learning_rate"] == point["learning_rate"]
     assert set(quality["targets"]) == {"defaults_vs_best", "no_forgetting"}
     assert "## Skill quality" in markdown and "| shout | alpaca |" in markdown
+
+
+def test_the_data_loop_trains_the_next_version_from_reviewed_traffic_and_grades_both(tmp_path: Path) -> None:
+    """`python -m bench.data_loop --size tiny`: stored conversations, reviewed, exported, trained, both graded."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.data_loop", "--size", "tiny", "--workdir", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=3500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    reviewed = report["reviewed"]
+    assert report["stored_conversations"] == sum(reviewed.values()) == 12
+    assert report["export"]["rows"] == reviewed["good"] + reviewed["corrected"]  # what was accepted or corrected
+    first, second = report["first_version"]["version"], report["next_version"]["version"]
+    assert first != second
+    scores = report["eval"]["scores"]
+    assert set(scores) == {f"loop-shout@{first}", f"loop-shout@{second}"}
+    assert all(s["status"] == "completed" and s["total"] == 8 for s in scores.values())

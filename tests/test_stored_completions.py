@@ -273,6 +273,31 @@ def test_feedback_is_kept_and_exported_as_rows_the_dataset_parsers_accept(
         reader.post("/chat/completions/exports", body={"kind": "sft"}, cast_to=httpx.Response)
 
 
+def test_stored_completions_are_listed_by_rating_for_a_reviewer(
+    app: TestClient, registry: Registry, admin: openai.OpenAI
+) -> None:
+    """Ours: `rating` on the list (good, bad, or unrated: none yet), beside OpenAI's model and metadata filters."""
+    tag = uuid.uuid4().hex[:8]
+    good, bad, corrected, unrated = (record(q, a, queue=tag) for q, a in
+                                     (("cat", "CAT!"), ("sun", "moon"), ("dog", "dog"), ("sky", "SKY!")))
+    for stored in (good, bad, corrected, unrated):
+        registry.put_completion(stored)
+    assert feedback(app, good.id, rating="good").status_code == 200
+    assert feedback(app, bad.id, rating="bad").status_code == 200
+    assert feedback(app, corrected.id, corrected="DOG!").status_code == 200  # corrected, not rated
+
+    def listed(rating: str) -> list[str]:
+        page = admin.chat.completions.list(metadata={"queue": tag}, extra_query={"rating": rating})
+        return [c.id for c in page.data]
+
+    assert listed("good") == [good.id]
+    assert listed("bad") == [bad.id]
+    assert listed("unrated") == [corrected.id, unrated.id]
+    refused = app.get("/v1/chat/completions", params={"rating": "fine"},
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "rating"
+
+
 # ------------------------------------------------------------------------------------ the real gateway
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from adapters.dataset import parse_dataset
+from adapters.models import DEFAULT_MODEL
 from adapters.templates import TEMPLATE_NAMES
 from service.app import create_app
 from tests.eval_fixtures import FinishedEval, management_gateway
@@ -338,6 +341,151 @@ def test_the_playground_answers_with_the_base_and_the_skill_side_by_side(
     screenshot(page, "ui-playground.png")
     page.set_viewport_size(PHONE)
     screenshot(page, "ui-phone.png")
+
+
+# ---------------------------------------------------------------------------- stored completions and batches
+
+
+def stored_answers(gateway: GatewayServer, tag: str, questions: list[str]) -> list[str]:
+    """Ask the base model each question with `store: true` (an inference key, as an application would); the ids,
+    once the background writer has stored them all."""
+    app = gateway.client(API_KEY)
+    ids = []
+    for question in questions:
+        if ids:
+            time.sleep(1.1)  # a completion's `created` is in whole seconds: one apart, newest first is one order
+        reply = app.post("/v1/chat/completions", json={
+            "model": DEFAULT_MODEL, "temperature": 0, "max_tokens": 12, "store": True, "metadata": {"ui": tag},
+            "messages": [{"role": "user", "content": question}]})
+        assert reply.status_code == 200, reply.text
+        ids.append(reply.json()["id"])
+    admin = gateway.client(ADMIN_KEY)
+    deadline = time.monotonic() + 60
+    while len(admin.get("/v1/chat/completions", params={"metadata[ui]": tag}).json()["data"]) < len(ids):
+        assert time.monotonic() < deadline, "the stored completions were not written"
+        time.sleep(0.2)
+    return ids
+
+
+@pytest.mark.slow
+def test_stored_completions_are_rated_corrected_and_exported_from_the_page(
+    page: Any, gateway: GatewayServer, console: Console
+) -> None:
+    console.expected_statuses.add(403)  # an inference key may not read users' conversations
+    tag = uuid.uuid4().hex[:8]
+    questions = ["What is the capital of France?", "Name a colour.", "Say hello."]
+    france, colour, hello = stored_answers(gateway, tag, questions)
+    admin = gateway.client(ADMIN_KEY)
+    listing = f"#/stored?model={DEFAULT_MODEL}&metadata=ui%3D{tag}"
+
+    sign_in(page, API_KEY, listing)
+    page.get_by_role("heading", name="Reading stored completions needs an admin key").wait_for()
+    page.get_by_role("button", name="Forget key").click()
+    sign_in(page, ADMIN_KEY, listing)
+    rows = page.locator("#stored tbody tr[data-completion]")
+    rows.first.wait_for()
+    assert [rows.nth(i).get_attribute("data-completion") for i in range(rows.count())] == [hello, colour, france]
+    page.locator(f'#stored tr[data-completion="{france}"]', has_text="What is the capital of France?").wait_for()
+    screenshot(page, "ui-stored.png")
+
+    # One opens to its messages and answer; rated good in the page.
+    page.locator(f'#stored tr[data-completion="{france}"]').get_by_role("link").click()
+    page.locator("#messages").get_by_text("What is the capital of France?").wait_for()
+    answer = admin.get(f"/v1/chat/completions/{france}").json()["choices"][0]["message"]["content"]
+    assert page.locator("#answer pre").inner_text() == answer
+    page.get_by_role("button", name="Good").click()
+    page.locator("#feedback-status", has_text="Rated good").wait_for()
+    assert page.get_by_role("button", name="Good").get_attribute("aria-pressed") == "true"
+
+    # Another rated bad and corrected: the rating is kept when the correction is saved.
+    page.goto(f"/ui/#/stored/{colour}")
+    page.locator("#messages").get_by_text("Name a colour.").wait_for()
+    page.get_by_role("button", name="Bad").click()
+    page.locator("#feedback-status", has_text="Rated bad").wait_for()
+    page.get_by_label("Corrected answer").fill("Blue.")
+    page.get_by_role("button", name="Save correction").click()
+    page.locator("#feedback-status", has_text="Rated bad, corrected").wait_for()
+    screenshot(page, "ui-stored-one.png")
+    stored = admin.get(f"/v1/chat/completions/{colour}").json()["feedback"]
+    assert (stored["rating"], stored["corrected"]) == ("bad", "Blue.")
+    assert admin.get(f"/v1/chat/completions/{hello}").json()["feedback"] is None
+
+    # The rating filter; then every rated one exported as SFT rows, and the corrected one as a DPO pair.
+    page.goto(f"/ui/{listing}&rating=bad")
+    page.locator(f'#stored tr[data-completion="{colour}"]').wait_for()
+    assert rows.count() == 1
+    page.goto(f"/ui/{listing}")
+    page.locator(f'#stored tr[data-completion="{hello}"]').wait_for()
+    page.get_by_label("Kind").select_option("sft")
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="Exported 2 rows").wait_for()
+    file_id = page.locator("#export-file").inner_text()
+    content = admin.get(f"/v1/files/{file_id}/content")
+    assert content.status_code == 200
+    conversations = parse_dataset(content.content).rows
+    assert [(row[0]["content"], row[-1]["content"]) for row in conversations] == [
+        ("What is the capital of France?", answer), ("Name a colour.", "Blue.")]  # accepted as answered; corrected
+
+    page.get_by_label("Kind").select_option("dpo")
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="Exported 1 row").wait_for()
+    dpo_file = page.locator("#export-file").inner_text()
+    pairs = parse_dataset(admin.get(f"/v1/files/{dpo_file}/content").content, method="dpo").rows
+    assert len(pairs) == 1
+
+    # "Train from it" opens the New skill form with the file's rows and the method, nothing sent yet.
+    jobs_before = len(gateway.registry.list_jobs())
+    page.get_by_role("link", name="Train a skill from it").click()
+    page.locator("#prefilled", has_text=dpo_file).wait_for()
+    assert page.get_by_label("Method").input_value() == "dpo"
+    assert len(page.get_by_label("Dataset (JSONL, one example per line)").input_value().strip().splitlines()) == 1
+    assert len(gateway.registry.list_jobs()) == jobs_before
+
+
+@pytest.mark.slow
+def test_the_batches_page_shows_each_batch_with_its_counts_files_and_cancel(page: Any, gateway: GatewayServer) -> None:
+    admin = gateway.client(ADMIN_KEY)
+
+    def batch(rows: list[dict[str, Any]]) -> str:
+        upload = admin.post("/v1/files", data={"purpose": "batch"},
+                            files={"file": ("lines.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())})
+        assert upload.status_code == 200, upload.text
+        created = admin.post("/v1/batches", json={"input_file_id": upload.json()["id"],
+                                                   "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        assert created.status_code == 200, created.text
+        return created.json()["id"]  # type: ignore[no-any-return]
+
+    def line(n: int, tokens: int = 4, model: str = DEFAULT_MODEL) -> dict[str, Any]:
+        return {"custom_id": f"q{n}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": tokens, "temperature": 0,
+                         "messages": [{"role": "user", "content": f"Count to {n}."}]}}
+
+    answered = batch([line(1), line(2)])
+    refused = batch([line(1), line(2, model="no-such-skill")])  # fails at validation, naming line 2
+    long = batch([line(n, tokens=48) for n in range(10, 50)])  # cancelled from the page long before its end
+    page.on("dialog", lambda dialog: dialog.accept())
+    sign_in(page, ADMIN_KEY, "#/batches")
+    long_row = page.locator(f'#batches tr[data-batch="{long}"]')
+    long_row.get_by_role("button", name=f"cancel {long}").click()
+    long_row.locator(".badge", has_text=re.compile("^cancel")).wait_for()
+
+    failed = page.locator(f'#batches tr[data-batch="{refused}"]')
+    failed.locator(".badge", has_text="failed").wait_for()
+    failed.get_by_text("1 error").click()
+    assert "line 2" in failed.locator(".lines").inner_text() and "model_not_found" in failed.inner_text()
+
+    done = page.locator(f'#batches tr[data-batch="{answered}"]')
+    done.locator(".badge", has_text="completed").wait_for(timeout=600_000)  # the page refreshes itself
+    assert done.locator(".counts").inner_text().strip() == "2 / 0 / 2"
+    screenshot(page, "ui-batches.png")
+    with page.expect_download() as got:
+        done.get_by_role("button", name=f"Output file of {answered}").click()
+    output = [json.loads(x) for x in Path(got.value.path()).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in output) == ["q1", "q2"]
+    assert all(x["response"]["status_code"] == 200 for x in output)
+    assert done.get_by_role("button", name=f"Errors file of {answered}").count() == 0  # no line failed
+    long_row.locator(".badge", has_text="cancelled").wait_for(timeout=600_000)
+    assert admin.get(f"/v1/batches/{long}").json()["status"] == "cancelled"
 
 
 # ---------------------------------------------------------------------------- evals, on a gateway without an engine

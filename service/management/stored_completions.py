@@ -59,11 +59,19 @@ def _matches(record: StoredCompletion, model: str | None, metadata: Mapping[str,
     return all(record.metadata.get(key) == value for key, value in (metadata or {}).items())
 
 
+def _rated(record: StoredCompletion, rating: str | None) -> bool:
+    """Whether the record carries `rating` (`unrated`: none yet); any record when `rating` is None."""
+    given = record.feedback.rating if record.feedback else None
+    return rating is None or given == (None if rating == "unrated" else rating)
+
+
 def list_stored(
-    gw: Gateway, model: str | None, metadata: Mapping[str, str], after: str | None, limit: int, order: str
+    gw: Gateway, model: str | None, metadata: Mapping[str, str], after: str | None, limit: int, order: str,
+    rating: str | None = None,
 ) -> StoredCompletionList:
-    """Stored completions of `model` carrying every `metadata` pair, oldest first (OpenAI's default) or newest."""
-    records = [r for r in gw.registry.list_completions() if _matches(r, model, metadata)]
+    """Stored completions of `model` carrying every `metadata` pair (and `rating`, ours), oldest first (OpenAI's
+    default) or newest."""
+    records = [r for r in gw.registry.list_completions() if _matches(r, model, metadata) and _rated(r, rating)]
     if order == "desc":
         records.reverse()
     chosen, more = page(records, after, limit, lambda r: r.id)
@@ -126,10 +134,9 @@ def give_feedback(gw: Gateway, completion_id: str, body: GiveFeedback) -> Stored
 
 def _selected(records: list[StoredCompletion], body: ExportStoredCompletions) -> list[StoredCompletion]:
     def wanted(record: StoredCompletion) -> bool:
-        rating = record.feedback.rating if record.feedback else None
         return (
             _matches(record, body.model, body.metadata)
-            and (body.rating is None or rating == body.rating)
+            and _rated(record, body.rating)
             and (body.created_after is None or record.created >= body.created_after)
             and (body.created_before is None or record.created < body.created_before)
         )

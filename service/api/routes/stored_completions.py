@@ -47,8 +47,8 @@ def metadata_filter(request: Request) -> dict[str, str]:
     response_model=StoredCompletionList,
     responses=ERRORS,
     dependencies=[Depends(require_admin)],
-    summary="Stored chat completions, oldest first unless order=desc; filtered by model and metadata[key]=value "
-    "(admin)",
+    summary="Stored chat completions, oldest first unless order=desc; filtered by model, metadata[key]=value and "
+    "(ours) rating (admin)",
 )
 async def list_stored(
     request: Request,
@@ -57,8 +57,13 @@ async def list_stored(
     after: str | None = Query(None, description="cursor: the id of the last completion of the previous page"),
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("asc"),
+    rating: Literal["good", "bad", "unrated"] | None = Query(
+        None, description="ours: only completions given this rating (unrated: no rating yet)"
+    ),
 ) -> StoredCompletionList:
-    return await asyncio.to_thread(stored.list_stored, gw, model, metadata_filter(request), after, limit, order)
+    return await asyncio.to_thread(
+        stored.list_stored, gw, model, metadata_filter(request), after, limit, order, rating
+    )
 
 
 @router.post(

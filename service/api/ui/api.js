@@ -60,6 +60,25 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
   return response.json();
 }
 
+/** A file's bytes as text (`/v1/files/{id}/content`): not JSON, so not through api(). */
+export async function apiText(path, { signal } = {}) {
+  const response = await fetch(path, { signal, headers: headers() });
+  if (!response.ok) throw await failed(response);
+  return response.text();
+}
+
+/** Save a /v1/files file from the browser: fetched with the key (a plain link could not send it), then downloaded. */
+export async function download(fileId, filename) {
+  const text = await apiText(`/v1/files/${encodeURIComponent(fileId)}/content`);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], { type: "application/jsonl" }));
+  link.download = filename || `${fileId}.jsonl`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
 /** Server-Sent Events from GET (or POST with `json`): yields {event, data} until the stream ends. */
 export async function* events(path, { json, signal } = {}) {
   const init = { signal, headers: headers({ Accept: "text/event-stream" }) };

@@ -1,10 +1,12 @@
 // The dashboard's shell: hash routes to views, the key prompt, the header.
 import { api, apiKey, gatewayConfig } from "./api.js";
 import { errorBox, h, loading } from "./dom.js";
+import * as batches from "./batches.js";
 import * as evals from "./evals.js";
 import * as jobs from "./jobs.js";
 import * as play from "./play.js";
 import * as skills from "./skills.js";
+import * as stored from "./stored.js";
 import * as train from "./train.js";
 
 const main = document.getElementById("main");
@@ -18,6 +20,9 @@ const ROUTES = [
   [/^#\/play$/, "play", play.view],
   [/^#\/evals$/, "evals", evals.list],
   [/^#\/evals\/([^/]+)$/, "evals", evals.detail],
+  [/^#\/stored$/, "stored", stored.list],
+  [/^#\/stored\/([^/]+)$/, "stored", stored.detail],
+  [/^#\/batches$/, "batches", batches.list],
 ];
 
 let config = { auth: false };

@@ -121,6 +121,7 @@ export async function detail(main, { params: [name], signal }) {
     h("p", { class: "muted" }, skill.latest ? `newest version ${skill.latest}` : "not published yet")),
   h("div", { class: "actions" },
     skill.latest ? h("a", { class: "button", href: `#/play?skill=${encodeURIComponent(name)}` }, "Try in playground") : null,
+    h("a", { class: "button ghost", href: `#/stored?${new URLSearchParams({ model: name })}` }, "Stored completions"),
     skill.versions.length ? h("button", { class: "danger", type: "button", onclick: () => remove(name, `every version of ${name}`) },
       "Delete skill") : null));
 

@@ -1,7 +1,7 @@
 // New skill: a dataset (file or pasted JSONL), a template, a method (a grader for reinforcement), an adapter to start
 // from, and hyperparameters from the API's own schema.
-import { api, gatewayConfig } from "./api.js";
-import { h } from "./dom.js";
+import { api, apiText, gatewayConfig } from "./api.js";
+import { errorBox, h } from "./dom.js";
 
 // What each built-in template's prompt looks like, beside its name (the names come from the gateway).
 const LOOKS = {
@@ -88,7 +88,7 @@ function refusal(error) {
     h("p", {}, error.message), error.param ? h("p", { class: "muted" }, "field: ", h("code", {}, error.param)) : null);
 }
 
-export async function form(main, { signal }) {
+export async function form(main, { query, signal }) {
   document.title = "New skill · skillserve";
   const { hyperparameters: schema, templates, methods = ["supervised", "dpo"] } = await gatewayConfig();
   const fields = Object.entries(schema.properties).map(([name, prop]) => hyperField(name, prop));
@@ -233,4 +233,26 @@ export async function form(main, { signal }) {
       result,
       h("div", { class: "row" }, submit)));
   recount();
+  if (query?.get("file")) await prefill(query, { name, parent, method, rows, result, signal, recount });
+}
+
+/** `#/new?file=<id>&from=<skill>&method=<m>` (an export's "train from it"): the file's rows in the text area, a new
+ * version of the skill started from its current one. The rows are sent as the form sends any pasted rows. */
+async function prefill(query, { name, parent, method, rows, result, signal, recount }) {
+  const fileId = query.get("file");
+  const from = query.get("from");
+  if (from) {
+    name.value = from.split("@")[0];
+    parent.value = from;
+  }
+  if ([...method.options].some((o) => o.value === query.get("method"))) method.value = query.get("method");
+  try {
+    rows.value = await apiText(`/v1/files/${encodeURIComponent(fileId)}/content`, { signal });
+    recount();
+    result.replaceChildren(h("p", { class: "card alert info", role: "status", id: "prefilled" }, `The rows of ${fileId}`,
+      from ? `, to train a new version of ${from.split("@")[0]} starting from ${from}` : "", "."));
+  } catch (error) {
+    if (error.status === 401 || signal.aborted) return;
+    result.replaceChildren(errorBox(error.status === 403 ? "Reading a file needs an admin key" : `The file ${fileId} could not be read`, error));
+  }
 }
