@@ -358,8 +358,8 @@ def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
         "store off": off,
         "store on": on,
         "ratio": {name: round(on[name] / off[name], 3) for name in ("output_tok_s", "ttft_p50_ms", "e2e_p50_ms")},
-        # The same work in CPU seconds (gateway and engine processes), off over on: what storing costs in compute,
-        # which CPU taken by other processes on a shared machine does not bend as it bends tok/s.
+        # The same work in CPU seconds (gateway and engine processes), off over on. On a shared machine the engine's
+        # share follows the load (its threads spin while they wait); the writer's cost is in each arm's front_cpu_s.
         "cpu_s_ratio_off_over_on": round(
             (off["front_cpu_s"] + off["engine_cpu_s"]) / (on["front_cpu_s"] + on["engine_cpu_s"]), 3
         ),
