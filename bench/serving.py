@@ -9,6 +9,7 @@ fixed-length prompt and `ignore_eos`, so every request does the same work on bot
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -75,16 +76,25 @@ SIZES = {
 
 
 def vllm_bench(
-    url: str, size: ServingSize, concurrency: int, loras: list[str], log: Path, seed: int = 0
+    url: str,
+    size: ServingSize,
+    concurrency: int,
+    loras: list[str],
+    log: Path,
+    seed: int = 0,
+    endpoint: str = "/v1/completions",
+    extra_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One `vllm bench serve` run against `url`; returns vLLM's result dict."""
+    """One `vllm bench serve` run against `url`; returns vLLM's result dict. `endpoint` /v1/chat/completions sends
+    the same random prompts as one user message each; `extra_body`'s fields go into every request."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     argv = [
-        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        "--backend", "openai-chat" if endpoint == "/v1/chat/completions" else "openai",
+        "--base-url", url, "--endpoint", endpoint,
         "--model", BASE_MODEL_ID, "--tokenizer", str(resolve_model(DEFAULT_MODEL)),
         "--dataset-name", "random", "--random-range-ratio", "0",
         "--random-input-len", str(size.input_len), "--random-output-len", str(size.output_len),
@@ -95,6 +105,8 @@ def vllm_bench(
     ]  # fmt: skip
     if loras:
         argv += ["--lora-modules", *loras, "--lora-assignment", "round-robin"]
+    if extra_body:
+        argv += ["--extra-body", json.dumps(extra_body)]
     args = parser.parse_args(argv)
     os.environ["OPENAI_API_KEY"] = API_KEY  # vLLM's client sends it as the bearer token
     with log.open("a") as out, contextlib.redirect_stdout(out):
