@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = ("adapters", "trainer", "service", "client", "docsgen")
-ROOT = {"settings", "errors", "metrics", "logs", "gateway", "parent_death", "__init__", "__main__", "app"}
+ROOT = {"settings", "errors", "metrics", "logs", "gateway", "parent_death", "queued", "__init__", "__main__", "app"}
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 

@@ -9,7 +9,6 @@ the writer goes on with the next. Records still queued at shutdown get a short g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Literal
@@ -17,11 +16,11 @@ from typing import Literal
 from adapters.registry import CompletionBook
 from adapters.schema import StoredCompletion
 from service.metrics import Metrics
+from service.queued import QueuedWriter
 
 log = logging.getLogger("skillserve.stored_completions")
 
 PRUNE_EVERY_S = 60.0  # retention is enforced at most this often: a prune lists every stored completion
-FLUSH_AT_STOP_S = 5.0
 
 
 def storing(policy: Literal["request", "always", "never"], asked: bool | None) -> bool:
@@ -31,8 +30,10 @@ def storing(policy: Literal["request", "always", "never"], asked: bool | None) -
     return policy == "always"
 
 
-class CompletionWriter:
+class CompletionWriter(QueuedWriter[tuple[StoredCompletion, CompletionBook]]):
     """The bounded queue of stored completions and the one task that writes them."""
+
+    task_name = "stored-completions"
 
     def __init__(
         self,
@@ -43,10 +44,9 @@ class CompletionWriter:
         max_count: int | None = None,
         prune_every_s: float = PRUNE_EVERY_S,
     ):
+        super().__init__(queue_size)
         self.registry, self.metrics = registry, metrics
         self.max_age_s, self.max_count, self.prune_every_s = max_age_s, max_count, prune_every_s
-        self._queue: asyncio.Queue[tuple[StoredCompletion, CompletionBook]] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task[None] | None = None
         self._pruned_at: float | None = None
         # The registries written to since the last prune, by project: each project's completions are kept apart.
         self._written: dict[str, CompletionBook] = {}
@@ -54,43 +54,13 @@ class CompletionWriter:
     def offer(self, record: StoredCompletion, registry: CompletionBook | None = None) -> bool:
         """Queue `record` for the writer, into `registry` (a project's; the writer's own by default); never waits: a
         full queue drops it (counted). Whether it was queued."""
-        try:
-            self._queue.put_nowait((record, registry or self.registry))
-        except asyncio.QueueFull:
-            self.metrics.stored_completions.labels("dropped").inc()
-            return False
-        return True
+        return self._offer((record, registry or self.registry))
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="stored-completions")
+    def dropped(self, item: tuple[StoredCompletion, CompletionBook]) -> None:
+        self.metrics.stored_completions.labels("dropped").inc()
 
-    async def stop(self) -> None:
-        """Give what is queued a short grace to be written, then stop."""
-        if self._task is None:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._queue.join(), FLUSH_AT_STOP_S)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-
-    async def flushed(self) -> None:
-        """Until every record queued so far has been written or given up on (tests, shutdown)."""
-        await self._queue.join()
-
-    async def _drain(self) -> None:
-        while True:
-            record, registry = await self._queue.get()
-            try:
-                await self._write(record, registry)
-                if self._queue.empty():
-                    await self._prune_if_due()
-            finally:
-                self._queue.task_done()
-
-    async def _write(self, record: StoredCompletion, registry: CompletionBook) -> None:
+    async def write(self, item: tuple[StoredCompletion, CompletionBook]) -> None:
+        record, registry = item
         self._written[getattr(registry, "project", "")] = registry
         try:
             await asyncio.to_thread(registry.put_completion, record)
@@ -100,7 +70,8 @@ class CompletionWriter:
             return
         self.metrics.stored_completions.labels("written").inc()
 
-    async def _prune_if_due(self) -> None:
+    async def idle(self) -> None:
+        """Enforce the retention limits, at most every `prune_every_s`."""
         if self.max_age_s is None and self.max_count is None:
             return
         now = time.time()

@@ -9,7 +9,6 @@ store refuses is counted as `failed` and logged. Neither ever changes the answer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,11 +19,11 @@ from adapters.registry import AuditBook
 from adapters.schema import AuditActor, AuditEntry
 from service.metrics import Metrics
 from service.protocol.audit import AuditEntryObject, AuditList
+from service.queued import QueuedWriter
 
 log = logging.getLogger("skillserve.audit")
 
 PRUNE_EVERY_S = 600.0  # retention is enforced at most this often: a prune lists every project's entries
-FLUSH_AT_STOP_S = 5.0
 MAX_BODY_BYTES = 64 * 1024  # of an answer, kept to find the object's id or the error's code; admin answers are small
 
 
@@ -75,60 +74,30 @@ def _object_id(answer: dict[str, Any], params: dict[str, str]) -> str | None:
     return "/".join(params.values()) or None
 
 
-class AuditWriter:
+class AuditWriter(QueuedWriter["Answered | AuditEntry"]):
     """The bounded queue of audit entries and the one task that writes them."""
+
+    task_name = "audit-log"
 
     def __init__(
         self, registry: AuditBook, metrics: Metrics, queue_size: int, max_age_s: float | None = None,
         prune_every_s: float = PRUNE_EVERY_S,
     ):
+        super().__init__(queue_size)
         self.registry, self.metrics = registry, metrics
         self.max_age_s, self.prune_every_s = max_age_s, prune_every_s
-        self._queue: asyncio.Queue[Answered | AuditEntry] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task[None] | None = None
         self._pruned_at: float | None = None
 
     def offer(self, item: Answered | AuditEntry) -> bool:
         """Queue an entry for the writer; never waits: a full queue drops it (counted, logged). Whether it was
         queued."""
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.metrics.audit_entries.labels("dropped").inc()
-            log.warning("audit entry %s (%s) dropped: the queue is full", item.id, item.action)
-            return False
-        return True
+        return self._offer(item)
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="audit-log")
+    def dropped(self, item: Answered | AuditEntry) -> None:
+        self.metrics.audit_entries.labels("dropped").inc()
+        log.warning("audit entry %s (%s) dropped: the queue is full", item.id, item.action)
 
-    async def stop(self) -> None:
-        """Give what is queued a short grace to be written, then stop."""
-        if self._task is None:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._queue.join(), FLUSH_AT_STOP_S)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-
-    async def flushed(self) -> None:
-        """Until every entry queued so far has been written or given up on (tests, shutdown)."""
-        await self._queue.join()
-
-    async def _drain(self) -> None:
-        while True:
-            item = await self._queue.get()
-            try:
-                await self._write(item)
-                if self._queue.empty():
-                    await self._prune_if_due()
-            finally:
-                self._queue.task_done()
-
-    async def _write(self, item: Answered | AuditEntry) -> None:
+    async def write(self, item: Answered | AuditEntry) -> None:
         try:
             await asyncio.to_thread(self._put, item)
         except Exception as exc:  # noqa: BLE001 - the store's failure costs this entry, never the writer or the action
@@ -140,7 +109,8 @@ class AuditWriter:
     def _put(self, item: Answered | AuditEntry) -> None:
         self.registry.put_audit(item.entry() if isinstance(item, Answered) else item)
 
-    async def _prune_if_due(self) -> None:
+    async def idle(self) -> None:
+        """Enforce the retention limit, at most every `prune_every_s`."""
         if self.max_age_s is None:
             return
         now = time.time()
