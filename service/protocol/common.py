@@ -299,7 +299,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 INFERENCE_ERRORS = error_responses(400, 401, 404, 413, 429, 503)
 
 
-MANAGEMENT_ERRORS = error_responses(400, 401, 403, 404, 503)
+MANAGEMENT_ERRORS = error_responses(400, 401, 403, 404, 413, 503)  # 413: every body has a limit (BodyLimit)
 
 
 # With `stream: true` the 200 is Server-Sent Events: chunks as `data: {json}` lines, then `data: [DONE]`.
