@@ -126,7 +126,7 @@ class StoredKeys:
         future = asyncio.get_running_loop().create_future()
         self._inflight[digest] = future
         try:
-            found = await self._read(token, registry, known)
+            found = await self._read(token, digest, registry, known)
             future.set_result(found)
             return found
         except BaseException as exc:
@@ -136,8 +136,7 @@ class StoredKeys:
         finally:
             del self._inflight[digest]
 
-    async def _read(self, token: str, registry: Any, known: _Known | None) -> Principal | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+    async def _read(self, token: str, digest: str, registry: Any, known: _Known | None) -> Principal | None:
         try:
             record = await asyncio.to_thread(registry.find_api_key, token)
         except StoreUnavailable:
