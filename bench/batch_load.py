@@ -305,8 +305,9 @@ def drain(client: httpx.Client, expected: int, timeout_s: float = 120) -> dict[s
     return counts
 
 
-def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
-    """The serving benchmark's c=16 base case on chat completions, store on vs off, ABBA on one gateway."""
+def store_run(size_name: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
+    """The serving benchmark's c=16 base case on chat completions, store on vs off, ABBA on one gateway, `repeats`
+    times (each ABBA is balanced: a steady drift of the machine favours neither arm)."""
     size = SIZES[size_name]
     shape = EngineShape(max_num_seqs=STORE_CONCURRENCY, max_loras=1, max_cpu_loras=1, max_lora_rank=RANK)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +322,9 @@ def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
             client.post(CHAT, json={"model": BASE_MODEL_ID, "messages": [{"role": "user", "content": "Hello"}],
                                     "max_tokens": 2}).raise_for_status()  # fmt: skip
             expected = 0  # store-on requests so far
-            for i, name in enumerate(("store off", "store on", "store on", "store off")):
+            abba = ("store off", "store on", "store on", "store off")
+            order = [name for _ in range(repeats) for name in abba]
+            for i, name in enumerate(order):
                 time.sleep(SETTLE_S)
                 before = cpu_seconds(server.proc.pid)
                 result = vllm_bench(server.url, size, STORE_CONCURRENCY, [], log, seed=i, endpoint=CHAT,
@@ -343,7 +346,7 @@ def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
     ratio = round(on["output_tok_s"] / off["output_tok_s"], 3)
     by_repeat = [
         round(a["output_tokens"] / a["duration_s"] / (b["output_tokens"] / b["duration_s"]), 3)
-        for a, b in zip(runs["store on"], runs["store off"], strict=True)  # (off, on), (on, off) in run order
+        for a, b in zip(runs["store on"], runs["store off"], strict=True)  # the pairs in run order
     ]
     return {
         "settings": {
@@ -353,7 +356,8 @@ def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
             "engine": asdict(shape),
             "endpoint": f"{CHAT} (streamed), base model",
             "store": "file:// store through the gateway's CompletionWriter (queue, background writer, registry)",
-            "order": f"store off, on, on, off; {SETTLE_S:.0f} s idle before each, the writer's backlog drained",
+            "order": f"{', '.join(name.split()[1] for name in order)}; {SETTLE_S:.0f} s idle before each, the writer's "
+            "backlog drained",
         },
         "store off": off,
         "store on": on,
@@ -374,13 +378,13 @@ def store_run(size_name: str, workdir: Path) -> dict[str, Any]:
 
 
 def run(size_name: str, workdir: Path, only: str | None = None, lines: int | None = None,
-        restart_lines: int | None = None) -> dict[str, Any]:  # fmt: skip
+        restart_lines: int | None = None, repeats: int = 1) -> dict[str, Any]:  # fmt: skip
     n_lines = lines or SIZES_LINES[size_name]
     result: dict[str, Any] = {"benchmark": "batch_load", "size": size_name}
     if only in (None, "batch"):
         result["batch"] = batch_run(size_name, workdir / "batch", n_lines, restart_lines or n_lines)
     if only in (None, "store"):
-        result["store"] = store_run(size_name, workdir / "store-cost")
+        result["store"] = store_run(size_name, workdir / "store-cost", repeats)
     targets = {}
     if "batch" in result:
         targets["live_ttft_p50_with_batch_over_alone"] = result["batch"]["live"]["target"]
@@ -398,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("batch", "store"), default=None, help="the batch cases, or the store's")
     parser.add_argument("--lines", type=int, default=None, help="lines in the live case's batch")
     parser.add_argument("--restart-lines", type=int, default=None, help="lines in the restart case's batch")
+    parser.add_argument("--repeats", type=int, default=1, help="the store case's ABBA, this many times")
     parser.add_argument("--workdir", type=Path, default=None, help="kept (logs, store); default: a temp dir")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON report here")
     args = parser.parse_args(argv)
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="skillserve-batch-load-") as scratch:
         workdir = args.workdir or Path(scratch)
-        result = run(args.size, workdir, args.only, args.lines, args.restart_lines)
+        result = run(args.size, workdir, args.only, args.lines, args.restart_lines, args.repeats)
     result["machine"] = environment.machine()
     report = json.dumps(result, indent=2)
     if args.output:

@@ -1,11 +1,12 @@
 """Limits under load: one caller sends ten times its limit while another stays within its own.
 
-Issue 31's target: while B sends 10x its requests-per-minute limit, A's requests (within its limit) all succeed and
-A's TTFT p50 stays within 1.5x of its value with B silent; B's excess gets 429 with Retry-After and OpenAI's
-x-ratelimit-* headers. One gateway; A and B are two keys with limits of their own (`key_limits`): the static keys
-of today all belong to the default project, so the bench holds keys apart where projects would be. A sends
-streamed chat requests one after another; B sends open-loop at 10x its limit. Phases alternate, alone then with B
-(ABBA with --repeats 2), so a drift of the shared machine favours neither.
+Issue 31's target: while project B sends 10x its requests-per-minute limit, project A's requests (within its limit)
+all succeed and A's TTFT p50 stays within 1.5x of its value with B silent; B's excess gets 429 with Retry-After and
+OpenAI's x-ratelimit-* headers. One gateway; A and B are two projects made in its store before it starts (as the
+operator API makes them), each with an inference key; B's project has a requests-per-minute limit
+(`PROJECT_LIMITS`), A's a limit ten times what it sends in a phase. A sends streamed chat requests one after
+another; B sends open-loop at 10x its limit. Phases alternate, alone then with B (ABBA with --repeats 2), so a drift
+of the shared machine favours neither.
 `python -m bench.limits [--size tiny|full] [--repeats 1]` prints a JSON report (docs/gateway.md has the figures).
 """
 
@@ -23,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, start_gateway
-from service.api.auth import key_id
+from adapters.registry import Registry
+from adapters.store import open_store
+from bench.servers import BASE_MODEL_ID, EngineShape, start_gateway
 
-KEY_A, KEY_B = API_KEY, "bench-key-b"
 SIZES = {
     "tiny": {"a_requests": 8, "b_rpm": 12, "phase_s": 20.0},
     "full": {"a_requests": 40, "b_rpm": 30, "phase_s": 90.0},
@@ -81,8 +82,8 @@ def headers_correct(result: dict[str, Any], rpm: int) -> bool:
     return h[RATE_HEADERS[0]] == str(rpm) and 0 <= int(h[RATE_HEADERS[1]] or -1) < rpm
 
 
-async def phase(url: str, with_b: bool, size: dict[str, Any]) -> dict[str, Any]:
-    a_headers, b_headers = ({"Authorization": f"Bearer {key}"} for key in (KEY_A, KEY_B))
+async def phase(url: str, keys: dict[str, str], with_b: bool, size: dict[str, Any]) -> dict[str, Any]:
+    a_headers, b_headers = ({"Authorization": f"Bearer {keys[who]}"} for who in ("A", "B"))
     async with httpx.AsyncClient(base_url=url, headers=a_headers, timeout=300) as a, \
             httpx.AsyncClient(base_url=url, headers=b_headers, timeout=300) as b:  # fmt: skip
         b_task = asyncio.create_task(b_client(b, size["b_rpm"], size["phase_s"])) if with_b else None
@@ -106,34 +107,47 @@ async def phase(url: str, with_b: bool, size: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def two_projects(store_uri: str, size: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Projects A and B in the store, an inference key each; their limits as the gateway's settings. A's limit
+    leaves room for every request it sends in a minute, B's is the size's."""
+    registry = Registry(open_store(store_uri))
+    keys, limits = {}, {}
+    for who, rpm in (("A", 10 * size["a_requests"]), ("B", size["b_rpm"])):
+        project = registry.create_project(f"bench {who}")
+        _, keys[who] = registry.create_api_key(project.id, "inference", f"bench-{who}")
+        limits[project.id] = {"requests_per_minute": rpm}
+    return keys, limits
+
+
 def run(size_name: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
     size = SIZES[size_name]
     shape = EngineShape(max_num_seqs=4, max_loras=1, max_cpu_loras=1, max_model_len=1024)
-    env = {
-        "SKILLSERVE_API_KEYS": json.dumps([KEY_A, KEY_B]),
-        "SKILLSERVE_KEY_LIMITS": json.dumps({key_id(KEY_B): {"requests_per_minute": size["b_rpm"]}}),
-    }
+    store_uri = f"file://{workdir / 'store'}"
+    keys, limits = two_projects(store_uri, size)
+    env = {"SKILLSERVE_PROJECT_LIMITS": json.dumps(limits)}  # the static API_KEY: the default project, unused
     order = [name for rep in range(repeats) for name in (("alone", "with B") if rep % 2 == 0 else ("with B", "alone"))]
     phases: dict[str, list[dict[str, Any]]] = {"alone": [], "with B": []}
-    with start_gateway(shape, f"file://{workdir / 'store'}", workdir, extra_env=env) as server:
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=300) as c:
+    with start_gateway(shape, store_uri, workdir, extra_env=env) as server:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {keys['A']}"}, timeout=300) as c:
             c.post("/v1/chat/completions", json={**chat_body(0), "stream": False}).raise_for_status()  # warm
         for name in order:
             time.sleep(2.0)
-            phases[name].append(asyncio.run(phase(server.url, name == "with B", size)))
+            phases[name].append(asyncio.run(phase(server.url, keys, name == "with B", size)))
     alone = statistics.fmean(p["a_ttft_p50_ms"] for p in phases["alone"])
     loaded = statistics.fmean(p["a_ttft_p50_ms"] for p in phases["with B"])
     with_b = phases["with B"]
     return {
         "size": size_name,
+        "project_limits_rpm": dict(zip("AB", (limit["requests_per_minute"] for limit in limits.values()), strict=True)),
         "b_limit_rpm": size["b_rpm"],
         "phases": phases,
         "a_ttft_p50_with_b_over_alone": round(loaded / alone, 3),
         "targets": {
             "a_all_succeed": all(p["a_ok"] == p["a_sent"] for ps in phases.values() for p in ps),
             "a_ttft_within_1_5x": loaded / alone <= 1.5,
-            "b_refused_with_headers": all(p["b_429"] > 0 and p["b_headers_correct"] == p["b_ok"] + p["b_429"]
-                                          for p in with_b),  # fmt: skip
+            "b_refused_with_headers": all(
+                p["b_429"] > 0 and p["b_headers_correct"] == p["b_ok"] + p["b_429"] for p in with_b
+            ),  # fmt: skip
         },
     }
 
