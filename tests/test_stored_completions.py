@@ -186,6 +186,12 @@ def test_stored_completions_are_listed_retrieved_updated_and_deleted_through_the
         other.id, second.id, first.id]
     assert [c.id for c in admin.chat.completions.list(model="shout@3", metadata={"run": tag})] == [
         first.id, second.id]  # the version that answered finds them too
+    by_alias = record("sky", "SKY!", created=now, run=tag).model_copy(update={"model": "shout@prod"})
+    registry.put_completion(by_alias)
+    assert [c.id for c in admin.chat.completions.list(model="shout", metadata={"run": tag})] == [
+        first.id, second.id, by_alias.id]  # the skill's name finds what any alias or version of it answered
+    assert [c.id for c in admin.chat.completions.list(model="shout@prod", metadata={"run": tag})] == [by_alias.id]
+    registry.delete_completion(by_alias.id)
 
     got = admin.chat.completions.retrieve(first.id)
     assert got.choices[0].message.content == "CAT!" and got.model == "shout" and got.usage.total_tokens == 12

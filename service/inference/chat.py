@@ -286,7 +286,7 @@ def _keep(work: Work, body: ChatCompletionRequest, answer: ChatCompletion) -> No
     writer.offer(
         StoredCompletion.model_construct(
             id=answer.id,
-            created=float(answer.created),
+            created=time.time(),  # not the answer's whole seconds: two answers of one second keep their order
             model=body.model,
             answered_by=work.target.answered_by,
             messages=[message.model_dump(mode="json", exclude_none=True) for message in body.messages],

@@ -54,7 +54,10 @@ def _record(gw: Gateway, completion_id: str) -> StoredCompletion:
 
 
 def _matches(record: StoredCompletion, model: str | None, metadata: Mapping[str, str] | None) -> bool:
-    if model is not None and model not in (record.model, record.answered_by):
+    """`model` as the request named it (`shout@prod`), as it was answered (`shout@3`), or the skill's name (`shout`:
+    every version and alias of it)."""
+    answered_by_skill = record.answered_by.split("@", 1)[0]
+    if model is not None and model not in (record.model, record.answered_by, answered_by_skill):
         return False
     return all(record.metadata.get(key) == value for key, value in (metadata or {}).items())
 
