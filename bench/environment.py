@@ -42,8 +42,16 @@ def git_commit() -> str | None:
         return None
 
 
+def bf16_units() -> list[str]:
+    """The CPU's native bfloat16 units (`amx_bf16`, `avx512_bf16`) from its flags: none on an older CPU, where `auto`
+    keeps float32 (adapters/hardware.py)."""
+    from adapters.hardware import BF16_FLAGS, cpu_flags
+
+    return sorted(cpu_flags() & set(BF16_FLAGS))
+
+
 def machine() -> dict[str, Any]:
-    """nproc, CPU model, memory, Python and package versions, date (UTC) and commit."""
+    """nproc, CPU model and its bf16 units, memory, Python and package versions, date (UTC) and commit."""
     try:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -51,6 +59,7 @@ def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
+        "bf16_units": bf16_units(),
         "memory_gib": mem_gib,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -35,6 +35,13 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _units(machine: dict[str, Any]) -> str:
+    """The CPU's native bf16 units; results from before they were recorded say so."""
+    if "bf16_units" not in machine:
+        return "not recorded"
+    return ", ".join(machine["bf16_units"]) or "none"
+
+
 def machine_section(results: list[dict[str, Any]]) -> list[str]:
     lines = ["## Machine", ""]
     rows = []
@@ -46,13 +53,14 @@ def machine_section(results: list[dict[str, Any]]) -> list[str]:
                 m.get("date", "-"),
                 str(m.get("nproc", "-")),
                 m.get("cpu_model", "-"),
+                _units(m),
                 _f(m.get("memory_gib"), 1),
                 " ".join(_f(x) for x in m.get("load_average_at_start", [])),
                 r.get("size", "-"),
                 m.get("commit") or "-",
             ]
         )
-    header = ["benchmark", "date (UTC)", "nproc", "CPU", "GiB", "load avg at start", "size", "commit"]
+    header = ["benchmark", "date (UTC)", "nproc", "CPU", "bf16 units", "GiB", "load avg at start", "size", "commit"]
     lines += _table(header, rows)
     versions: dict[str, str] = next((r["machine"].get("versions") for r in results if r.get("machine")), {}) or {}
     python = next((r["machine"].get("python") for r in results if r.get("machine")), "-")
