@@ -641,6 +641,21 @@ def test_the_audit_page_shows_admin_actions_with_their_outcome_filters_and_pages
         page.locator(f'#audit tr[data-entry="{delete_entry["id"]}"]').get_by_role("link", name="file-missing").click()
         page.wait_for_url(re.compile(r"object=file-missing"))
         shows(page, [delete_entry["id"]])
+        # A time range, in the browser's time zone, to the minute: from the upload's minute on is all three, until it
+        # (exclusive) is none.
+        page.goto("/ui/#/audit")
+        shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
+        minute = 60 * (int(upload_entry["created_at"]) // 60)
+        offset_s = 60 * page.evaluate(f"new Date({minute * 1000}).getTimezoneOffset()")
+        local = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute - offset_s))
+        page.get_by_label("Until").fill(local)
+        page.get_by_role("button", name="Filter").click()
+        page.locator("#audit td.empty", has_text="No entry matches these filters.").wait_for()
+        page.get_by_label("Until").fill("")
+        page.get_by_label("From").fill(local)
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url(re.compile(r"from="))
+        shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
 
         # Twenty more uploads: the page of twenty and the one older, as the API pages them.
         for n in range(20):
