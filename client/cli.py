@@ -300,7 +300,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    params = {"limit": args.limit, "after": args.after, "action": args.action}
+    params = {"limit": args.limit, "after": args.after, "action": args.action, "outcome": args.outcome,
+              "object_id": args.object}
     with connect(args) as client:
         page = checked(client.get("/v1/audit", params={k: v for k, v in params.items() if v is not None}))
     if args.json:
@@ -431,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the project's audit log, newest first (admin key)")
     audit.add_argument("--action", default=None, help="only this action, e.g. adapter.delete or alias.set")
+    audit.add_argument("--outcome", default=None, choices=("succeeded", "failed"), help="only actions that ended so")
+    audit.add_argument("--object", default=None, metavar="ID", help="only entries of this object (an id, name@version)")
     audit.add_argument("--after", default=None, metavar="ID", help="the page after this entry (older ones)")
     audit.add_argument("--limit", type=int, default=20, help="entries per page (at most 100)")
     audit.add_argument("--json", action="store_true", help="the API's JSON as it came")

@@ -239,6 +239,52 @@ def test_admins_page_through_their_projects_entries_newest_first_and_inference_k
     assert app.get("/v1/audit", params={"limit": 101}, headers=ADMIN).status_code in (400, 422)
 
 
+def test_admins_filter_entries_by_outcome_object_and_time_and_a_time_range_reads_no_entry_outside_it(
+    app: TestClient
+) -> None:
+    registry: Registry = gateway_of(app).registry
+    now = float(int(time.time()))  # whole seconds: the range is read from the ids, to the millisecond
+
+    def made(at: float, action: str, object_id: str, failed: bool = False) -> AuditEntry:
+        return AuditEntry(id=new_audit_id(at), at=at, actor=AuditActor(key_id="key_x", role="admin"), action=action,
+                          object_id=object_id, status_code=404 if failed else 200,
+                          error_code="not_found" if failed else None, outcome="failed" if failed else "succeeded")
+
+    old = made(now - 3600, "file.upload", "file-a")
+    deleted = made(now - 120, "file.delete", "file-a")
+    missing = made(now - 60, "file.delete", "file-b", failed=True)
+    newest = made(now - 1, "adapter.delete", "shout@1")
+    for entry_ in (old, deleted, missing, newest):
+        registry.put_audit(entry_)
+
+    def ids(**params: Any) -> list[str]:
+        reply = app.get("/v1/audit", params=params, headers=ADMIN)
+        assert reply.status_code == 200, reply.text
+        return [e["id"] for e in reply.json()["data"]]
+
+    assert ids(outcome="failed") == [missing.id]
+    assert ids(outcome="succeeded", object_id="file-a") == [deleted.id, old.id]
+    assert ids(action="file.delete", outcome="succeeded") == [deleted.id]
+    assert ids(start_time=now - 600) == [newest.id, missing.id, deleted.id]
+    assert ids(start_time=now - 600, end_time=now - 60) == [deleted.id]  # the end is left out
+    assert ids(end_time=now - 60, limit=1) == [deleted.id]
+    assert ids(end_time=now - 60, after=deleted.id) == [old.id]
+    assert ids(start_time=now + 60) == []
+
+    # The range is read from the ids: an entry outside it is never read, so an unreadable one there costs nothing.
+    reads: list[str] = []
+    store = registry.store
+    real_get = store.get_bytes
+    store.get_bytes = lambda key: reads.append(key) or real_get(key)  # type: ignore[method-assign]
+    assert ids(start_time=now - 90, end_time=now - 30) == [missing.id]
+    assert [key.rpartition("/")[2] for key in reads] == [f"{missing.id}.json"]
+
+    for refused in ({"outcome": "maybe"}, {"start_time": now, "end_time": now - 1}, {"start_time": -1}):
+        reply = app.get("/v1/audit", params=refused, headers=ADMIN)
+        assert reply.status_code in (400, 422), refused
+        assert reply.json()["error"]["param"] in ("outcome", "end_time", "start_time"), reply.json()
+
+
 def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     app.headers.update(ADMIN)
@@ -247,6 +293,8 @@ def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.Monkey
     assert cli.main(["--key", ADMIN_KEY, "audit", "--action", "adapter.delete"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert key_id(ADMIN_KEY) in line and "adapter.delete" in line and "nothing-here" in line and "404 not_found" in line
+    assert cli.main(["--key", ADMIN_KEY, "audit", "--outcome", "succeeded", "--object", "nothing-here"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # the heading alone: that delete failed
 
 
 class _Borrowed:

@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from fastapi.testclient import TestClient
 from adapters.dataset import parse_dataset
 from adapters.models import DEFAULT_MODEL
 from adapters.templates import TEMPLATE_NAMES
+from service.api.auth import key_id
 from service.app import create_app
 from tests.eval_fixtures import FinishedEval, management_gateway
-from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, management_settings
+from tests.gateway_fixtures import ADMIN_KEY, API_KEY, GatewayServer, free_port, gateway_process, management_settings
 from tests.shout import shout_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,7 @@ def test_dashboard_files_load_without_a_key_and_nothing_else_does(ui_client: Tes
     assert config["templates"] == list(TEMPLATE_NAMES)
     rank = config["hyperparameters"]["properties"]["rank"]
     assert rank["default"] is None and rank["x-auto"] is True  # chosen from the data unless given
+    assert {"file.upload", "alias.set", "adapter.publish"} <= set(config["audit_actions"])  # the Audit page's filter
     # Only files of the dashboard: no way out of its folder, and the API still needs a key.
     for path in ("/ui/../routes/ui.py", "/ui/%2e%2e/routes/ui.py", "/ui/..%2fauth.py", "/uiadapters"):
         assert ui_client.get(path).status_code in (401, 404), path
@@ -125,10 +128,10 @@ def console() -> Console:
     return Console()
 
 
-@pytest.fixture
-def page(browser: Any, gateway: GatewayServer, console: Console) -> Iterator[Any]:
-    """A fresh tab (its own session storage, so no key) on the gateway's dashboard; no console errors allowed."""
-    context = browser.new_context(viewport=LAPTOP, base_url=gateway.url)
+@contextmanager
+def fresh_tab(browser: Any, url: str, console: Console) -> Iterator[Any]:
+    """A fresh tab (its own session storage, so no key) on the dashboard at `url`; no console errors allowed."""
+    context = browser.new_context(viewport=LAPTOP, base_url=url)
     tab = context.new_page()
     tab.set_default_timeout(60_000)
     tab.on("console", lambda m: console.record("console", m.text) if m.type == "error" else None)
@@ -136,6 +139,12 @@ def page(browser: Any, gateway: GatewayServer, console: Console) -> Iterator[Any
     yield tab
     context.close()
     assert not console.errors, "\n".join(console.errors)
+
+
+@pytest.fixture
+def page(browser: Any, gateway: GatewayServer, console: Console) -> Iterator[Any]:
+    with fresh_tab(browser, gateway.url, console) as tab:
+        yield tab
 
 
 def sign_in(page: Any, key: str, then: str = "#/skills") -> None:
@@ -500,14 +509,8 @@ def evals_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ga
 
 @pytest.fixture
 def evals_page(browser: Any, evals_gateway: tuple[GatewayServer, FinishedEval], console: Console) -> Iterator[Any]:
-    context = browser.new_context(viewport=LAPTOP, base_url=evals_gateway[0].url)
-    tab = context.new_page()
-    tab.set_default_timeout(60_000)
-    tab.on("console", lambda m: console.record("console", m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: console.record("exception", str(e)))
-    yield tab
-    context.close()
-    assert not console.errors, "\n".join(console.errors)
+    with fresh_tab(browser, evals_gateway[0].url, console) as tab:
+        yield tab
 
 
 @pytest.mark.slow
@@ -552,3 +555,130 @@ def test_the_evals_page_shows_runs_side_by_side_and_the_rows_where_they_differ(
     page.wait_for_url(re.compile(f"b={finished.failed_run}"))
     page.locator("#differ-count", has_text="4 of 4 rows differ").wait_for()
     assert "did not reach this row" in page.locator('article.diff[data-row="0"] .answer-b').inner_text()
+
+
+# ---------------------------------------------------------------------------- the audit log, without an engine
+
+
+@pytest.fixture(scope="module")
+def audit_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """A management-only gateway on an empty store: its audit log holds only what a test does."""
+    root = tmp_path_factory.mktemp("ui-audit")
+    extra = {"SKILLSERVE_LOAD_ENGINE": "false", "SKILLSERVE_METRICS_PORT": str(free_port())}
+    with gateway_process(root, f"file://{root / 'store'}", extra, ready="/health", timeout=120) as (server, _):
+        yield server
+
+
+def logged(gateway: GatewayServer, count: int, **params: str) -> list[dict[str, Any]]:
+    """The audit log's newest entries (filtered by `params`) once `count` are written (the writer is asynchronous)."""
+    admin = gateway.client(ADMIN_KEY)
+    deadline = time.monotonic() + 30
+    while len(found := admin.get("/v1/audit", params={"limit": 100, **params}).json()["data"]) < count:
+        assert time.monotonic() < deadline, f"only {len(found)} of {count} audit entries were written"
+        time.sleep(0.1)
+    return found  # type: ignore[no-any-return]
+
+
+def shows(page: Any, ids: list[str]) -> None:
+    """Wait until the Audit page lists exactly these entries, in this order (a view replaces the last one as it
+    loads, so the rows are read until they settle)."""
+    rows = page.locator("#audit tbody tr[data-entry]")
+    deadline = time.monotonic() + 30
+    while (found := rows.evaluate_all("rows => rows.map((row) => row.dataset.entry)")) != ids:
+        assert time.monotonic() < deadline, f"the page shows {found}, not {ids}"
+        page.wait_for_timeout(100)
+
+
+@pytest.mark.slow
+def test_the_audit_page_shows_admin_actions_with_their_outcome_filters_and_pages_them_and_needs_an_admin_key(
+    browser: Any, audit_gateway: GatewayServer, console: Console
+) -> None:
+    console.expected_statuses.add(403)  # an inference key may not read the audit log
+    admin = audit_gateway.client(ADMIN_KEY)
+    upload = admin.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", b"{}\n")})
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    missing = admin.delete("/v1/files/file-missing")
+    assert missing.status_code == 404, missing.text
+    refused = audit_gateway.client(API_KEY).delete(f"/v1/files/{file_id}")  # recorded too, with the key's role
+    assert refused.status_code == 403, refused.text
+    (upload_entry, delete_entry, refused_entry) = reversed(logged(audit_gateway, 3))
+
+    with fresh_tab(browser, audit_gateway.url, console) as page:
+        sign_in(page, API_KEY, "#/audit")
+        page.get_by_role("heading", name="Reading the audit log needs an admin key").wait_for()
+        page.get_by_role("button", name="Forget key").click()
+        sign_in(page, ADMIN_KEY, "#/audit")
+        rows = page.locator("#audit tbody tr[data-entry]")
+        rows.first.wait_for()
+        assert [rows.nth(i).get_attribute("data-entry") for i in range(rows.count())] == [
+            refused_entry["id"], delete_entry["id"], upload_entry["id"]]  # newest first
+        deleted = page.locator(f'#audit tr[data-entry="{delete_entry["id"]}"]')
+        assert (deleted.get_attribute("data-action"), deleted.get_attribute("data-outcome")) == (
+            "file.delete", "failed")
+        text = deleted.inner_text()
+        assert key_id(ADMIN_KEY) in text and "admin" in text and "file-missing" in text
+        assert "404" in text and missing.json()["error"]["code"] in text
+        uploaded = page.locator(f'#audit tr[data-entry="{upload_entry["id"]}"]')
+        assert (uploaded.get_attribute("data-action"), uploaded.get_attribute("data-outcome")) == (
+            "file.upload", "succeeded")
+        assert file_id in uploaded.inner_text() and "200" in uploaded.inner_text()
+        inference = page.locator(f'#audit tr[data-entry="{refused_entry["id"]}"]').inner_text()
+        assert key_id(API_KEY) in inference and "inference" in inference and "admin_key_required" in inference
+        screenshot(page, "ui-audit.png")
+
+        # Filtered by action from the form; the filter is kept in the address.
+        page.get_by_label("Action").fill("file.upload")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url(re.compile(r"action=file\.upload"))
+        shows(page, [upload_entry["id"]])
+        # ... and by outcome: no upload failed.
+        page.get_by_label("Outcome").select_option("failed")
+        page.get_by_role("button", name="Filter").click()
+        page.locator("#audit td.empty", has_text="No entry matches these filters.").wait_for()
+        # An entry's object filters the log to it.
+        page.goto("/ui/#/audit")
+        page.locator(f'#audit tr[data-entry="{delete_entry["id"]}"]').get_by_role("link", name="file-missing").click()
+        page.wait_for_url(re.compile(r"object=file-missing"))
+        shows(page, [delete_entry["id"]])
+        # A time range, in the browser's time zone, to the minute: from the upload's minute on is all three, until it
+        # (exclusive) is none.
+        page.goto("/ui/#/audit")
+        shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
+        minute = 60 * (int(upload_entry["created_at"]) // 60)
+        offset_s = 60 * page.evaluate(f"new Date({minute * 1000}).getTimezoneOffset()")
+        local = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute - offset_s))
+        page.get_by_label("Until").fill(local)
+        page.get_by_role("button", name="Filter").click()
+        page.locator("#audit td.empty", has_text="No entry matches these filters.").wait_for()
+        page.get_by_label("Until").fill("")
+        page.get_by_label("From").fill(local)
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url(re.compile(r"from="))
+        shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
+
+        # Twenty more uploads: the page of twenty and the one older, as the API pages them.
+        for n in range(20):
+            more = admin.post("/v1/files", data={"purpose": "batch"}, files={"file": (f"{n}.jsonl", b"{}\n")})
+            assert more.status_code == 200, more.text
+        uploads = [e["id"] for e in logged(audit_gateway, 21, action="file.upload")]
+        assert uploads[-1] == upload_entry["id"]
+        page.goto("/ui/#/audit?action=file.upload")
+        shows(page, uploads[:20])
+        page.get_by_role("link", name="Older").click()
+        shows(page, uploads[20:])
+        assert page.get_by_role("link", name="Older").count() == 0
+        page.get_by_role("link", name="Newest").click()
+        page.wait_for_url(re.compile(r"#/audit\?action=file\.upload$"))
+        shows(page, uploads[:20])
+
+        # On a phone: the filters stack and the table scrolls inside its card, never the page.
+        page.set_viewport_size(PHONE)
+        page.goto("/ui/#/audit")
+        shows(page, [e["id"] for e in logged(audit_gateway, 23)][:20])
+        assert page.get_by_label("Action").is_visible() and page.get_by_role("button", name="Filter").is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        first = rows.first
+        outcome = first.locator(".badge").bounding_box()
+        assert outcome["x"] + outcome["width"] <= PHONE["width"], outcome  # how it ended is seen without scrolling
+        assert key_id(ADMIN_KEY) in first.locator("th").inner_text()  # who, under when

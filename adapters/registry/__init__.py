@@ -24,7 +24,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 from __future__ import annotations
 
 from adapters.registry.aliases import AliasBook, pick_version
-from adapters.registry.audit import AuditBook
+from adapters.registry.audit import AuditBook, AuditFilter
 from adapters.registry.batches import BatchBook
 from adapters.registry.completions import CompletionBook
 from adapters.registry.evals import EvalBook
@@ -40,6 +40,7 @@ from adapters.store import ObjectStore, PrefixedStore
 __all__ = [
     "AliasBook",
     "AuditBook",
+    "AuditFilter",
     "AdapterVersions",
     "BatchBook",
     "CompletionBook",

@@ -4,6 +4,8 @@ time-sortable ids, and deleted only by retention, which reads the time from the 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -15,6 +17,27 @@ from adapters.schema import AUDIT_ID_RE, AuditEntry, audit_id_time
 log = logging.getLogger("skillserve.registry")
 
 
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which entries a listing keeps; every field given must match. The time range is read from the ids alone."""
+
+    action: str | None = None
+    outcome: Literal["succeeded", "failed"] | None = None
+    object_id: str | None = None
+    start_time: float | None = None  # unix seconds, inclusive
+    end_time: float | None = None  # unix seconds, exclusive
+
+    def keeps(self, entry: AuditEntry) -> bool:
+        return (
+            (self.action is None or entry.action == self.action)
+            and (self.outcome is None or entry.outcome == self.outcome)
+            and (self.object_id is None or entry.object_id == self.object_id)
+        )
+
+
+EVERY = AuditFilter()
+
+
 class AuditBook(RecordShelf):
     """Each project's audit entries."""
 
@@ -23,15 +46,25 @@ class AuditBook(RecordShelf):
         return self._put_once(audit_key(entry.actor.project, entry.id), entry)
 
     def list_audit(
-        self, project: str, after: str | None = None, limit: int = 20, action: str | None = None
+        self, project: str, after: str | None = None, limit: int = 20, where: AuditFilter = EVERY
     ) -> tuple[list[AuditEntry], bool]:
         """A project's entries, newest first: the `limit` older than the entry `after` (an id; it need not still be
-        there), of one `action` if given, and whether more follow. Reads entries only until the page is full."""
+        there) that `where` keeps, and whether more follow. Reads entries only until the page is full, and none
+        outside the time range."""
         keys = sorted(self.store.list(audit_prefix(project)), reverse=True)
         if after is not None:
             keys = [key for key in keys if key < audit_key(project, after)]
         found: list[AuditEntry] = []
         for key in keys:
+            leaf = key.rpartition("/")[2].removesuffix(".json")
+            if not AUDIT_ID_RE.fullmatch(leaf):
+                log.warning("skipping a key not of an audit entry: %s", key)
+                continue
+            at = audit_id_time(leaf)
+            if where.end_time is not None and at >= where.end_time:
+                continue
+            if where.start_time is not None and at < where.start_time:
+                break  # newest first: every key after this one is older still
             try:
                 entry = AuditEntry.model_validate_json(self.store.get_bytes(key))
             except NotFound:  # pruned between the list and the read
@@ -39,7 +72,7 @@ class AuditBook(RecordShelf):
             except ValidationError as exc:
                 log.warning("skipping unreadable audit entry %s: %s", key, exc)
                 continue
-            if action is not None and entry.action != action:
+            if not where.keeps(entry):
                 continue
             if len(found) == limit:
                 return found, True

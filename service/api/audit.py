@@ -64,6 +64,8 @@ ACTIONS = {
     ("DELETE", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): "key.revoke",
     ("POST", "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate"): "key.rotate",
 }
+# Written outside a request, by the code that acts (trainer/job.py publishes a version and records it).
+OUTSIDE_REQUESTS = ("adapter.publish",)
 DETAIL = "skillserve_audit_detail"  # where a route leaves what its entry should add (`note`)
 
 
@@ -72,6 +74,11 @@ def action_of(method: str, route: str) -> str | None:
     if method not in CHANGES or (method, route) in NOT_ACTIONS:
         return None
     return ACTIONS.get((method, route), f"{method} {route}")
+
+
+def action_names() -> list[str]:
+    """Every named action, sorted: what the dashboard offers to filter on."""
+    return sorted({*ACTIONS.values(), *OUTSIDE_REQUESTS})
 
 
 def note(request: Request, **detail: object) -> None:

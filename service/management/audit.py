@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.registry import AuditBook
+from adapters.registry import AuditBook, AuditFilter
 from adapters.schema import AuditActor, AuditEntry
 from service.metrics import Metrics
 from service.protocol.audit import AuditEntryObject, AuditList
@@ -125,9 +125,9 @@ class AuditWriter(QueuedWriter["Answered | AuditEntry"]):
         self.metrics.audit_entries.labels("pruned").inc(pruned)
 
 
-def list_entries(registry: AuditBook, project: str, after: str | None, limit: int, action: str | None) -> AuditList:
-    """A project's audit entries, newest first, as an OpenAI list."""
-    entries, more = registry.list_audit(project, after, limit, action)
+def list_entries(registry: AuditBook, project: str, after: str | None, limit: int, where: AuditFilter) -> AuditList:
+    """A project's audit entries that `where` keeps, newest first, as an OpenAI list."""
+    entries, more = registry.list_audit(project, after, limit, where)
     data = [AuditEntryObject.of(entry) for entry in entries]
     return AuditList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=more)

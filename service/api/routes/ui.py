@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from adapters.schema import Hyperparameters, Method
 from adapters.templates import TEMPLATE_NAMES
+from service.api.audit import action_names
 from service.api.auth import auth_enabled
 from service.api.deps import SettingsDep
 
@@ -47,12 +48,14 @@ class DashboardFiles(StaticFiles):
 async def config(settings: SettingsDep) -> dict[str, Any]:
     """What the page needs before its first API call: whether to ask for a key (else that call would be a 401),
     and the training form's choices from their one source: the built-in templates and the Hyperparameters schema
-    (the model POST /adapters validates against, with its defaults, bounds and descriptions), and the methods."""
+    (the model POST /adapters validates against, with its defaults, bounds and descriptions), the methods, and the
+    audit log's action names (the Audit page's filter)."""
     return {
         "auth": auth_enabled(settings),
         "templates": list(TEMPLATE_NAMES),
         "hyperparameters": Hyperparameters.model_json_schema(),
         "methods": list(get_args(Method.model_fields["type"].annotation)),
+        "audit_actions": action_names(),
     }
 
 

@@ -1,6 +1,7 @@
 // The dashboard's shell: hash routes to views, the key prompt, the header.
 import { api, apiKey, gatewayConfig } from "./api.js";
 import { errorBox, h, loading } from "./dom.js";
+import * as audit from "./audit.js";
 import * as batches from "./batches.js";
 import * as evals from "./evals.js";
 import * as jobs from "./jobs.js";
@@ -23,6 +24,7 @@ const ROUTES = [
   [/^#\/stored$/, "stored", stored.list],
   [/^#\/stored\/([^/]+)$/, "stored", stored.detail],
   [/^#\/batches$/, "batches", batches.list],
+  [/^#\/audit$/, "audit", audit.list],
 ];
 
 let config = { auth: false };
