@@ -52,8 +52,8 @@ REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]]
 
 class FairSlots:
     """At most `concurrency` background requests at once, over every project's work: a slot that frees goes to the
-    waiting project with the fewest requests in flight here (FairShare's count; the longest waiting of them on a
-    tie), so projects take turns one request at a time and one project's big batch cannot starve another's. A
+    waiting project with the fewest requests in flight here (FairShare's count; on a tie, the one served longest
+    ago), so projects take turns one request at a time and one project's big batch cannot starve another's. A
     request refused for load (429) or by an engine not ready (503) waits, doubling its wait up to RETRY_S[1]; one
     over its project's per-minute limit waits until the minute resets (Retry-After); neither holds a slot while it
     waits. Only a request its limit can never admit (larger than the limit itself) fails."""
@@ -63,6 +63,7 @@ class FairSlots:
         self.share = FairShare(self.free)  # in flight per project; one project may hold every slot
         self._waiting: dict[str, deque[tuple[int, asyncio.Future[Slot]]]] = {}
         self._arrivals = itertools.count()
+        self._served: dict[str, int] = {}  # when each project was last handed a slot (an arrival number)
 
     async def call(self, project: str, send: Callable[[], Awaitable[T]]) -> T:
         wait = RETRY_S[0]
@@ -83,7 +84,7 @@ class FairSlots:
     async def _enter(self, project: str) -> Slot:
         if self.free > 0 and not self._waiting:
             self.free -= 1
-            return self.share.enter(project)
+            return self._grant(project)
         granted: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         place = (next(self._arrivals), granted)
         self._waiting.setdefault(project, deque()).append(place)
@@ -103,15 +104,19 @@ class FairSlots:
     def _leave(self, slot: Slot) -> None:
         slot.release()
         while self._waiting:
-            project = min(self._waiting, key=lambda p: (self.share.in_flight[p], self._waiting[p][0][0]))
+            project = min(self._waiting, key=lambda p: (self.share.in_flight[p], self._served.get(p, -1)))
             queue = self._waiting[project]
             _, granted = queue.popleft()
             if not queue:
                 del self._waiting[project]
             if not granted.cancelled():  # its task was cancelled while it waited: the next one
-                granted.set_result(self.share.enter(project))
+                granted.set_result(self._grant(project))
                 return
         self.free += 1
+
+    def _grant(self, project: str) -> Slot:
+        self._served[project] = next(self._arrivals)
+        return self.share.enter(project)
 
 
 def task_key(project: str, work_id: str) -> str:
