@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.errors import InvalidName
-from adapters.registry import ProjectJobs, Registry, parse_job_uri
+from adapters.registry import ProjectJobs, Registry, open_registry, parse_job_uri
 from adapters.schema import (
     BatchRecord,
     EvalOutputItem,
@@ -215,6 +215,28 @@ def test_the_local_runner_launches_a_projects_job_inside_the_projects_namespace(
     record = mine.get_job(job.id)
     assert record.status is JobStatus.failed and "without finishing the job" in (record.error or "")
     assert root.list_jobs() == []  # nothing of the project's in the default project
+
+
+def test_the_trainers_audit_entry_for_a_projects_version_lands_in_the_projects_log(
+    app: TestClient, tmp_path: Path
+) -> None:
+    """The trainer opens the store its job URI names (a project's: `<store>/projects/<id>`) as the project's view
+    (open_registry) and writes the entry for the version it published into the project's audit log, at the root
+    where /v1/audit reads it, not inside the project's namespace nor in the default project's log."""
+    from trainer.job import _audit_published
+
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    project = new_project(app, "team a")
+    trainer_registry = open_registry(gw.registry.for_project(project).store.uri)
+    assert trainer_registry.project == project
+    manifest = publish_adapter(trainer_registry, fake_adapter_dir(tmp_path), "tone")
+    _audit_published(trainer_registry, "job-1", manifest)
+
+    reply = app.get("/v1/audit", headers=bearer(new_key(app, project, "admin")["value"]))
+    assert reply.status_code == 200, reply.text
+    assert [(e["action"], e["object_id"]) for e in reply.json()["data"]] == [("adapter.publish", manifest.ref)]
+    assert "adapter.publish" not in app.get("/v1/audit", headers=bearer(ADMIN_KEY)).text
+    assert not [key for key in gw.registry.store.list(f"projects/{project}/") if "audit" in key]
 
 
 def test_a_stored_completion_is_written_into_the_project_of_the_request(tmp_path: Path) -> None:
