@@ -295,3 +295,50 @@ def test_a_call_over_its_limit_waits_the_retry_after_and_one_larger_than_the_lim
 
     waited, answered = asyncio.run(scenario())
     assert answered == "answered" and waited >= 1.4  # the minute's Retry-After (1 s), then the load's first wait
+
+
+# ------------------------------------------------------------------------------------ the real engine
+
+
+@pytest.mark.slow
+def test_a_projects_batch_runs_on_the_real_engine_in_its_project_and_waits_out_its_limit(
+    tmp_path: Path, peft_adapter_dir: Path
+) -> None:
+    """The real serving path (vLLM on the CPU): project a's batch answers on the base model and a's skill, is charged
+    to a's requests_per_minute (3: its four lines cannot all run in one calendar minute, none fails), and b's skill
+    is model_not_found to a's batch."""
+    from tests.gateway_fixtures import gateway_process
+    from tests.test_projects import OPERATOR_KEY
+
+    extra = {"SKILLSERVE_OPERATOR_KEYS": json.dumps([OPERATOR_KEY]), "SKILLSERVE_LIMITS_BACKEND": "local",
+             "SKILLSERVE_DEFAULT_LIMITS": json.dumps({"requests_per_minute": 3})}
+    with gateway_process(tmp_path, f"file://{tmp_path / 'store'}", extra) as (server, _):
+        keys = {}
+        with server.client(OPERATOR_KEY) as operator:
+            for name in ("a", "b"):
+                project = operator.post("/v1/organization/projects", json={"name": name}).json()["id"]
+                reply = operator.post(f"/v1/organization/projects/{project}/api_keys", json={"role": "admin"})
+                keys[name] = (project, reply.json()["value"])
+        (a, key_a), (b, _) = keys["a"], keys["b"]
+        publish_adapter(server.registry.for_project(a), peft_adapter_dir, SKILL)
+        publish_adapter(server.registry.for_project(b), peft_adapter_dir, "b-only")
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key_a, max_retries=0, timeout=300)
+
+        def upload(rows: list[dict[str, Any]]) -> str:
+            return client.files.create(file=("in.jsonl", io.BytesIO(jsonl(rows))), purpose="batch").id
+
+        theirs = client.batches.create(input_file_id=upload([line("b", "b-only")]), endpoint=CHAT,
+                                       completion_window="24h")
+        assert theirs.status == "failed" and theirs.errors.data[0].code == "model_not_found"
+
+        rows = [line(f"{model}-{i}", model) for i in range(2) for model in (DEFAULT_MODEL, SKILL)]
+        batch = client.batches.create(input_file_id=upload(rows), endpoint=CHAT, completion_window="24h")
+        done = until(lambda: (found := client.batches.retrieve(batch.id)).status in ("completed", "failed")
+                     and found, timeout=900)
+        assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 4, 0)
+        assert done.completed_at // 60 > done.in_progress_at // 60, "four lines ran in one minute at 3 per minute"
+        output = [json.loads(row) for row in client.files.content(done.output_file_id).text.splitlines()]
+        assert {row["custom_id"]: row["response"]["body"]["model"] for row in output} == {
+            row["custom_id"]: row["body"]["model"] for row in rows}
+        assert server.registry.list_batches() == []  # nothing in the default project
+        assert {found.id for found in server.registry.for_project(a).list_batches()} == {batch.id, theirs.id}
