@@ -187,6 +187,47 @@ def test_a_batch_line_naming_another_projects_adapter_fails_as_model_not_found(a
     assert seen == [(a, DEFAULT_MODEL)]  # b's adapter never answered a's line
 
 
+def test_a_projects_keys_cancel_its_batch_and_run_while_they_run(app: TestClient) -> None:
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    serve_with_double(gw)
+    answered_send, answered_sample = gw.batches.send, gw.eval_runs.sample
+    release: list[bool] = []
+
+    async def held() -> None:  # the first request of each stays in the engine until the test lets it go
+        while not release:
+            await asyncio.sleep(0.05)
+
+    async def send(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        await held()
+        return await answered_send(project, endpoint, body)  # type: ignore[no-any-return]
+
+    async def sample(project: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+        await held()
+        return await answered_sample(project, model, messages, sampling)  # type: ignore[no-any-return]
+
+    gw.batches.send, gw.eval_runs.sample = send, sample
+    a = new_project(app, "team a")
+    mine = in_process_sdk(app, new_key(app, a, "admin")["value"])
+    rows = [line(str(i), DEFAULT_MODEL) for i in range(3)]
+    requests = mine.files.create(file=("in.jsonl", io.BytesIO(jsonl(rows))), purpose="batch")
+    batch = mine.batches.create(input_file_id=requests.id, endpoint=CHAT, completion_window="24h")
+    evaluation = mine.evals.create(name="answers", testing_criteria=[ANSWERED],  # type: ignore[list-item]
+                                   data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA})
+    source = {"type": "completions", "model": DEFAULT_MODEL,
+              "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+              "source": {"type": "file_content", "content": [{"item": {"q": "one"}}, {"item": {"q": "two"}}]}}
+    run = mine.evals.runs.create(evaluation.id, data_source=source)  # type: ignore[arg-type]
+    until(lambda: mine.batches.retrieve(batch.id).status == "in_progress")
+
+    assert mine.batches.cancel(batch.id).status == "cancelling"
+    assert mine.evals.runs.cancel(run.id, eval_id=evaluation.id).status == "canceled"
+    release.append(True)
+    cancelled = until(lambda: (b := mine.batches.retrieve(batch.id)).status == "cancelled" and b)
+    assert cancelled.request_counts.completed + cancelled.request_counts.failed < 3
+    time.sleep(0.3)  # the run's held row is answered now; a canceled run stays canceled
+    assert mine.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "canceled"
+
+
 def test_a_restart_resumes_a_projects_unfinished_batch_and_run(tmp_path: Path) -> None:
     root = Registry(FileStore(tmp_path / "store"))
     project = root.create_project("team a").id
@@ -269,6 +310,31 @@ def test_a_freed_slot_goes_to_the_waiting_project_with_the_fewest_in_flight() ->
 
     asyncio.run(scenario())
     assert order == ["a", "b", "a", "a", "a", "a"]
+
+
+def test_a_waiting_call_cancelled_gives_its_turn_to_the_next() -> None:
+    order: list[str] = []
+
+    async def scenario() -> None:
+        slots = FairSlots(1)
+
+        async def call(project: str) -> None:
+            async def send() -> None:
+                order.append(project)
+                await asyncio.sleep(0.02)
+
+            await slots.call(project, send)
+
+        first = asyncio.create_task(call("a"))
+        await asyncio.sleep(0)
+        doomed, last = asyncio.create_task(call("b")), asyncio.create_task(call("c"))
+        await asyncio.sleep(0)
+        doomed.cancel()  # b stops waiting (a batch cancelled, a gateway stopping)
+        await asyncio.gather(first, last)
+        assert slots.free == 1
+
+    asyncio.run(scenario())
+    assert order == ["a", "c"]
 
 
 def test_a_call_over_its_limit_waits_the_retry_after_and_one_larger_than_the_limit_fails() -> None:

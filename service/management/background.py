@@ -61,9 +61,9 @@ class FairSlots:
     def __init__(self, concurrency: int):
         self.free = max(1, concurrency)
         self.share = FairShare(self.free)  # in flight per project; one project may hold every slot
-        self._waiting: dict[str, deque[tuple[int, asyncio.Future[Slot]]]] = {}
-        self._arrivals = itertools.count()
-        self._served: dict[str, int] = {}  # when each project was last handed a slot (an arrival number)
+        self._waiting: dict[str, deque[asyncio.Future[Slot]]] = {}  # each project's waiting calls, in arrival order
+        self._turns = itertools.count()
+        self._served: dict[str, int] = {}  # the turn each project was last handed a slot at
 
     async def call(self, project: str, send: Callable[[], Awaitable[T]]) -> T:
         wait = RETRY_S[0]
@@ -86,8 +86,7 @@ class FairSlots:
             self.free -= 1
             return self._grant(project)
         granted: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        place = (next(self._arrivals), granted)
-        self._waiting.setdefault(project, deque()).append(place)
+        self._waiting.setdefault(project, deque()).append(granted)
         try:
             return await granted
         except asyncio.CancelledError:
@@ -95,8 +94,8 @@ class FairSlots:
                 self._leave(granted.result())
             else:
                 queue = self._waiting.get(project)
-                if queue is not None and place in queue:
-                    queue.remove(place)
+                if queue is not None and granted in queue:
+                    queue.remove(granted)
                     if not queue:
                         del self._waiting[project]
             raise
@@ -106,16 +105,16 @@ class FairSlots:
         while self._waiting:
             project = min(self._waiting, key=lambda p: (self.share.in_flight[p], self._served.get(p, -1)))
             queue = self._waiting[project]
-            _, granted = queue.popleft()
+            granted = queue.popleft()
             if not queue:
                 del self._waiting[project]
-            if not granted.cancelled():  # its task was cancelled while it waited: the next one
+            if not granted.cancelled():  # a cancelled one's task stopped waiting: the slot goes to the next
                 granted.set_result(self._grant(project))
                 return
         self.free += 1
 
     def _grant(self, project: str) -> Slot:
-        self._served[project] = next(self._arrivals)
+        self._served[project] = next(self._turns)
         return self.share.enter(project)
 
 
