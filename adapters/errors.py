@@ -177,17 +177,19 @@ class Overloaded(SkillserveError):
 class RateLimited(Overloaded):
     """Over a project's or a key's limit (service/inference/ratelimit.py, training and storage quotas). `headers`:
     OpenAI's x-ratelimit-* headers for the limit that refused; `kind`: OpenAI's error type for it ("requests",
-    "tokens", or "quota" for limits that waiting does not lift soon)."""
+    "tokens", or "quota" for limits that waiting does not lift soon); `never_admitted`: the request alone is more than
+    the limit, so no wait lifts it (background work fails it rather than waiting)."""
 
     code = "rate_limit_exceeded"
 
     def __init__(
         self, message: str, retry_after: int = 1, *, kind: str = "requests", code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, never_admitted: bool = False,
     ):
         super().__init__(message, retry_after)
         self.kind = kind
         self.headers = headers or {}
+        self.never_admitted = never_admitted
         if code is not None:
             self.code = code
 

@@ -56,8 +56,8 @@ class Gateway:
     def for_project(self, project: str) -> Gateway:
         """This gateway as one project sees it: its registry a view of that project's namespace and its adapter
         cache keyed by project, so no route can reach another project's objects; the engine, runner and metrics
-        shared (the stored completions' writer too: chat hands it the project's registry). Background executors that
-        do not yet run other projects' work (eval runs, batches) are absent there (docs/security.md)."""
+        shared (the stored completions' writer too: chat hands it the project's registry), and the background executors
+        (eval runs, batches), which run each project's work in its project."""
         if project == self.project:
             return self
         scoped = self._scopes.get(project)
@@ -68,9 +68,9 @@ class Gateway:
                 registry=registry,
                 cache=self.cache.scoped(project, registry),
                 job_reads=type(self.job_reads)(registry),
-                eval_runs=None,
-                batches=None,
                 project=project,
                 _scopes={},
             )
+        # The executors start after the gateway is built, and a view may be made before (a run resumed at start).
+        scoped.eval_runs, scoped.batches = self.eval_runs, self.batches
         return scoped

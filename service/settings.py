@@ -233,3 +233,7 @@ class Settings(BaseSettings):
     @property
     def base_model_id(self) -> str:
         return self.served_model_name or Path(self.model.rstrip("/")).name
+
+    def limits_of(self, project: str) -> Limits:
+        """A project's limits: default_limits overlaid with its entry in project_limits."""
+        return self.project_limits.get(project, Limits()).over(self.default_limits)

@@ -59,7 +59,7 @@ def scripted_serving(answers: dict[str, dict[str, str]], served: dict[str, list[
     answers each call in turn (what an alias resolved to); without it, the version is not known."""
     versions = {model: iter(order) for model, order in (served or {}).items()}
 
-    async def sample(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+    async def sample(project: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
         if model not in answers:
             raise RunFailed("model_not_found", f"The model `{model}` does not exist.")
         question = messages[-1]["content"]
@@ -100,7 +100,7 @@ def write_finished_eval(registry: Registry, name: str = "world capitals") -> Fin
             for model in (DEFAULT_MODEL, SKILL, UNSERVED)]
 
     async def execute() -> None:
-        runner = EvalRunner(registry, scripted_serving(ANSWERS), lambda r: r.data_source["source"]["content"])
+        runner = EvalRunner(registry, scripted_serving(ANSWERS), lambda _, r: r.data_source["source"]["content"])
         for run in runs:
             runner.submit(evaluation.id, run.id)
         for run in runs:

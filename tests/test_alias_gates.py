@@ -56,7 +56,7 @@ def run_eval(
     runs = [registry.put_eval_run(EvalRunRecord(eval_id=eval_id, model=model, data_source=sources[model],
                                                 rows=len(ROWS))) for model in answers]
 
-    def rows(run: EvalRunRecord) -> list[dict[str, Any]]:
+    def rows(project: str, run: EvalRunRecord) -> list[dict[str, Any]]:
         return run.data_source["source"].get("content", ROWS)  # type: ignore[no-any-return]
 
     async def execute() -> None:

@@ -183,7 +183,7 @@ def capital_answers(calls: list[str]) -> Any:
     """A stand-in for the serving path: a chat completion naming the capital, recording each question asked."""
     capitals = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome"}
 
-    async def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def send(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         question = body["messages"][-1]["content"]
         calls.append(question)
         capital = next(city for country, city in capitals.items() if country in question)
@@ -203,8 +203,9 @@ def stored_batch(registry: Registry, rows: list[dict[str, Any]], **fields: Any) 
 
 
 def runner_on(registry: Registry, send: Any, concurrency: int = 1) -> BatchRunner:
-    def requests(batch: BatchRecord) -> Any:
-        return parse_batch_file(registry.file_content(batch.input_file_id), batch.endpoint, 1000)[0]
+    def requests(project: str, batch: BatchRecord) -> Any:
+        return parse_batch_file(registry.for_project(project).file_content(batch.input_file_id), batch.endpoint,
+                                1000)[0]
 
     return BatchRunner(registry, send, requests, concurrency)
 
@@ -272,14 +273,14 @@ def test_a_line_refused_by_the_endpoint_goes_to_the_error_file_and_load_is_waite
     answer = capital_answers([])
     refused_for_load = []
 
-    async def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def send(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         question = body["messages"][-1]["content"]
         if question == QUESTIONS["japan"]:
             raise InvalidRequest("messages: too long", param="messages", code="context_length_exceeded")
         if question == QUESTIONS["italy"] and not refused_for_load:
             refused_for_load.append(question)
             raise Overloaded("the queue is full")
-        return await answer(endpoint, body)
+        return await answer(project, endpoint, body)
 
     asyncio.run(resumed(runner_on(registry, send)))
     finished = registry.get_batch(batch.id)
@@ -297,10 +298,10 @@ def test_a_cancelled_batch_stops_and_keeps_its_answered_lines(tmp_path: Path) ->
     calls: list[str] = []
     answer = capital_answers(calls)
 
-    async def cancel_during_the_first(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def cancel_during_the_first(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         registry.update_batch(batch.id, lambda b: b.model_copy(update={"status": BatchStatus.cancelling,
                                                                        "cancelling_at": time.time()}))
-        return await answer(endpoint, body)
+        return await answer(project, endpoint, body)
 
     asyncio.run(resumed(runner_on(registry, cancel_during_the_first)))
     finished = registry.get_batch(batch.id)
@@ -318,10 +319,10 @@ def test_a_batch_past_its_completion_window_expires_keeping_its_finished_lines(t
     batch = stored_batch(registry, ROWS, expires_at=time.time() + 3)
     answer = capital_answers([])
 
-    async def japan_never_answers(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def japan_never_answers(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         if body["messages"][-1]["content"] == QUESTIONS["japan"]:
             await asyncio.Event().wait()  # still running at the deadline: stopped there
-        return await answer(endpoint, body)
+        return await answer(project, endpoint, body)
 
     asyncio.run(resumed(runner_on(registry, japan_never_answers)))
     finished = registry.get_batch(batch.id)

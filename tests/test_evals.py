@@ -269,7 +269,7 @@ def test_graders_are_validated_and_run_through_the_sdk(reader: openai.OpenAI) ->
 
 def capital_answers(calls: list[str]) -> Any:
     """A stand-in for the serving path that answers each question right, recording which it was asked."""
-    async def sample(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+    async def sample(project: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
         question = messages[-1]["content"]
         calls.append(question)
         capital = next(r["item"]["capital"] for r in CAPITALS if r["item"]["country"] in question)
@@ -298,7 +298,7 @@ def test_a_run_left_in_progress_resumes_after_a_restart_without_redoing_its_rows
     calls: list[str] = []
 
     async def restart() -> list[str]:
-        runner = EvalRunner(registry, capital_answers(calls), lambda r: r.data_source["source"]["content"])
+        runner = EvalRunner(registry, capital_answers(calls), lambda _, r: r.data_source["source"]["content"])
         resumed = await runner.resume()
         for run_id in resumed:
             await runner.wait(run_id)
@@ -330,7 +330,7 @@ def test_two_executors_on_one_run_write_and_count_each_row_once(tmp_path: Path) 
     calls: list[str] = []
 
     async def both() -> None:
-        runners = [EvalRunner(registry, capital_answers(calls), lambda r: r.data_source["source"]["content"])
+        runners = [EvalRunner(registry, capital_answers(calls), lambda _, r: r.data_source["source"]["content"])
                    for _ in range(2)]
         for runner in runners:
             await runner.resume()
@@ -352,13 +352,15 @@ def test_a_canceled_run_stops_and_is_never_completed_after(tmp_path: Path) -> No
     calls: list[str] = []
     answer = capital_answers(calls)
 
-    async def cancel_after_the_first(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Sampled:
+    async def cancel_after_the_first(
+        project: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]
+    ) -> Sampled:
         registry.update_eval_run(evaluation.id, run.id,
                                  lambda r: r.model_copy(update={"status": EvalRunStatus.canceled}))
-        return await answer(model, messages, sampling)
+        return await answer(project, model, messages, sampling)
 
     async def execute() -> None:
-        runner = EvalRunner(registry, cancel_after_the_first, lambda r: r.data_source["source"]["content"])
+        runner = EvalRunner(registry, cancel_after_the_first, lambda _, r: r.data_source["source"]["content"])
         runner.submit(evaluation.id, run.id)
         await runner.wait(run.id)
 

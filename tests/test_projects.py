@@ -18,9 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.errors import InvalidName
-from adapters.registry import ProjectJobs, Registry, parse_job_uri
+from adapters.registry import ProjectJobs, Registry, open_registry, parse_job_uri
 from adapters.schema import (
+    BatchRecord,
+    EvalOutputItem,
     EvalRecord,
+    EvalRunRecord,
     FineTune,
     FineTunedModel,
     JobRecord,
@@ -28,6 +31,7 @@ from adapters.schema import (
     JobStatus,
     StoredCompletion,
     StoredFile,
+    output_item_id,
 )
 from adapters.store import FileStore, ObjectStore, open_store
 from client.cli import main as cli_main
@@ -213,6 +217,28 @@ def test_the_local_runner_launches_a_projects_job_inside_the_projects_namespace(
     assert root.list_jobs() == []  # nothing of the project's in the default project
 
 
+def test_the_trainers_audit_entry_for_a_projects_version_lands_in_the_projects_log(
+    app: TestClient, tmp_path: Path
+) -> None:
+    """The trainer opens the store its job URI names (a project's: `<store>/projects/<id>`) as the project's view
+    (open_registry) and writes the entry for the version it published into the project's audit log, at the root
+    where /v1/audit reads it, not inside the project's namespace nor in the default project's log."""
+    from trainer.job import _audit_published
+
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    project = new_project(app, "team a")
+    trainer_registry = open_registry(gw.registry.for_project(project).store.uri)
+    assert trainer_registry.project == project
+    manifest = publish_adapter(trainer_registry, fake_adapter_dir(tmp_path), "tone")
+    _audit_published(trainer_registry, "job-1", manifest)
+
+    reply = app.get("/v1/audit", headers=bearer(new_key(app, project, "admin")["value"]))
+    assert reply.status_code == 200, reply.text
+    assert [(e["action"], e["object_id"]) for e in reply.json()["data"]] == [("adapter.publish", manifest.ref)]
+    assert "adapter.publish" not in app.get("/v1/audit", headers=bearer(ADMIN_KEY)).text
+    assert not [key for key in gw.registry.store.list(f"projects/{project}/") if "audit" in key]
+
+
 def test_a_stored_completion_is_written_into_the_project_of_the_request(tmp_path: Path) -> None:
     """The one stored completions' writer writes each record into the registry it is offered with (the caller's
     project's), and keeps the retention limits per project."""
@@ -284,6 +310,10 @@ class Objects:
     job_id: str
     eval_id: str
     completion_id: str
+    batch_id: str
+    output_file_id: str
+    run_id: str
+    item_id: str
 
 
 def make_objects(registry: Registry, root: Path) -> Objects:
@@ -307,7 +337,19 @@ def make_objects(registry: Registry, root: Path) -> Objects:
         response=answer(completion_id, adapter),
     )
     registry.put_completion(completion)
-    return Objects(adapter, manifest.version, ft, file.id, job.id, evaluation.id, completion.id)
+    # A batch and an eval run as their executor leaves them (stored, not submitted: nothing runs them here)
+    output = registry.put_file(StoredFile(filename="out.jsonl", purpose="batch_output", bytes=0, sha256=""), b"{}\n")
+    batch = registry.put_batch(BatchRecord(endpoint="/v1/chat/completions", input_file_id=file.id, total=1,
+                                           expires_at=time.time() + 3600, output_file_id=output.id))
+    run = registry.put_eval_run(EvalRunRecord(eval_id=evaluation.id, model=adapter, rows=1,
+                                              data_source={"type": "completions", "model": adapter}))
+    item = EvalOutputItem(id=output_item_id(run.id, 0), run_id=run.id, eval_id=evaluation.id, index=0,
+                          status="pass", item={"q": "hi"},
+                          sample={"input": [], "output": [], "model": adapter,
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    registry.put_output_item(item)
+    return Objects(adapter, manifest.version, ft, file.id, job.id, evaluation.id, completion.id, batch.id, output.id,
+                   run.id, item.id)
 
 
 def object_routes(o: Objects) -> list[tuple[str, str]]:
@@ -329,6 +371,11 @@ def object_routes(o: Objects) -> list[tuple[str, str]]:
         ("GET", f"/v1/evals/{o.eval_id}/runs"),
         ("GET", f"/v1/chat/completions/{o.completion_id}"),
         ("GET", f"/v1/chat/completions/{o.completion_id}/messages"),
+        ("GET", f"/v1/batches/{o.batch_id}"),
+        ("GET", f"/v1/files/{o.output_file_id}/content"),
+        ("GET", f"/v1/evals/{o.eval_id}/runs/{o.run_id}"),
+        ("GET", f"/v1/evals/{o.eval_id}/runs/{o.run_id}/output_items"),
+        ("GET", f"/v1/evals/{o.eval_id}/runs/{o.run_id}/output_items/{o.item_id}"),
     ]
 
 
@@ -338,6 +385,14 @@ def destructive_routes(o: Objects) -> list[tuple[str, str, dict[str, Any] | None
         ("POST", f"/v1/chat/completions/{o.completion_id}/feedback", {"rating": "bad"}),
         ("POST", f"/v1/chat/completions/{o.completion_id}", {"metadata": {"a": "b"}}),
         ("POST", f"/v1/evals/{o.eval_id}", {"name": "renamed"}),
+        ("POST", f"/v1/batches/{o.batch_id}/cancel", None),
+        ("POST", f"/v1/evals/{o.eval_id}/runs", {"data_source": {
+            "type": "completions", "model": o.adapter,
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "hi"}]},
+            "source": {"type": "file_content", "content": [{"item": {}}]}}}),
+        ("POST", f"/v1/evals/{o.eval_id}/runs/{o.run_id}/cancel", None),
+        ("POST", f"/v1/evals/{o.eval_id}/runs/{o.run_id}", None),
+        ("DELETE", f"/v1/evals/{o.eval_id}/runs/{o.run_id}", None),
         ("POST", f"/v1/fine_tuning/jobs/ftjob-{o.job_id}/cancel", None),
         ("DELETE", f"/jobs/{o.job_id}", None),
         ("DELETE", f"/v1/chat/completions/{o.completion_id}", None),
@@ -348,7 +403,8 @@ def destructive_routes(o: Objects) -> list[tuple[str, str, dict[str, Any] | None
     ]
 
 
-LISTS = ["/v1/models", "/adapters", "/v1/files", "/jobs", "/v1/fine_tuning/jobs", "/v1/evals", "/v1/chat/completions"]
+LISTS = ["/v1/models", "/adapters", "/v1/files", "/jobs", "/v1/fine_tuning/jobs", "/v1/evals", "/v1/chat/completions",
+         "/v1/batches"]
 
 
 def refused_as_absent(reply: Any, role: str, mine: Objects | None = None) -> bool:
@@ -395,7 +451,7 @@ def test_no_key_reaches_another_projects_objects_in_any_route(app: TestClient, t
             reply = app.get(path, headers=bearer(key))
             assert reply.status_code < 500, f"GET {path} as {who} {role}: {reply.text}"
             if reply.status_code == 200 and who != "own":
-                for own_id in (mine.ft_model, mine.file_id, mine.job_id, mine.eval_id):
+                for own_id in (mine.ft_model, mine.file_id, mine.job_id, mine.eval_id, mine.batch_id):
                     assert own_id not in reply.text, f"GET {path} as {who} {role} lists {own_id}"
     for method, path, body in destructive_routes(mine):
         for (who, role), key in keys.items():

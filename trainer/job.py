@@ -16,8 +16,9 @@ from adapters.errors import InvalidAdapter, SkillserveError
 from adapters.lifecycle import advance
 from adapters.models import resolve_model, weights_hash
 from adapters.parents import inherited
-from adapters.registry import Registry, new_manifest, parse_job_uri
+from adapters.registry import Registry, new_manifest, open_registry, parse_job_uri
 from adapters.schema import (
+    DEFAULT_PROJECT,
     AuditActor,
     AuditEntry,
     Checkpoint,
@@ -33,7 +34,6 @@ from adapters.schema import (
     parse_ref,
 )
 from adapters.servable import MAX_RANK, base_linear_shapes, check_files
-from adapters.store import open_store
 from adapters.templates import ChatTemplate, get_template
 from trainer import distributed
 from trainer.evaluate import check_min_score
@@ -161,14 +161,15 @@ def _validation_rows(registry: Registry, spec: JobSpec, method: TrainingMethod) 
 
 def _audit_published(registry: Registry, job_id: str, manifest: Manifest) -> None:
     """The audit log's entry for the version a job published: the gateway's own work, outside any request (the job's
-    creation has its own entry, naming the job). A store that refuses it costs the entry, never the job."""
+    creation has its own entry, naming the job), in the job's project's log. A store that refuses it costs the entry,
+    never the job."""
     at = time.time()
     entry = AuditEntry(
-        id=new_audit_id(at), at=at, actor=AuditActor(role="runner"), action="adapter.publish",
-        object_id=manifest.ref, params={"job_id": job_id}, outcome="succeeded",
+        id=new_audit_id(at), at=at, actor=AuditActor(role="runner", project=registry.project),
+        action="adapter.publish", object_id=manifest.ref, params={"job_id": job_id}, outcome="succeeded",
     )
     try:
-        registry.put_audit(entry)
+        registry.for_project(DEFAULT_PROJECT).put_audit(entry)  # every project's log lies at the root
     except Exception as exc:  # noqa: BLE001 - the version is published whatever the audit log's store says
         log.warning("audit entry for %s (job %s) not written: %s: %s", manifest.ref, job_id, type(exc).__name__, exc)
 
@@ -195,7 +196,7 @@ def _train(spec: JobSpec, registry: Registry, base_dir: Path, template: ChatTemp
 
 def _run_rank(store_uri: str, job_id: str) -> int:
     """A rank other than 0: train in step with the others, write nothing to the store."""
-    registry = Registry(open_store(store_uri))
+    registry = open_registry(store_uri)
     record = registry.get_job(job_id)
     if record.status.finished:  # rank 0 sees the same and stops too
         return 0
@@ -212,7 +213,7 @@ def _run_rank(store_uri: str, job_id: str) -> int:
 
 
 def _run_main(store_uri: str, job_id: str) -> int:
-    registry = Registry(open_store(store_uri))
+    registry = open_registry(store_uri)
     record = registry.get_job(job_id)
     if record.status.finished:
         log.info("job %s is already %s; nothing to do", job_id, record.status.value)

@@ -23,6 +23,7 @@ keys.py is the one map of where each lies. A caller that needs one facet types a
 
 from __future__ import annotations
 
+from adapters.errors import InvalidName
 from adapters.registry.aliases import AliasBook, pick_version
 from adapters.registry.audit import AuditBook, AuditFilter
 from adapters.registry.batches import BatchBook
@@ -34,8 +35,8 @@ from adapters.registry.jobs import JobBook
 from adapters.registry.keys import dataset_key, file_key, job_uri, parse_job_uri
 from adapters.registry.projects import ProjectBook, ProjectJobs, scoped_store
 from adapters.registry.versions import AdapterVersions, new_manifest
-from adapters.schema import DEFAULT_PROJECT
-from adapters.store import ObjectStore, PrefixedStore
+from adapters.schema import DEFAULT_PROJECT, check_project_id
+from adapters.store import ObjectStore, PrefixedStore, open_store
 
 __all__ = [
     "AliasBook",
@@ -55,6 +56,7 @@ __all__ = [
     "file_key",
     "job_uri",
     "new_manifest",
+    "open_registry",
     "parse_job_uri",
     "pick_version",
 ]
@@ -77,3 +79,17 @@ class Registry(
             return self
         root = self.store.inner if isinstance(self.store, PrefixedStore) else self.store
         return Registry(scoped_store(root, project_id), project_id)
+
+
+def open_registry(store_uri: str) -> Registry:
+    """The registry a job URI's store names (parse_job_uri). When it ends in `projects/<id>`, as the runners launch a
+    project's job, it is that project's view of the store's root: it reads and writes the same records as the store
+    the URI opens, and knows its project and the root, so what lies outside the project's namespace (the audit log,
+    at the root under audit/<project>/) is written where the gateway reads it."""
+    root, sep, project = store_uri.rstrip("/").rpartition("/projects/")
+    if sep:
+        try:
+            return Registry(open_store(root)).for_project(check_project_id(project))
+        except InvalidName:
+            pass  # a store whose own path ends so: not a project's
+    return Registry(open_store(store_uri))

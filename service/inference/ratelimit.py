@@ -227,14 +227,15 @@ class RateLimiter:
                 return
         reset = (budget.window + 1) * MINUTE - now
         metric = next((m for m in limits if need[m] > limits[m] - budget.claimed.get(m, 0)), next(iter(limits)))
-        too_large = metric == "tokens" and cost[metric] > limits[metric]
-        alone = " (this request alone is larger; lower max_tokens)" if too_large else ""
+        too_large = cost[metric] > limits[metric]
+        alone = " (this request alone is larger; lower max_tokens)" if too_large and metric == "tokens" else ""
         raise RateLimited(
             f"rate limit reached for {scope} on {metric} per minute: limit {limits[metric]}, remaining "
             f"{budget.remaining(metric)}, requested {cost[metric]}{alone}; try again in {duration_text(reset)}",
             retry_after=max(1, math.ceil(reset)),
             kind=metric,
             headers=headers([budget], reset),
+            never_admitted=too_large,
         )
 
 

@@ -1,16 +1,18 @@
 """The background executor of batches: each line's request through the serving path, its answer written once, the
 batch's counts kept as a fold of its lines' results, and at the end the output and error files in /v1/files.
 
-Live traffic keeps priority: at most `batch_concurrency` lines (all batches together) are in the engine at once,
-they wait in the engine's queue behind live requests (BACKGROUND_PRIORITY), a line refused for load (429) or by an
-engine not ready (503) waits and is tried again (background.py). The completion window is a deadline: no line starts
-after it, lines still running are stopped, and the batch ends `expired` with what was answered in its output file
-and the rest in its error file.
+Live traffic keeps priority: at most `batch_concurrency` lines (all batches of all projects together, shared fairly
+between projects) are in the engine at once, they wait in the engine's queue behind live requests
+(BACKGROUND_PRIORITY), a line refused for load (429) or by an engine not ready (503) waits and is tried again, and
+one over its project's per-minute limit waits for the next minute (background.py). A batch runs in its project: its
+records and files in the project's namespace, its lines resolving models among the project's adapters only. The
+completion window is a deadline: no line starts after it, lines still running are stopped, and the batch ends
+`expired` with what was answered in its output file and the rest in its error file.
 
-Restart: a batch left validating, in progress or cancelling is resumed when a gateway starts. A line's result is
-written only if absent, under a key named by the line, so a line answered before the stop is not run again, one
-that was running at the stop runs again but is written once, and two executors on one batch (two replicas) write
-each line once. The output and error files have ids named by the batch, so they too are written once.
+Restart: a batch of any project left validating, in progress or cancelling is resumed when a gateway starts. A
+line's result is written only if absent, under a key named by the line, so a line answered before the stop is not
+run again, one that was running at the stop runs again but is written once, and two executors on one batch (two
+replicas) write each line once. The output and error files have ids named by the batch, so they too are written once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.errors import AlreadyExists, NotFound, SkillserveError
 from adapters.registry import Registry
 from adapters.schema import (
+    DEFAULT_PROJECT,
     BatchCounts,
     BatchLineResult,
     BatchRecord,
@@ -41,9 +44,11 @@ from service.errors import answer_of
 from service.management.background import (
     BACKGROUND_PRIORITY,
     BackgroundExecutor,
-    Slots,
+    FairSlots,
     parsed_request,
+    project_caller,
     serve_whole,
+    task_key,
 )
 from service.management.batches import OUTPUT_PURPOSE, BatchRequest, batch_requests
 
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skillserve.batches")
 
-Sender = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # (endpoint, body) -> the response body
+Sender = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]  # (project, endpoint, body) -> the body
 EXPIRED = {"code": "batch_expired", "message": "This request could not be executed before the completion window "
            "expired."}
 CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed because the batch was cancelled."}
@@ -124,83 +129,92 @@ def started(done: Sequence[BatchLineResult], now: float, batch: BatchRecord) -> 
 
 
 class BatchRunner(BackgroundExecutor):
-    """Runs batches in the background, `concurrency` lines at a time over all batches."""
+    """Runs every project's batches in the background, `concurrency` lines at a time over all of them (shared fairly
+    between projects)."""
 
     def __init__(
         self,
         registry: Registry,
         send: Sender,
-        requests: Callable[[BatchRecord], list[BatchRequest]],
+        requests: Callable[[str, BatchRecord], list[BatchRequest]],
         concurrency: int = 1,
         serving: bool = True,
     ):
         super().__init__()
-        self.registry = registry
+        self.registry = registry  # the org's: each batch is executed through its project's view of it
         self.send = send
-        self.requests = requests  # a batch's requests, from its input file
+        self.requests = requests  # (project, batch) -> the batch's requests, from its input file
         self.concurrency = max(1, concurrency)
         self.serving = serving
-        self._slots = Slots(concurrency)
+        self._slots = FairSlots(concurrency)
 
-    def submit(self, batch_id: str) -> None:
-        """Start executing a batch (a no-op when it is already executing here)."""
-        self._start(batch_id, lambda: self._execute(batch_id))
+    def submit(self, batch_id: str, project: str = DEFAULT_PROJECT) -> None:
+        """Start executing a batch of `project` (a no-op when it is already executing here)."""
+        registry = self.registry.for_project(project)
+        self._start(task_key(project, batch_id), lambda: self._execute(registry, batch_id))
 
     async def resume(self) -> list[str]:
-        """Take up every batch not finished (after a restart); their ids."""
-        batches = await asyncio.to_thread(self.registry.list_batches)
-        pending = [batch for batch in reversed(batches) if not batch.status.finished]  # oldest first
-        for batch in pending:
-            log.info("resuming batch %s (%s)", batch.id, batch.status.value)
-            self.submit(batch.id)
-        return [batch.id for batch in pending]
+        """Take up every project's batches not finished (after a restart); their task keys."""
+        projects = await asyncio.to_thread(self.registry.list_projects)
+        resumed = []
+        for project in projects:
+            batches = await asyncio.to_thread(self.registry.for_project(project.id).list_batches)
+            for batch in reversed(batches):  # oldest first
+                if not batch.status.finished:
+                    log.info("resuming batch %s of %s (%s)", batch.id, project.id, batch.status.value)
+                    self.submit(batch.id, project.id)
+                    resumed.append(task_key(project.id, batch.id))
+        return resumed
 
-    async def _execute(self, batch_id: str) -> None:
+    async def _execute(self, registry: Registry, batch_id: str) -> None:
         try:
-            await self._run(batch_id)
+            await self._run(registry, batch_id)
         except asyncio.CancelledError:
             raise
         except BatchFailed as exc:
-            await self._fail(batch_id, exc.code, exc.message)
+            await self._fail(registry, batch_id, exc.code, exc.message)
         except NotFound:
             log.info("batch %s was deleted while it ran", batch_id)
         except Exception as exc:  # noqa: BLE001 - the batch records why it stopped; the gateway goes on
             log.exception("batch %s failed", batch_id)
             with contextlib.suppress(Exception):
-                await self._fail(batch_id, "internal_error", f"{type(exc).__name__}: {exc}")
+                await self._fail(registry, batch_id, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def _run(self, batch_id: str) -> None:
-        batch = await asyncio.to_thread(self.registry.get_batch, batch_id)
+    async def _run(self, registry: Registry, batch_id: str) -> None:
+        batch = await asyncio.to_thread(registry.get_batch, batch_id)
         if batch.status.finished:
             return
         try:
-            requests = await asyncio.to_thread(self.requests, batch)
+            requests = await asyncio.to_thread(self.requests, registry.project, batch)
         except (NotFound, ValueError) as exc:
             raise BatchFailed("invalid_input_file", f"the batch's input file cannot be read: {exc}") from None
         if batch.status in (BatchStatus.validating, BatchStatus.in_progress):
             if not self.serving:
                 raise BatchFailed("no_engine", "this gateway serves no models (load_engine is off): no line can run")
-            done = await asyncio.to_thread(self.registry.list_batch_lines, batch_id)
+            done = await asyncio.to_thread(registry.list_batch_lines, batch_id)
             running = await asyncio.to_thread(
-                self.registry.update_batch, batch_id, functools.partial(started, done, time.time())
+                registry.update_batch, batch_id, functools.partial(started, done, time.time())
             )
             if running is not None:
-                await self._lines(running, requests, {result.index for result in done})
-        await self._finish(batch_id, requests)
+                await self._lines(registry, running, requests, {result.index for result in done})
+        await self._finish(registry, batch_id, requests)
 
-    async def _lines(self, batch: BatchRecord, requests: list[BatchRequest], done: set[int]) -> None:
+    async def _lines(
+        self, registry: Registry, batch: BatchRecord, requests: list[BatchRequest], done: set[int]
+    ) -> None:
         """Every line not yet answered, `concurrency` workers taking the next; stopped by a cancel or the deadline
         (lines still running then are stopped too)."""
         pending = deque(index for index in range(len(requests)) if index not in done)
 
         async def worker() -> None:
             while pending:
-                if await self._stopping(batch) or not pending:  # another worker may take the last while we read
+                # another worker may take the last while we read
+                if await self._stopping(registry, batch) or not pending:
                     return
                 index = pending.popleft()
-                result = await self._line(batch, index, requests[index])
-                if await asyncio.to_thread(self.registry.put_batch_line, result):
-                    await asyncio.to_thread(self.registry.update_batch, batch.id, functools.partial(tally_into, result))
+                result = await self._line(registry.project, batch, index, requests[index])
+                if await asyncio.to_thread(registry.put_batch_line, result):
+                    await asyncio.to_thread(registry.update_batch, batch.id, functools.partial(tally_into, result))
 
         workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(pending)))]
         if not workers:
@@ -218,18 +232,18 @@ class BatchRunner(BackgroundExecutor):
         for task in ended:
             task.result()  # a worker's failure fails the batch
 
-    async def _stopping(self, batch: BatchRecord) -> bool:
+    async def _stopping(self, registry: Registry, batch: BatchRecord) -> bool:
         if time.time() >= batch.expires_at:
             return True
-        current = await asyncio.to_thread(self.registry.get_batch, batch.id)
+        current = await asyncio.to_thread(registry.get_batch, batch.id)
         return current.status is not BatchStatus.in_progress
 
-    async def _line(self, batch: BatchRecord, index: int, request: BatchRequest) -> BatchLineResult:
+    async def _line(self, project: str, batch: BatchRecord, index: int, request: BatchRequest) -> BatchLineResult:
         """One request through the serving path, within the batches' slots; its answer, or its error as the
         endpoint would have answered it."""
         request_id = f"req_{uuid.uuid4().hex}"
         try:
-            body = await self._slots.call(lambda: self.send(batch.endpoint, request.body))
+            body = await self._slots.call(project, lambda: self.send(project, batch.endpoint, request.body))
             status = 200
         except SkillserveError as exc:
             status, body = answer_of(exc)
@@ -239,22 +253,22 @@ class BatchRunner(BackgroundExecutor):
             body=body, input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
         )
 
-    async def _finish(self, batch_id: str, requests: list[BatchRequest]) -> None:
+    async def _finish(self, registry: Registry, batch_id: str, requests: list[BatchRequest]) -> None:
         """The batch's end: `completed` (through `finalizing`) when every line is answered, `cancelled` after a
         cancel, `expired` past its deadline; its output and error files written first."""
-        results = await asyncio.to_thread(self.registry.list_batch_lines, batch_id)
+        results = await asyncio.to_thread(registry.list_batch_lines, batch_id)
         answered = {result.index for result in results}
         unrun = [index for index in range(len(requests)) if index not in answered]
-        ending = await self._ending(batch_id, bool(unrun))
+        ending = await self._ending(registry, batch_id, bool(unrun))
         if ending is None:
             return
         final, why = ending
         lines = [(result.index, result.succeeded, output_line(result)) for result in results]
         lines += [(index, False, unrun_line(batch_id, index, requests[index].custom_id, why or {})) for index in unrun]
         lines.sort(key=lambda entry: entry[0])
-        batch = await asyncio.to_thread(self.registry.get_batch, batch_id)
-        output_id = await self._write(batch, "output", [line for _, ok, line in lines if ok])
-        error_id = await self._write(batch, "error", [line for _, ok, line in lines if not ok])
+        batch = await asyncio.to_thread(registry.get_batch, batch_id)
+        output_id = await self._write(registry, batch, "output", [line for _, ok, line in lines if ok])
+        error_id = await self._write(registry, batch, "error", [line for _, ok, line in lines if not ok])
 
         def finish(current: BatchRecord) -> BatchRecord | None:
             if current.status.finished:
@@ -263,11 +277,13 @@ class BatchRunner(BackgroundExecutor):
                 "status": final, STAMPS[final]: time.time(), "output_file_id": output_id, "error_file_id": error_id,
             })
 
-        await asyncio.to_thread(self.registry.update_batch, batch_id, finish)
+        await asyncio.to_thread(registry.update_batch, batch_id, finish)
 
-    async def _ending(self, batch_id: str, unrun: bool) -> tuple[BatchStatus, dict[str, str] | None] | None:
+    async def _ending(
+        self, registry: Registry, batch_id: str, unrun: bool
+    ) -> tuple[BatchStatus, dict[str, str] | None] | None:
         """How the batch ends, and why its unrun lines were not run; None when it is not this executor's to end."""
-        batch = await asyncio.to_thread(self.registry.get_batch, batch_id)
+        batch = await asyncio.to_thread(registry.get_batch, batch_id)
         if batch.status.finished:
             return None
         if batch.status is BatchStatus.cancelling:
@@ -281,13 +297,15 @@ class BatchRunner(BackgroundExecutor):
                 return None
             return current.model_copy(update={"status": BatchStatus.finalizing, "finalizing_at": time.time()})
 
-        if await asyncio.to_thread(self.registry.update_batch, batch_id, finalizing) is None:
-            status = (await asyncio.to_thread(self.registry.get_batch, batch_id)).status
+        if await asyncio.to_thread(registry.update_batch, batch_id, finalizing) is None:
+            status = (await asyncio.to_thread(registry.get_batch, batch_id)).status
             if status is not BatchStatus.finalizing:
-                return await self._ending(batch_id, unrun)  # cancelled meanwhile, or finished elsewhere
+                return await self._ending(registry, batch_id, unrun)  # cancelled meanwhile, or finished elsewhere
         return BatchStatus.completed, None
 
-    async def _write(self, batch: BatchRecord, kind: str, lines: list[dict[str, Any]]) -> str | None:
+    async def _write(
+        self, registry: Registry, batch: BatchRecord, kind: str, lines: list[dict[str, Any]]
+    ) -> str | None:
         """The output or error file (purpose batch_output) in /v1/files, under an id named by the batch; None when
         there is no line for it."""
         if not lines:
@@ -306,10 +324,10 @@ class BatchRunner(BackgroundExecutor):
             rows=len(lines),
         )
         with contextlib.suppress(AlreadyExists):  # written by another executor, or before a restart
-            await asyncio.to_thread(self.registry.put_file, record, data)
+            await asyncio.to_thread(registry.put_file, record, data)
         return record.id
 
-    async def _fail(self, batch_id: str, code: str, message: str) -> None:
+    async def _fail(self, registry: Registry, batch_id: str, code: str, message: str) -> None:
         def fail(current: BatchRecord) -> BatchRecord | None:
             if current.status.finished:
                 return None
@@ -318,19 +336,22 @@ class BatchRunner(BackgroundExecutor):
                                               "errors": [error]})
 
         with contextlib.suppress(NotFound):
-            await asyncio.to_thread(self.registry.update_batch, batch_id, fail)
+            await asyncio.to_thread(registry.update_batch, batch_id, fail)
 
 
 async def start_batches(gw: Gateway) -> BatchRunner:
-    """The gateway's batch executor, on its serving path, with every batch not finished resumed."""
+    """The gateway's batch executor, on its serving path, with every project's batches not finished resumed: a line
+    is served by the gateway as its batch's project sees it, and charged to that project's limits."""
 
-    async def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        served = await serve_whole(gw, parsed_request(endpoint, body, prefix="body."), BACKGROUND_PRIORITY)
+    async def send(project: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        view = gw.for_project(project)
+        request = parsed_request(endpoint, body, prefix="body.")
+        served = await serve_whole(view, request, BACKGROUND_PRIORITY, project_caller(view))
         return served.body.model_dump(mode="json")
 
     runner = BatchRunner(
-        gw.registry, send, lambda batch: batch_requests(gw, batch), gw.settings.batch_concurrency,
-        gw.settings.load_engine,
+        gw.registry, send, lambda project, batch: batch_requests(gw.for_project(project), batch),
+        gw.settings.batch_concurrency, gw.settings.load_engine,
     )
     gw.batches = runner
     await runner.resume()

@@ -168,9 +168,6 @@ def batch_object(batch: BatchRecord) -> BatchObject:
 async def create_batch(gw: Gateway, body: CreateBatch) -> BatchObject:
     """Check the batch and its input file line by line; store it `validating` (then run in the background) or
     `failed` with the lines at fault."""
-    if gw.batches is None:  # a project's gateway view (Gateway.for_project) runs none yet
-        raise bad("input_file_id", f"batches are offered in the default project only, not yet in {gw.project!r}",
-                  "not_available_in_project")
     if body.endpoint not in BATCH_ENDPOINTS:
         raise bad("endpoint", f"{body.endpoint!r} is not offered: batches here run {' or '.join(BATCH_ENDPOINTS)}",
                   "invalid_value")
@@ -204,7 +201,7 @@ async def create_batch(gw: Gateway, body: CreateBatch) -> BatchObject:
     await asyncio.to_thread(gw.registry.put_batch, record)
     if not errors:
         assert gw.batches is not None  # started with the app
-        gw.batches.submit(record.id)
+        gw.batches.submit(record.id, gw.project)
     return batch_object(record)
 
 
@@ -233,7 +230,7 @@ async def cancel_batch(gw: Gateway, batch_id: str) -> BatchObject:
     running (finalizing, finished) is a 409."""
     batch = await asyncio.to_thread(_cancel, gw, batch_id)
     assert gw.batches is not None  # started with the app
-    gw.batches.submit(batch_id)
+    gw.batches.submit(batch_id, gw.project)
     return batch_object(batch)
 
 

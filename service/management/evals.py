@@ -324,9 +324,6 @@ def _check_sampling(sampling: dict[str, Any]) -> None:
 async def create_run(gw: Gateway, eval_id: str, body: CreateRun) -> RunObject:
     """Check the run whole (data source, prompt template, every row against the item schema), store it queued,
     and hand it to the executor."""
-    if gw.eval_runs is None:  # a project's gateway view (Gateway.for_project) runs none yet
-        raise bad("eval_id", f"eval runs are offered in the default project only, not yet in {gw.project!r}",
-                  "not_available_in_project")
     evaluation = await asyncio.to_thread(_eval, gw, eval_id)
     source = body.data_source
     if source.type != "completions":
@@ -363,7 +360,7 @@ async def create_run(gw: Gateway, eval_id: str, body: CreateRun) -> RunObject:
     )
     await asyncio.to_thread(gw.registry.put_eval_run, record)
     assert gw.eval_runs is not None  # started with the app
-    gw.eval_runs.submit(evaluation.id, record.id)
+    gw.eval_runs.submit(evaluation.id, record.id, gw.project)
     return run_object(record)
 
 
