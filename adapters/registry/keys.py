@@ -198,6 +198,20 @@ def api_keys_prefix(key_id: str) -> str:
     return ORG_KEYS_PREFIX + _checked(key_id, KEY_ID_RE, "key id").removeprefix("key_")
 
 
+# What lies at the root beside the default project's records and is none of them: other projects' namespaces, the
+# organisation's projects and keys, every project's audit log.
+NOT_THE_DEFAULT_PROJECTS = ("projects/", "org/", AUDIT_PREFIX)
+
+
+def check_project_key(key: str, project_id: str) -> str:
+    """`key` as a key a request of `project_id` may name in its namespace (a dataset, an adapter directory to import):
+    the default project's namespace is the store's root, and no key of it reaches another project's records."""
+    check_key(key)
+    if check_project_id(project_id) == DEFAULT_PROJECT and key.startswith(NOT_THE_DEFAULT_PROJECTS):
+        raise InvalidName(f"{key!r} is not inside this project's records")
+    return key
+
+
 def project_prefix(project_id: str) -> str:
     """Where a project's records lie: '' for the default project (today's layout), `projects/<id>/` for another."""
     if check_project_id(project_id) == DEFAULT_PROJECT:
