@@ -818,3 +818,6 @@ class AuditEntry(BaseModel):
     status_code: int | None = Field(None, description="the HTTP status answered")
     error_code: str | None = Field(None, description="the error body's `code` when the action failed")
     outcome: Literal["succeeded", "failed"]
+    project: str | None = Field(
+        None, description="the project an operator's action (/v1/organization) was on; null for a project's own"
+    )

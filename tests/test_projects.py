@@ -602,6 +602,8 @@ def organization_routes(project: str, key_id: str) -> list[tuple[str, str, dict[
     """The operator's routes: every other key is refused for its role (403), whatever project it names."""
     where = f"/v1/organization/projects/{project}"
     return [
+        ("GET", "/v1/organization/audit_logs", None),
+        ("GET", f"/v1/organization/audit_logs?project_ids[]={project}", None),
         ("GET", "/v1/organization/projects", None),
         ("POST", "/v1/organization/projects", {"name": "x"}),
         ("GET", where, None),

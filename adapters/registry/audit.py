@@ -4,11 +4,12 @@ time-sortable ids, and deleted only by retention, which reads the time from the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
 from adapters.errors import NotFound
-from adapters.registry.keys import AUDIT_PREFIX, audit_key, audit_prefix
+from adapters.registry.keys import AUDIT_PREFIX, ORG_AUDIT_LOG, audit_key, audit_prefix
 from adapters.registry.records import RecordShelf
 from adapters.schema import AUDIT_ID_RE, AuditEntry, audit_id_time
 
@@ -16,17 +17,31 @@ log = logging.getLogger("skillserve.registry")
 
 
 class AuditBook(RecordShelf):
-    """Each project's audit entries."""
+    """Each project's audit entries, and the organisation's (operator actions)."""
 
-    def put_audit(self, entry: AuditEntry) -> bool:
-        """Write an entry; never over another (ids carry 64 random bits: two replicas cannot collide)."""
-        return self._put_once(audit_key(entry.actor.project, entry.id), entry)
+    def put_audit(self, entry: AuditEntry, log: str | None = None) -> bool:
+        """Write an entry into `log` (a project's id or ORG_AUDIT_LOG; the actor's project by default); never over
+        another (ids carry 64 random bits: two replicas cannot collide)."""
+        return self._put_once(audit_key(log or entry.actor.project, entry.id), entry)
+
+    def put_operator_audit(self, entry: AuditEntry, project_exists: Callable[[str], bool]) -> None:
+        """An operator's action: into the organisation's log, and into the log of the project it was on (when that
+        project exists), so the project's admins see who changed their keys."""
+        self.put_audit(entry, ORG_AUDIT_LOG)
+        if entry.project is not None and project_exists(entry.project):
+            self.put_audit(entry, entry.project)
 
     def list_audit(
-        self, project: str, after: str | None = None, limit: int = 20, action: str | None = None
+        self,
+        project: str,
+        after: str | None = None,
+        limit: int = 20,
+        action: str | None = None,
+        match: Callable[[AuditEntry], bool] | None = None,
     ) -> tuple[list[AuditEntry], bool]:
         """A project's entries, newest first: the `limit` older than the entry `after` (an id; it need not still be
-        there), of one `action` if given, and whether more follow. Reads entries only until the page is full."""
+        there), of one `action` and that `match` if given, and whether more follow. Reads entries only until the page
+        is full."""
         keys = sorted(self.store.list(audit_prefix(project)), reverse=True)
         if after is not None:
             keys = [key for key in keys if key < audit_key(project, after)]
@@ -39,7 +54,7 @@ class AuditBook(RecordShelf):
             except ValidationError as exc:
                 log.warning("skipping unreadable audit entry %s: %s", key, exc)
                 continue
-            if action is not None and entry.action != action:
+            if (action is not None and entry.action != action) or (match is not None and not match(entry)):
                 continue
             if len(found) == limit:
                 return found, True

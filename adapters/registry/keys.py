@@ -153,6 +153,8 @@ def stored_completion_key(completion_id: str) -> str:
 
 
 AUDIT_PREFIX = "audit/"
+# The organisation's log: every operator action (/v1/organization), beside each project's, with no project's id.
+ORG_AUDIT_LOG = "organization"
 
 
 def audit_prefix(project: str) -> str:
