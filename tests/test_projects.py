@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from adapters.errors import InvalidName
 from adapters.registry import ProjectJobs, Registry, parse_job_uri
 from adapters.schema import (
+    ApiKeyRecord,
     EvalRecord,
     FineTune,
     FineTunedModel,
@@ -789,3 +790,70 @@ def test_generation_resolves_no_other_projects_model(app: TestClient, tmp_path: 
             with pytest.raises(NotFound) as refused:
                 asyncio.run(gw.for_project(project).cache.manifest(model, None))
             assert refused.value.code == "model_not_found", (project, model)
+
+
+# ------------------------------------------------------------------------------------------ the keys' index
+
+
+class CountedReads(FileStore):
+    """A file store that remembers which keys were read."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.read: list[str] = []
+
+    def get_bytes(self, key: str) -> bytes:
+        self.read.append(key)
+        return super().get_bytes(key)
+
+
+def test_listing_a_projects_keys_reads_its_own_keys_only_revoked_ones_included(tmp_path: Path) -> None:
+    store = CountedReads(tmp_path / "store")
+    registry = Registry(store)
+    a, b = registry.create_project("team a").id, registry.create_project("team b").id
+    first, _ = registry.create_api_key(a, "admin", "ci")
+    second, _ = registry.create_api_key(a, "inference")
+    theirs = [registry.create_api_key(b, "admin")[0] for _ in range(3)]
+    registry.revoke_api_key(a, first.id)
+    registry.list_api_keys(a)  # the first listing of a store makes sure its index is whole (one scan)
+
+    store.read.clear()
+    listed = registry.list_api_keys(a)
+    assert [k.id for k in listed] == [first.id, second.id] and listed[0].revoked_at is not None
+    assert {k.rpartition("/")[2] for k in store.read if k.startswith("org/keys/")} == {
+        f"{first.sha256}.json", f"{second.sha256}.json"
+    }
+    assert not any(k.sha256 in " ".join(store.read) for k in theirs)
+    assert [k.id for k in registry.list_api_keys(b)] == [k.id for k in theirs]
+
+
+def test_keys_made_before_the_index_are_listed_and_indexed_by_the_first_listing(tmp_path: Path) -> None:
+    """A store written before the per-project index (each key only at org/keys/<sha256>.json, as the code before it
+    wrote them): the first listing finds them by a scan and writes their index; later listings read the index, and
+    keys made since are in it."""
+    from adapters.registry.projects import KEY_PREFIX, key_hash, key_id_of
+
+    store = CountedReads(tmp_path / "store")
+    registry = Registry(store)
+    a, b = registry.create_project("team a").id, registry.create_project("team b").id
+    old = {}
+    for project in (a, a, b):  # written as the code before the index wrote them
+        token = KEY_PREFIX + uuid.uuid4().hex
+        sha = key_hash(token)
+        record = ApiKeyRecord(id=key_id_of(sha), sha256=sha, project=project, role="admin", created_at=time.time())
+        store.put_bytes(f"org/keys/{sha}.json", record.model_dump_json().encode())
+        old.setdefault(project, []).append((record.id, token))
+    assert not store.list(f"org/projects/{a}/keys/")
+
+    assert [k.id for k in registry.list_api_keys(a)] == [key for key, _ in old[a]]
+    assert len(store.list(f"org/projects/{a}/keys/")) == 2 and len(store.list(f"org/projects/{b}/keys/")) == 1
+    new, _ = registry.create_api_key(a, "inference")
+    registry.revoke_api_key(a, old[a][0][0])
+    store.read.clear()
+    listed = registry.list_api_keys(a)
+    assert [k.id for k in listed] == [*(key for key, _ in old[a]), new.id] and listed[0].revoked_at is not None
+    assert not any(sha in " ".join(store.read) for sha in (key_hash(t) for _, t in old[b]))  # the index, no scan
+    assert registry.find_api_key(old[b][0][1]) is not None  # the lookup by hash: one read, unchanged
+    assert [k.id for k in registry.list_api_keys(b)] == [old[b][0][0]]
+    registry.archive_project(b)
+    assert registry.find_api_key(old[b][0][1]).revoked_at is not None  # type: ignore[union-attr]

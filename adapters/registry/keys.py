@@ -12,6 +12,7 @@ completions/<chatcmpl-id>.json                                   stored chat com
 audit/<project>/<audit-id>.json                                  the audit log, append-only, time-sorted (audit.py);
                                                                  every project's at the root (one writer per gateway)
 org/projects/<project-id>.json, org/keys/<sha256 of the key>.json projects and their API keys (projects.py)
+org/projects/<project-id>/keys/<sha256>.json, org/key_index.json  each project's keys, an index (projects.py)
 projects/<project-id>/...                                        every key above, of a project other than default
 
 The default project's records lie at the root, as they always have (a store written before projects reads
@@ -193,6 +194,19 @@ def project_key(project_id: str) -> str:
 
 def api_key_key(sha256: str) -> str:
     return f"{ORG_KEYS_PREFIX}{_checked(sha256, KEY_HASH_RE, 'key hash')}.json"
+
+
+# Written once every key of a store written before the per-project index has its entry in it (projects.py).
+KEY_INDEX_BUILT = "org/key_index.json"
+
+
+def project_keys_prefix(project_id: str) -> str:
+    """The index of a project's keys: an entry per key, named by its hash, written with the key and never removed."""
+    return f"{ORG_PROJECTS_PREFIX}{check_project_id(project_id)}/keys/"
+
+
+def project_key_entry(project_id: str, sha256: str) -> str:
+    return f"{project_keys_prefix(project_id)}{_checked(sha256, KEY_HASH_RE, 'key hash')}.json"
 
 
 def api_keys_prefix(key_id: str) -> str:
