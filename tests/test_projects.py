@@ -475,7 +475,11 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
                 reply = operator.post(f"/v1/organization/projects/{project}/api_keys", json={"role": "admin"})
                 made[name] = (project, reply.json()["value"])
         (a, key_a), (b, key_b) = made["a"], made["b"]
-        publish_adapter(server.registry.for_project(a), peft_adapter_dir, "support-tone")
+        published = publish_adapter(server.registry.for_project(a), peft_adapter_dir, "support-tone")
+        ft = f"ft:{published.base_model}:{a}:tone:{uuid.uuid4().hex[:8]}"
+        server.registry.for_project(a).put_fine_tuned_model(
+            FineTunedModel(id=ft, name="support-tone", version=published.version, job_id=uuid.uuid4().hex)
+        )
         chat = {"model": "support-tone", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4,
                 "temperature": 0}
         text = {"model": "support-tone", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
@@ -483,10 +487,13 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
             stored = client.post("/v1/chat/completions", json={**chat, "store": True})
             assert stored.status_code == 200
             assert client.post("/v1/completions", json=text).status_code == 200
+            assert client.post("/v1/chat/completions", json={**chat, "model": ft}).status_code == 200
             assert "support-tone" in [m["id"] for m in client.get("/v1/models").json()["data"]]
         for key in (key_b, ADMIN_KEY, API_KEY):
             with server.client(key) as client:
-                for path, body in (("/v1/chat/completions", chat), ("/v1/completions", text)):
+                for path, body in (("/v1/chat/completions", chat), ("/v1/completions", text),
+                                   ("/v1/chat/completions", {**chat, "model": ft}),
+                                   ("/v1/completions", {**text, "model": f"support-tone@{published.version}"})):
                     reply = client.post(path, json=body)
                     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
                 assert "support-tone" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
