@@ -24,7 +24,6 @@ from adapters.errors import DatasetError, InvalidAdapter, InvalidName, InvalidRe
 from adapters.limits import CallerLimits
 from adapters.parents import inherited
 from adapters.registry import new_manifest
-from adapters.registry.keys import check_project_key
 from adapters.schema import (
     LATEST,
     Hyperparameters,
@@ -65,15 +64,8 @@ async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _store_key(gw: Gateway, uri: str) -> str:
-    """A key inside the caller's project's records, from a bare key or a URI under its namespace (the store's root for
-    the default project, `projects/<id>/` of it for another)."""
-    root = gw.registry.store.uri.rstrip("/") + "/"
-    if "://" in uri:
-        if not uri.startswith(root):
-            # The store's own URI is not told: on a file store it is a path on this machine.
-            raise InvalidName(f"{uri!r} is not inside this project's records in this gateway's store")
-        uri = uri[len(root) :]
-    return check_project_key(uri, gw.project)  # an absolute path is refused, not read as a key
+    """A key inside the caller's project's records, from a bare key or a URI under its namespace."""
+    return gw.registry.key_named(uri)
 
 
 def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> int:
