@@ -864,3 +864,30 @@ def test_keys_made_before_the_index_are_listed_and_indexed_by_the_first_listing(
     assert [k.id for k in registry.list_api_keys(b)] == [old[b][0][0]]
     registry.archive_project(b)
     assert registry.find_api_key(old[b][0][1]).revoked_at is not None  # type: ignore[union-attr]
+
+
+def test_an_index_entry_without_its_key_is_skipped_and_a_key_without_an_entry_is_still_revoked_by_archiving(
+    tmp_path: Path,
+) -> None:
+    """A gateway stopped between a key's index entry and its record leaves an entry the listing skips; a key made
+    after the index by a replica of an older version (no entry) is not listed, and archiving, which scans, revokes
+    it all the same."""
+    from adapters.registry.projects import KEY_PREFIX, key_hash, key_id_of
+    from adapters.schema import KeyIndexEntry
+
+    store = FileStore(tmp_path / "store")
+    registry = Registry(store)
+    a = registry.create_project("team a").id
+    kept, _ = registry.create_api_key(a, "admin")
+    assert [k.id for k in registry.list_api_keys(a)] == [kept.id]  # the index is whole from here on
+    lost = key_hash(KEY_PREFIX + "never written")
+    store.put_bytes(f"org/projects/{a}/keys/{lost}.json",
+                    KeyIndexEntry(id=key_id_of(lost), sha256=lost).model_dump_json().encode())
+    token = KEY_PREFIX + uuid.uuid4().hex
+    unindexed = ApiKeyRecord(id=key_id_of(key_hash(token)), sha256=key_hash(token), project=a, role="admin")
+    store.put_bytes(f"org/keys/{unindexed.sha256}.json", unindexed.model_dump_json().encode())
+
+    assert [k.id for k in registry.list_api_keys(a)] == [kept.id]
+    assert registry.get_api_key(a, unindexed.id).revoked_at is None  # found by its id all the same
+    registry.archive_project(a)
+    assert registry.find_api_key(token).revoked_at is not None  # type: ignore[union-attr]
