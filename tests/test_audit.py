@@ -294,7 +294,9 @@ def test_a_version_the_trainer_publishes_is_recorded_and_a_refusing_store_costs_
     assert refusing.list_audit(DEFAULT_PROJECT) == ([], False)
 
 
-def test_each_operator_action_is_in_the_projects_log_and_the_organisations(tmp_path: Path) -> None:
+def test_each_operator_action_is_in_the_projects_log_and_the_organisations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Creating and archiving a project, creating, rotating and revoking its keys: one entry each in that project's
     log (its admins see who changed their keys) and in the organisation's (GET /v1/organization/audit_logs),
     naming the operator key's id, never a key; none in the operator's own (default) project's log."""
@@ -347,3 +349,10 @@ def test_each_operator_action_is_in_the_projects_log_and_the_organisations(tmp_p
         entries(app, other)  # written
         seen = app.get("/v1/audit", headers=project_admin).json()["data"]  # b's admins read b's own log
         assert [e["action"] for e in seen] == ["key.create", "project.create"] and seen[0]["project"] == other
+
+        monkeypatch.setattr(cli, "connect", lambda args: _Borrowed(app))
+        app.headers.update(operator)
+        capsys.readouterr()
+        assert cli.main(["audit", "--organization", "--project", project, "--action", "key.rotate"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2 and "key.rotate" in lines[1] and key_id(operator_key) in lines[1]
