@@ -779,6 +779,13 @@ class ApiKeyRecord(BaseModel):
     redacted: str = Field("", description="the key's first and last characters, as OpenAI shows a key")
 
 
+class KeyIndexEntry(BaseModel):
+    """A key's entry in its project's index, org/projects/<project>/keys/<sha256>.json: where its record lies."""
+
+    id: str = Field(pattern=KEY_ID_RE.pattern)
+    sha256: str = Field(pattern=KEY_HASH_RE.pattern)
+
+
 # The audit log: who did what to a project's objects, and how it ended.
 
 # `audit_<ms since the epoch, 13 digits>_<16 hex>`: sorted as strings, entries sort by time (until the year 2286).
@@ -818,3 +825,6 @@ class AuditEntry(BaseModel):
     status_code: int | None = Field(None, description="the HTTP status answered")
     error_code: str | None = Field(None, description="the error body's `code` when the action failed")
     outcome: Literal["succeeded", "failed"]
+    project: str | None = Field(
+        None, description="the project an operator's action (/v1/organization) was on; null for a project's own"
+    )

@@ -300,10 +300,15 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    params = {"limit": args.limit, "after": args.after, "action": args.action, "outcome": args.outcome,
-              "object_id": args.object}
+    params: dict[str, Any] = {"limit": args.limit, "after": args.after}
+    if args.organization:  # the operator's: OpenAI's audit_logs filters
+        path = "/v1/organization/audit_logs"
+        params |= {"project_ids[]": args.project, "event_types[]": args.action}
+    else:
+        path = "/v1/audit"
+        params |= {"action": args.action, "outcome": args.outcome, "object_id": args.object}
     with connect(args) as client:
-        page = checked(client.get("/v1/audit", params={k: v for k, v in params.items() if v is not None}))
+        page = checked(client.get(path, params={k: v for k, v in params.items() if v is not None}))
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
@@ -437,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", default=None, metavar="ID", help="the page after this entry (older ones)")
     audit.add_argument("--limit", type=int, default=20, help="entries per page (at most 100)")
     audit.add_argument("--json", action="store_true", help="the API's JSON as it came")
+    audit.add_argument("--organization", action="store_true",
+                       help="the organisation's log: every operator action on projects and keys (operator key)")
+    audit.add_argument("--project", default=None, help="with --organization: only actions on this project")
     audit.set_defaults(func=cmd_audit)
 
     from client.cli_evals import add_eval_commands  # here: that module builds on this one's client

@@ -158,7 +158,7 @@ async def running(gw: Gateway) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway; its lifespan builds the Gateway and starts the engine (unless disabled) and the job runner."""
     settings = settings or Settings()
-    metrics = Metrics(settings.metrics_max_models, settings.base_model_id)
+    metrics = Metrics(settings.metrics_max_models, settings.base_model_id, settings.metrics_project_label)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

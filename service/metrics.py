@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from adapters.schema import JobStatus
+from adapters.schema import DEFAULT_PROJECT, JobStatus
 
 JOB_COUNTS_MAX_AGE_S = 15.0
 
@@ -89,50 +89,56 @@ class ModelLabels:
 
 class RequestMeter:
     """One generation request's per-model figures: time to first token (streamed requests: a request that
-    waits for its whole answer has no first token to time), time per output token, tokens, and outcome."""
+    waits for its whole answer has no first token to time), time per output token, tokens, and outcome.
+    Labelled by `model`, and by `project` where the operator asked for it (None: no project label)."""
 
-    def __init__(self, metrics: Metrics, model: str):
-        self.metrics, self.model = metrics, model
+    def __init__(self, metrics: Metrics, model: str, project: str | None = None):
+        self.metrics, self.model, self.project = metrics, model, project
+        self.labels = (model,) if project is None else (model, project)
         self.started = time.perf_counter()
         self.first: float | None = None
 
     def token(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
-            self.metrics.ttft.labels(self.model).observe(self.first - self.started)
+            self.metrics.ttft.labels(*self.labels).observe(self.first - self.started)
 
     def tokens(self, kind: str, count: int) -> None:
-        self.metrics.tokens.labels(kind, self.model).inc(count)
+        self.metrics.tokens.labels(kind, *self.labels).inc(count)
 
     def generated(self, count: int) -> None:
         """The request's output is complete: `count` tokens over the time since its first (or its start)."""
         self.tokens("completion", count)
         if count > 0:
             elapsed = time.perf_counter() - (self.first or self.started)
-            self.metrics.tpot.labels(self.model).observe(elapsed / count)
+            self.metrics.tpot.labels(*self.labels).observe(elapsed / count)
 
     def outcome(self, failed: bool) -> None:
-        self.metrics.model_requests.labels(self.model, "error" if failed else "ok").inc()
+        self.metrics.model_requests.labels(*self.labels, "error" if failed else "ok").inc()
 
 
 class Metrics:
-    """One registry per app, so several apps (tests) never collide on global metric names."""
+    """One registry per app, so several apps (tests) never collide on global metric names. With `project_label`
+    (the operator's `metrics_project_label`), the per-model series also carry the project of the model's adapter;
+    without, their labels are as before projects, and two projects' adapters of one name share a series."""
 
-    def __init__(self, max_models: int = 20, base_model: str = "") -> None:
+    def __init__(self, max_models: int = 20, base_model: str = "", project_label: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.model_label = ModelLabels(max_models, base_model)
+        self.project_label = project_label
+        per_model = ["model", "project"] if project_label else ["model"]
         self.model_requests = Counter(
             "skillserve_model_requests", "generation requests per model (top adapters, then other)",
-            ["model", "outcome"], registry=r,
+            [*per_model, "outcome"], registry=r,
         )
         self.ttft = Histogram(
             "skillserve_time_to_first_token_seconds", "streamed requests: seconds to the first token, per model",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+            per_model, buckets=LATENCY_BUCKETS, registry=r,
         )
         self.tpot = Histogram(
             "skillserve_time_per_output_token_seconds", "seconds per generated token after the first, per model",
-            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+            per_model, buckets=TOKEN_BUCKETS, registry=r,
         )
         self.adapter_load = Histogram(
             "skillserve_adapter_load_seconds",
@@ -172,7 +178,8 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter(
-            "skillserve_tokens", "tokens processed per model (top adapters, then other)", ["kind", "model"], registry=r
+            "skillserve_tokens", "tokens processed per model (top adapters, then other)",
+            ["kind", "model", "project"] if self.project_label else ["kind", "model"], registry=r,
         )
         self.adapter_loads = Counter(
             "skillserve_adapter_loads",
@@ -222,8 +229,15 @@ class Metrics:
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
 
-    def meter(self, model: str) -> RequestMeter:
-        return RequestMeter(self, self.model_label(model))
+    def meter(self, model: str, project: str = DEFAULT_PROJECT) -> RequestMeter:
+        """A request's meter for `model` served to `project`: labelled by the model's name (bounded), and by the
+        project where the operator asked for it. Each project's adapters count toward the bound apart."""
+        if not self.project_label:
+            return RequestMeter(self, self.model_label(model))
+        if model == self.model_label.always:
+            return RequestMeter(self, model, project)
+        given = self.model_label(f"{project}/{model}")  # a project's adapter is one of the bounded labels
+        return RequestMeter(self, OTHER if given == OTHER else model, project)
 
     def watch_residency(self, count: Callable[[str], int]) -> None:
         """Adapter versions on disk and in use in the engine, counted at scrape time."""

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     metrics_max_models: int = Field(
         20, description="adapters with a `model` label of their own in per-model metrics; the rest count as other"
     )
+    metrics_project_label: bool = Field(
+        False, description="add a `project` label (the project's id) to per-model metrics; off: adapters are labelled "
+        "by name only, and two projects' adapters of one name share a series"
+    )
     public_metrics: bool = Field(
         False, description="with auth on: /metrics on the main port needs no key (it names adapters and jobs)"
     )

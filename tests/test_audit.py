@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from adapters.errors import StoreUnavailable
 from adapters.registry import Registry
+from adapters.registry.keys import ORG_AUDIT_LOG
 from adapters.schema import DEFAULT_PROJECT, AuditActor, AuditEntry, Manifest, new_audit_id
 from adapters.store import FileStore, ObjectStore
 from client import cli
@@ -108,8 +109,9 @@ def test_every_admin_route_leaves_one_entry_of_who_what_and_how_it_ended(app: Te
     app.post("/v1/chat/completions", headers=INFERENCE, json={"model": "x", "messages": []})
     app.delete("/v1/files/file-x")  # no key: refused before any action, names nobody
 
-    found = {(e.method, e.route, e.actor.role): e for e in entries(app)}
-    assert len(found) == len(replies) == len(entries(app)), "one entry per action, none for anything else"
+    logged = entries(app) + entries(app, ORG_AUDIT_LOG)  # the operator's routes' in the organisation's log
+    found = {(e.method, e.route, e.actor.role): e for e in logged}
+    assert len(found) == len(replies) == len(logged), "one entry per action, none for anything else"
     for (method, template, role), reply in replies.items():
         got = found[(method, template, role)]
         assert got.action == ACTIONS[(method, template)]
@@ -338,3 +340,67 @@ def test_a_version_the_trainer_publishes_is_recorded_and_a_refusing_store_costs_
     refusing = Registry(RefusingAudit(tmp_path / "down", down=True))
     _audit_published(refusing, "job2", manifest)  # logs, never raises: the version stays published
     assert refusing.list_audit(DEFAULT_PROJECT) == ([], False)
+
+
+def test_each_operator_action_is_in_the_projects_log_and_the_organisations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Creating and archiving a project, creating, rotating and revoking its keys: one entry each in that project's
+    log (its admins see who changed their keys) and in the organisation's (GET /v1/organization/audit_logs),
+    naming the operator key's id, never a key; none in the operator's own (default) project's log."""
+    operator_key = "test-operator-key"
+    operator = {"Authorization": f"Bearer {operator_key}"}
+    with TestClient(create_app(management_settings(tmp_path, operator_keys=[operator_key]))) as app:
+        project = app.post("/v1/organization/projects", json={"name": "team a"}, headers=operator).json()["id"]
+        other = app.post("/v1/organization/projects", json={"name": "team b"}, headers=operator).json()["id"]
+        where = f"/v1/organization/projects/{project}"
+        made = app.post(f"{where}/api_keys", json={"role": "admin"}, headers=operator).json()
+        rotated = app.post(f"{where}/api_keys/{made['id']}/rotate", headers=operator).json()
+        assert app.delete(f"{where}/api_keys/{rotated['id']}", headers=operator).status_code == 200
+        assert app.delete(f"{where}/api_keys/key_0000000000000000", headers=operator).status_code == 404
+        assert app.post(f"{where}/archive", headers=operator).status_code == 200
+        assert app.post("/v1/organization/projects/proj_0000000000000000/archive", headers=operator).status_code == 404
+
+        expected = ["project.create", "key.create", "key.rotate", "key.revoke", "key.revoke", "project.archive"]
+        own = entries(app, project)
+        assert [e.action for e in reversed(own)] == expected
+        assert [e.outcome for e in reversed(own)] == ["succeeded"] * 4 + ["failed", "succeeded"]
+        assert {e.project for e in own} == {project} and {e.actor.key_id for e in own} == {key_id(operator_key)}
+        assert {e.actor.role for e in own} == {"operator"}
+        assert own[-1].object_id == project  # project.create: the project made
+        assert [e.action for e in entries(app, other)] == ["project.create"]
+        assert entries(app, DEFAULT_PROJECT) == []  # the operator's own project's log holds none of them
+        assert entries(app, "proj_0000000000000000") == []  # no log for a project that does not exist
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "store" / "audit").rglob("*.json"))
+        for key in (made["value"], rotated["value"], operator_key):
+            assert key.encode() not in stored
+
+        logs = app.get("/v1/organization/audit_logs", params={"limit": 100}, headers=operator).json()
+        assert len(logs["data"]) == len(expected) + 2  # team b's creation and the archive of no project
+        assert {e["id"] for e in logs["data"]} >= {e.id for e in own}
+        mine = app.get("/v1/organization/audit_logs", params={"project_ids[]": project}, headers=operator).json()
+        assert [e["id"] for e in mine["data"]] == [e.id for e in own]
+        revokes = app.get(
+            "/v1/organization/audit_logs", params={"project_ids[]": [project, other], "event_types[]": "key.revoke"},
+            headers=operator,
+        ).json()
+        assert [e["action"] for e in revokes["data"]] == ["key.revoke", "key.revoke"]
+        first = app.get("/v1/organization/audit_logs", params={"limit": 2}, headers=operator).json()
+        after = app.get("/v1/organization/audit_logs", params={"limit": 100, "after": first["last_id"]},
+                        headers=operator).json()
+        assert first["has_more"] and [e["id"] for e in first["data"] + after["data"]] == [e["id"] for e in logs["data"]]
+        admin = app.post(f"/v1/organization/projects/{other}/api_keys", json={"role": "admin"}, headers=operator)
+        project_admin = {"Authorization": f"Bearer {admin.json()['value']}"}
+        for headers in (ADMIN, INFERENCE, project_admin):
+            reply = app.get("/v1/organization/audit_logs", headers=headers)
+            assert reply.status_code == 403 and reply.json()["error"]["code"] == "operator_key_required"
+        entries(app, other)  # written
+        seen = app.get("/v1/audit", headers=project_admin).json()["data"]  # b's admins read b's own log
+        assert [e["action"] for e in seen] == ["key.create", "project.create"] and seen[0]["project"] == other
+
+        monkeypatch.setattr(cli, "connect", lambda args: _Borrowed(app))
+        app.headers.update(operator)
+        capsys.readouterr()
+        assert cli.main(["audit", "--organization", "--project", project, "--action", "key.rotate"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2 and "key.rotate" in lines[1] and key_id(operator_key) in lines[1]

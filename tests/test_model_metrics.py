@@ -67,3 +67,48 @@ def test_per_model_metrics_through_the_real_gateway(gateway: GatewayServer, peft
     assert grew("skillserve_time_per_output_token_seconds_count", model="metered") == 1
     assert grew("skillserve_adapter_load_seconds_count", tier="store") >= 1  # its first request fetched it
     assert _sample(after, "skillserve_adapters_resident", tier="disk") >= 1
+
+
+def test_two_projects_adapters_of_one_name_share_a_series_unless_the_operator_asks_for_a_project_label() -> None:
+    """Off (the default): the labels are as before projects, no project id in them, and another project's namesake
+    counts under the same name. On: every per-model series carries the project, the base model's too, and each
+    project's adapter takes one of the bounded labels."""
+    off = Metrics(max_models=2, base_model="base")
+    on = Metrics(max_models=2, base_model="base", project_label=True)
+    for metrics in (off, on):
+        a, b = "proj_00000000000000aa", "proj_00000000000000bb"
+        for project, model in (("default", "tone"), (a, "tone"), (a, "base"), (b, "tone"), (b, "late")):
+            meter = metrics.meter(model, project)
+            meter.tokens("prompt", 3)
+            meter.token()
+            meter.generated(2)
+            meter.outcome(failed=False)
+    text = off.render().decode()
+    assert "proj_" not in text and "project=" not in text
+    assert _sample(text, "skillserve_model_requests_total", model="tone", outcome="ok") == 3
+    assert _sample(text, "skillserve_model_requests_total", model="late", outcome="ok") == 1
+    assert _sample(text, "skillserve_tokens_total", kind="prompt", model="tone") == 9
+
+    text = on.render().decode()
+    requests = "skillserve_model_requests_total"
+    assert _sample(text, requests, model="tone", project="default", outcome="ok") == 1
+    assert _sample(text, requests, model="tone", project="proj_00000000000000aa", outcome="ok") == 1
+    assert _sample(text, requests, model="base", project="proj_00000000000000aa", outcome="ok") == 1
+    assert _sample(text, requests, model=OTHER, project="proj_00000000000000bb", outcome="ok") == 2  # past the bound
+    assert _sample(text, "skillserve_tokens_total", kind="completion", model="tone", project="default") == 2
+    assert _sample(text, "skillserve_time_per_output_token_seconds_count", model="tone", project="default") == 1
+    assert _sample(text, "skillserve_time_to_first_token_seconds_count", model="tone",
+                   project="proj_00000000000000aa") == 1
+
+
+def test_the_project_label_setting_reaches_the_gateways_metrics(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.gateway_fixtures import management_settings
+
+    for asked in (False, True):
+        with TestClient(create_app(management_settings(tmp_path / str(asked), metrics_project_label=asked))) as app:
+            metrics = app.app.state.gateway.metrics  # type: ignore[attr-defined]
+            assert metrics.project_label is asked
+            assert ("project" in metrics.model_requests._labelnames) is asked

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from adapters.errors import InvalidName
 from adapters.registry import ProjectJobs, Registry, open_registry, parse_job_uri
 from adapters.schema import (
+    ApiKeyRecord,
     BatchRecord,
     EvalOutputItem,
     EvalRecord,
@@ -234,7 +235,8 @@ def test_the_trainers_audit_entry_for_a_projects_version_lands_in_the_projects_l
 
     reply = app.get("/v1/audit", headers=bearer(new_key(app, project, "admin")["value"]))
     assert reply.status_code == 200, reply.text
-    assert [(e["action"], e["object_id"]) for e in reply.json()["data"]] == [("adapter.publish", manifest.ref)]
+    published = [(e["action"], e["object_id"]) for e in reply.json()["data"] if e["actor"]["role"] == "runner"]
+    assert published == [("adapter.publish", manifest.ref)]  # beside the operator's project.create and key.create
     assert "adapter.publish" not in app.get("/v1/audit", headers=bearer(ADMIN_KEY)).text
     assert not [key for key in gw.registry.store.list(f"projects/{project}/") if "audit" in key]
 
@@ -530,7 +532,11 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
                 reply = operator.post(f"/v1/organization/projects/{project}/api_keys", json={"role": "admin"})
                 made[name] = (project, reply.json()["value"])
         (a, key_a), (b, key_b) = made["a"], made["b"]
-        publish_adapter(server.registry.for_project(a), peft_adapter_dir, "support-tone")
+        published = publish_adapter(server.registry.for_project(a), peft_adapter_dir, "support-tone")
+        ft = f"ft:{published.base_model}:{a}:tone:{uuid.uuid4().hex[:8]}"
+        server.registry.for_project(a).put_fine_tuned_model(
+            FineTunedModel(id=ft, name="support-tone", version=published.version, job_id=uuid.uuid4().hex)
+        )
         chat = {"model": "support-tone", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4,
                 "temperature": 0}
         text = {"model": "support-tone", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
@@ -538,10 +544,13 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
             stored = client.post("/v1/chat/completions", json={**chat, "store": True})
             assert stored.status_code == 200
             assert client.post("/v1/completions", json=text).status_code == 200
+            assert client.post("/v1/chat/completions", json={**chat, "model": ft}).status_code == 200
             assert "support-tone" in [m["id"] for m in client.get("/v1/models").json()["data"]]
         for key in (key_b, ADMIN_KEY, API_KEY):
             with server.client(key) as client:
-                for path, body in (("/v1/chat/completions", chat), ("/v1/completions", text)):
+                for path, body in (("/v1/chat/completions", chat), ("/v1/completions", text),
+                                   ("/v1/chat/completions", {**chat, "model": ft}),
+                                   ("/v1/completions", {**text, "model": f"support-tone@{published.version}"})):
                     reply = client.post(path, json=body)
                     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
                 assert "support-tone" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
@@ -563,3 +572,368 @@ def test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_name
         with server.client(key_b) as client:
             reply = client.post("/v1/chat/completions", json=chat)
             assert reply.status_code == 200, reply.text
+
+
+# ------------------------------------------------------------------------------------------ every route
+
+SECRET = "only project a knows this"
+
+
+@dataclass
+class OnlyInA:
+    """Objects project a has and project b has no namesake of: what b may try to name as a parent, a dataset, a
+    base model or a source."""
+
+    adapter: str
+    version: str
+    dataset_key: str
+    file_id: str
+    completion_id: str
+
+
+def make_only_in_a(registry: Registry, root: Path) -> OnlyInA:
+    manifest = publish_adapter(registry, fake_adapter_dir(root / "only"), "a-only")
+    data = json.dumps({"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": SECRET}]})
+    file = registry.put_file(
+        StoredFile(filename="a.jsonl", purpose="fine-tune", bytes=0, sha256=""), (data + "\n").encode()
+    )
+    completion_id = "chatcmpl-" + uuid.uuid4().hex
+    registry.put_completion(
+        StoredCompletion(
+            id=completion_id,
+            model="a-only",
+            messages=[{"role": "user", "content": SECRET}],
+            response=answer(completion_id, "a-only"),
+        )
+    )
+    return OnlyInA(manifest.name, manifest.version, f"datasets/{file.sha256}.jsonl", file.id, completion_id)
+
+
+def training_routes(
+    o: Objects, only: OnlyInA, store_uri: str, project: str, base: str
+) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """The POSTs that name another object as their input (a parent, a dataset, a base model, a source, a job's
+    checkpoint, a stored completion): named from another project, each is a 404 (or refused for the key's role)."""
+    rows = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "HI!"}]
+    inside_a = f"{store_uri}/projects/{project}"
+    return [
+        ("POST", f"/jobs/{o.job_id}/checkpoints/1/publish", None),
+        ("POST", "/adapters", {"name": "stolen", "model": only.adapter, "rows": [{"messages": rows}]}),
+        (
+            "POST",
+            "/adapters",
+            {"name": "stolen", "model": f"{only.adapter}@{only.version}", "rows": [{"messages": rows}]},
+        ),
+        ("POST", "/adapters", {"name": "stolen", "model": o.ft_model, "rows": [{"messages": rows}]}),
+        ("POST", "/adapters", {"name": "stolen", "dataset_uri": only.dataset_key}),
+        ("POST", "/adapters", {"name": "stolen", "dataset_uri": f"{inside_a}/{only.dataset_key}"}),
+        ("POST", "/adapters", {"name": "stolen", "dataset_uri": f"../../{only.dataset_key}"}),
+        ("POST", "/adapters/import", {"name": "stolen", "uri": f"adapters/{only.adapter}/{only.version}/"}),
+        ("POST", "/adapters/import", {"name": "stolen", "uri": f"{inside_a}/adapters/{only.adapter}/{only.version}/"}),
+        (
+            "POST",
+            "/adapters/import",
+            {"name": only.adapter, "uri": f"{inside_a}/adapters/{only.adapter}/{only.version}"},
+        ),
+        ("POST", "/v1/fine_tuning/jobs", {"model": base, "training_file": only.file_id}),
+        ("POST", "/v1/fine_tuning/jobs", {"model": o.ft_model, "training_file": o.file_id}),
+        ("POST", "/v1/chat/completions/exports", {"kind": "sft"}),
+        ("POST", "/v1/batches", {"input_file_id": only.file_id, "endpoint": "/v1/chat/completions",
+                                 "completion_window": "24h"}),  # fmt: skip
+    ]
+
+
+def creating_routes() -> list[tuple[str, str, dict[str, Any]]]:
+    """The POSTs that make an object in the caller's own project, naming nothing of another's (with the request's
+    arguments: a JSON body or a multipart upload)."""
+    rows = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    grader = {"type": "string_check", "name": "same", "input": "{{item.q}}", "reference": "a", "operation": "eq"}
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    return [
+        (
+            "POST",
+            "/v1/evals",
+            {
+                "json": {
+                    "name": "mine",
+                    "testing_criteria": [grader],
+                    "data_source_config": {"type": "custom", "item_schema": schema},
+                }
+            },
+        ),
+        ("POST", "/v1/files", {"files": {"file": ("mine.jsonl", rows)}, "data": {"purpose": "fine-tune"}}),
+    ]
+
+
+def organization_routes(project: str, key_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """The operator's routes: every other key is refused for its role (403), whatever project it names."""
+    where = f"/v1/organization/projects/{project}"
+    return [
+        ("GET", "/v1/organization/audit_logs", None),
+        ("GET", f"/v1/organization/audit_logs?project_ids[]={project}", None),
+        ("GET", "/v1/organization/projects", None),
+        ("POST", "/v1/organization/projects", {"name": "x"}),
+        ("GET", where, None),
+        ("POST", f"{where}/archive", None),
+        ("GET", f"{where}/api_keys", None),
+        ("POST", f"{where}/api_keys", {"role": "admin"}),
+        ("GET", f"{where}/api_keys/{key_id}", None),
+        ("DELETE", f"{where}/api_keys/{key_id}", None),
+        ("POST", f"{where}/api_keys/{key_id}/rotate", None),
+    ]
+
+
+OWN_LISTS = ["/v1/audit"]  # lists of the caller's project beyond LISTS, read with their own checks
+
+# Routes no row of the table calls, each with why. A route in neither the table nor here fails
+# test_every_route_is_in_the_isolation_table: a route added later joins one or the other.
+EXEMPT = {
+    ("GET", "/health"): "a probe: names nothing, answers without a key",
+    ("GET", "/ready"): "a probe",
+    ("GET", "/metrics"): "counts, no objects; the operator's (docs/gateway.md#metrics)",
+    ("GET", "/openapi.json"): "the API's description",
+    ("GET", "/docs"): "the API's description",
+    ("GET", "/docs/oauth2-redirect"): "the API's description",
+    ("GET", "/redoc"): "the API's description",
+    ("GET", "/ui/config.json"): "the dashboard's static settings; the page's API calls are the table's routes",
+    ("POST", "/v1/fine_tuning/alpha/graders/validate"): "grades the sample in the request; names no stored object",
+    ("POST", "/v1/fine_tuning/alpha/graders/run"): "grades the sample in the request; names no stored object",
+    # Generation needs the engine, which the table's management-only gateway has not: the resolution both routes
+    # go through is checked in test_generation_resolves_no_other_projects_model, the routes themselves in the slow
+    # test_a_projects_adapter_is_served_to_its_keys_only_and_another_projects_namesake_apart.
+    ("POST", "/v1/chat/completions"): "needs the engine; see above",
+    ("POST", "/v1/completions"): "needs the engine; see above",
+}
+def table_rows(o: Objects, only: OnlyInA, project: str, key_id: str) -> list[tuple[str, str]]:
+    """Every (method, path) a row of the isolation table calls."""
+    rows = [(method, path) for method, path in object_routes(o)]
+    rows += [(method, path) for method, path, _ in destructive_routes(o)]
+    rows += [("GET", path) for path in LISTS + OWN_LISTS]
+    rows += [(method, path) for method, path, _ in training_routes(o, only, "file:///s", project, "m")]
+    rows += [(method, path) for method, path, _ in creating_routes()]
+    rows += [(method, path) for method, path, _ in organization_routes(project, key_id)]
+    return rows
+
+
+def test_every_route_is_in_the_isolation_table(app: TestClient) -> None:
+    """Each route of the app is called by a row of the isolation table or exempted with a reason."""
+    from starlette.routing import Match
+
+    o = Objects(
+        "support-tone",
+        "1",
+        "ft:m:proj_0000000000000000:tone:abcdef12",
+        "file-abc",
+        "a" * 32,
+        "eval_abc",
+        "chatcmpl-" + "0" * 32,
+        "batch_abc",
+        "file-ghi",
+        "evalrun_abc",
+        "outputitem_abc",
+    )
+    only = OnlyInA("a-only", "1", "datasets/" + "0" * 64 + ".jsonl", "file-def", "chatcmpl-" + "1" * 32)
+    rows = table_rows(o, only, "proj_0000000000000000", "key_0000000000000000")
+    routes = {
+        (method, route.path): route
+        for route in app.app.routes  # type: ignore[attr-defined]
+        for method in (getattr(route, "methods", None) or ())
+        if method != "HEAD"
+    }
+    called = set()
+    for method, path in rows:
+        scope = {"type": "http", "method": method, "path": path.partition("?")[0], "root_path": ""}
+        found = [key for key, route in routes.items() if key[0] == method and route.matches(scope)[0] is Match.FULL]
+        assert found, f"no route answers the table's row {method} {path}"
+        called.add(found[0])
+    missing = sorted(set(routes) - called - set(EXEMPT))
+    assert not missing, f"routes in neither the isolation table nor EXEMPT: {missing}"
+    assert not (called & set(EXEMPT)), "a route in the table is still exempted"
+    assert not set(EXEMPT) - set(routes), "an exempted route no longer exists"
+
+
+def test_no_key_reaches_another_projects_objects_through_training_exports_or_the_operators_routes(
+    app: TestClient, tmp_path: Path
+) -> None:
+    """The isolation table's POSTs that name an input (a parent, a dataset, a base model, an import's source, a
+    checkpoint, stored completions), its creating routes and the operator's routes: from another project each is a
+    404 (or a 403 for the key's role), nothing answers 5xx, and project a's objects are as they were."""
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    a, b = new_project(app, "team a"), new_project(app, "team b")
+    mine = make_objects(gw.registry.for_project(a), tmp_path / "a")
+    theirs = make_objects(gw.registry.for_project(b), tmp_path / "b")
+    only = make_only_in_a(gw.registry.for_project(a), tmp_path / "a")
+    own_admin = new_key(app, a, "admin")
+    own = bearer(own_admin["value"])
+    other_admin = new_key(app, b, "admin")["value"]
+    for completion_id, key in ((only.completion_id, own_admin["value"]), (theirs.completion_id, other_admin)):
+        reply = app.post(
+            f"/v1/chat/completions/{completion_id}/feedback", json={"rating": "good"}, headers=bearer(key)
+        )  # so that an export of either project has rows
+        assert reply.status_code == 200, reply.text
+    keys = {
+        ("other project", "admin"): other_admin,
+        ("other project", "inference"): new_key(app, b, "inference")["value"],
+        ("operator", "admin"): OPERATOR_KEY,
+        ("default", "admin"): ADMIN_KEY,
+        ("default", "inference"): API_KEY,
+    }
+    store_uri = gw.registry.store.uri.rstrip("/")
+    base = gw.settings.base_model_id
+    before = {path: app.get(path, headers=own).text for path in LISTS}
+    exported = 0
+    for method, path, body in training_routes(mine, only, store_uri, a, base):
+        for (who, role), key in keys.items():
+            reply = app.request(method, path, headers=bearer(key), json=body)
+            where = f"{method} {path} {body} as {who} {role}"
+            assert reply.status_code < 500, f"{where}: {reply.text}"
+            assert reply.status_code not in (200, 201) or path.endswith("/exports"), f"{where}: {reply.text}"
+            if reply.status_code == 200:  # an export of the caller's own completions: none of a's in it
+                exported += 1
+                content = app.get(f"/v1/files/{reply.json()['id']}/content", headers=bearer(key))
+                assert content.status_code == 200 and SECRET not in content.text, where
+            elif role == "inference":
+                assert reply.status_code in (403, 404), f"{where}: {reply.status_code} {reply.text}"
+            else:
+                assert reply.status_code in (400, 404), f"{where}: {reply.status_code} {reply.text}"
+                if path != "/v1/chat/completions/exports" and body and ("model" in body or "training_file" in body):
+                    # as for a name no project has: 404, or OpenAI's 400 (invalid_file, model_not_available)
+                    code = reply.json()["error"]["code"]
+                    assert code in ("model_not_found", "not_found", "invalid_file", "model_not_available"), (
+                        f"{where}: {reply.text}"
+                    )
+    assert exported, "no export answered: the check of its content never ran"
+    assert only.completion_id in app.get("/v1/audit", headers=own).text  # what OWN_LISTS must not show the others
+    for method, path, arguments in creating_routes():
+        for (who, role), key in keys.items():
+            reply = app.request(method, path, headers=bearer(key), **arguments)
+            assert reply.status_code < 500 and reply.status_code != 404, f"{method} {path} as {who} {role}"
+    for method, path, body in organization_routes(a, own_admin["id"]):
+        for (who, role), key in keys.items():
+            if who == "operator":
+                continue
+            reply = app.request(method, path, headers=bearer(key), json=body)
+            assert reply.status_code == 403, f"{method} {path} as {who} {role}: {reply.status_code}"
+            assert reply.json()["error"]["code"] == "operator_key_required"
+    for path in OWN_LISTS:
+        for (who, role), key in keys.items():
+            reply = app.get(path, headers=bearer(key))
+            assert reply.status_code < 500, f"GET {path} as {who} {role}: {reply.text}"
+            assert only.completion_id not in reply.text, f"GET {path} as {who} {role} shows a's entries"
+    assert {path: app.get(path, headers=own).text for path in LISTS} == before  # nothing of a's changed or added
+    assert app.get(f"/adapters/{only.adapter}", headers=own).json()["latest"] == only.version
+    for (who, role), key in keys.items():
+        assert app.get(f"/adapters/{only.adapter}", headers=bearer(key)).status_code == 404, f"{who} {role}"
+
+
+def test_generation_resolves_no_other_projects_model(app: TestClient, tmp_path: Path) -> None:
+    """What chat and completions resolve a `model` through (the project's adapter cache): another project's skill,
+    version or ft: model is model_not_found, as a name no project has."""
+    import asyncio
+
+    from adapters.errors import NotFound
+
+    gw = app.app.state.gateway  # type: ignore[attr-defined]
+    a, b = new_project(app, "team a"), new_project(app, "team b")
+    mine = make_objects(gw.registry.for_project(a), tmp_path / "a")
+    only = make_only_in_a(gw.registry.for_project(a), tmp_path / "a")
+    assert asyncio.run(gw.for_project(a).cache.manifest(only.adapter, None)).version == only.version
+    for project in (b, "default"):
+        for model in (only.adapter, f"{only.adapter}@{only.version}", mine.ft_model):
+            with pytest.raises(NotFound) as refused:
+                asyncio.run(gw.for_project(project).cache.manifest(model, None))
+            assert refused.value.code == "model_not_found", (project, model)
+
+
+# ------------------------------------------------------------------------------------------ the keys' index
+
+
+class CountedReads(FileStore):
+    """A file store that remembers which keys were read."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.read: list[str] = []
+
+    def get_bytes(self, key: str) -> bytes:
+        self.read.append(key)
+        return super().get_bytes(key)
+
+
+def test_listing_a_projects_keys_reads_its_own_keys_only_revoked_ones_included(tmp_path: Path) -> None:
+    store = CountedReads(tmp_path / "store")
+    registry = Registry(store)
+    a, b = registry.create_project("team a").id, registry.create_project("team b").id
+    first, _ = registry.create_api_key(a, "admin", "ci")
+    second, _ = registry.create_api_key(a, "inference")
+    theirs = [registry.create_api_key(b, "admin")[0] for _ in range(3)]
+    registry.revoke_api_key(a, first.id)
+    registry.list_api_keys(a)  # the first listing of a store makes sure its index is whole (one scan)
+
+    store.read.clear()
+    listed = registry.list_api_keys(a)
+    assert [k.id for k in listed] == [first.id, second.id] and listed[0].revoked_at is not None
+    assert {k.rpartition("/")[2] for k in store.read if k.startswith("org/keys/")} == {
+        f"{first.sha256}.json", f"{second.sha256}.json"
+    }
+    assert not any(k.sha256 in " ".join(store.read) for k in theirs)
+    assert [k.id for k in registry.list_api_keys(b)] == [k.id for k in theirs]
+
+
+def test_keys_made_before_the_index_are_listed_and_indexed_by_the_first_listing(tmp_path: Path) -> None:
+    """A store written before the per-project index (each key only at org/keys/<sha256>.json, as the code before it
+    wrote them): the first listing finds them by a scan and writes their index; later listings read the index, and
+    keys made since are in it."""
+    from adapters.registry.projects import KEY_PREFIX, key_hash, key_id_of
+
+    store = CountedReads(tmp_path / "store")
+    registry = Registry(store)
+    a, b = registry.create_project("team a").id, registry.create_project("team b").id
+    old = {}
+    for project in (a, a, b):  # written as the code before the index wrote them
+        token = KEY_PREFIX + uuid.uuid4().hex
+        sha = key_hash(token)
+        record = ApiKeyRecord(id=key_id_of(sha), sha256=sha, project=project, role="admin", created_at=time.time())
+        store.put_bytes(f"org/keys/{sha}.json", record.model_dump_json().encode())
+        old.setdefault(project, []).append((record.id, token))
+    assert not store.list(f"org/projects/{a}/keys/")
+
+    assert [k.id for k in registry.list_api_keys(a)] == [key for key, _ in old[a]]
+    assert len(store.list(f"org/projects/{a}/keys/")) == 2 and len(store.list(f"org/projects/{b}/keys/")) == 1
+    new, _ = registry.create_api_key(a, "inference")
+    registry.revoke_api_key(a, old[a][0][0])
+    store.read.clear()
+    listed = registry.list_api_keys(a)
+    assert [k.id for k in listed] == [*(key for key, _ in old[a]), new.id] and listed[0].revoked_at is not None
+    assert not any(sha in " ".join(store.read) for sha in (key_hash(t) for _, t in old[b]))  # the index, no scan
+    assert registry.find_api_key(old[b][0][1]) is not None  # the lookup by hash: one read, unchanged
+    assert [k.id for k in registry.list_api_keys(b)] == [old[b][0][0]]
+    registry.archive_project(b)
+    assert registry.find_api_key(old[b][0][1]).revoked_at is not None  # type: ignore[union-attr]
+
+
+def test_an_index_entry_without_its_key_is_skipped_and_a_key_without_an_entry_is_still_revoked_by_archiving(
+    tmp_path: Path,
+) -> None:
+    """A gateway stopped between a key's index entry and its record leaves an entry the listing skips; a key made
+    after the index by a replica of an older version (no entry) is not listed, and archiving, which scans, revokes
+    it all the same."""
+    from adapters.registry.projects import KEY_PREFIX, key_hash, key_id_of
+    from adapters.schema import KeyIndexEntry
+
+    store = FileStore(tmp_path / "store")
+    registry = Registry(store)
+    a = registry.create_project("team a").id
+    kept, _ = registry.create_api_key(a, "admin")
+    assert [k.id for k in registry.list_api_keys(a)] == [kept.id]  # the index is whole from here on
+    lost = key_hash(KEY_PREFIX + "never written")
+    store.put_bytes(f"org/projects/{a}/keys/{lost}.json",
+                    KeyIndexEntry(id=key_id_of(lost), sha256=lost).model_dump_json().encode())
+    token = KEY_PREFIX + uuid.uuid4().hex
+    unindexed = ApiKeyRecord(id=key_id_of(key_hash(token)), sha256=key_hash(token), project=a, role="admin")
+    store.put_bytes(f"org/keys/{unindexed.sha256}.json", unindexed.model_dump_json().encode())
+
+    assert [k.id for k in registry.list_api_keys(a)] == [kept.id]
+    assert registry.get_api_key(a, unindexed.id).revoked_at is None  # found by its id all the same
+    registry.archive_project(a)
+    assert registry.find_api_key(token).revoked_at is not None  # type: ignore[union-attr]

@@ -164,6 +164,7 @@ ROUTE_ROLES = {
     ("GET", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
     ("DELETE", "/v1/organization/projects/{project_id}/api_keys/{key_id}"): OPERATOR,
     ("POST", "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate"): OPERATOR,
+    ("GET", "/v1/organization/audit_logs"): OPERATOR,
     # The audit log: a project's admins read it.
     ("GET", "/v1/audit"): ADMIN_ONLY,
 }

@@ -32,7 +32,7 @@ from adapters.registry.evals import EvalBook
 from adapters.registry.files import FileBook
 from adapters.registry.fine_tunes import FineTuneBook
 from adapters.registry.jobs import JobBook
-from adapters.registry.keys import dataset_key, file_key, job_uri, parse_job_uri
+from adapters.registry.keys import check_project_key, dataset_key, file_key, job_uri, parse_job_uri
 from adapters.registry.projects import ProjectBook, ProjectJobs, scoped_store
 from adapters.registry.versions import AdapterVersions, new_manifest
 from adapters.schema import DEFAULT_PROJECT, check_project_id
@@ -79,6 +79,18 @@ class Registry(
             return self
         root = self.store.inner if isinstance(self.store, PrefixedStore) else self.store
         return Registry(scoped_store(root, project_id), project_id)
+
+    def key_named(self, uri: str) -> str:
+        """A key of this project's records, from a bare key or a URI under its namespace (the store's root for the
+        default project, `projects/<id>/` of it for another): InvalidName for anything else, another project's
+        records included."""
+        root = self.store.uri.rstrip("/") + "/"
+        if "://" in uri:
+            if not uri.startswith(root):
+                # The store's own URI is not told: on a file store it is a path on this machine.
+                raise InvalidName(f"{uri!r} is not inside this project's records in this gateway's store")
+            uri = uri[len(root) :]
+        return check_project_key(uri, self.project)  # an absolute path is refused, not read as a key
 
 
 def open_registry(store_uri: str) -> Registry:

@@ -4,13 +4,14 @@ time-sortable ids, and deleted only by retention, which reads the time from the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import ValidationError
 
 from adapters.errors import NotFound
-from adapters.registry.keys import AUDIT_PREFIX, audit_key, audit_prefix
+from adapters.registry.keys import AUDIT_PREFIX, ORG_AUDIT_LOG, audit_key, audit_prefix
 from adapters.registry.records import RecordShelf
 from adapters.schema import AUDIT_ID_RE, AuditEntry, audit_id_time
 
@@ -26,12 +27,17 @@ class AuditFilter:
     object_id: str | None = None
     start_time: float | None = None  # unix seconds, inclusive
     end_time: float | None = None  # unix seconds, exclusive
+    # The organisation's log, as OpenAI's `project_ids[]` and `event_types[]`: any of them (none: every one).
+    projects: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
 
     def keeps(self, entry: AuditEntry) -> bool:
         return (
             (self.action is None or entry.action == self.action)
             and (self.outcome is None or entry.outcome == self.outcome)
             and (self.object_id is None or entry.object_id == self.object_id)
+            and (not self.projects or entry.project in self.projects)
+            and (not self.actions or entry.action in self.actions)
         )
 
 
@@ -39,11 +45,19 @@ EVERY = AuditFilter()
 
 
 class AuditBook(RecordShelf):
-    """Each project's audit entries."""
+    """Each project's audit entries, and the organisation's (operator actions)."""
 
-    def put_audit(self, entry: AuditEntry) -> bool:
-        """Write an entry; never over another (ids carry 64 random bits: two replicas cannot collide)."""
-        return self._put_once(audit_key(entry.actor.project, entry.id), entry)
+    def put_audit(self, entry: AuditEntry, log: str | None = None) -> bool:
+        """Write an entry into `log` (a project's id or ORG_AUDIT_LOG; the actor's project by default); never over
+        another (ids carry 64 random bits: two replicas cannot collide)."""
+        return self._put_once(audit_key(log or entry.actor.project, entry.id), entry)
+
+    def put_operator_audit(self, entry: AuditEntry, project_exists: Callable[[str], bool]) -> None:
+        """An operator's action: into the organisation's log, and into the log of the project it was on (when that
+        project exists), so the project's admins see who changed their keys."""
+        self.put_audit(entry, ORG_AUDIT_LOG)
+        if entry.project is not None and project_exists(entry.project):
+            self.put_audit(entry, entry.project)
 
     def list_audit(
         self, project: str, after: str | None = None, limit: int = 20, where: AuditFilter = EVERY

@@ -12,6 +12,7 @@ completions/<chatcmpl-id>.json                                   stored chat com
 audit/<project>/<audit-id>.json                                  the audit log, append-only, time-sorted (audit.py);
                                                                  every project's at the root (one writer per gateway)
 org/projects/<project-id>.json, org/keys/<sha256 of the key>.json projects and their API keys (projects.py)
+org/projects/<project-id>/keys/<sha256>.json, org/key_index.json  each project's keys, an index (projects.py)
 projects/<project-id>/...                                        every key above, of a project other than default
 
 The default project's records lie at the root, as they always have (a store written before projects reads
@@ -153,6 +154,8 @@ def stored_completion_key(completion_id: str) -> str:
 
 
 AUDIT_PREFIX = "audit/"
+# The organisation's log: every operator action (/v1/organization), beside each project's, with no project's id.
+ORG_AUDIT_LOG = "organization"
 
 
 def audit_prefix(project: str) -> str:
@@ -193,9 +196,36 @@ def api_key_key(sha256: str) -> str:
     return f"{ORG_KEYS_PREFIX}{_checked(sha256, KEY_HASH_RE, 'key hash')}.json"
 
 
+# Written once every key of a store written before the per-project index has its entry in it (projects.py).
+KEY_INDEX_BUILT = "org/key_index.json"
+
+
+def project_keys_prefix(project_id: str) -> str:
+    """The index of a project's keys: an entry per key, named by its hash, written with the key and never removed."""
+    return f"{ORG_PROJECTS_PREFIX}{check_project_id(project_id)}/keys/"
+
+
+def project_key_entry(project_id: str, sha256: str) -> str:
+    return f"{project_keys_prefix(project_id)}{_checked(sha256, KEY_HASH_RE, 'key hash')}.json"
+
+
 def api_keys_prefix(key_id: str) -> str:
     """The keys whose hash starts as `key_id` says (one, barring a 64-bit collision)."""
     return ORG_KEYS_PREFIX + _checked(key_id, KEY_ID_RE, "key id").removeprefix("key_")
+
+
+# What lies at the root beside the default project's records and is none of them: other projects' namespaces, the
+# organisation's projects and keys, every project's audit log.
+NOT_THE_DEFAULT_PROJECTS = ("projects/", "org/", AUDIT_PREFIX)
+
+
+def check_project_key(key: str, project_id: str) -> str:
+    """`key` as a key a request of `project_id` may name in its namespace (a dataset, an adapter directory to import):
+    the default project's namespace is the store's root, and no key of it reaches another project's records."""
+    check_key(key)
+    if check_project_id(project_id) == DEFAULT_PROJECT and key.startswith(NOT_THE_DEFAULT_PROJECTS):
+        raise InvalidName(f"{key!r} is not inside this project's records")
+    return key
 
 
 def project_prefix(project_id: str) -> str:

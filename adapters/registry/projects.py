@@ -1,4 +1,6 @@
 """Projects and their API keys: org/projects/<id>.json and org/keys/<sha256 of the key>.json, at the store's root.
+Each project's keys are indexed under org/projects/<id>/keys/<sha256>.json, so listing one project's keys reads its
+own records only; a store written before the index gets it built by its first listing (`_indexed`).
 
 A key is stored as its SHA-256 only. Keys are 256 random bits, so the hash needs no stretching: a leaked store
 gives no key that works, and a presented key is found by one read of its hash's record (no scan, no timing
@@ -10,20 +12,26 @@ in any project's namespace.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from adapters.errors import AlreadyExists, NotFound
+from adapters.errors import AlreadyExists, InvalidName, NotFound
 from adapters.registry.keys import (
+    KEY_INDEX_BUILT,
+    ORG_KEYS_PREFIX,
     ORG_PROJECTS_PREFIX,
     api_key_key,
     api_keys_prefix,
     job_uri,
     project_key,
+    project_key_entry,
+    project_keys_prefix,
     project_prefix,
 )
 from adapters.registry.records import RecordShelf
@@ -31,6 +39,7 @@ from adapters.schema import (
     DEFAULT_PROJECT,
     ApiKeyRecord,
     JobRecord,
+    KeyIndexEntry,
     KeyRole,
     ProjectRecord,
     check_project_id,
@@ -92,7 +101,7 @@ class ProjectBook(RecordShelf):
             lambda p: p if p.archived_at else p.model_copy(update={"archived_at": now}),
             f"No project found with id '{project_id}'.",
         )
-        for key in self.list_api_keys(project_id):
+        for key in self._scan_api_keys(project_id):  # every key, whatever an index written by any version says
             if key.revoked_at is None:
                 self.revoke_api_key(project_id, key.id)
         assert record is not None
@@ -110,6 +119,8 @@ class ProjectBook(RecordShelf):
         record = ApiKeyRecord(
             id=key_id_of(sha), sha256=sha, project=project.id, role=role, name=name, redacted=_redacted(token)
         )
+        # The index entry first: one without its key is skipped by a listing, a key without its entry would be unlisted.
+        self._put_once(project_key_entry(project.id, sha), KeyIndexEntry(id=record.id, sha256=sha))
         if not self._put_once(api_key_key(sha), record):  # 2^-256: a broken random source, not bad luck
             raise AlreadyExists("a key with this hash already exists")
         return record, token
@@ -122,10 +133,42 @@ class ProjectBook(RecordShelf):
             return None
 
     def list_api_keys(self, project_id: str) -> list[ApiKeyRecord]:
-        """The project's keys, revoked ones included, oldest first."""
+        """The project's keys, revoked ones included, oldest first: its index listed, then its keys' records read."""
+        prefix = project_keys_prefix(project_id)
+        if not self._indexed():
+            return self._scan_api_keys(project_id)
+        keys = []
+        for entry in self.store.list(prefix):
+            sha = entry.removeprefix(prefix).removesuffix(".json")
+            try:
+                record = self._read(api_key_key(sha), ApiKeyRecord, "")
+            except (NotFound, InvalidName):  # an entry whose key was never written (its writer stopped between)
+                continue
+            if record.project == project_id:
+                keys.append(record)
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    def _scan_api_keys(self, project_id: str) -> list[ApiKeyRecord]:
+        """The project's keys found by reading every project's: what a store without the index has."""
         check_project_id(project_id)
-        keys = self._read_all("org/keys/", ApiKeyRecord, direct=True)
+        keys = self._read_all(ORG_KEYS_PREFIX, ApiKeyRecord, direct=True)
         return sorted((k for k in keys if k.project == project_id), key=lambda k: (k.created_at, k.id))
+
+    def _indexed(self) -> bool:
+        """Whether every key has its index entry; if not (a store written before the index), write the missing ones
+        from one scan of every key, then say so once for good. A key made by a replica of an older version after
+        that is not indexed (docs/security.md: upgrade every replica before making keys)."""
+        try:
+            self.store.get_bytes(KEY_INDEX_BUILT)
+            return True
+        except NotFound:
+            pass
+        for record in self._read_all(ORG_KEYS_PREFIX, ApiKeyRecord, direct=True):
+            entry = KeyIndexEntry(id=record.id, sha256=record.sha256)
+            self._put_once(project_key_entry(record.project, record.sha256), entry)
+        with contextlib.suppress(AlreadyExists):  # another replica built it too
+            self.store.put_bytes(KEY_INDEX_BUILT, json.dumps({"built_at": time.time()}).encode(), if_absent=True)
+        return False
 
     def get_api_key(self, project_id: str, key_id: str) -> ApiKeyRecord:
         """One of the project's keys by id; NotFound for a key of another project, as for none."""

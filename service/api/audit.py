@@ -57,7 +57,8 @@ ACTIONS = {
     ("DELETE", "/v1/chat/completions/{completion_id}"): "chat_completion.delete",
     ("POST", "/v1/chat/completions/{completion_id}/feedback"): "chat_completion.feedback",
     ("POST", "/v1/chat/completions/exports"): "chat_completion.export",
-    # The operator's: recorded in the operator's project (default), the project acted on in the entry's path params.
+    # The operator's: recorded in the organisation's log and in the log of the project acted on (the entry's
+    # `project`), never in the operator's own (service/management/audit.py).
     ("POST", "/v1/organization/projects"): "project.create",
     ("POST", "/v1/organization/projects/{project_id}/archive"): "project.archive",
     ("POST", "/v1/organization/projects/{project_id}/api_keys"): "key.create",

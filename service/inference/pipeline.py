@@ -247,7 +247,7 @@ async def admit(gw: Gateway, body: SamplingFields, caller: CallerLimits | None =
         if ticket is not None:
             ticket.settle(0)
         raise
-    target.meter = gw.metrics.meter(target.metric_model)
+    target.meter = gw.metrics.meter(target.metric_model, gw.project)
     target.ticket, target.slot = ticket, slot
     return target
 

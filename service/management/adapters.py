@@ -36,7 +36,6 @@ from adapters.schema import (
     parse_ref,
 )
 from adapters.servable import allowed_file, base_linear_shapes, check_files, lora_info, supported_modules
-from adapters.store import check_key
 from adapters.templates import get_template
 from service.engine.adapter_cache import FT_PREFIX
 from service.gateway import Gateway
@@ -65,14 +64,8 @@ async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _store_key(gw: Gateway, uri: str) -> str:
-    """A key inside this gateway's store, from a bare key or a URI under the store's root."""
-    root = gw.settings.store_uri.rstrip("/") + "/"
-    if "://" in uri:
-        if not uri.startswith(root):
-            # The store's own URI is not told: on a file store it is a path on this machine.
-            raise InvalidName(f"{uri!r} is not inside this gateway's store")
-        uri = uri[len(root) :]
-    return check_key(uri)  # an absolute path is refused, not read as a key
+    """A key inside the caller's project's records, from a bare key or a URI under its namespace."""
+    return gw.registry.key_named(uri)
 
 
 def _check_plan(gw: Gateway, hyper: Hyperparameters, dataset: Dataset, method: Method, validated: bool = False) -> int:

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.registry import AuditBook, AuditFilter
-from adapters.schema import AuditActor, AuditEntry
+from adapters.errors import NotFound
+from adapters.registry import AuditBook, AuditFilter, Registry
+from adapters.registry.keys import ORG_AUDIT_LOG
+from adapters.schema import PROJECT_ID_RE, AuditActor, AuditEntry
 from service.metrics import Metrics
 from service.protocol.audit import AuditEntryObject, AuditList
 from service.queued import QueuedWriter
@@ -25,6 +27,8 @@ log = logging.getLogger("skillserve.audit")
 
 PRUNE_EVERY_S = 600.0  # retention is enforced at most this often: a prune lists every project's entries
 MAX_BODY_BYTES = 64 * 1024  # of an answer, kept to find the object's id or the error's code; admin answers are small
+# The operator's routes: their entries go to the organisation's log and to the log of the project acted on.
+ORGANIZATION = "/v1/organization/"
 
 
 @dataclass
@@ -46,13 +50,21 @@ class Answered:
         answer = _json(self.body)
         error = answer.get("error") if isinstance(answer.get("error"), dict) else None
         failed = self.status_code >= 400
+        object_id = _object_id({} if failed else answer, self.params)
         return AuditEntry(
             id=self.id, at=self.at, actor=self.actor, action=self.action, method=self.method, route=self.route,
-            object_id=_object_id({} if failed else answer, self.params),
-            params=self.params, detail=self.detail, status_code=self.status_code,
+            object_id=object_id, params=self.params, detail=self.detail, status_code=self.status_code,
             error_code=str(error["code"]) if failed and error and error.get("code") else None,
-            outcome="failed" if failed else "succeeded",
+            outcome="failed" if failed else "succeeded", project=self.project_acted_on(object_id),
         )
+
+    def project_acted_on(self, object_id: str | None) -> str | None:
+        """The project an operator's action was on: the path's, or the one `project.create` made; None for a route
+        outside /v1/organization, or a malformed id."""
+        if not (self.route or "").startswith(ORGANIZATION):
+            return None
+        project = self.params.get("project_id") or (object_id if self.action == "project.create" else None)
+        return project if project is not None and PROJECT_ID_RE.fullmatch(project) else None
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -80,7 +92,7 @@ class AuditWriter(QueuedWriter["Answered | AuditEntry"]):
     task_name = "audit-log"
 
     def __init__(
-        self, registry: AuditBook, metrics: Metrics, queue_size: int, max_age_s: float | None = None,
+        self, registry: Registry, metrics: Metrics, queue_size: int, max_age_s: float | None = None,
         prune_every_s: float = PRUNE_EVERY_S,
     ):
         super().__init__(queue_size)
@@ -107,7 +119,18 @@ class AuditWriter(QueuedWriter["Answered | AuditEntry"]):
         self.metrics.audit_entries.labels("written").inc()
 
     def _put(self, item: Answered | AuditEntry) -> None:
-        self.registry.put_audit(item.entry() if isinstance(item, Answered) else item)
+        entry = item.entry() if isinstance(item, Answered) else item
+        if (entry.route or "").startswith(ORGANIZATION):
+            self.registry.put_operator_audit(entry, self._project_exists)
+        else:
+            self.registry.put_audit(entry)
+
+    def _project_exists(self, project: str) -> bool:
+        try:
+            self.registry.get_project(project)
+        except NotFound:  # a 404 for an unknown project: the organisation's log holds it, no stray project log
+            return False
+        return True
 
     async def idle(self) -> None:
         """Enforce the retention limit, at most every `prune_every_s`."""
@@ -128,6 +151,20 @@ class AuditWriter(QueuedWriter["Answered | AuditEntry"]):
 def list_entries(registry: AuditBook, project: str, after: str | None, limit: int, where: AuditFilter) -> AuditList:
     """A project's audit entries that `where` keeps, newest first, as an OpenAI list."""
     entries, more = registry.list_audit(project, after, limit, where)
+    return _listed(entries, more)
+
+
+def list_organization_entries(
+    registry: AuditBook, after: str | None, limit: int, projects: list[str], actions: list[str]
+) -> AuditList:
+    """The organisation's log (every operator action), newest first, of the given projects and actions if any (as
+    OpenAI's `project_ids[]` and `event_types[]`)."""
+    where = AuditFilter(projects=tuple(projects), actions=tuple(actions))
+    entries, more = registry.list_audit(ORG_AUDIT_LOG, after, limit, where)
+    return _listed(entries, more)
+
+
+def _listed(entries: list[AuditEntry], more: bool) -> AuditList:
     data = [AuditEntryObject.of(entry) for entry in entries]
     return AuditList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=more)

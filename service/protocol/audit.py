@@ -25,6 +25,9 @@ class AuditEntryObject(BaseModel):
     status_code: int | None = None
     error_code: str | None = Field(None, description="the error's `code` when the action failed")
     outcome: Literal["succeeded", "failed"]
+    project: str | None = Field(
+        None, description="the project an operator's action (/v1/organization) was on; null for a project's own"
+    )
 
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditEntryObject:

@@ -3,11 +3,17 @@ reach the whole store (RootGatewayDep), never a project's objects."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Query
 
+from adapters.errors import InvalidRequest
+from adapters.schema import AUDIT_ID_RE
 from service.api.auth import require_operator
 from service.api.deps import RootGatewayDep
-from service.management import projects
+from service.management import audit, projects
+from service.protocol.audit import AuditList
 from service.protocol.common import MANAGEMENT_ERRORS as ERRORS
 from service.protocol.projects import (
     ApiKeyDeleted,
@@ -85,3 +91,23 @@ async def revoke_key(project_id: str, key_id: str, gw: RootGatewayDep) -> ApiKey
              "(operator)")
 async def rotate_key(project_id: str, key_id: str, gw: RootGatewayDep) -> ApiKeyObject:
     return await projects.rotate_key(gw, project_id, key_id)
+
+
+@router.get(
+    "/v1/organization/audit_logs",
+    response_model=AuditList,
+    responses=ERRORS,
+    summary="The organisation's audit log: every operator action on projects and keys, newest first (operator)",
+)
+async def list_audit_logs(
+    gw: RootGatewayDep,
+    project_ids: Annotated[list[str] | None, Query(alias="project_ids[]", description="only actions on these")] = None,
+    event_types: Annotated[list[str] | None, Query(alias="event_types[]", description="only these actions")] = None,
+    after: str | None = Query(None, description="cursor: the id of the last entry of the previous page"),
+    limit: int = Query(20, ge=1, le=100),
+) -> AuditList:
+    if after is not None and not AUDIT_ID_RE.fullmatch(after):
+        raise InvalidRequest(f"after: {after!r} is not an audit entry id", param="after", code="invalid_parameter")
+    return await asyncio.to_thread(
+        audit.list_organization_entries, gw.registry, after, limit, project_ids or [], event_types or []
+    )
