@@ -24,6 +24,7 @@ class AuditFilter:
     action: str | None = None
     outcome: Literal["succeeded", "failed"] | None = None
     object_id: str | None = None
+    actor_key_id: str | None = None  # the acting key's public id, `key_...`
     start_time: float | None = None  # unix seconds, inclusive
     end_time: float | None = None  # unix seconds, exclusive
 
@@ -32,6 +33,7 @@ class AuditFilter:
             (self.action is None or entry.action == self.action)
             and (self.outcome is None or entry.outcome == self.outcome)
             and (self.object_id is None or entry.object_id == self.object_id)
+            and (self.actor_key_id is None or entry.actor.key_id == self.actor_key_id)
         )
 
 
