@@ -155,6 +155,14 @@ def sign_in(page: Any, key: str, then: str = "#/skills") -> None:
     page.goto(f"/ui/{then}")
 
 
+def browser_local(page: Any, at: int) -> str:
+    """`at` (unix seconds) as a datetime-local input holds it, in the browser's time zone (no seconds when 0, as the
+    browser writes it)."""
+    offset_s = 60 * page.evaluate(f"new Date({at * 1000}).getTimezoneOffset()")
+    local = time.gmtime(at - offset_s)
+    return time.strftime("%Y-%m-%dT%H:%M:%S" if local.tm_sec else "%Y-%m-%dT%H:%M", local)
+
+
 def screenshot(page: Any, name: str) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(DOCS / name), full_page=True, animations="disabled")
@@ -641,13 +649,21 @@ def test_the_audit_page_shows_admin_actions_with_their_outcome_filters_and_pages
         page.locator(f'#audit tr[data-entry="{delete_entry["id"]}"]').get_by_role("link", name="file-missing").click()
         page.wait_for_url(re.compile(r"object=file-missing"))
         shows(page, [delete_entry["id"]])
+        # ... and its key to what that key did: here, the inference key's refused delete.
+        page.goto("/ui/#/audit")
+        refused_row = page.locator(f'#audit tr[data-entry="{refused_entry["id"]}"] td')
+        refused_row.get_by_role("link", name=key_id(API_KEY)).click()
+        page.wait_for_url(re.compile(f"key={key_id(API_KEY)}"))
+        shows(page, [refused_entry["id"]])
+        assert page.get_by_label("Key").input_value() == key_id(API_KEY)
+        page.get_by_label("Key").fill(key_id(ADMIN_KEY))
+        page.get_by_role("button", name="Filter").click()
+        shows(page, [delete_entry["id"], upload_entry["id"]])
         # A time range, in the browser's time zone, to the minute: from the upload's minute on is all three, until it
         # (exclusive) is none.
         page.goto("/ui/#/audit")
         shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
-        minute = 60 * (int(upload_entry["created_at"]) // 60)
-        offset_s = 60 * page.evaluate(f"new Date({minute * 1000}).getTimezoneOffset()")
-        local = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute - offset_s))
+        local = browser_local(page, 60 * (int(upload_entry["created_at"]) // 60))
         page.get_by_label("Until").fill(local)
         page.get_by_role("button", name="Filter").click()
         page.locator("#audit td.empty", has_text="No entry matches these filters.").wait_for()
