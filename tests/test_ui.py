@@ -443,6 +443,24 @@ def test_stored_completions_are_rated_corrected_and_exported_from_the_page(
     assert [(row[0]["content"], row[-1]["content"]) for row in conversations] == [
         ("What is the capital of France?", answer), ("Name a colour.", "Blue.")]  # accepted as answered; corrected
 
+    # A time range, in the browser's time zone, to the second: from the colour's answer on leaves France's out, and
+    # until it (the end left out) nothing is left to learn from.
+    created = {c: admin.get(f"/v1/chat/completions/{c}").json()["created"] for c in (france, colour, hello)}
+    assert created[france] < created[colour] < created[hello]
+    page.get_by_label("From").fill(browser_local(page, created[colour]))
+    page.get_by_label("Until").fill(browser_local(page, created[hello] + 1))
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="Exported 1 row").wait_for()
+    since_colour = admin.get(f"/v1/files/{page.locator('#export-file').inner_text()}/content").content
+    assert [(row[0]["content"], row[-1]["content"]) for row in parse_dataset(since_colour).rows] == [
+        ("Name a colour.", "Blue.")]
+    console.expected_statuses.add(400)
+    page.get_by_label("Until").fill(browser_local(page, created[colour]))
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="none of the 0 stored completion(s) matching the filter").wait_for()
+    page.get_by_label("From").fill("")
+    page.get_by_label("Until").fill("")
+
     page.get_by_label("Kind").select_option("dpo")
     page.get_by_role("button", name="Export as dataset").click()
     page.locator("#export-result", has_text="Exported 1 row").wait_for()
