@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -299,14 +300,34 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def moment(text: str) -> float:
+    """`--since`/`--until`: unix seconds, or an ISO 8601 date or time (UTC unless it names its offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither unix seconds nor an ISO date (2026-12-04T10:30)") \
+            from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit, "after": args.after}
+    project_only = {"--outcome": args.outcome, "--object": args.object, "--key-id": args.key_id,
+                    "--since": args.since, "--until": args.until}  # fmt: skip
+    if args.organization and (given := [flag for flag, value in project_only.items() if value is not None]):
+        print(f"error: {', '.join(given)} filter a project's log, not the organisation's", file=sys.stderr)
+        return 2
     if args.organization:  # the operator's: OpenAI's audit_logs filters
         path = "/v1/organization/audit_logs"
         params |= {"project_ids[]": args.project, "event_types[]": args.action}
     else:
         path = "/v1/audit"
-        params |= {"action": args.action, "outcome": args.outcome, "object_id": args.object}
+        params |= {"action": args.action, "outcome": args.outcome, "object_id": args.object,
+                   "actor_key_id": args.key_id, "start_time": args.since, "end_time": args.until}  # fmt: skip
     with connect(args) as client:
         page = checked(client.get(path, params={k: v for k, v in params.items() if v is not None}))
     if args.json:
@@ -439,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--action", default=None, help="only this action, e.g. adapter.delete or alias.set")
     audit.add_argument("--outcome", default=None, choices=("succeeded", "failed"), help="only actions that ended so")
     audit.add_argument("--object", default=None, metavar="ID", help="only entries of this object (an id, name@version)")
+    audit.add_argument("--key-id", default=None, metavar="KEY_ID", help="only what this key did (its id, key_...)")
+    audit.add_argument("--since", type=moment, default=None, metavar="TIME",
+                       help="only entries at or after this time: unix seconds or ISO 8601 (UTC unless it says)")
+    audit.add_argument("--until", type=moment, default=None, metavar="TIME", help="only entries before this time")
     audit.add_argument("--after", default=None, metavar="ID", help="the page after this entry (older ones)")
     audit.add_argument("--limit", type=int, default=20, help="entries per page (at most 100)")
     audit.add_argument("--json", action="store_true", help="the API's JSON as it came")

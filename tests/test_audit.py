@@ -287,6 +287,28 @@ def test_admins_filter_entries_by_outcome_object_and_time_and_a_time_range_reads
         assert reply.json()["error"]["param"] in ("outcome", "end_time", "start_time"), reply.json()
 
 
+def test_admins_filter_entries_by_the_key_that_acted_and_a_malformed_key_id_is_refused(app: TestClient) -> None:
+    assert app.delete("/v1/files/file-gone", headers=ADMIN).status_code == 404
+    assert app.delete("/v1/files/file-gone", headers=INFERENCE).status_code == 403
+    admins, inferences = (key_id(ADMIN_KEY), key_id(API_KEY))
+    by_admin, by_inference = ([e.id for e in entries(app) if e.actor.key_id == k] for k in (admins, inferences))
+    assert len(by_admin) == len(by_inference) == 1
+
+    def ids(**params: Any) -> list[str]:
+        reply = app.get("/v1/audit", params=params, headers=ADMIN)
+        assert reply.status_code == 200, reply.text
+        return [e["id"] for e in reply.json()["data"]]
+
+    assert ids(actor_key_id=inferences) == by_inference
+    assert ids(actor_key_id=admins, outcome="failed") == by_admin
+    assert ids(actor_key_id=inferences, outcome="succeeded") == []
+    assert ids(actor_key_id="key_" + "0" * 16) == []
+    for malformed in ("key_x", admins.upper(), admins + "0", ADMIN_KEY):
+        reply = app.get("/v1/audit", params={"actor_key_id": malformed}, headers=ADMIN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "actor_key_id", malformed
+        assert ADMIN_KEY not in reply.text  # a key pasted by mistake is not echoed back
+
+
 def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     app.headers.update(ADMIN)
@@ -297,6 +319,25 @@ def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.Monkey
     assert key_id(ADMIN_KEY) in line and "adapter.delete" in line and "nothing-here" in line and "404 not_found" in line
     assert cli.main(["--key", ADMIN_KEY, "audit", "--outcome", "succeeded", "--object", "nothing-here"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1  # the heading alone: that delete failed
+
+    # By the key that acted, and by time: unix seconds or ISO 8601 (UTC unless it says).
+    assert app.delete("/adapters/nothing-here", headers=INFERENCE).status_code == 403
+    at = entries(app)[0].at
+    assert cli.main(["--key", ADMIN_KEY, "audit", "--key-id", key_id(API_KEY)]) == 0
+    shown = capsys.readouterr().out.splitlines()[1:]
+    assert len(shown) == 1 and key_id(API_KEY) in shown[0] and "403 admin_key_required" in shown[0]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(at)))
+    window = {(str(int(at)), None): 1, (iso, None): 1, (iso + "+00:00", None): 1, (iso + "-01:00", None): 0,
+              (str(int(at) + 1), None): 0, (None, iso): 0, (None, str(int(at) + 1)): 1}
+    for (since, until), count in window.items():
+        flags = [*(["--since", since] if since else []), *(["--until", until] if until else [])]
+        assert cli.main(["--key", ADMIN_KEY, "audit", "--key-id", key_id(API_KEY), *flags]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1 + count, flags
+    with pytest.raises(SystemExit):
+        cli.main(["--key", ADMIN_KEY, "audit", "--since", "yesterday"])
+    assert "neither unix seconds nor an ISO date" in capsys.readouterr().err
+    assert cli.main(["--key", ADMIN_KEY, "audit", "--organization", "--key-id", key_id(API_KEY)]) == 2
+    assert "--key-id filter a project's log, not the organisation's" in capsys.readouterr().err
 
 
 class _Borrowed:

@@ -155,6 +155,14 @@ def sign_in(page: Any, key: str, then: str = "#/skills") -> None:
     page.goto(f"/ui/{then}")
 
 
+def browser_local(page: Any, at: int) -> str:
+    """`at` (unix seconds) as a datetime-local input holds it, in the browser's time zone (no seconds when 0, as the
+    browser writes it)."""
+    offset_s = 60 * page.evaluate(f"new Date({at * 1000}).getTimezoneOffset()")
+    local = time.gmtime(at - offset_s)
+    return time.strftime("%Y-%m-%dT%H:%M:%S" if local.tm_sec else "%Y-%m-%dT%H:%M", local)
+
+
 def screenshot(page: Any, name: str) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(DOCS / name), full_page=True, animations="disabled")
@@ -435,6 +443,24 @@ def test_stored_completions_are_rated_corrected_and_exported_from_the_page(
     assert [(row[0]["content"], row[-1]["content"]) for row in conversations] == [
         ("What is the capital of France?", answer), ("Name a colour.", "Blue.")]  # accepted as answered; corrected
 
+    # A time range, in the browser's time zone, to the second: from the colour's answer on leaves France's out, and
+    # until it (the end left out) nothing is left to learn from.
+    created = {c: admin.get(f"/v1/chat/completions/{c}").json()["created"] for c in (france, colour, hello)}
+    assert created[france] < created[colour] < created[hello]
+    page.get_by_label("From").fill(browser_local(page, created[colour]))
+    page.get_by_label("Until").fill(browser_local(page, created[hello] + 1))
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="Exported 1 row").wait_for()
+    since_colour = admin.get(f"/v1/files/{page.locator('#export-file').inner_text()}/content").content
+    assert [(row[0]["content"], row[-1]["content"]) for row in parse_dataset(since_colour).rows] == [
+        ("Name a colour.", "Blue.")]
+    console.expected_statuses.add(400)
+    page.get_by_label("Until").fill(browser_local(page, created[colour]))
+    page.get_by_role("button", name="Export as dataset").click()
+    page.locator("#export-result", has_text="none of the 0 stored completion(s) matching the filter").wait_for()
+    page.get_by_label("From").fill("")
+    page.get_by_label("Until").fill("")
+
     page.get_by_label("Kind").select_option("dpo")
     page.get_by_role("button", name="Export as dataset").click()
     page.locator("#export-result", has_text="Exported 1 row").wait_for()
@@ -641,13 +667,21 @@ def test_the_audit_page_shows_admin_actions_with_their_outcome_filters_and_pages
         page.locator(f'#audit tr[data-entry="{delete_entry["id"]}"]').get_by_role("link", name="file-missing").click()
         page.wait_for_url(re.compile(r"object=file-missing"))
         shows(page, [delete_entry["id"]])
+        # ... and its key to what that key did: here, the inference key's refused delete.
+        page.goto("/ui/#/audit")
+        refused_row = page.locator(f'#audit tr[data-entry="{refused_entry["id"]}"] td')
+        refused_row.get_by_role("link", name=key_id(API_KEY)).click()
+        page.wait_for_url(re.compile(f"key={key_id(API_KEY)}"))
+        shows(page, [refused_entry["id"]])
+        assert page.get_by_label("Key").input_value() == key_id(API_KEY)
+        page.get_by_label("Key").fill(key_id(ADMIN_KEY))
+        page.get_by_role("button", name="Filter").click()
+        shows(page, [delete_entry["id"], upload_entry["id"]])
         # A time range, in the browser's time zone, to the minute: from the upload's minute on is all three, until it
         # (exclusive) is none.
         page.goto("/ui/#/audit")
         shows(page, [refused_entry["id"], delete_entry["id"], upload_entry["id"]])
-        minute = 60 * (int(upload_entry["created_at"]) // 60)
-        offset_s = 60 * page.evaluate(f"new Date({minute * 1000}).getTimezoneOffset()")
-        local = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute - offset_s))
+        local = browser_local(page, 60 * (int(upload_entry["created_at"]) // 60))
         page.get_by_label("Until").fill(local)
         page.get_by_role("button", name="Filter").click()
         page.locator("#audit td.empty", has_text="No entry matches these filters.").wait_for()

@@ -25,6 +25,7 @@ class AuditFilter:
     action: str | None = None
     outcome: Literal["succeeded", "failed"] | None = None
     object_id: str | None = None
+    actor_key_id: str | None = None  # the acting key's public id, `key_...`
     start_time: float | None = None  # unix seconds, inclusive
     end_time: float | None = None  # unix seconds, exclusive
     # The organisation's log, as OpenAI's `project_ids[]` and `event_types[]`: any of them (none: every one).
@@ -38,6 +39,7 @@ class AuditFilter:
             and (self.object_id is None or entry.object_id == self.object_id)
             and (not self.projects or entry.project in self.projects)
             and (not self.actions or entry.action in self.actions)
+            and (self.actor_key_id is None or entry.actor.key_id == self.actor_key_id)
         )
 
 

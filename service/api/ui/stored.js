@@ -1,7 +1,9 @@
 // Stored completions: a skill's kept answers (newest first, filtered by metadata and rating), one opened to its
-// messages and answer with a rating and a corrected answer, and the filtered set exported as a /v1/files dataset.
+// messages and answer with a rating and a corrected answer, and the filtered set exported as a /v1/files dataset
+// (the export alone also by time: GET /v1/chat/completions, OpenAI's list, takes no time range).
 import { api, apiText } from "./api.js";
 import { badge, errorBox, h, when } from "./dom.js";
+import { range, RANGE_HELP, rangeFields } from "./timerange.js";
 
 const KINDS = {
   sft: "SFT rows: the conversations rated good or corrected, ending in the corrected answer",
@@ -120,6 +122,7 @@ export async function list(main, { query, signal }) {
 function exportCard(model, skill, metadata, rating) {
   const kind = h("select", { id: "export-kind" }, Object.entries(KINDS).map(([value, label]) => h("option", { value }, `${value} — ${label}`)));
   const filename = h("input", { id: "export-filename", placeholder: "stored-<kind>-<time>.jsonl", spellcheck: "false" });
+  const period = rangeFields("export");
   const result = h("div", { id: "export-result" });
   const button = h("button", { type: "submit" }, "Export as dataset");
   // The export takes a rating of good or bad; "unrated" selects nothing to learn from, so it is not sent.
@@ -129,11 +132,18 @@ function exportCard(model, skill, metadata, rating) {
 
   async function send(event) {
     event.preventDefault();
+    const created = range(period.from.value, period.until.value);
+    if (created === null) {
+      result.replaceChildren(h("p", { class: "card alert", role: "alert" }, RANGE_HELP));
+      return;
+    }
     button.disabled = true;
     result.replaceChildren(h("p", { class: "muted" }, "Exporting…"));
     try {
       const file = await api("/v1/chat/completions/exports", {
-        method: "POST", json: { kind: kind.value, ...filter, ...(filename.value.trim() ? { filename: filename.value.trim() } : {}) },
+        method: "POST", json: { kind: kind.value, ...filter, ...(filename.value.trim() ? { filename: filename.value.trim() } : {}),
+          ...(created.start !== null ? { created_after: created.start } : {}),
+          ...(created.end !== null ? { created_before: created.end } : {}) },
       });
       const text = await apiText(`/v1/files/${encodeURIComponent(file.id)}/content`);
       const count = text.split("\n").filter((line) => line.trim()).length;
@@ -158,11 +168,13 @@ function exportCard(model, skill, metadata, rating) {
   return h("section", { class: "card", "aria-labelledby": "export-title", style: "margin-top:1rem" },
     h("h2", { id: "export-title", style: "margin-top:0" }, "Export as dataset"),
     h("p", { class: "muted" }, described ? `What the filters select (${described}), ` : "Every stored completion, ",
+      "created between From and Until where given (in this browser's time zone; the list above is not filtered by time), ",
       "written as one file in /v1/files and checked as an upload is."),
-    h("form", { onsubmit: send }, h("div", { class: "row" },
-      h("div", { class: "field" }, h("label", { for: "export-kind" }, "Kind"), kind),
-      h("div", { class: "field" }, h("label", { for: "export-filename" }, "File name (optional)"), filename),
-      h("div", { class: "field", style: "flex:0 0 auto" }, button))),
+    h("form", { onsubmit: send },
+      h("div", { class: "row" },
+        h("div", { class: "field" }, h("label", { for: "export-kind" }, "Kind"), kind),
+        h("div", { class: "field" }, h("label", { for: "export-filename" }, "File name (optional)"), filename)),
+      h("div", { class: "row" }, period.fields, h("div", { class: "field", style: "flex:0 0 auto" }, button))),
     result);
 }
 
