@@ -177,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     args = parser.parse_args(argv)
+    from bench import environment
+
+    machine = environment.machine()  # the load average before the loop's own work
     if args.workdir is not None:
         report = run(args.size, args.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="skillserve-data-loop-") as scratch:
             report = run(args.size, Path(scratch))
-    json.dump(report, sys.stdout, indent=2)
+    json.dump(report | {"machine": machine}, sys.stdout, indent=2)
     print()
     return 0
 
