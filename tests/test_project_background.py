@@ -14,7 +14,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,16 @@ def test_batch_lines_are_charged_to_the_projects_limit_and_wait_for_the_next_min
 # ------------------------------------------------------------------------------------ the slots, alone
 
 
+async def recorded_call(slots: FairSlots, order: list[str], project: str, hold_s: float) -> None:
+    """A call of `project` through the slots that notes when it runs and holds its slot `hold_s`."""
+
+    async def send() -> None:
+        order.append(project)
+        await asyncio.sleep(hold_s)
+
+    await slots.call(project, send)
+
+
 def test_a_freed_slot_goes_to_the_waiting_project_with_the_fewest_in_flight() -> None:
     """One slot; project a queues five calls, then b one: b's goes second, not sixth."""
     order: list[str] = []
@@ -296,12 +306,8 @@ def test_a_freed_slot_goes_to_the_waiting_project_with_the_fewest_in_flight() ->
     async def scenario() -> None:
         slots = FairSlots(1)
 
-        async def call(project: str) -> None:
-            async def send() -> None:
-                order.append(project)
-                await asyncio.sleep(0.01)
-
-            await slots.call(project, send)
+        def call(project: str) -> Coroutine[Any, Any, None]:
+            return recorded_call(slots, order, project, 0.01)
 
         tasks = [asyncio.create_task(call("a")) for _ in range(5)]
         await asyncio.sleep(0)  # a's first holds the slot, the other four wait
@@ -318,12 +324,8 @@ def test_a_waiting_call_cancelled_gives_its_turn_to_the_next() -> None:
     async def scenario() -> None:
         slots = FairSlots(1)
 
-        async def call(project: str) -> None:
-            async def send() -> None:
-                order.append(project)
-                await asyncio.sleep(0.02)
-
-            await slots.call(project, send)
+        def call(project: str) -> Coroutine[Any, Any, None]:
+            return recorded_call(slots, order, project, 0.02)
 
         first = asyncio.create_task(call("a"))
         await asyncio.sleep(0)
