@@ -408,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from bench import environment
 
+    machine = environment.machine()  # before the run, so its load average is the machine's, not the bench's
     with tempfile.TemporaryDirectory(prefix="skillserve-batch-load-") as scratch:
         workdir = args.workdir or Path(scratch)
         result = run(args.size, workdir, args.only, args.lines, args.restart_lines, args.repeats)
-    result["machine"] = environment.machine()
+    result["machine"] = machine
     report = json.dumps(result, indent=2)
     if args.output:
         args.output.write_text(report + "\n")
