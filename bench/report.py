@@ -321,8 +321,21 @@ def training_section(r: dict[str, Any]) -> list[str]:
         f"- eval loss within 2%: {_f(t['eval_loss_within_2pct']['value'], 3)}: {_met(t['eval_loss_within_2pct'])}",
         f"- padding_free >= 1.3x baseline tokens/s: {_f(t['padding_free_tokens_per_second_ratio']['value'], 3)}: "
         f"{_met(t['padding_free_tokens_per_second_ratio'])}",
-        "",
     ]
+    if "bf16_tokens_per_second_ratio" in t:
+        lines += [
+            f"- bf16 >= 2.0x baseline (float32) tokens/s: {_f(t['bf16_tokens_per_second_ratio']['value'], 3)}: "
+            f"{_met(t['bf16_tokens_per_second_ratio'])}",
+            *(
+                f"- bf16 {figure.replace('_', ' ')} within 2% of float32 (ours): {_f(t[key]['value'], 3)}: "
+                f"{_met(t[key])}"
+                for figure in ("train_loss", "eval_loss")
+                if (key := f"bf16_{figure}_within_2pct_of_float32") in t
+            ),
+        ]
+    if s.get("bf16"):
+        lines += ["", f"bf16: {s['bf16']}."]
+    lines.append("")
     return lines
 
 
