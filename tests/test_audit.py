@@ -313,6 +313,7 @@ def test_the_cli_shows_the_audit_log(app: TestClient, monkeypatch: pytest.Monkey
                                      capsys: pytest.CaptureFixture[str]) -> None:
     app.headers.update(ADMIN)
     assert app.delete("/adapters/nothing-here").status_code == 404
+    entries(app)  # the writer's queue written before the CLI reads the log
     monkeypatch.setattr(cli, "connect", lambda args: _Borrowed(app))
     assert cli.main(["--key", ADMIN_KEY, "audit", "--action", "adapter.delete"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
