@@ -16,7 +16,8 @@ from bench import environment, report
 from bench.servers import REPO
 
 BENCHMARKS = (
-    "serving", "lora_ops", "loading", "training", "calibration", "quality", "facts_forms", "facts_knobs", "facts_rft",
+    "serving", "lora_ops", "loading", "training", "calibration", "serving_bf16", "quality", "facts_forms",
+    "facts_knobs", "facts_rft",
 )  # fmt: skip
 
 
@@ -27,6 +28,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
 
     if name == "calibration":  # the serving harness run A/A: vllm serve against itself
         return functools.partial(importlib.import_module("bench.serving").run, calibrate=True)
+    if name == "serving_bf16":  # the serving harness on our gateway in float32 and in bfloat16 (issue 30)
+        return functools.partial(importlib.import_module("bench.serving").run, bf16=True)
     if name == "facts_forms":  # the quality harness on the facts task in three forms
         return importlib.import_module("bench.quality").run_forms  # type: ignore[no-any-return]
     if name == "facts_knobs":  # the quality harness on the facts task, one knob at a time
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         default="serving,lora_ops,loading,training",
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
-        + " (default: all but calibration, quality, facts_forms, facts_knobs and facts_rft)",
+        + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs and facts_rft)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             try:
                 extra: dict[str, Any] = {"profile": True} if args.profile and name == "serving" else {}
-                if args.repeats is not None and name in ("serving", "calibration"):
+                if args.repeats is not None and name in ("serving", "calibration", "serving_bf16"):
                     extra["repeats"] = args.repeats
                 # Only the quality harness has a size of its own called small; to the others it is their smoke size.
                 own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft")

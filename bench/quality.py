@@ -203,6 +203,40 @@ async def _answers(url: str, model: str, prompts: list[list[dict[str, str]]], ma
         await client.close()
 
 
+async def _samples(
+    url: str, model: str, prompts: list[list[dict[str, str]]], max_tokens: int, k: int
+) -> list[list[str]]:
+    """`k` answers to each prompt sampled at temperature 1, as the reinforcement trainer samples them."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=2, timeout=600)
+    limit = asyncio.Semaphore(4)
+
+    async def ask(messages: list[dict[str, str]]) -> list[str]:
+        async with limit:
+            reply = await client.chat.completions.create(
+                model=model, messages=messages, temperature=1.0, max_tokens=max_tokens, n=k, seed=SEED  # type: ignore[arg-type]
+            )
+            return [c.message.content or "" for c in reply.choices]
+
+    try:
+        return list(await asyncio.gather(*(ask(m) for m in prompts)))
+    finally:
+        await client.close()
+
+
+def _pass_at(url: str, model: str, task: Task, k: int = 8) -> dict[str, Any]:
+    """How far sampling reaches: held-out rows where at least one of `k` samples is right, and the share of right
+    samples. On-policy reinforcement sharpens what the policy already samples; rows no sample gets right give its
+    rewards no spread to learn from, so `any_right` bounds what it can be expected to reach."""
+    prompts = [e.messages for e in task.held_out]
+    samples = asyncio.run(_samples(url, model, prompts, task.max_tokens, k))
+    pairs = zip(samples, task.held_out, strict=True)
+    hits = [[score(task.metric, a, ex.reference) for a in group] for group, ex in pairs]
+    return {"k": k, "any_right": sum(any(h) for h in hits), "of": len(hits),
+            "sample_rate": round(sum(map(sum, hits)) / max(1, k * len(hits)), 4)}  # fmt: skip
+
+
 def _scored(task: Task, answers: list[str]) -> dict[str, Any]:
     right = [score(task.metric, a, ex.reference) for a, ex in zip(answers, task.held_out, strict=True)]
     wrong = [
@@ -494,6 +528,7 @@ def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
         prompts = [e.messages for e in task.held_out]
         base = _scored(task, asyncio.run(_answers(gw.url, BASE_MODEL_ID, prompts, task.max_tokens)))
         base_prose = _prose(gw.url, task.held_out)
+        base_sampled = _pass_at(gw.url, BASE_MODEL_ID, task)
         names = {(recipe, seed): _adapter_name(task.name, f"{recipe}-seed{seed}") for recipe in RECIPES
                  for seed in size.seeds}  # fmt: skip
         # sft and rft at once; sft+rft once its sft adapter is published.
@@ -525,6 +560,7 @@ def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
             if job["status"] == "succeeded":
                 record.update(_scored(task, asyncio.run(_answers(gw.url, name, prompts, task.max_tokens))))
                 record["prose"] = _prose(gw.url, task.held_out, name)
+                record["sampled"] = _pass_at(gw.url, name, task)
                 record["parent"] = (http.get(f"/adapters/{name}").json().get("manifest") or {}).get("parent")
             adapters[f"{recipe}-seed{seed}"] = record
     return {
@@ -537,6 +573,7 @@ def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
                  "reference_example": task.held_out[0].reference if task.held_out else None},  # fmt: skip
         "base": base,
         "base_prose": base_prose,
+        "base_sampled": base_sampled,
         "adapters": adapters,
         "recipes": {recipe: _recipe_mean(adapters, recipe, size.seeds) for recipe in RECIPES},
     }
@@ -548,9 +585,11 @@ def _recipe_mean(adapters: dict[str, Any], recipe: str, seeds: tuple[int, ...]) 
     right = [r.get("right") for r in records]
     prose = [(r.get("prose") or {}).get("right") for r in records]
     seconds = [r.get("train_seconds") for r in records]
+    sampled = [(r.get("sampled") or {}).get("any_right") for r in records]
 
     def mean(values: list[Any]) -> float | None:
         return round(sum(values) / len(values), 2) if values and None not in values else None
 
     return {"right": right, "mean_right": mean(right), "prose_right": prose, "mean_prose_right": mean(prose),
-            "train_seconds": seconds, "mean_train_seconds": mean(seconds)}  # fmt: skip
+            "train_seconds": seconds, "mean_train_seconds": mean(seconds),
+            "sampled_any_right": sampled, "mean_sampled_any_right": mean(sampled)}  # fmt: skip

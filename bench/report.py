@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 ORDER = (
-    "serving", "calibration", "lora_ops", "loading", "training", "quality", "facts_forms", "facts_knobs", "facts_rft",
+    "serving", "calibration", "serving_bf16", "lora_ops", "loading", "training", "quality", "facts_forms",
+    "facts_knobs", "facts_rft",
 )  # fmt: skip
 
 
@@ -160,6 +161,52 @@ def serving_section(r: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def serving_bf16_section(r: dict[str, Any]) -> list[str]:
+    """Our gateway in float32 and in bfloat16, the serving benchmark's cases side by side (issue 30)."""
+    lines = ["## Serving in bfloat16: our gateway in bf16 / in float32 (issue 30)", ""]
+    if "skipped" in r:
+        return [*lines, f"Not run: {r['skipped']}.", ""]
+    s = r["settings"]
+    lines += [
+        f"Command: `python -m bench --only serving_bf16 --size {r['size']}`. The serving benchmark's cases (prompt "
+        f"{s['input_len']} tokens, output {s['output_len']}, rank-{s['lora_rank']} adapters on {s['lora_targets']}) "
+        f"on two of our gateways, one `SKILLSERVE_DTYPE=float32`, one `bfloat16`; {s['order']}. Start-up: float32 "
+        f"{r['startup']['float32_s']} s, bfloat16 {r['startup']['bfloat16_s']} s. Each ratio is bf16 / float32.",
+        "",
+    ]
+    rows = [
+        [c["mix"], str(c["concurrency"]), str(c["requests"]),
+         f"{_f(c['float32']['output_tok_s'], 1)} / {_f(c['bfloat16']['output_tok_s'], 1)}",
+         _f(c["bf16_over_float32"]["output_tok_s"], 3) + _repeats(c.get("bf16_over_float32_tok_s_by_repeat")),
+         f"{_f(c['float32']['ttft_p50_ms'], 1)} / {_f(c['bfloat16']['ttft_p50_ms'], 1)}",
+         _f(c["bf16_over_float32"]["itl_p50_ms"], 3)]
+        for c in r["cases"]
+    ]  # fmt: skip
+    header = ["mix", "conc.", "requests", "output tok/s (float32 / bf16)", "bf16 / float32 tok/s (per repeat)",
+              "TTFT p50 ms (float32 / bf16)", "ITL p50 bf16 / float32"]  # fmt: skip
+    view = r["adapter_vs_base"]
+    concurrencies = sorted({int(c) for by_c in view["bfloat16"].values() for c in by_c})
+    adapter_rows = [
+        [mix, *(f"{_f(view['float32'][mix].get(str(c)), 3)} / {_f(by_c.get(str(c)), 3)}" for c in concurrencies)]
+        for mix, by_c in view["bfloat16"].items()
+    ]
+    t = r["targets"]
+    base, adapters = t["base_bf16_over_float32_tok_s_min"], t["adapters_vs_base_in_bf16_min"]
+    return [
+        *lines,
+        *_table(header, rows),
+        "",
+        "Adapter mix / base model, output tok/s, each gateway against itself:",
+        "",
+        *_table(["mix", *(f"c={c} (float32 / bf16)" for c in concurrencies)], adapter_rows),
+        "",
+        "Targets:",
+        f"- base model in bf16 >= 2x float32 at every concurrency: worst {_f(base['value'], 3)}: {_met(base)}",
+        f"- adapters in bf16 >= 0.9x the base in bf16: worst {_f(adapters['value'], 3)}: {_met(adapters)}",
+        "",
+    ]
 
 
 def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
@@ -548,21 +595,30 @@ def facts_rft_section(r: dict[str, Any]) -> list[str]:
         "defaults; reinforcement (GRPO) toward an exact-match `string_check` grader from the base; and the same from "
         "each supervised adapter (`model` its version). Means over the training seeds "
         f"{', '.join(str(s) for s in r['settings']['seeds'])}. Base model: in the skill's form {_pct(r['base'])}, "
-        f"in prose {_pct(r['base_prose'])}.",
+        f"in prose {_pct(r['base_prose'])}"
+        + (f"; any of {r['base_sampled']['k']} samples at temperature 1 right on {r['base_sampled']['any_right']} of "
+           f"{r['base_sampled']['of']}" if r.get("base_sampled") else "")  # fmt: skip
+        + ".",
         "",
     ]
+    sampled = any(x is not None for m in r["recipes"].values() for x in m.get("sampled_any_right") or [])
     rows = []
     for recipe, m in r["recipes"].items():
-        rows.append([recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
-                     f"{_f(m['mean_prose_right'], 2)} ({', '.join(_f(x, 0) for x in m['prose_right'])})",
-                     _f(m["mean_train_seconds"], 0)])  # fmt: skip
-    header = ["recipe", "held-out right (per seed)", "facts named in prose (per seed)", "train s"]
+        row = [recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
+               f"{_f(m['mean_prose_right'], 2)} ({', '.join(_f(x, 0) for x in m['prose_right'])})"]  # fmt: skip
+        if sampled:
+            row.append(f"{_f(m.get('mean_sampled_any_right'), 2)} "
+                       f"({', '.join(_f(x, 0) for x in m.get('sampled_any_right') or [])})")  # fmt: skip
+        rows.append([*row, _f(m["mean_train_seconds"], 0)])
+    header = ["recipe", "held-out right (per seed)", "facts named in prose (per seed)",
+              *(["any of 8 samples right (per seed)"] if sampled else []), "train s"]  # fmt: skip
     return [*lines, *_table(header, rows), ""]
 
 
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
+    "serving_bf16": serving_bf16_section,
     "lora_ops": lora_ops_section,
     "loading": loading_section,
     "training": training_section,

@@ -130,6 +130,7 @@ def start_gateway(
     workdir: Path,
     extra_env: dict[str, str] | None = None,
     ready_timeout_s: float = 300,
+    label: str = "gateway",
 ) -> Server:
     """`python -m service` as `make run` starts it, with the shape's engine settings; returns when ready.
 
@@ -149,7 +150,7 @@ def start_gateway(
             **(extra_env or {}),
         }
     )
-    server = _spawn("gateway", [sys.executable, "-m", "service"], env, workdir / "gateway.log", port)
+    server = _spawn(label, [sys.executable, "-m", "service"], env, workdir / f"{label.replace(' ', '-')}.log", port)
     server.wait_ready("/ready", ready_timeout_s)
     return server
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from adapters.hardware import native_bf16
 from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.registry import Registry
 from adapters.store import FileStore
@@ -230,15 +231,27 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
 
 
 def run(
-    size_name: str, workdir: Path, profile: bool = False, calibrate: bool = False, repeats: int | None = None
+    size_name: str,
+    workdir: Path,
+    profile: bool = False,
+    calibrate: bool = False,
+    repeats: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """Our gateway against `vllm serve`; with `calibrate`, a second `vllm serve` stands in for the gateway.
+    """Our gateway against `vllm serve`; with `calibrate`, a second `vllm serve` stands in for the gateway; with
+    `bf16`, our gateway in float32 against our gateway in bfloat16 (`serving_bf16`, issue 30).
 
     The calibration is an A/A test of the harness itself: two identical servers should measure 1.0, so
     how far they stray is the bias and noise any gateway/vLLM ratio carries on this machine. It runs the
     base and one-adapter mixes at concurrency up to 4, where runs are shortest and noisiest, to keep it
-    to a quarter of the serving benchmark's time.
+    to a quarter of the serving benchmark's time. The bf16 view runs every case of the serving benchmark on both
+    dtypes, only where the CPU multiplies bf16 in hardware (elsewhere `auto` keeps float32 and there is nothing
+    to compare).
     """
+    if bf16:
+        native, why = native_bf16()
+        if not native:
+            return {"benchmark": "serving_bf16", "size": size_name, "skipped": f"no native bf16 here: {why}"}
     size = SIZES[size_name]
     if repeats is not None:  # fewer runs of the same cases, where a busy machine cannot spare the time
         size = replace(size, repeats=repeats)
@@ -266,11 +279,16 @@ def run(
     profiled: dict[str, Any] | None = None
     last = ("mixed-adapters", max(size.concurrencies))
     lora_modules = dict(zip(names, dirs, strict=True))
+    store_uri = f"file://{workdir / 'store'}"
     with (
         start_vllm_serve(shape, lora_modules, workdir, label="vllm serve (A)")
         if calibrate
-        else start_gateway(shape, f"file://{workdir / 'store'}", workdir) as ours,
-        start_vllm_serve(shape, lora_modules, workdir) as theirs,
+        else start_gateway(shape, store_uri, workdir / "fp32", label="gateway float32")
+        if bf16
+        else start_gateway(shape, store_uri, workdir) as ours,
+        start_gateway(replace(shape, dtype="bfloat16"), store_uri, workdir / "bf16", label="gateway bfloat16")
+        if bf16
+        else start_vllm_serve(shape, lora_modules, workdir) as theirs,
     ):
         for server in (ours, theirs):
             warm(server, [BASE_MODEL_ID, *names])
@@ -318,6 +336,8 @@ def run(
                     }
                 )
         startup = {"gateway_s": ours.started_s, "vllm_serve_s": theirs.started_s}
+    if bf16:
+        return bf16_view(size_name, size, shape, cases, startup)
     return {
         "benchmark": "calibration" if calibrate else "serving",
         "sides": [ours.label, theirs.label],
@@ -340,6 +360,68 @@ def run(
         "adapter_vs_base": adapter_vs_base(cases),
         "targets": targets(cases),
         "gateway_profile": profiled,
+    }
+
+
+def bf16_view(
+    size_name: str, size: ServingSize, shape: EngineShape, cases: list[dict[str, Any]], startup: dict[str, Any]
+) -> dict[str, Any]:
+    """The serving cases run on our gateway in float32 (`ours`) and in bfloat16 (`vllm`'s place), as bf16 over
+    float32, with issue 30's targets: base output tok/s in bf16 >= 2x float32 at every concurrency, and adapters
+    in bf16 >= 0.9x the base in bf16."""
+    view = []
+    for c in cases:
+        fp32_runs, bf16_runs = c["ours"]["runs"], c["vllm"]["runs"]
+        view.append(
+            {
+                "mix": c["mix"],
+                "adapters": c["adapters"],
+                "concurrency": c["concurrency"],
+                "requests": c["requests"],
+                "float32": c["ours"],
+                "bfloat16": c["vllm"],
+                "bf16_over_float32": ratios(c["vllm"], c["ours"]),
+                "bf16_over_float32_tok_s_by_repeat": [
+                    round(b["output_tokens"] / b["duration_s"] / (a["output_tokens"] / a["duration_s"]), 3)
+                    for a, b in zip(fp32_runs, bf16_runs, strict=True)
+                ],
+            }
+        )
+    base = [v["bf16_over_float32"]["output_tok_s"] for v in view if v["mix"] == "base"]
+    by_mix = adapter_vs_base(cases)
+    by_dtype = {
+        dtype: {mix: {c: r[side] for c, r in by_c.items()} for mix, by_c in by_mix.items()}
+        for dtype, side in (("float32", "ours"), ("bfloat16", "vllm"))
+    }
+    in_bf16 = [x for by_c in by_dtype["bfloat16"].values() for x in by_c.values() if x is not None]
+    worst_adapter = min(in_bf16, default=None)
+    return {
+        "benchmark": "serving_bf16",
+        "sides": ["gateway float32", "gateway bfloat16"],
+        "size": size_name,
+        "settings": {
+            **asdict(size),
+            "engine": asdict(shape),
+            "lora_rank": RANK,
+            "lora_targets": "q,k,v,o",
+            "endpoint": "/v1/completions (streamed)",
+            "order": f"both gateways up on one store; each case {size.repeats}x on each in ABBA order",
+        },
+        "startup": {"float32_s": startup["gateway_s"], "bfloat16_s": startup["vllm_serve_s"]},
+        "cases": view,
+        "adapter_vs_base": by_dtype,
+        "targets": {
+            "base_bf16_over_float32_tok_s_min": {
+                "value": min(base, default=None),
+                "target": ">= 2.0 at every concurrency",
+                "met": bool(base) and min(base) >= 2.0,
+            },
+            "adapters_vs_base_in_bf16_min": {
+                "value": worst_adapter,
+                "target": ">= 0.9",
+                "met": worst_adapter is not None and worst_adapter >= 0.9,
+            },
+        },
     }
 
 

@@ -108,3 +108,10 @@ def test_the_rft_recipes_send_prompt_rows_the_grader_reads_and_a_parent_instead_
               "settings": {"seeds": [42, 1]}, "base": None, "base_prose": None,
               "recipes": {"sft": _recipe_mean(adapters, "sft", (42, 1))}}
     assert "| sft | 4.00 (3, 5) | 7.00 (6, 8) | 42 |" in "\n".join(report.facts_rft_section(result))
+    adapters["sft-seed42"]["sampled"] = {"k": 8, "any_right": 5, "of": 8, "sample_rate": 0.3}
+    adapters["sft-seed1"]["sampled"] = {"k": 8, "any_right": 7, "of": 8, "sample_rate": 0.5}
+    result["recipes"] = {"sft": _recipe_mean(adapters, "sft", (42, 1))}
+    result["base_sampled"] = {"k": 8, "any_right": 2, "of": 8, "sample_rate": 0.05}
+    table = "\n".join(report.facts_rft_section(result))
+    assert "| sft | 4.00 (3, 5) | 7.00 (6, 8) | 6.00 (5, 7) | 42 |" in table
+    assert "any of 8 samples at temperature 1 right on 2 of 8" in table
