@@ -343,11 +343,7 @@ def run(
         "sides": [ours.label, theirs.label],
         "size": size_name,
         "settings": {
-            **asdict(size),
-            "engine": asdict(shape),
-            "lora_rank": RANK,
-            "lora_targets": "q,k,v,o",
-            "endpoint": "/v1/completions (streamed)",
+            **_settings(size, shape),
             "vllm_serve_plugins": vllm_serve_plugins(),
             "client": "vllm bench serve (backend openai, random dataset, ignore_eos, temperature 0, "
             "round-robin adapters)",
@@ -361,6 +357,12 @@ def run(
         "targets": targets(cases),
         "gateway_profile": profiled,
     }
+
+
+def _settings(size: ServingSize, shape: EngineShape) -> dict[str, Any]:
+    """What every serving view runs: the size, the engine, the adapters and the endpoint."""
+    return {**asdict(size), "engine": asdict(shape), "lora_rank": RANK, "lora_targets": "q,k,v,o",
+            "endpoint": "/v1/completions (streamed)"}  # fmt: skip
 
 
 def bf16_view(
@@ -400,11 +402,7 @@ def bf16_view(
         "sides": ["gateway float32", "gateway bfloat16"],
         "size": size_name,
         "settings": {
-            **asdict(size),
-            "engine": asdict(shape),
-            "lora_rank": RANK,
-            "lora_targets": "q,k,v,o",
-            "endpoint": "/v1/completions (streamed)",
+            **_settings(size, shape),
             "order": f"both gateways up on one store; each case {size.repeats}x on each in ABBA order",
         },
         "startup": {"float32_s": startup["gateway_s"], "bfloat16_s": startup["vllm_serve_s"]},
