@@ -17,7 +17,7 @@ from bench.servers import REPO
 
 BENCHMARKS = (
     "serving", "lora_ops", "loading", "training", "calibration", "serving_bf16", "quality", "facts_forms",
-    "facts_knobs", "facts_rft",
+    "facts_knobs", "facts_rft", "rft_tasks",
 )  # fmt: skip
 
 
@@ -36,6 +36,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
         return importlib.import_module("bench.quality").run_knobs  # type: ignore[no-any-return]
     if name == "facts_rft":  # the facts task by SFT, RFT and SFT then RFT (issue 29)
         return importlib.import_module("bench.quality").run_rft  # type: ignore[no-any-return]
+    if name == "rft_tasks":  # the other five quality tasks by SFT, and by RFT from each SFT adapter (issue 29)
+        return importlib.import_module("bench.quality").run_rft_tasks  # type: ignore[no-any-return]
     return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         default="serving,lora_ops,loading,training",
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
-        + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs and facts_rft)",
+        + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs, facts_rft and rft_tasks)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeats is not None and name in ("serving", "calibration", "serving_bf16"):
                     extra["repeats"] = args.repeats
                 # Only the quality harness has a size of its own called small; to the others it is their smoke size.
-                own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft")
+                own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft", "rft_tasks")
                 size = "tiny" if args.size == "small" and name not in own_small else args.size
                 result = _runner(name)(size, workdir / name, **extra)
             except Exception as exc:

@@ -8,7 +8,7 @@ from typing import Any
 
 ORDER = (
     "serving", "calibration", "serving_bf16", "lora_ops", "loading", "training", "quality", "facts_forms",
-    "facts_knobs", "facts_rft",
+    "facts_knobs", "facts_rft", "rft_tasks",
 )  # fmt: skip
 
 
@@ -615,6 +615,28 @@ def facts_rft_section(r: dict[str, Any]) -> list[str]:
     return [*lines, *_table(header, rows), ""]
 
 
+def rft_tasks_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The other tasks by reinforcement: SFT, and SFT then RFT (issue 29)",
+        "",
+        f"Command: `python -m bench --only rft_tasks --size {r['size']}` (bench/quality.py `RFT_TASKS`). Each task "
+        "of the quality benchmark but facts, trained by the supervised defaults and then by reinforcement (GRPO, "
+        "every setting auto) from each supervised adapter toward the task's grader: exact `string_check`, or "
+        "`text_similarity` (fuzzy_match) for JSON answers. Held-out rows scored as the quality benchmark scores "
+        f"them; means over the training seeds {', '.join(str(s) for s in r['settings']['seeds'])}.",
+        "",
+    ]
+    rows = []
+    for task, t in r["tasks"].items():
+        for recipe, m in t["recipes"].items():
+            rows.append([task, recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
+                         f"{_f(m.get('mean_sampled_any_right'), 2)} "
+                         f"({', '.join(_f(x, 0) for x in m.get('sampled_any_right') or [])})",
+                         str(t["held_out_rows"]), _f(m["mean_train_seconds"], 0)])  # fmt: skip
+    header = ["task", "recipe", "held-out right (per seed)", "any of 8 samples right (per seed)", "of", "train s"]
+    return [*lines, *_table(header, rows), ""]
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
@@ -626,6 +648,7 @@ SECTIONS = {
     "facts_forms": facts_forms_section,
     "facts_knobs": facts_knobs_section,
     "facts_rft": facts_rft_section,
+    "rft_tasks": rft_tasks_section,
 }
 
 

@@ -115,3 +115,45 @@ def test_the_rft_recipes_send_prompt_rows_the_grader_reads_and_a_parent_instead_
     table = "\n".join(report.facts_rft_section(result))
     assert "| sft | 4.00 (3, 5) | 7.00 (6, 8) | 6.00 (5, 7) | 42 |" in table
     assert "any of 8 samples at temperature 1 right on 2 of 8" in table
+
+
+def test_every_task_gives_reinforcement_prompts_asked_as_its_held_out_rows_and_a_grader_that_scores_them() -> None:
+    """rft_tasks: each task's training rows as prompts in the same shape as its held-out rows (the turns before the
+    answer), the answer as item.answer; the task's grader, validated as the trainer validates it, gives the reference
+    full marks and a wrong answer less."""
+    from adapters.dataset import parse_dataset, rows_to_jsonl
+    from adapters.graders import grade_sync, validate
+    from bench.quality import FULL_TASKS, RFT_TASKS, _prompt_rows, _rft_body, task_grader
+
+    assert set(RFT_TASKS["full"].tasks) == set(FULL_TASKS) - {"facts"}
+    for name in FULL_TASKS:
+        task = build(name, 12, 4, 0)
+        rows = _prompt_rows(task)
+        assert len(rows) == len(task.train)
+        held_roles = [[m["role"] for m in ex.messages] for ex in task.held_out]
+        for row in rows:
+            assert [m["role"] for m in row["messages"]] in held_roles, name
+            assert row["messages"][-1]["role"] == "user" and row["answer"], name
+        grader = validate(task_grader(task), "method.grader")
+        dataset = parse_dataset(rows_to_jsonl(rows), method="reinforcement", grader=grader)
+        assert [item["answer"] for item in dataset.items] == [r["answer"] for r in rows]
+        reference = task.held_out[0].reference
+        item = {"answer": reference}
+        assert grade_sync(grader, item, reference).score == 1.0, name
+        assert grade_sync(grader, item, "nothing like it").score < 1.0, name
+        assert _rft_body(task, RFT_TASKS["full"], "q", 42, "q-sft@v1")["method"]["grader"] == task_grader(task)
+
+
+def test_the_rft_tasks_table_gives_each_tasks_recipes_over_the_seeds() -> None:
+    from bench.quality import _recipe_mean
+
+    adapters = {"sft-seed42": {"right": 30, "train_seconds": 50.0, "sampled": {"any_right": 34}},
+                "sft-seed1": {"right": 32, "train_seconds": 52.0, "sampled": {"any_right": 35}},
+                "sft+rft-seed42": {"right": 33, "train_seconds": 400.0, "sampled": {"any_right": 35}},
+                "sft+rft-seed1": {"status": "failed"}}  # fmt: skip
+    result = {"size": "full", "settings": {"seeds": [42, 1]},
+              "tasks": {"shout": {"held_out_rows": 36, "recipes": {r: _recipe_mean(adapters, r, (42, 1))
+                                                                   for r in ("sft", "sft+rft")}}}}  # fmt: skip
+    table = "\n".join(report.rft_tasks_section(result))
+    assert "| shout | sft | 31.00 (30, 32) | 34.50 (34, 35) | 36 | 51 |" in table
+    assert "| shout | sft+rft | - (33, -) | - (35, -) | 36 | - |" in table
