@@ -94,7 +94,9 @@ def method_rows(method_type: str) -> list[dict[str, Any]]:
 def test_every_methods_trainer_starts_from_the_parents_lora_weights(
     method_type: str, peft_adapter_dir: Path, tmp_path: Path
 ) -> None:
-    """The loop is shared: SFT's, DPO's and GRPO's trainers each hold the parent's LoRA tensors before step one."""
+    """The loop is shared: SFT's, DPO's and GRPO's trainers each hold the parent's LoRA tensors before step one. DPO and
+    GRPO, whose losses hold the adapter near a reference, take the parent as it: a frozen copy under the adapter name
+    trl reads the reference from, giving the parent's logits where the base's differ; it is never saved."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -102,7 +104,7 @@ def test_every_methods_trainer_starts_from_the_parents_lora_weights(
     from adapters import auto
     from adapters.graders import validate
     from adapters.schema import Method
-    from trainer.loop import Hooks, build_run, encode_split, load_tokenizer
+    from trainer.loop import REFERENCE_ADAPTER, Hooks, build_run, encode_split, load_tokenizer, save_adapter
     from trainer.methods import method_for
 
     base_dir = resolve_model(DEFAULT_MODEL)
@@ -120,6 +122,29 @@ def test_every_methods_trainer_starts_from_the_parents_lora_weights(
     assert set(held) == set(saved)
     for key, tensor in saved.items():
         torch.testing.assert_close(held[key].float(), tensor.float(), msg=key)
+    model = run.trainer.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+    if method_type == "supervised":
+        assert REFERENCE_ADAPTER not in model.peft_config
+    else:
+        from trl.trainer.utils import use_adapter
+
+        assert REFERENCE_ADAPTER in model.peft_config
+        ids = torch.tensor([tokenizer.encode("Shout these words: cat house tree")])
+        model.eval()  # no LoRA dropout
+        with torch.no_grad():
+            policy = model(input_ids=ids).logits
+            with use_adapter(model, adapter_name=REFERENCE_ADAPTER):
+                reference = model(input_ids=ids).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+        torch.testing.assert_close(reference, policy)
+        assert (reference - base).abs().max() > 1e-3  # the parent moves the logits: the reference is not the base
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # the active one is back
+    save_adapter(model, tmp_path / "out", {})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "adapter_config.json",
+                                                                     "adapter_model.safetensors"]  # fmt: skip
 
 
 def test_a_lora_of_another_shape_is_refused_before_training(peft_adapter_dir: Path, tmp_path: Path) -> None:

@@ -109,6 +109,12 @@ class Criterion:
 LOWEST_LOSS = Criterion()
 
 
+# The methods whose loss holds the adapter near a reference model (DPO's implicit reward, reinforcement's KL term),
+# and the name of the adapter trl reads a peft model's reference from when there is one.
+REFERENCE_METHODS = ("dpo", "reinforcement")
+REFERENCE_ADAPTER = "ref"
+
+
 class TrainingMethod(Protocol):
     """What a training method supplies to the shared loop (`train`); the loop owns the rest: the held-out split, the
     LoRA and the schedule, checkpoints and the one kept, progress, cancel, the saved adapter. Chosen by name in
@@ -452,7 +458,9 @@ def train_and_keep(
     if metrics["kept_step"] != final_step:
         if distributed.world().main:  # the last step's weights stay publishable beside the best's
             kept[final_step] = Path(scratch) / f"step-{final_step}"
-            trainer.model.save_pretrained(kept[final_step], safe_serialization=True)
+            trainer.model.save_pretrained(
+                kept[final_step], safe_serialization=True, selected_adapters=["default"]
+            )
         keep_best.restore_best(trainer.model)
     checkpoints = [c.model_copy(update={"best": c.step == metrics["kept_step"]}) for c in keep_best.checkpoints]
     on_checkpoints(checkpoints)
@@ -464,7 +472,7 @@ def save_adapter(peft_model: Any, out_dir: Path, kept: dict[int, Path]) -> list[
     """Save the adapter to out_dir and move the kept extra checkpoints beside it (out of the scratch directory
     before it goes: the caller stores them); returns the modules it adapts."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
+    peft_model.save_pretrained(out_dir, safe_serialization=True, selected_adapters=["default"])  # not the reference
     for step, path in list(kept.items()):
         kept[step] = out_dir.parent / f"{out_dir.name}-step-{step}"
         path.rename(kept[step])
@@ -594,9 +602,14 @@ def build_run(
     keep_best = _best_callback(rule, hooks.note, hooks.on_checkpoints)
     chosen: dict[str, Any] = {}
 
+    referenced_parent = start_from is not None and method.name in REFERENCE_METHODS
+
     def plan(args: Any, state: Any) -> None:
+        figures = method.plan(hp, args)
+        if referenced_parent:
+            figures["reference_model"] = "the parent adapter (a frozen copy of the weights this run starts from)"
         chosen.update(plan_record(
-            hp, args, state, trainer, world, dtype, **method.plan(hp, args), auto_chosen=automatic,
+            hp, args, state, trainer, world, dtype, **figures, auto_chosen=automatic,
             steps_per_epoch=steps_per_epoch, eval_every_steps=eval_steps, train_rows=len(data.train),
             eval_rows=len(data.held_out),
         ))
@@ -612,10 +625,29 @@ def build_run(
     float32_adapter(trainer.model)
     if start_from is not None:
         load_parent_weights(trainer.model, start_from)
+    if referenced_parent:
+        reference_is_the_parent(trainer.model)
     # With tqdm off, transformers prints every log dict to stdout; progress goes to the job record instead,
     # and stdout is left to the caller (`python -m trainer train` prints its metrics there as JSON).
     trainer.remove_callback(PrinterCallback)
     return Run(trainer, rule, keep_best, chosen)
+
+
+def reference_is_the_parent(peft_model: Any) -> None:
+    """Hold a run that continues a skill near that skill: a frozen copy of the LoRA weights just loaded, as the
+    adapter named "ref", which trl's DPO and GRPO trainers take a peft model's reference from (without it, the
+    base: the adapter switched off). A fine-tuned model fine-tuned again keeps its own as the reference, as
+    supervised then reinforcement needs: against the base, the KL term pulls the skill it starts from back out."""
+    import torch
+
+    peft_model.add_adapter(REFERENCE_ADAPTER, peft_model.peft_config["default"])
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".default." in name:
+                reference = peft_model.get_parameter(name.replace(".default.", f".{REFERENCE_ADAPTER}."))
+                reference.copy_(param)
+                reference.requires_grad_(False)
+    peft_model.set_adapter("default")
 
 
 def load_parent_weights(peft_model: Any, parent_dir: Path) -> None:

@@ -4,8 +4,9 @@ GRPOTrainer on the shared loop (trainer/loop.py).
 GRPO rather than RLOO: both are trl's, both sample a group of completions per prompt and use the group as the
 baseline, without a value model. GRPO is the one probed on this model and machine (NOTES.md, "GRPO"); its KL term
 to a reference model (`beta`) is a separate loss term whose reference, for a peft model, is the base itself (the
-adapter switched off: no second copy of the weights), where RLOO folds the KL into the reward; and its loss keeps
-every token of a sampled completion, and only those, in the gradient (tests/test_rft.py checks it).
+adapter switched off: no second copy of the weights), or, for a run that continues a published adapter, a frozen
+copy of that adapter (trainer/loop.py `reference_is_the_parent`), where RLOO folds the KL into the reward; and its
+loss keeps every token of a sampled completion, and only those, in the gradient (tests/test_rft.py checks it).
 
 What this module makes the same as serving:
 - the prompt is encoded by `adapters.masking.encode` with the generation prompt, exactly as the gateway encodes a
