@@ -612,7 +612,7 @@ def facts_rft_section(r: dict[str, Any]) -> list[str]:
         rows.append([*row, _f(m["mean_train_seconds"], 0)])
     header = ["recipe", "held-out right (per seed)", "facts named in prose (per seed)",
               *(["any of 8 samples right (per seed)"] if sampled else []), "train s"]  # fmt: skip
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *_table(header, rows), "", *([r["note"], ""] if r.get("note") else [])]
 
 
 def rft_tasks_section(r: dict[str, Any]) -> list[str]:
