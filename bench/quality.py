@@ -32,8 +32,10 @@ the trainer records one): the benchmark reads what exists and depends on none of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from typing import Any
 import httpx
 
 from bench.quality_tasks import Example, Task, build, continuation_right, prose_right, score
-from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, start_gateway
+from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, Server, start_gateway
 
 ADMIN_KEY = "bench-admin-key"
 SEED = 0
@@ -539,23 +541,33 @@ def _rft_body(task: Task, size: RftSize, name: str, seed: int, parent: str | Non
     return body
 
 
+RFT_SHAPE = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_rank=64)
+
+
+@contextlib.contextmanager
+def _training_gateway(workdir: Path, jobs: int) -> Iterator[tuple[Server, httpx.Client]]:
+    """One gateway that trains (2 jobs at a time, `jobs` may wait) and serves what it publishes, and an admin client."""
+    extra_env = {
+        "SKILLSERVE_TRAINING_ENABLED": "true",
+        "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
+        "SKILLSERVE_MAX_PENDING_JOBS": str(jobs + 4),
+        "OMP_NUM_THREADS": str(THREADS),
+        "SKILLSERVE_TRAIN_CONCURRENCY": "2",
+    }
+    store = f"file://{workdir / 'store'}"
+    with (
+        start_gateway(RFT_SHAPE, store, workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as http,
+    ):
+        yield gw, http
+
+
 def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     size = RFT[size_name]
     workdir.mkdir(parents=True, exist_ok=True)
     task = build("facts", size.train_rows, size.held_out_rows, SEED)
-    shape = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_rank=64)
-    extra_env = {
-        "SKILLSERVE_TRAINING_ENABLED": "true",
-        "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
-        "SKILLSERVE_MAX_PENDING_JOBS": str(len(RECIPES) * len(size.seeds) + 4),
-        "OMP_NUM_THREADS": str(THREADS),
-        "SKILLSERVE_TRAIN_CONCURRENCY": "2",
-    }
     started = time.monotonic()
-    with (
-        start_gateway(shape, f"file://{workdir / 'store'}", workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
-        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as http,
-    ):
+    with _training_gateway(workdir, len(RECIPES) * len(size.seeds)) as (gw, http):
         prompts = [e.messages for e in task.held_out]
         base = _scored(task, asyncio.run(_answers(gw.url, BASE_MODEL_ID, prompts, task.max_tokens)))
         base_prose = _prose(gw.url, task.held_out)
@@ -598,7 +610,7 @@ def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
         "benchmark": "facts_rft",
         "size": size_name,
         "settings": {**asdict(size), "grader": EXACT_ANSWER, "seed": SEED, "threads_per_process": THREADS,
-                     "engine": asdict(shape)},  # fmt: skip
+                     "engine": asdict(RFT_SHAPE)},  # fmt: skip
         "train_phase_s": trained_s,
         "task": {"task": task.name, "train_rows": len(task.train), "held_out_rows": len(task.held_out),
                  "reference_example": task.held_out[0].reference if task.held_out else None},  # fmt: skip
@@ -616,19 +628,8 @@ def run_rft_tasks(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     size = RFT_TASKS[size_name]
     workdir.mkdir(parents=True, exist_ok=True)
     tasks = [build(name, size.train_rows, size.held_out_rows, SEED) for name in size.tasks]
-    shape = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_rank=64)
-    extra_env = {
-        "SKILLSERVE_TRAINING_ENABLED": "true",
-        "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
-        "SKILLSERVE_MAX_PENDING_JOBS": str(len(tasks) * len(TASK_RECIPES) * len(size.seeds) + 4),
-        "OMP_NUM_THREADS": str(THREADS),
-        "SKILLSERVE_TRAIN_CONCURRENCY": "2",
-    }
     started = time.monotonic()
-    with (
-        start_gateway(shape, f"file://{workdir / 'store'}", workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
-        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as http,
-    ):
+    with _training_gateway(workdir, len(tasks) * len(TASK_RECIPES) * len(size.seeds)) as (gw, http):
         names = {(t.name, recipe, seed): _adapter_name(t.name, f"{recipe}-seed{seed}")
                  for t in tasks for recipe in TASK_RECIPES for seed in size.seeds}  # fmt: skip
         by_name = {t.name: t for t in tasks}
@@ -674,7 +675,7 @@ def run_rft_tasks(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     return {
         "benchmark": "rft_tasks",
         "size": size_name,
-        "settings": {**asdict(size), "seed": SEED, "threads_per_process": THREADS, "engine": asdict(shape)},
+        "settings": {**asdict(size), "seed": SEED, "threads_per_process": THREADS, "engine": asdict(RFT_SHAPE)},
         "train_phase_s": trained_s,
         "tasks": results,
     }
