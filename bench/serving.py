@@ -163,6 +163,14 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return t.user + t.system, engine
 
 
+def tok_s_by_repeat(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[float]:
+    """Output tokens/s of each of one side's runs over the other side's run of the same repeat."""
+    return [
+        round(a["output_tokens"] / a["duration_s"] / (b["output_tokens"] / b["duration_s"]), 3)
+        for a, b in zip(ours, theirs, strict=True)
+    ]
+
+
 def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
     return {name: (round(ours[name] / theirs[name], 3) if theirs.get(name) else None) for name in FIGURES.values()}
 
@@ -328,10 +336,7 @@ def run(
                         "ours": g,
                         "vllm": v,
                         "ratio": ratios(g, v),
-                        "tok_s_ratio_by_repeat": [
-                            round(a["output_tokens"] / a["duration_s"] / (b["output_tokens"] / b["duration_s"]), 3)
-                            for a, b in zip(g["runs"], v["runs"], strict=True)
-                        ],
+                        "tok_s_ratio_by_repeat": tok_s_by_repeat(g["runs"], v["runs"]),
                         "ttft_p50_overhead_ms": round(g["ttft_p50_ms"] - v["ttft_p50_ms"], 2),
                     }
                 )
@@ -373,7 +378,6 @@ def bf16_view(
     in bf16 >= 0.9x the base in bf16."""
     view = []
     for c in cases:
-        fp32_runs, bf16_runs = c["ours"]["runs"], c["vllm"]["runs"]
         view.append(
             {
                 "mix": c["mix"],
@@ -383,10 +387,7 @@ def bf16_view(
                 "float32": c["ours"],
                 "bfloat16": c["vllm"],
                 "bf16_over_float32": ratios(c["vllm"], c["ours"]),
-                "bf16_over_float32_tok_s_by_repeat": [
-                    round(b["output_tokens"] / b["duration_s"] / (a["output_tokens"] / a["duration_s"]), 3)
-                    for a, b in zip(fp32_runs, bf16_runs, strict=True)
-                ],
+                "bf16_over_float32_tok_s_by_repeat": tok_s_by_repeat(c["vllm"]["runs"], c["ours"]["runs"]),
             }
         )
     base = [v["bf16_over_float32"]["output_tok_s"] for v in view if v["mix"] == "base"]
