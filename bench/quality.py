@@ -562,6 +562,20 @@ def _training_gateway(workdir: Path, jobs: int) -> Iterator[tuple[Server, httpx.
         yield gw, http
 
 
+def _rft_record(http: httpx.Client, url: str, task: Task, job: dict[str, Any], name: str) -> dict[str, Any]:
+    """One adapter of a reinforcement benchmark: what its job and manifest say, where the RFT time went, and, once
+    published, its greedy score on the task's held-out rows and how far its samples reach (`_pass_at`)."""
+    record = _adapter_record(http, job, name)
+    metrics = job.get("metrics") or {}
+    record.update({k: metrics[k] for k in ("eval_reward", "base_eval_reward", "sampling_seconds", "grading_seconds",
+                                           "held_out_seconds") if k in metrics})  # fmt: skip
+    if job["status"] == "succeeded":
+        prompts = [e.messages for e in task.held_out]
+        record.update(_scored(task, asyncio.run(_answers(url, name, prompts, task.max_tokens))))
+        record["sampled"] = _pass_at(url, name, task)
+    return record
+
+
 def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
     size = RFT[size_name]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -596,14 +610,9 @@ def run_rft(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
             if job is None:
                 adapters[f"{recipe}-seed{seed}"] = {"status": "not run: its sft adapter failed"}
                 continue
-            record = _adapter_record(http, job, name)
-            metrics = job.get("metrics") or {}
-            record.update({k: metrics[k] for k in ("eval_reward", "base_eval_reward", "sampling_seconds",
-                                                   "grading_seconds", "held_out_seconds") if k in metrics})
+            record = _rft_record(http, gw.url, task, job, name)
             if job["status"] == "succeeded":
-                record.update(_scored(task, asyncio.run(_answers(gw.url, name, prompts, task.max_tokens))))
                 record["prose"] = _prose(gw.url, task.held_out, name)
-                record["sampled"] = _pass_at(gw.url, name, task)
                 record["parent"] = (http.get(f"/adapters/{name}").json().get("manifest") or {}).get("parent")
             adapters[f"{recipe}-seed{seed}"] = record
     return {
@@ -649,7 +658,6 @@ def run_rft_tasks(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
         trained_s = round(time.monotonic() - started, 1)
         results = {}
         for t in tasks:
-            prompts = [e.messages for e in t.held_out]
             adapters: dict[str, Any] = {}
             for recipe in TASK_RECIPES:
                 for seed in size.seeds:
@@ -657,14 +665,7 @@ def run_rft_tasks(size_name: str, workdir: Path, **_: Any) -> dict[str, Any]:
                     if job is None:
                         adapters[f"{recipe}-seed{seed}"] = {"status": "not run: its sft adapter failed"}
                         continue
-                    record = _adapter_record(http, job, name)
-                    metrics = job.get("metrics") or {}
-                    record.update({k: metrics[k] for k in ("eval_reward", "base_eval_reward", "sampling_seconds")
-                                   if k in metrics})  # fmt: skip
-                    if job["status"] == "succeeded":
-                        record.update(_scored(t, asyncio.run(_answers(gw.url, name, prompts, t.max_tokens))))
-                        record["sampled"] = _pass_at(gw.url, name, t)
-                    adapters[f"{recipe}-seed{seed}"] = record
+                    adapters[f"{recipe}-seed{seed}"] = _rft_record(http, gw.url, t, job, name)
             results[t.name] = {
                 "metric": t.metric,
                 "grader": task_grader(t),

@@ -585,6 +585,11 @@ def facts_knobs_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_seed(mean: Any, values: list[Any] | None) -> str:
+    """A recipe's mean over the training seeds, each seed's figure after it."""
+    return f"{_f(mean, 2)} ({', '.join(_f(x, 0) for x in values or [])})"
+
+
 def facts_rft_section(r: dict[str, Any]) -> list[str]:
     t = r["task"]
     lines = [
@@ -604,11 +609,9 @@ def facts_rft_section(r: dict[str, Any]) -> list[str]:
     sampled = any(x is not None for m in r["recipes"].values() for x in m.get("sampled_any_right") or [])
     rows = []
     for recipe, m in r["recipes"].items():
-        row = [recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
-               f"{_f(m['mean_prose_right'], 2)} ({', '.join(_f(x, 0) for x in m['prose_right'])})"]  # fmt: skip
+        row = [recipe, _per_seed(m["mean_right"], m["right"]), _per_seed(m["mean_prose_right"], m["prose_right"])]
         if sampled:
-            row.append(f"{_f(m.get('mean_sampled_any_right'), 2)} "
-                       f"({', '.join(_f(x, 0) for x in m.get('sampled_any_right') or [])})")  # fmt: skip
+            row.append(_per_seed(m.get("mean_sampled_any_right"), m.get("sampled_any_right")))
         rows.append([*row, _f(m["mean_train_seconds"], 0)])
     header = ["recipe", "held-out right (per seed)", "facts named in prose (per seed)",
               *(["any of 8 samples right (per seed)"] if sampled else []), "train s"]  # fmt: skip
@@ -629,9 +632,8 @@ def rft_tasks_section(r: dict[str, Any]) -> list[str]:
     rows = []
     for task, t in r["tasks"].items():
         for recipe, m in t["recipes"].items():
-            rows.append([task, recipe, f"{_f(m['mean_right'], 2)} ({', '.join(_f(x, 0) for x in m['right'])})",
-                         f"{_f(m.get('mean_sampled_any_right'), 2)} "
-                         f"({', '.join(_f(x, 0) for x in m.get('sampled_any_right') or [])})",
+            rows.append([task, recipe, _per_seed(m["mean_right"], m["right"]),
+                         _per_seed(m.get("mean_sampled_any_right"), m.get("sampled_any_right")),
                          str(t["held_out_rows"]), _f(m["mean_train_seconds"], 0)])  # fmt: skip
     header = ["task", "recipe", "held-out right (per seed)", "any of 8 samples right (per seed)", "of", "train s"]
     return [*lines, *_table(header, rows), ""]
