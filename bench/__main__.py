@@ -17,7 +17,7 @@ from bench.servers import REPO
 
 BENCHMARKS = (
     "serving", "lora_ops", "loading", "training", "calibration", "serving_bf16", "quality", "facts_forms",
-    "facts_knobs", "facts_rft", "rft_tasks",
+    "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16",
 )  # fmt: skip
 
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         default="serving,lora_ops,loading,training",
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
-        + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs, facts_rft and rft_tasks)",
+        + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs, facts_rft, rft_tasks and "
+        "quality_bf16)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeats is not None and name in ("serving", "calibration", "serving_bf16"):
                     extra["repeats"] = args.repeats
                 # Only the quality harness has a size of its own called small; to the others it is their smoke size.
-                own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft", "rft_tasks")
+                own_small = ("quality", "facts_forms", "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16")
                 size = "tiny" if args.size == "small" and name not in own_small else args.size
                 result = _runner(name)(size, workdir / name, **extra)
             except Exception as exc:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from adapters.models import DEFAULT_MODEL, resolve_model
+from bench.parity import first_difference
 from bench.quality_tasks import RELATIONS, prose_right
 from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, start_gateway
 
@@ -69,14 +70,6 @@ async def ask_all(url: str, questions: list[str]) -> tuple[list[str], float]:
     return list(answers), produced / seconds
 
 
-def parted_at(a: list[int], b: list[int]) -> int | None:
-    """The index of the first token where two answers differ (None: the same tokens)."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def run(size_name: str, workdir: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -92,7 +85,7 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
     rows: list[dict[str, Any]] = []
     for (question, truth), fp32, bf16 in zip(facts, answers["float32"], answers["bfloat16"], strict=True):
-        where = parted_at(tokenizer.encode(fp32), tokenizer.encode(bf16))
+        where = first_difference(tokenizer.encode(fp32), tokenizer.encode(bf16))
         rows.append({"question": question, "truth": truth, "float32": fp32, "bfloat16": bf16, "parted_at": where,
                      "right": {"float32": prose_right(fp32, truth), "bfloat16": prose_right(bf16, truth)}})  # fmt: skip
     parted = [r["parted_at"] for r in rows if r["parted_at"] is not None]

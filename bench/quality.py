@@ -36,7 +36,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -545,8 +545,9 @@ RFT_SHAPE = EngineShape(max_num_seqs=16, max_loras=4, max_cpu_loras=8, max_lora_
 
 
 @contextlib.contextmanager
-def _training_gateway(workdir: Path, jobs: int) -> Iterator[tuple[Server, httpx.Client]]:
-    """One gateway that trains (2 jobs at a time, `jobs` may wait) and serves what it publishes, and an admin client."""
+def _training_gateway(workdir: Path, jobs: int, dtype: str = "float32") -> Iterator[tuple[Server, httpx.Client]]:
+    """One gateway that trains (2 jobs at a time, `jobs` may wait) and serves what it publishes, its engine in `dtype`,
+    and an admin client."""
     extra_env = {
         "SKILLSERVE_TRAINING_ENABLED": "true",
         "SKILLSERVE_ADMIN_KEYS": json.dumps([ADMIN_KEY]),
@@ -556,7 +557,7 @@ def _training_gateway(workdir: Path, jobs: int) -> Iterator[tuple[Server, httpx.
     }
     store = f"file://{workdir / 'store'}"
     with (
-        start_gateway(RFT_SHAPE, store, workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
+        start_gateway(replace(RFT_SHAPE, dtype=dtype), store, workdir, extra_env=extra_env, ready_timeout_s=900) as gw,
         httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as http,
     ):
         yield gw, http

@@ -8,7 +8,7 @@ from typing import Any
 
 ORDER = (
     "serving", "calibration", "serving_bf16", "lora_ops", "loading", "training", "quality", "facts_forms",
-    "facts_knobs", "facts_rft", "rft_tasks",
+    "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16",
 )  # fmt: skip
 
 
@@ -639,6 +639,52 @@ def rft_tasks_section(r: dict[str, Any]) -> list[str]:
     return [*lines, *_table(header, rows), ""]
 
 
+def quality_bf16_section(r: dict[str, Any]) -> list[str]:
+    """Each quality task's defaults trained and served in float32 and in bf16, and each dtype's parity (issue 30)."""
+    lines = ["## Skill quality in bfloat16: the defaults trained and served in bf16 / in float32 (issue 30)", ""]
+    if r.get("skipped"):
+        return [*lines, f"Not run: {r['skipped']}.", ""]
+    seeds = ", ".join(str(s) for s in r["settings"]["seeds"])
+    lines += [
+        f"Command: `python -m bench --only quality_bf16 --size {r['size']}` (bench/quality_bf16.py). Every quality "
+        f"task by the supervised defaults on training seeds {seeds}, by a gateway training and serving in float32, "
+        "then by one in bfloat16 (the frozen base in bf16, LoRA and AdamW in float32); held-out rows scored as the "
+        "quality benchmark scores them. Same answers: the two adapters of one seed answering a row with the same "
+        "text. Parity: the first seed's adapter, its greedy answer through the gateway against transformers + peft "
+        "in the same dtype on the trainer's prompt ids (the answer through the reference's first stop token).",
+        "",
+    ]
+    rows, parity = [], []
+    for task, t in r["tasks"].items():
+        fp32, bf16 = t["float32"], t["bfloat16"]
+        rows.append([task, str(t["of"]), f"{fp32['base_right']} / {bf16['base_right']}",
+                     _per_seed(fp32["mean_right"], fp32["right"]), _per_seed(bf16["mean_right"], bf16["right"]),
+                     _f(t["bf16_less_float32"]), f"{t['same_answers']} of {t['answers_compared']}",
+                     " / ".join(_f(side["mean_prose_right"]) for side in (fp32, bf16))])  # fmt: skip
+        for dtype, side in (("float32", fp32), ("bfloat16", bf16)):
+            p = side["parity"]
+            if p:
+                gap = f"{p['max_logprob_gap_before_parting']:.1e}"
+                parity.append([task, dtype, f"{p['prompt_tokens_match']} of {p['prompts']}",
+                               f"{p['same_answer']} of {p['prompts']}", _f(p["parted_at_median"], 1),
+                               _f(p["answer_tokens_median"], 1), gap])  # fmt: skip
+    header = ["task", "of", "base right (float32 / bf16)", "float32: right (per seed)", "bf16: right (per seed)",
+              "bf16 - float32", "same answers", "facts in prose (float32 / bf16)"]  # fmt: skip
+    target = r["targets"]["every_task_within_1_row"]
+    parity_header = ["task", "dtype", "prompt tokens match", "answers the same as peft's", "parted at token (median)",
+                     "answer tokens (median)", "largest log-prob gap before parting"]  # fmt: skip
+    return [
+        *lines,
+        *_table(header, rows),
+        "",
+        f"- every task's mean in bf16 within 1 row of float32's: largest difference {_f(target['value'])}: "
+        f"{_met(target)}",
+        "",
+        *_table(parity_header, parity),
+        "",
+    ]
+
+
 SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
@@ -651,6 +697,7 @@ SECTIONS = {
     "facts_knobs": facts_knobs_section,
     "facts_rft": facts_rft_section,
     "rft_tasks": rft_tasks_section,
+    "quality_bf16": quality_bf16_section,
 }
 
 

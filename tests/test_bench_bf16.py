@@ -6,17 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report
-from bench.bf16 import fact_prompts, parted_at
+from bench.bf16 import fact_prompts
+from bench.parity import first_difference
+from bench.quality_bf16 import compare, parity_summary
 from bench.quality_tasks import build
 from bench.servers import EngineShape
 from bench.serving import FIGURES, SIZES, bf16_view, ratios
 
 
 def test_greedy_answers_part_at_their_first_different_token_or_where_the_shorter_ends() -> None:
-    assert parted_at([1, 2, 3], [1, 2, 3]) is None
-    assert parted_at([1, 2, 3], [1, 9, 3]) == 1
-    assert parted_at([1, 2], [1, 2, 3]) == 2
-    assert parted_at([], [4]) == 0
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 9, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2
+    assert first_difference([], [4]) == 0
 
 
 def test_the_facts_asked_are_every_fact_of_the_quality_benchmarks_facts_task() -> None:
@@ -64,3 +66,44 @@ def test_the_serving_view_gives_bf16_over_float32_and_judges_both_targets() -> N
 def test_a_machine_without_native_bf16_gets_a_line_saying_why_the_view_did_not_run() -> None:
     skipped = {"benchmark": "serving_bf16", "size": "full", "skipped": "no native bf16 here: no avx512_bf16"}
     assert report.serving_bf16_section(skipped)[-2] == "Not run: no native bf16 here: no avx512_bf16."
+
+
+def _side(right: list[int], answers: list[list[str]], parity: dict[str, Any] | None) -> dict[str, Any]:
+    """One dtype's view of one task as bench/quality_bf16.py's gateway pass records it, one adapter per seed."""
+    adapters = {str(seed): {"right": r, "answers": a, "prose": {"right": r + 1}, "train_seconds": 10.0}
+                for seed, r, a in zip((42, 1), right, answers, strict=True)}  # fmt: skip
+    return {"base": {"right": 0, "of": 4}, "adapters": adapters, "parity": parity}
+
+
+def test_the_quality_view_compares_each_tasks_mean_and_answers_across_dtypes_and_judges_the_one_row_target() -> None:
+    rows = [{"prompt_tokens_match": True, "answer_tokens": 5, "parted_at": None, "logprob_gap": 1e-5},
+            {"prompt_tokens_match": True, "answer_tokens": 6, "parted_at": 3, "logprob_gap": 0.02},
+            {"prompt_tokens_match": False, "answer_tokens": 4, "parted_at": 0, "logprob_gap": 0.0}]  # fmt: skip
+    parity = parity_summary(rows)
+    assert parity == {
+        "prompts": 3, "prompt_tokens_match": 2, "same_answer": 1, "parted": 2, "parted_at": [0, 3],
+        "parted_at_median": 1.5, "answer_tokens_median": 5, "max_logprob_gap_before_parting": 0.02,
+    }  # fmt: skip
+    views = {
+        "float32": {"shout": _side([3, 4], [["A", "B", "C", "D"]] * 2, parity),
+                    "topic": _side([2, 2], [["x"] * 4] * 2, None)},
+        "bfloat16": {"shout": _side([2, 2], [["A", "B", "c", "D"], ["A", "b", "c", "d"]], parity),
+                     "topic": _side([2, 3], [["x"] * 4] * 2, None)},
+    }  # fmt: skip
+    result = compare(views, (42, 1))
+    shout, topic = result["tasks"]["shout"], result["tasks"]["topic"]
+    assert shout["float32"]["right"] == [3, 4] and shout["float32"]["mean_right"] == 3.5
+    assert shout["bfloat16"]["mean_right"] == 2.0 and shout["bfloat16"]["mean_prose_right"] == 3.0
+    assert shout["bf16_less_float32"] == -1.5 and shout["within_1_row"] is False
+    assert (shout["same_answers"], shout["answers_compared"]) == (4, 8)  # seed 42: A, B, D; seed 1: A
+    assert topic["bf16_less_float32"] == 0.5 and topic["within_1_row"] is True
+    target = result["targets"]["every_task_within_1_row"]
+    assert target["value"] == 1.5 and target["met"] is False
+
+    table = "\n".join(report.quality_bf16_section(
+        {"benchmark": "quality_bf16", "size": "small", "settings": {"seeds": [42, 1]}, **result}))  # fmt: skip
+    assert "| shout | 4 | 0 / 0 | 3.50 (3, 4) | 2.00 (2, 2) | -1.50 | 4 of 8 | 4.50 / 3.00 |" in table
+    assert "largest difference 1.50: **missed**" in table
+    assert "| shout | bfloat16 | 2 of 3 | 1 of 3 | 1.5 | 5 | 2.0e-02 |" in table
+    skipped = {"benchmark": "quality_bf16", "size": "full", "skipped": "no native bf16 here: no avx512_bf16"}
+    assert report.quality_bf16_section(skipped)[-2] == "Not run: no native bf16 here: no avx512_bf16."

@@ -18,6 +18,7 @@ from adapters.models import DEFAULT_MODEL, resolve_model
 from adapters.registry import Registry, new_manifest
 from adapters.schema import LoraInfo, Manifest
 from adapters.templates import TEMPLATE_NAMES, ChatTemplate, get_template, template_from_manifest
+from bench.parity import first_difference, hf_greedy
 from service.inference.chat import chat_prompt_ids
 from service.protocol.chat import ChatCompletionRequest
 from tests.gateway_fixtures import API_KEY, GatewayServer
@@ -158,37 +159,6 @@ def test_live_gateway_counts_the_trainer_prompt_for_every_template_and_format(
 # --- output parity ------------------------------------------------------------------------------------------
 
 
-def hf_greedy(adapter_dir: Path, prompts: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[float]]]:
-    """Greedy ids and their log-probabilities from transformers + peft in fp32, end-of-sequence ignored."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL), dtype=torch.float32)
-    base.generation_config.eos_token_id = None  # the model's own default would stop rows at <|im_end|>
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=0, eos_token_id=None, pad_token_id=pad_id,
-        output_logits=True, return_dict_in_generate=True,
-    )
-    ids_out: list[list[int]] = []
-    logprobs_out: list[list[float]] = []
-    batch = 12
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        width = max(len(p) for p in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
-        new = out.sequences[:, width:]
-        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1)
-        chosen = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        ids_out += new.tolist()
-        logprobs_out += chosen.tolist()
-    return ids_out, logprobs_out
-
-
 def served_tokens(client: Any, model: str, prompt: str, ignore_eos: bool) -> tuple[list[str], list[float], Any]:
     reply = client.chat.completions.create(
         model=model,
@@ -234,7 +204,7 @@ def test_gateway_generates_what_peft_generates_token_for_token(
                 pool.map(lambda p, n=name: served_tokens(client, n, p, False), PROMPTS[:STOP_CHECKED])
             )
     every_prompt = [ids for t in OUTPUT_TEMPLATES for ids in prompt_ids[t]]
-    hf_ids_all, hf_logprobs_all = hf_greedy(peft_adapter_dir, every_prompt, tokenizer.pad_token_id)
+    hf_ids_all, hf_logprobs_all = hf_greedy(peft_adapter_dir, every_prompt, tokenizer.pad_token_id, NEW_TOKENS)
 
     report = []
     for n, t in enumerate(OUTPUT_TEMPLATES):
@@ -245,7 +215,7 @@ def test_gateway_generates_what_peft_generates_token_for_token(
             served, served_lp, _ = free[t][i]
             expected = convert_ids_list_to_tokens(tokenizer, hf_ids[i])
             assert len(served) == NEW_TOKENS
-            first_diff = next((k for k, (a, b) in enumerate(zip(served, expected, strict=True)) if a != b), None)
+            first_diff = first_difference(served, expected)
             gap = max(abs(a - b) for a, b in zip(served_lp, hf_logprobs[i], strict=True))
             report.append((t, i, first_diff, gap))
             assert first_diff is None, f"{t} prompt {i} {prompt!r} diverges at token {first_diff}: {report}"
