@@ -130,6 +130,8 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
     native, bf16_why = native_bf16()
     if native:
         variants["ours_bf16"] = {"dtype": "bfloat16"}
+        if size_name == "full":  # the two together: the smoke size runs each of them on its own only
+            variants["ours_bf16_padding_free"] = {"dtype": "bfloat16", "padding_free": True}
     for label, extra in variants.items():
         config = {"model": model, "rows": str(workdir / "rows.jsonl"), "hyperparameters": {**hp_fields, **extra}}
         runs[label] = _run("bench.train_ours", config, workdir / f"{label}.json")
@@ -159,14 +161,27 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
     }
     if native:
         bf16, fp32 = runs["ours_bf16"], runs["ours"]
-        bf16_speed = ratios["ours_bf16"]["tokens_per_second"] or 0
-        targets["bf16_tokens_per_second_ratio"] = {
-            "value": bf16_speed,
-            "target": ">= 2.0 (ours in bf16 over the baseline in float32)",
-            "met": bf16_speed >= 2.0,
+        for label, key in (("ours_bf16", "bf16"), ("ours_bf16_padding_free", "bf16_padding_free")):
+            if label not in ratios:
+                continue
+            speed = ratios[label]["tokens_per_second"] or 0
+            targets[f"{key}_tokens_per_second_ratio"] = {
+                "value": speed,
+                "target": f">= 2.0 ({label} over the baseline in float32)",
+                "met": speed >= 2.0,
+            }
+        # The loss as each run's trainer reported it (bf16's read through its bf16 base), and the published adapters'
+        # held-out loss both read on the float32 base: what bf16 training learned, apart from bf16's reading of it.
+        compared = {
+            "train_loss": (bf16.get("train_loss"), fp32.get("train_loss")),
+            "eval_loss": (bf16.get("eval_loss"), fp32.get("eval_loss")),
+            "eval_loss_read_in_float32": (
+                (bf16.get("eval_loss_read_in") or {}).get("float32"),
+                (fp32.get("eval_loss_read_in") or {}).get("float32"),
+            ),
         }
-        for figure in ("train_loss", "eval_loss"):
-            value = _ratio(bf16.get(figure), fp32.get(figure))
+        for figure, (ours_bf16, ours_fp32) in compared.items():
+            value = _ratio(ours_bf16, ours_fp32)
             targets[f"bf16_{figure}_within_2pct_of_float32"] = {
                 "value": value,
                 "target": "0.98 .. 1.02",

@@ -110,6 +110,15 @@ def test_training_runs_ours_and_the_baseline_on_the_same_work(tiny_run: Any) -> 
     # Padding-free changes the batch layout, not what is learned from it.
     assert runs["ours_padding_free"]["eval_loss"] == pytest.approx(runs["ours"]["eval_loss"], rel=1e-2)
     assert set(training["ratio"]["ours"]) == TRAINING_FIGURES
+    # Our adapters' held-out loss read on the base in both dtypes: what training learned apart from bf16's reading.
+    for label in set(runs) - {"baseline"}:
+        read = runs[label]["eval_loss_read_in"]
+        assert set(read) == {"float32", "bfloat16"} and all(loss > 0 for loss in read.values())
+        assert runs[label]["lora_change"]["layers"] > 0 and runs[label]["lora_change"]["change_over_output_median"] > 0
+    if bf16:
+        assert {"bf16_eval_loss_read_in_float32_within_2pct_of_float32", "bf16_tokens_per_second_ratio"} <= set(
+            training["targets"]
+        )
 
 
 @pytest.fixture(scope="module")
