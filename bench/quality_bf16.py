@@ -141,7 +141,8 @@ def _parity(url: str, store: Path, name: str, task: Task, dtype: str) -> dict[st
     from service.protocol.chat import ChatCompletionRequest
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(BASE_MODEL_ID))
-    manifest = open_registry(f"file://{store}").resolve(name)
+    registry = open_registry(f"file://{store}")
+    manifest = registry.resolve(name)
     template = template_from_manifest(manifest)
     conversations = [e.messages for e in task.held_out]
     prompt_ids = [
@@ -173,7 +174,7 @@ def _parity(url: str, store: Path, name: str, task: Task, dtype: str) -> dict[st
 
     replies = asyncio.run(served())
     with tempfile.TemporaryDirectory(prefix="skillserve-parity-") as scratch:
-        adapter_dir = open_registry(f"file://{store}").fetch(manifest, Path(scratch) / "adapter")
+        adapter_dir = registry.fetch(manifest, Path(scratch) / "adapter")
         hf_ids, hf_logprobs = hf_greedy(adapter_dir, prompt_ids, tokenizer.pad_token_id, task.max_tokens, dtype)
     stops = set(template.stop_token_ids(tokenizer))
     rows = []
