@@ -252,11 +252,12 @@ def lora_ops_section(r: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = [
-        [c["step"], c["mix"], str(c["tokens"]), str(c["segments"]), _f(c["vllm_ms"], 3), _f(c["ours_ms"], 3),
-         _f(c["speedup"], 1) + "x", _f(c["same_result"])]
+        [c.get("dtype", "float32"), c["step"], c["mix"], str(c["tokens"]), str(c["segments"]), _f(c["vllm_ms"], 3),
+         _f(c["ours_ms"], 3), _f(c["speedup"], 1) + "x", _f(c["same_result"])]
         for c in r["cases"]
     ]  # fmt: skip
-    lines += _table(["step", "adapters", "tokens", "segments", "vLLM ms", "grouped ms", "speed-up", "same"], rows)
+    header = ["dtype", "step", "adapters", "tokens", "segments", "vLLM ms", "grouped ms", "speed-up", "same"]
+    lines += _table(header, rows)
     return [*lines, ""]
 
 

@@ -74,8 +74,11 @@ def test_serving_compares_each_case_on_equal_work(tiny_run: Any) -> None:
 
 def test_lora_ops_are_timed_on_the_same_inputs(tiny_run: Any) -> None:
     ops = tiny_run[0]["lora_ops"]
-    assert {(c["step"], c["mix"]) for c in ops["cases"]} == {
-        (step, mix) for step in ("prefill", "decode") for mix in ("one adapter", "8 adapters interleaved")
+    mixes = ("one adapter", "8 adapters interleaved")
+    assert {(c["dtype"], c["step"], c["mix"]) for c in ops["cases"]} == {
+        (dtype, step, mix)
+        for dtype in ("float32", "bfloat16")
+        for step, mix in [*((step, mix) for step in ("prefill", "decode") for mix in mixes), ("decode", "one request")]
     }
     assert all(c["same_result"] and c["vllm_ms"] > 0 and c["ours_ms"] > 0 for c in ops["cases"])
 

@@ -74,16 +74,24 @@ _upstream: dict[str, Callable[..., None]] = {}
 class Fused:
     """A layer's LoRA slices (q, k, v of a fused QKV projection; gate and up) as one shrink and one expand.
 
-    `a` is every slice's A side by side, (slots, in, slices * rank), in fp32 as vLLM's shrink buffer is.
-    `b` is the slices' B on a block diagonal, (slots, slices * rank, width), in the output's dtype: the
-    zeros off the diagonal add nothing, and one matmul then writes every slice's columns. `blocks` are the
-    diagonal's (rank rows, output columns) per slice, for long runs of rows, where the zeros would cost
-    more arithmetic than the calls they save. `empty` is, per slot, whether the slot leaves the whole layer
-    out; where every slot does, no copy is made (`a` and `b` are None).
+    `a` is every slice's A side by side, (slots, in, slices * rank), and `b` the slices' B on a block
+    diagonal, (slots, slices * rank, width): the zeros off the diagonal add nothing, and one matmul then
+    writes every slice's columns. `blocks` are the diagonal's (rank rows, output columns) per slice, for
+    long runs of rows, where the zeros would cost more arithmetic than the calls they save. `empty` is, per
+    slot, whether the slot leaves the whole layer out; where every slot does, no copy is made (`a` and `b`
+    are None).
+
+    Each comes in two dtypes. `a` and `b` are fp32, as vLLM's shrink buffer is: short runs of rows (decode
+    steps) multiply in fp32 and add into the output once, since a bf16 matmul of a few rows costs about
+    25 us of fixed overhead on these CPUs against 5 for fp32 (BENCHMARKS.md, "CPU LoRA ops"). `a_out` and
+    `b_out` are in the output's dtype (the same tensors where that is fp32): long runs (prompts) multiply
+    in it, where bf16's matrix units pay for the call.
     """
 
     a: torch.Tensor | None
     b: torch.Tensor | None
+    a_out: torch.Tensor | None
+    b_out: torch.Tensor | None
     blocks: tuple[tuple[slice, slice], ...]
     empty: tuple[bool, ...]
 
@@ -124,13 +132,14 @@ def fused_weights(
         for stack, row, rank, col, width in zip(b_stacks, starts, ranks, offsets, slices, strict=True)
     )
     empty = tuple(all(flags) for flags in zip(*(empty_slots(stack) for stack in a_stacks), strict=True))
-    a = b = None
+    a = b = a_out = b_out = None
     if not all(empty):
         a = torch.cat([stack[:, 0].to(torch.float32).transpose(1, 2) for stack in a_stacks], dim=2).contiguous()
-        b = torch.zeros(a.shape[0], sum(ranks), sum(slices), dtype=dtype)
+        b = torch.zeros(a.shape[0], sum(ranks), sum(slices), dtype=torch.float32)
         for stack, (rows, cols) in zip(b_stacks, blocks, strict=True):
-            b[:, rows, cols] = stack[:, 0, : cols.stop - cols.start].to(dtype).transpose(1, 2)
-    fused = Fused(a, b, blocks, empty)
+            b[:, rows, cols] = stack[:, 0, : cols.stop - cols.start].to(torch.float32).transpose(1, 2)
+        a_out, b_out = a.to(dtype), b.to(dtype)
+    fused = Fused(a, b, a_out, b_out, blocks, empty)
     if hit is None:  # the copy goes when vLLM's stacks do (an engine shut down in a long-lived process)
         weakref.finalize(a_stacks[0], _fused.pop, key, None)
     _fused[key] = (tuple(weakref.ref(t) for t in tensors), versions, fused)
@@ -138,21 +147,31 @@ def fused_weights(
 
 
 def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, scale: float) -> None:
-    """out[rows] += (scale * x[rows] @ A[slot]) @ B[slot] for every slot's rows, every slice at once."""
-    assert fused.a is not None and fused.b is not None
+    """out[rows] += (scale * x[rows] @ A[slot]) @ B[slot] for every slot's rows, every slice at once.
+
+    Runs longer than `BATCHED_DEPTH` rows multiply in the output's dtype, shorter ones in fp32 (`Fused`).
+    In the output's dtype the scale is applied inside the expand's accumulation (`alpha`), so the shrink's
+    result is rounded once, as vLLM's fp32 buffer is when its expand reads it in the output's dtype.
+    """
+    assert fused.a is not None and fused.b is not None and fused.a_out is not None and fused.b_out is not None
     dtype, width = out.dtype, out.shape[1]
     for slot, rows in plan.spans:
         if fused.empty[slot]:
             continue
-        h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
-        if scale != 1.0:
-            h.mul_(scale)
-        h = h.to(dtype)
-        if rows.stop - rows.start > BATCHED_DEPTH and len(fused.blocks) > 1:  # a prompt: no products of zeros
-            for ranks, cols in fused.blocks:
-                out[rows, cols].addmm_(h[:, ranks], fused.b[slot, ranks, cols])
+        if rows.stop - rows.start > BATCHED_DEPTH:  # a prompt, in the output's dtype
+            h = torch.mm(x[rows].to(dtype), fused.a_out[slot])
+            if len(fused.blocks) > 1:  # no products of zeros
+                for ranks, cols in fused.blocks:
+                    out[rows, cols].addmm_(h[:, ranks], fused.b_out[slot, ranks, cols], alpha=scale)
+            else:
+                out[rows].addmm_(h, fused.b_out[slot], alpha=scale)
+        elif dtype == torch.float32:
+            out[rows].addmm_(torch.mm(x[rows], fused.a[slot]), fused.b[slot], alpha=scale)
         else:
-            out[rows].addmm_(h, fused.b[slot])
+            h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
+            if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
+                h.mul_(scale)
+            out[rows].add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
@@ -160,16 +179,14 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
         h = torch.bmm(stack, fused.a[: plan.slots])
         if scale != 1.0:
             h.mul_(scale)
-        ys = torch.bmm(h.to(dtype), fused.b[: plan.slots]).view(-1, width).index_select(0, plan.placed)
-    else:
-        xs = x.index_select(0, plan.order).to(torch.float32)
-        ys = out.new_zeros(xs.shape[0], width)
-        for slot, rows in plan.groups:
-            if not fused.empty[slot]:
-                h = torch.mm(xs[rows], fused.a[slot])
-                if scale != 1.0:
-                    h.mul_(scale)
-                torch.mm(h.to(dtype), fused.b[slot], out=ys[rows])
+        ys = torch.bmm(h, fused.b[: plan.slots]).view(-1, width).index_select(0, plan.placed)
+        out.index_add_(0, plan.order, ys.to(dtype))
+        return
+    xs = x.index_select(0, plan.order).to(dtype)
+    ys = out.new_zeros(xs.shape[0], width)
+    for slot, rows in plan.groups:
+        if not fused.empty[slot]:
+            ys[rows].addmm_(torch.mm(xs[rows], fused.a_out[slot]), fused.b_out[slot], alpha=scale)
     out.index_add_(0, plan.order, ys)
 
 
@@ -216,11 +233,11 @@ def add_lora_linear(
     plan = wrapper_plan(self)
     if plan.rows == 0:
         return
-    out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
-    fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, out.dtype)
+    fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, y.dtype)
     if fused is None:
         upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
-    elif not all(fused.empty[slot] for slot in plan.used):
+    elif not all(fused.empty[slot] for slot in plan.used):  # checked first: most layers of a step take this exit
+        out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
         _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
 
 
