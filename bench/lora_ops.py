@@ -7,10 +7,10 @@ an expand-slice per slice. Ours is the replacement: one shrink and one expand ov
 adapter. vLLM's CPU runner sends every step through the prefill (`sgmv_*`) metadata, so that is what is
 timed: prefill steps of 16 requests x 128 tokens and decode steps of 16 requests x 1 token, on one
 adapter and on eight interleaved, and a decode step of one request; each in float32 and in bfloat16
-(the model's dtype, which vLLM keeps the adapters' stacks and the layer's output in). The two implementations run alternately, each timing the median of its
-repeats. One torch thread: vLLM's CPU worker runs on one core here (its OpenMP threads are bound to core
-0, the other core reserved), and two threads on a busy 2-core machine measure the scheduler more than the
-ops.
+(the model's dtype, which vLLM keeps the adapters' stacks and the layer's output in). The two
+implementations run alternately, each timing the median of its repeats. One torch thread: vLLM's CPU
+worker runs on one core here (its OpenMP threads are bound to core 0, the other core reserved), and two
+threads on a busy 2-core machine measure the scheduler more than the ops.
 """
 
 from __future__ import annotations
