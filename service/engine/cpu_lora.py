@@ -77,7 +77,8 @@ class Fused:
     `a` is every slice's A side by side, (slots, in, slices * rank), and `b` the slices' B on a block
     diagonal, (slots, slices * rank, width): the zeros off the diagonal add nothing, and one matmul then
     writes every slice's columns. `blocks` are the diagonal's (rank rows, output columns) per slice, for
-    long runs of rows, where the zeros would cost more arithmetic than the calls they save. `empty` is, per
+    long runs of rows in fp32, where the zeros would cost more arithmetic than the calls they save (in bf16
+    the matrix units multiply them for less than a call costs: BENCHMARKS.md, "CPU LoRA ops"). `empty` is, per
     slot, whether the slot leaves the whole layer out; where every slot does, no copy is made (`a` and `b`
     are None).
 
@@ -160,7 +161,7 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             continue
         if rows.stop - rows.start > BATCHED_DEPTH:  # a prompt, in the output's dtype
             h = torch.mm(x[rows].to(dtype), fused.a_out[slot])
-            if len(fused.blocks) > 1:  # no products of zeros
+            if len(fused.blocks) > 1 and dtype == torch.float32:  # no products of zeros; bf16's units do them
                 for ranks, cols in fused.blocks:
                     out[rows, cols].addmm_(h[:, ranks], fused.b_out[slot, ranks, cols], alpha=scale)
             else:
