@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 ORDER = (
-    "serving", "calibration", "serving_bf16", "lora_ops", "loading", "training", "quality", "facts_forms",
+    "serving", "calibration", "serving_bf16", "products", "lora_ops", "loading", "training", "quality", "facts_forms",
     "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16",
 )  # fmt: skip
 
@@ -239,6 +239,25 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
         *_table(["mix", *(f"c={c} (ours / vLLM)" for c in concurrencies)], cpu_rows),
         "",
     ]
+
+
+def products_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    lines = [
+        "## A decode step's products: bfloat16 / float32 by rows (issue 30)",
+        "",
+        f"Command: `python -m bench --only products`. One product ({s['product']}), {s['threads']} torch thread; "
+        f"{s['timing']}. Native bf16: {_f(s['native_bf16'])} ({s['native_bf16_why']}). A decode step at concurrency "
+        "c multiplies c rows; a prompt of n tokens, n rows.",
+        "",
+    ]
+    rows = [
+        [str(c["rows"]), _f(c["float32_us"], 1), _f(c["bfloat16_us"], 1), _f(c["bf16_speedup"]) + "x",
+         _f(c["float32_weight_gb_per_s"], 1), f"{_f(c['float32_gflop_per_s'], 1)} / {_f(c['bfloat16_gflop_per_s'], 1)}"]
+        for c in r["cases"]
+    ]  # fmt: skip
+    header = ["rows", "float32 us", "bf16 us", "bf16 speed-up", "float32 weight GB/s", "GFLOP/s (float32 / bf16)"]
+    return [*lines, *_table(header, rows), ""]
 
 
 def lora_ops_section(r: dict[str, Any]) -> list[str]:
@@ -711,6 +730,7 @@ SECTIONS = {
     "serving": serving_section,
     "calibration": serving_section,
     "serving_bf16": serving_bf16_section,
+    "products": products_section,
     "lora_ops": lora_ops_section,
     "loading": loading_section,
     "training": training_section,

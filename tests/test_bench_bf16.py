@@ -107,3 +107,15 @@ def test_the_quality_view_compares_each_tasks_mean_and_answers_across_dtypes_and
     assert "| shout | bfloat16 | 2 of 3 | 1 of 3 | 1.5 | 5 | 2.0e-02 |" in table
     skipped = {"benchmark": "quality_bf16", "size": "full", "skipped": "no native bf16 here: no avx512_bf16"}
     assert report.quality_bf16_section(skipped)[-2] == "Not run: no native bf16 here: no avx512_bf16."
+
+
+def test_the_products_view_times_both_dtypes_on_the_same_rows_and_renders() -> None:
+    from bench import products
+
+    result = products.run("tiny")
+    assert [c["rows"] for c in result["cases"]] == list(products.SIZES["tiny"]["rows"])
+    for case in result["cases"]:
+        assert case["float32_us"] > 0 and case["bfloat16_us"] > 0
+        assert abs(case["bf16_speedup"] - case["float32_us"] / case["bfloat16_us"]) < 0.02  # the figures are rounded
+    text = "\n".join(report.products_section(result))
+    assert "bf16 speed-up" in text and f"| 16 | {result['cases'][1]['float32_us']:.1f} |" in text
