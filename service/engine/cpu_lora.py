@@ -78,13 +78,13 @@ class Fused:
     diagonal, (slots, slices * rank, width): the zeros off the diagonal add nothing, and one matmul then
     writes every slice's columns. `blocks` are the diagonal's (rank rows, output columns) per slice, for
     long runs of rows in fp32, where the zeros would cost more arithmetic than the calls they save (in bf16
-    the matrix units multiply them for less than a call costs: BENCHMARKS.md, "CPU LoRA ops"). `empty` is, per
+    the matrix units multiply them for less than a call costs: docs/performance.md). `empty` is, per
     slot, whether the slot leaves the whole layer out; where every slot does, no copy is made (`a` and `b`
     are None).
 
     Each comes in two dtypes. `a` and `b` are fp32, as vLLM's shrink buffer is: short runs of rows (decode
     steps) multiply in fp32 and add into the output once, since a bf16 matmul of a few rows costs about
-    25 us of fixed overhead on these CPUs against 5 for fp32 (BENCHMARKS.md, "CPU LoRA ops"). `a_out` and
+    25 us of fixed overhead on these CPUs against 5 for fp32 (docs/performance.md, "In bfloat16"). `a_out` and
     `b_out` are in the output's dtype (the same tensors where that is fp32): long runs (prompts) multiply
     in it, where bf16's matrix units pay for the call.
     """
@@ -237,8 +237,8 @@ def add_lora_linear(
     fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, y.dtype)
     if fused is None:
         upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
-    elif not all(fused.empty[slot] for slot in plan.used):  # checked first: most layers of a step take this exit
-        out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
+    elif not all(fused.empty[slot] for slot in plan.used):
+        out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]  # made only for a layer the step's adapters target
         _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
 
 
