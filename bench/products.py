@@ -18,17 +18,18 @@ from typing import Any
 import torch
 
 IN, OUT, LAYERS = 576, 1536, 60
-SIZES = {"tiny": {"rows": (1, 16), "rounds": 1}, "full": {"rows": (1, 4, 16, 64, 128, 512), "rounds": 5}}
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"rows": (1, 16), "rounds": 1},
+    "full": {"rows": (1, 4, 16, 64, 128, 512), "rounds": 5},
+}
 DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _round(handles: list[Any], x: torch.Tensor) -> float:
+def _round(mm: Any, handles: list[Any], x: torch.Tensor) -> float:
     """Seconds per product over one pass through every weight."""
-    from vllm import _custom_ops as ops
-
     started = time.perf_counter()
     for handle in handles:
-        ops.onednn_mm(handle, x, None)
+        mm(handle, x, None)
     return (time.perf_counter() - started) / len(handles)
 
 
@@ -50,10 +51,10 @@ def run(size_name: str, workdir: Any = None) -> dict[str, Any]:
             inputs = {dtype: x.to(dtype) for dtype in DTYPES}
             times: dict[torch.dtype, list[float]] = {dtype: [] for dtype in DTYPES}
             for dtype in DTYPES:  # warm-up: oneDNN makes its kernel for the shape on first use
-                _round(handles[dtype], inputs[dtype])
+                _round(ops.onednn_mm, handles[dtype], inputs[dtype])
             for _ in range(size["rounds"]):
                 for dtype in DTYPES:
-                    times[dtype].append(_round(handles[dtype], inputs[dtype]))
+                    times[dtype].append(_round(ops.onednn_mm, handles[dtype], inputs[dtype]))
             fp32, bf16 = (statistics.median(times[dtype]) for dtype in DTYPES)
             cases.append(
                 {
