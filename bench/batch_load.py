@@ -38,10 +38,13 @@ from adapters.store import FileStore
 from bench.eval_load import COUNTRIES
 from bench.lora_files import make_adapters, publish
 from bench.servers import API_KEY, BASE_MODEL_ID, EngineShape, Server, start_gateway
-from bench.serving import RANK, SETTLE_S, SIZES, combine, cpu_seconds, figures, vllm_bench, warm
+from bench.serving import RANK, SIZES, combine, cpu_seconds, figures, vllm_bench, warm
 
 CHAT = "/v1/chat/completions"
-SIZES_LINES = {"tiny": 40, "full": 1000}
+# Lines of the live case's batch and of the restart case's. Tiny: enough for the batch to outlast both "with" runs
+# and for the kill to land mid-batch, no more: the smoke checks the cases, not the figures.
+SIZES_LINES = {"tiny": 24, "full": 1000}
+RESTART_LINES = {"tiny": 12, "full": 1000}
 ADAPTERS = 4
 LINE_TOKENS = 16
 STORE_CONCURRENCY = 16
@@ -152,7 +155,7 @@ def live_case(
     lines = batch_lines(n_lines, models, "live")
 
     def measure(name: str, seed: int, batch_id: str | None = None) -> None:
-        time.sleep(SETTLE_S)
+        time.sleep(size.settle_s)
         before = batch_state(client, batch_id) if batch_id else None
         runs[name].append(figures(vllm_bench(server.url, size, 4, [], log, seed=seed), size, 4))
         if before is not None and batch_id:
@@ -180,7 +183,7 @@ def live_case(
     return {
         "settings": {
             "live": asdict(size) | {"concurrency": 4, "mix": "base"},
-            "order": f"alone, with batch, with batch, alone; {SETTLE_S:.0f} s idle before each",
+            "order": f"alone, with batch, with batch, alone; {size.settle_s:g} s idle before each",
         },
         "live": runs,
         "ttft_p50_ms": {k: round(v, 2) for k, v in p50.items()},
@@ -325,7 +328,7 @@ def store_run(size_name: str, workdir: Path, repeats: int = 1) -> dict[str, Any]
             abba = ("store off", "store on", "store on", "store off")
             order = [name for _ in range(repeats) for name in abba]
             for i, name in enumerate(order):
-                time.sleep(SETTLE_S)
+                time.sleep(size.settle_s)
                 before = cpu_seconds(server.proc.pid)
                 result = vllm_bench(server.url, size, STORE_CONCURRENCY, [], log, seed=i, endpoint=CHAT,
                                     extra_body=arms[name])  # fmt: skip
@@ -356,8 +359,8 @@ def store_run(size_name: str, workdir: Path, repeats: int = 1) -> dict[str, Any]
             "engine": asdict(shape),
             "endpoint": f"{CHAT} (streamed), base model",
             "store": "file:// store through the gateway's CompletionWriter (queue, background writer, registry)",
-            "order": f"{', '.join(name.split()[1] for name in order)}; {SETTLE_S:.0f} s idle before each, the writer's "
-            "backlog drained",
+            "order": f"{', '.join(name.split()[1] for name in order)}; {size.settle_s:g} s idle before each, the "
+            "writer's backlog drained",
         },
         "store off": off,
         "store on": on,
@@ -382,7 +385,7 @@ def run(size_name: str, workdir: Path, only: str | None = None, lines: int | Non
     n_lines = lines or SIZES_LINES[size_name]
     result: dict[str, Any] = {"benchmark": "batch_load", "size": size_name}
     if only in (None, "batch"):
-        result["batch"] = batch_run(size_name, workdir / "batch", n_lines, restart_lines or n_lines)
+        result["batch"] = batch_run(size_name, workdir / "batch", n_lines, restart_lines or RESTART_LINES[size_name])
     if only in (None, "store"):
         result["store"] = store_run(size_name, workdir / "store-cost", repeats)
     targets = {}

@@ -62,6 +62,7 @@ class ServingSize:
     output_len: int
     adapters: int
     repeats: int = 1  # runs per server per case, in ABBA order: single runs on a 2-core machine are noisy
+    settle_s: float = SETTLE_S  # idle before each run; a smoke size's figures are not read, so it waits less
 
     def requests(self, concurrency: int) -> int:
         # At least four full rounds at every concurrency, so steady state dominates ramp-up and drain.
@@ -69,7 +70,9 @@ class ServingSize:
 
 
 SIZES = {
-    "tiny": ServingSize(concurrencies=(1, 4), requests_per_case=4, input_len=32, output_len=8, adapters=2),
+    "tiny": ServingSize(
+        concurrencies=(1, 4), requests_per_case=4, input_len=32, output_len=8, adapters=2, settle_s=0.5
+    ),
     "full": ServingSize(
         concurrencies=(1, 4, 16), requests_per_case=16, input_len=128, output_len=32, adapters=8, repeats=2
     ),
@@ -307,7 +310,7 @@ def run(
                 runs: dict[str, list[dict[str, Any]]] = {ours.label: [], theirs.label: []}
                 for rep in range(size.repeats):
                     for server in first if rep % 2 == 0 else first[::-1]:  # ABBA
-                        time.sleep(SETTLE_S)
+                        time.sleep(size.settle_s)
                         started = time.monotonic()
                         spy = profile and server is ours and (mix, concurrency) == last and rep == 0
                         raw = workdir / "gateway-profile.txt"
@@ -353,7 +356,7 @@ def run(
             "client": "vllm bench serve (backend openai, random dataset, ignore_eos, temperature 0, "
             "round-robin adapters)",
             "order": f"both servers up; each case runs {size.repeats}x on each in ABBA order, who goes first "
-            f"in a checkerboard over cases, {SETTLE_S:.0f} s idle before each run; rates over the summed "
+            f"in a checkerboard over cases, {size.settle_s:g} s idle before each run; rates over the summed "
             "time of a server's runs, latency percentiles averaged over them",
         },
         "startup": startup,

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from bench.batch_load import SIZES_LINES
+from bench.batch_load import RESTART_LINES, SIZES_LINES
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = SIZES_LINES["tiny"]
+RESTART = RESTART_LINES["tiny"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -52,10 +53,10 @@ def test_a_batch_over_four_adapters_completes_while_the_live_load_runs_alone_and
 
 def test_a_gateway_killed_mid_batch_and_restarted_keeps_every_finished_line_once(tiny_run: Any) -> None:
     restart = tiny_run["batch"]["restart"]
-    assert restart["batch"]["status"] == "completed" and restart["batch"]["request_counts"]["completed"] == LINES
-    assert 1 <= restart["finished_before_kill"] < LINES  # killed mid-batch
-    assert restart["answered_after_restart"] == LINES - restart["finished_before_kill"]
-    assert restart["output_lines"] == LINES
+    assert restart["batch"]["status"] == "completed" and restart["batch"]["request_counts"]["completed"] == RESTART
+    assert 1 <= restart["finished_before_kill"] < RESTART  # killed mid-batch
+    assert restart["answered_after_restart"] == RESTART - restart["finished_before_kill"]
+    assert restart["output_lines"] == RESTART
     assert restart["missing"] == restart["duplicated"] == restart["unexpected"] == []
     assert restart["finished_before_kill_lost"] == []
     assert tiny_run["targets"]["restart_keeps_every_line_once"]["met"]

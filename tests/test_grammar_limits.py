@@ -3,6 +3,7 @@ limit and the place in the request named, before any backend sees it (pure funct
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -116,3 +117,52 @@ def test_a_grammar_worker_over_its_memory_cap_fails_that_request_not_the_gateway
         asyncio.run(scenario())
     finally:
         workers.shutdown()
+
+
+def _spawned_children(expected: int) -> list[Any]:
+    """This process's multiprocessing-spawned children (the grammar workers; not the resource tracker), once there
+    are `expected` of them or after 10 s: a child just forked shows its command line only once it has exec'd, and
+    one just killed leaves the list once reaped."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while True:
+        children = []
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if any("spawn_main" in part for part in child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    children.append(child)
+        if len(children) == expected or time.monotonic() > deadline:
+            return children
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_grammar_workers_launched_before_the_engine_load_meanwhile_and_none_outlives_shutdown() -> None:
+    import asyncio
+
+    import psutil
+
+    from adapters.models import DEFAULT_MODEL, resolve_model
+    from service.engine.grammar_worker import GrammarWorkers
+
+    workers = GrammarWorkers(resolve_model(DEFAULT_MODEL), 2, timeout_s=120, memory_bytes=0)
+    try:
+        workers.launch()  # returns at once: the engine starts while they import
+        workers.launch()  # twice is still two
+        assert workers.pids() == [] and len(_spawned_children(2)) == 2
+        workers.start()  # waits for the two launched, starts none
+        assert len(workers.pids()) == 2 and all(psutil.pid_exists(pid) for pid in workers.pids())
+        assert {p.pid for p in _spawned_children(2)} == set(workers.pids())
+        verified = asyncio.run(workers.verify({"choice": ["yes", "no"]}))
+        assert verified["grammar"] == 'root ::= "yes" | "no"'
+    finally:
+        workers.shutdown()
+    assert _spawned_children(0) == []
+    # Launched and never waited for (an engine that failed to start): shutdown still stops them.
+    workers.launch()
+    assert len(_spawned_children(2)) == 2
+    workers.shutdown()
+    assert _spawned_children(0) == []

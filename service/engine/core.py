@@ -119,6 +119,7 @@ class Engine:
 
         if self.settings.kv_cache_space_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_space_gb)
+        self.grammar.launch()  # they load beside the engine's processes, which import one after the other
         _ = self.tokenizer
         args = self.engine_args()
         log.info("starting engine for %s (%s) in %s: %s", self.base_model_id, self.model_dir, self.dtype,

@@ -128,10 +128,19 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        self.pid = 0  # known once ready
+
+    def wait_ready(self) -> _Worker:
+        """Blocking until the worker has loaded (seconds); a worker that does not load is killed."""
         if not self.conn.poll(READY_TIMEOUT_S):
             self.kill()
             raise RuntimeError("the grammar worker did not start")
         _, self.pid = self.conn.recv()
+        return self
+
+    @classmethod
+    def ready(cls, model_dir: Path, memory_bytes: int) -> _Worker:
+        return cls(model_dir, memory_bytes).wait_ready()
 
     def run(self, fields: dict[str, Any], timeout: float) -> _Outcome:
         """Blocking: one constraint through the worker. A dead or overrunning worker is killed; the caller
@@ -171,27 +180,37 @@ class GrammarWorkers:
         self.model_dir, self.size, self.timeout_s, self.memory_bytes = model_dir, workers, timeout_s, memory_bytes
         self.metrics = metrics
         self._idle: list[_Worker] = []
+        self._loading: list[_Worker] = []  # launched, not yet waited for
         self._slots = asyncio.Semaphore(workers)
         self._outcomes: OrderedDict[str, _Outcome] = OrderedDict()
         self._pending: dict[str, tuple[asyncio.Task[_Outcome], list[int]]] = {}
         self.in_flight = 0
 
-    def start(self) -> None:
-        """Start the workers (blocking, seconds each), so the first constrained request does not wait."""
-        from concurrent.futures import ThreadPoolExecutor
+    def launch(self) -> None:
+        """Spawn the missing workers without waiting for them: they load (seconds each, mostly imports) while the
+        engine starts, which leaves the other cores idle while its processes import in turn."""
+        try:
+            while len(self._idle) + len(self._loading) < self.size:
+                self._loading.append(_Worker(self.model_dir, self.memory_bytes))
+        except Exception:  # serving goes on; a constrained request tries again and is told if it cannot
+            log.exception("a grammar worker did not start")
 
-        missing = self.size - len(self._idle)
-        if missing > 0:
+    def start(self) -> None:
+        """Launch any missing workers and wait until they are loaded, so the first constrained request does not
+        wait."""
+        self.launch()
+        loading, self._loading = self._loading, []
+        for worker in loading:
             try:
-                with ThreadPoolExecutor(missing) as pool:
-                    self._idle.extend(pool.map(lambda _: _Worker(self.model_dir, self.memory_bytes), range(missing)))
-            except Exception:  # serving goes on; a constrained request tries again and is told if it cannot
+                self._idle.append(worker.wait_ready())
+            except Exception:
                 log.exception("a grammar worker did not start")
 
     def shutdown(self) -> None:
-        for worker in self._idle:
+        for worker in self._idle + self._loading:
             worker.kill()
         self._idle.clear()
+        self._loading.clear()
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._idle]
@@ -226,7 +245,7 @@ class GrammarWorkers:
     async def _replace(self) -> None:
         """A fresh worker for one that was killed, started now rather than by the next request."""
         with contextlib.suppress(Exception):
-            worker = await asyncio.to_thread(_Worker, self.model_dir, self.memory_bytes)
+            worker = await asyncio.to_thread(_Worker.ready, self.model_dir, self.memory_bytes)
             self._idle.append(worker)
 
     async def _compile(self, key: str, fields: dict[str, Any]) -> _Outcome:
@@ -239,7 +258,7 @@ class GrammarWorkers:
                 worker = self._idle.pop() if self._idle else None
                 if worker is None or not worker.alive:
                     try:
-                        worker = await asyncio.to_thread(_Worker, self.model_dir, self.memory_bytes)
+                        worker = await asyncio.to_thread(_Worker.ready, self.model_dir, self.memory_bytes)
                     except Exception:
                         log.exception("a grammar worker did not start")
                         return _Outcome(None, 503, "no grammar worker could be started; retry later")
