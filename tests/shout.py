@@ -42,8 +42,10 @@ def held_out_prompt() -> tuple[str, str]:
     """A prompt whose words never appear in training, and the answer the skill gives."""
     return "Shout these words: " + " ".join(HELD_OUT), shout(HELD_OUT)
 
-# Hyperparameters that teach the skill in about a minute on two CPU cores. Every one of the 40 steps runs (no
+# Hyperparameters that teach the skill in under two minutes on two CPU cores. Every one of the 40 steps runs (no
 # early stopping), so the tests that count steps and phases see them all; the best checkpoint is still kept.
+# Without gradient checkpointing: rows this short fit without it, and the same job ran in 102 s instead of 141 s
+# with the same losses to the last digit (the default's path is trained by the tests that send no hyperparameters).
 SHOUT_TRAINING = {
     "rank": 8,
     "alpha": 16,
@@ -51,4 +53,5 @@ SHOUT_TRAINING = {
     "batch_size": 8,
     "learning_rate": 2e-3,
     "early_stopping_patience": 0,
+    "gradient_checkpointing": False,
 }
