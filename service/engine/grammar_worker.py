@@ -187,8 +187,8 @@ class GrammarWorkers:
         self.in_flight = 0
 
     def launch(self) -> None:
-        """Spawn the missing workers without waiting for them: they load (seconds each, mostly imports) while the
-        engine starts, which leaves the other cores idle while its processes import in turn."""
+        """Spawn the missing workers without waiting for them: they load (seconds each, mostly imports) on the
+        cores the engine leaves idle while its processes start one after the other."""
         try:
             while len(self._idle) + len(self._loading) < self.size:
                 self._loading.append(_Worker(self.model_dir, self.memory_bytes))
