@@ -31,6 +31,10 @@ SEGMENTS = {
     "every slot used": ([3, 2, 1, 0], [1, 4, 2, 6]),
     "uneven segments, slots repeated": ([1, 0, 1, 2, 1], [13, 1, 2, 7, 1]),
     "decode: one row per request": ([0, 1, 2, 3, 0, 1, 2, 3, -1], [1] * 9),
+    # Requests on one adapter one after another make one run: a decode step on one adapter, multiplied in place.
+    "decode: every request on one adapter": ([2, 2, 2, 2], [1, 1, 1, 1]),
+    # Gathered rows stack only the slots they use, here two apart (1 and 3), so the stack is a copy.
+    "decode: two slots apart, a base row between": ([3, 3, 1, -1, 1], [1, 1, 1, 1, 1]),
     # Runs longer than BATCHED_DEPTH are multiplied in place; shorter ones gathered, in one batched matmul
     # or, where a slot's gathered rows outnumber BATCHED_DEPTH, one matmul per slot.
     "long prompts, two adapters": ([0, 3], [40, 37]),
@@ -378,6 +382,20 @@ def test_the_steps_plan_is_made_again_when_vllm_updates_the_metadata() -> None:
     wrapper.update_metadata(LoRAMapping((8, 8, 0), (8, 0), is_prefill=True), ids, 4, 100)
     second = vllm_cpu_lora.wrapper_plan(wrapper)
     assert second.used == (1,) and second.rows == 2
+
+
+def test_a_plan_joins_a_slots_runs_and_stacks_only_the_slots_used() -> None:
+    """Requests that follow one another on a slot are one run; gathered rows read only their slots' weights."""
+    one = cpu_lora_ops.segment_plan(*segments("decode: every request on one adapter")[:3])
+    assert one.spans == ((2, slice(0, 4)),) and one.order is None
+    apart = cpu_lora_ops.segment_plan(*segments("decode: two slots apart, a base row between")[:3])
+    assert apart.spans == () and apart.groups == ((1, slice(0, 2)), (3, slice(2, 4)))
+    assert apart.slots == 2 and apart.depth == 2
+    assert apart.order is not None and apart.order.tolist() == [2, 4, 0, 1]  # row 3 has no adapter
+    stack = torch.arange(float(SLOTS)).view(SLOTS, 1, 1)
+    assert apart.stacked(stack).flatten().tolist() == [1.0, 3.0]
+    consecutive = cpu_lora_ops.token_plan(torch.tensor([2, 1, 2, -1]))
+    assert consecutive.slots == 2 and consecutive.stacked(stack).data_ptr() == stack[1].data_ptr()  # a view
 
 
 def test_the_self_check_finds_a_layer_that_disagrees() -> None:

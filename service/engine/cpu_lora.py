@@ -155,32 +155,34 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
     result is rounded once, as vLLM's fp32 buffer is when its expand reads it in the output's dtype.
     """
     assert fused.a is not None and fused.b is not None and fused.a_out is not None and fused.b_out is not None
-    dtype, width = out.dtype, out.shape[1]
+    dtype, (n, width) = out.dtype, out.shape
     for slot, rows in plan.spans:
         if fused.empty[slot]:
             continue
+        # Slicing makes a tensor (a few microseconds in a decode step): a span of every row takes them whole.
+        xs, dest = (x, out) if rows.start == 0 and rows.stop == n else (x[rows], out[rows])
         if rows.stop - rows.start > BATCHED_DEPTH:  # a prompt, in the output's dtype
-            h = torch.mm(x[rows].to(dtype), fused.a_out[slot])
+            h = torch.mm(xs.to(dtype), fused.a_out[slot])
             if len(fused.blocks) > 1 and dtype == torch.float32:  # no products of zeros; bf16's units do them
                 for ranks, cols in fused.blocks:
-                    out[rows, cols].addmm_(h[:, ranks], fused.b_out[slot, ranks, cols], alpha=scale)
+                    dest[:, cols].addmm_(h[:, ranks], fused.b_out[slot, ranks, cols], alpha=scale)
             else:
-                out[rows].addmm_(h, fused.b_out[slot], alpha=scale)
+                dest.addmm_(h, fused.b_out[slot], alpha=scale)
         elif dtype == torch.float32:
-            out[rows].addmm_(torch.mm(x[rows], fused.a[slot]), fused.b[slot], alpha=scale)
+            dest.addmm_(torch.mm(xs, fused.a[slot]), fused.b[slot], alpha=scale)
         else:
-            h = torch.mm(x[rows].to(torch.float32), fused.a[slot])
+            h = torch.mm(xs.to(torch.float32), fused.a[slot])
             if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
                 h.mul_(scale)
-            out[rows].add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
+            dest.add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
         stack = x.index_select(0, plan.source).to(torch.float32).view(plan.slots, plan.depth, x.shape[1])
-        h = torch.bmm(stack, fused.a[: plan.slots])
+        h = torch.bmm(stack, plan.stacked(fused.a))
         if scale != 1.0:
             h.mul_(scale)
-        ys = torch.bmm(h, fused.b[: plan.slots]).view(-1, width).index_select(0, plan.placed)
+        ys = torch.bmm(h, plan.stacked(fused.b)).view(-1, width).index_select(0, plan.placed)
         out.index_add_(0, plan.order, ys.to(dtype))
         return
     xs = x.index_select(0, plan.order).to(dtype)
@@ -237,9 +239,13 @@ def add_lora_linear(
     fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, y.dtype)
     if fused is None:
         upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
-    elif not all(fused.empty[slot] for slot in plan.used):
-        out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]  # made only for a layer the step's adapters target
-        _apply_fused(plan, x.view(-1, x.shape[-1]), fused, out, scale)
+    elif fused.a is not None and not all(fused.empty[slot] for slot in plan.used):
+        # Views only where needed: each costs a few microseconds, 120 layers a step.
+        out = y if y.dim() == 2 else y.view(-1, y.shape[-1])
+        width = sum(output_slices)
+        if out.shape[1] != width:
+            out = out[:, :width]
+        _apply_fused(plan, x if x.dim() == 2 else x.view(-1, x.shape[-1]), fused, out, scale)
 
 
 def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:

@@ -26,8 +26,10 @@ class Plan:
     any) holds the other rows that have an adapter, sorted by slot; `groups` are each slot's slice of it.
     For the batched matmul, the (slots, depth, features) stack is gathered in one `index_select` by
     `source` (the batch row at each place of the stack; a place no row fills repeats one that does, and its
-    product is never read), and `placed` is where each row of `order` sits in the flattened stack. Rows with
-    the index -1 (no adapter) are in neither.
+    product is never read), and `placed` is where each row of `order` sits in the flattened stack. The stack
+    holds only the slots the rows use (`stacked`): a slot no row of the step uses is not read, which matters
+    because a decode step's products are bound by reading the weights from memory. Rows with the index -1
+    (no adapter) are in neither.
     """
 
     spans: tuple[tuple[int, slice], ...] = ()
@@ -35,8 +37,20 @@ class Plan:
     groups: tuple[tuple[int, slice], ...] = ()
     source: torch.Tensor | None = None
     placed: torch.Tensor | None = None
-    slots: int = 0  # the stack's first dimension: the highest slot used, plus one
+    slots: int = 0  # the stack's first dimension: the slots used
     depth: int = 0
+
+    def stacked(self, weights: torch.Tensor) -> torch.Tensor:
+        """The used slots' matrices, in the stack's order: a view where they are consecutive, else a copy."""
+        first, last = self.groups[0][0], self.groups[-1][0]
+        if last - first + 1 == len(self.groups):
+            return weights[first : last + 1]
+        return weights.index_select(0, self.slot_index)
+
+    @functools.cached_property
+    def slot_index(self) -> torch.Tensor:
+        """The used slots in the stack's order, for `stacked` to gather."""
+        return torch.tensor([slot for slot, _ in self.groups])
 
     @functools.cached_property
     def used(self) -> tuple[int, ...]:
@@ -56,17 +70,21 @@ def _gathered(rows: torch.Tensor, slots: torch.Tensor, spans: tuple[tuple[int, s
     by_slot = torch.argsort(slots, stable=True)
     order, slot_of = rows[by_slot], slots[by_slot]
     counts = torch.bincount(slot_of)
+    used = torch.nonzero(counts).flatten()
+    counts = counts[used]
     groups, start = [], 0
-    for slot, count in enumerate(counts.tolist()):
-        if count:
-            groups.append((slot, slice(start, start + count)))
-            start += count
+    for slot, count in zip(used.tolist(), counts.tolist(), strict=True):
+        groups.append((slot, slice(start, start + count)))
+        start += count
+    place = torch.empty(int(used[-1]) + 1, dtype=torch.long)
+    place[used] = torch.arange(used.numel())
+    at = place[slot_of]  # each row's place in the stack: its slot's rank among the used ones
     first_row = torch.cumsum(counts, 0) - counts  # where each slot's rows start in `order`
     depth = int(counts.max())
-    placed = slot_of * depth + torch.arange(order.numel(), device=order.device) - first_row[slot_of]
-    source = order[:1].repeat(counts.numel() * depth)
+    placed = at * depth + torch.arange(order.numel(), device=order.device) - first_row[at]
+    source = order[:1].repeat(used.numel() * depth)
     source[placed] = order
-    return Plan(spans, order, tuple(groups), source, placed, counts.numel(), depth)
+    return Plan(spans, order, tuple(groups), source, placed, used.numel(), depth)
 
 
 def token_plan(indices: torch.Tensor) -> Plan:
@@ -87,13 +105,23 @@ _last_segments: tuple[tuple[Any, ...], Plan] | None = None
 def segment_plan(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices: torch.Tensor) -> Plan:
     """The plan for vLLM's prefill segments (the `sgmv_*` ops): runs of consecutive rows on one slot each.
 
-    Every LoRA layer of a step gets the same segments, so the last plan is kept and reused.
+    Segments that follow one another on the same slot make one run: vLLM's CPU runner gives every request
+    its own segment, so a decode step of several requests on one adapter is one run, multiplied in place,
+    instead of rows gathered one per request. Every LoRA layer of a step gets the same segments, so the last
+    plan is kept and reused.
     """
     global _last_segments
     key = (tuple(seq_starts.tolist()), tuple(seq_lens.tolist()), tuple(lora_indices.tolist()))
     if _last_segments is not None and _last_segments[0] == key:
         return _last_segments[1]
-    runs = [(slot, start, n) for start, n, slot in zip(*key, strict=True) if slot >= 0 and n > 0]
+    runs: list[tuple[int, int, int]] = []
+    for start, n, slot in zip(*key, strict=True):
+        if slot < 0 or n <= 0:
+            continue
+        if runs and runs[-1][0] == slot and runs[-1][1] + runs[-1][2] == start:  # rows that follow on: one run
+            runs[-1] = (slot, runs[-1][1], runs[-1][2] + n)
+        else:
+            runs.append((slot, start, n))
     long = tuple((slot, slice(start, start + n)) for slot, start, n in runs if n > BATCHED_DEPTH or len(runs) == 1)
     short = [(slot, start, n) for slot, start, n in runs if not (n > BATCHED_DEPTH or len(runs) == 1)]
     if not short:
@@ -159,7 +187,7 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
         stack = x.index_select(0, plan.source).to(dtype=dtype).view(plan.slots, plan.depth, x.shape[1])
-        ys = torch.bmm(stack, w[: plan.slots]).view(-1, width).index_select(0, plan.placed)
+        ys = torch.bmm(stack, plan.stacked(w)).view(-1, width).index_select(0, plan.placed)
     else:
         xs = x.index_select(0, plan.order).to(dtype=dtype)
         ys = xs.new_zeros(xs.shape[0], width)
