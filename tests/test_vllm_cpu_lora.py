@@ -31,10 +31,10 @@ SEGMENTS = {
     "every slot used": ([3, 2, 1, 0], [1, 4, 2, 6]),
     "uneven segments, slots repeated": ([1, 0, 1, 2, 1], [13, 1, 2, 7, 1]),
     "decode: one row per request": ([0, 1, 2, 3, 0, 1, 2, 3, -1], [1] * 9),
-    # Requests on one adapter one after another make one run: a decode step on one adapter, multiplied in place.
-    "decode: every request on one adapter": ([2, 2, 2, 2], [1, 1, 1, 1]),
     # Gathered rows stack only the slots they use, here two apart (1 and 3), so the stack is a copy.
-    "decode: two slots apart, a base row between": ([3, 3, 1, -1, 1], [1, 1, 1, 1, 1]),
+    "decode: two slots apart, a base row between": ([3, 1, -1, 1, 3], [1, 1, 1, 1, 1]),
+    # One row a slot: the stack is the rows in slot order, with nothing to place.
+    "decode: one request per adapter": ([2, 0, 3], [1, 1, 1]),
     # Runs longer than BATCHED_DEPTH are multiplied in place; shorter ones gathered, in one batched matmul
     # or, where a slot's gathered rows outnumber BATCHED_DEPTH, one matmul per slot.
     "long prompts, two adapters": ([0, 3], [40, 37]),
@@ -384,14 +384,12 @@ def test_the_steps_plan_is_made_again_when_vllm_updates_the_metadata() -> None:
     assert second.used == (1,) and second.rows == 2
 
 
-def test_a_plan_joins_a_slots_runs_and_stacks_only_the_slots_used() -> None:
-    """Requests that follow one another on a slot are one run; gathered rows read only their slots' weights."""
-    one = cpu_lora_ops.segment_plan(*segments("decode: every request on one adapter")[:3])
-    assert one.spans == ((2, slice(0, 4)),) and one.order is None
+def test_gathered_rows_stack_only_the_slots_they_use() -> None:
+    """A decode step's products are bound by reading the weights: a slot no row uses is not read."""
     apart = cpu_lora_ops.segment_plan(*segments("decode: two slots apart, a base row between")[:3])
     assert apart.spans == () and apart.groups == ((1, slice(0, 2)), (3, slice(2, 4)))
     assert apart.slots == 2 and apart.depth == 2
-    assert apart.order is not None and apart.order.tolist() == [2, 4, 0, 1]  # row 3 has no adapter
+    assert apart.order is not None and apart.order.tolist() == [1, 3, 0, 4]  # row 2 has no adapter
     stack = torch.arange(float(SLOTS)).view(SLOTS, 1, 1)
     assert apart.stacked(stack).flatten().tolist() == [1.0, 3.0]
     consecutive = cpu_lora_ops.token_plan(torch.tensor([2, 1, 2, -1]))

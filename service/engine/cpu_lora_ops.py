@@ -105,23 +105,13 @@ _last_segments: tuple[tuple[Any, ...], Plan] | None = None
 def segment_plan(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices: torch.Tensor) -> Plan:
     """The plan for vLLM's prefill segments (the `sgmv_*` ops): runs of consecutive rows on one slot each.
 
-    Segments that follow one another on the same slot make one run: vLLM's CPU runner gives every request
-    its own segment, so a decode step of several requests on one adapter is one run, multiplied in place,
-    instead of rows gathered one per request. Every LoRA layer of a step gets the same segments, so the last
-    plan is kept and reused.
+    Every LoRA layer of a step gets the same segments, so the last plan is kept and reused.
     """
     global _last_segments
     key = (tuple(seq_starts.tolist()), tuple(seq_lens.tolist()), tuple(lora_indices.tolist()))
     if _last_segments is not None and _last_segments[0] == key:
         return _last_segments[1]
-    runs: list[tuple[int, int, int]] = []
-    for start, n, slot in zip(*key, strict=True):
-        if slot < 0 or n <= 0:
-            continue
-        if runs and runs[-1][0] == slot and runs[-1][1] + runs[-1][2] == start:  # rows that follow on: one run
-            runs[-1] = (slot, runs[-1][1], runs[-1][2] + n)
-        else:
-            runs.append((slot, start, n))
+    runs = [(slot, start, n) for start, n, slot in zip(*key, strict=True) if slot >= 0 and n > 0]
     long = tuple((slot, slice(start, start + n)) for slot, start, n in runs if n > BATCHED_DEPTH or len(runs) == 1)
     short = [(slot, start, n) for slot, start, n in runs if not (n > BATCHED_DEPTH or len(runs) == 1)]
     if not short:
