@@ -183,7 +183,7 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
         if scale != 1.0:
             h.mul_(scale)
         ys = torch.bmm(h, plan.stacked(fused.b)).view(-1, width)
-        if plan.depth > 1:  # with one row a slot, the stack is `order` itself
+        if plan.depth > 1:  # with one row a slot, the products already come in `order`
             ys = ys.index_select(0, plan.placed)
         out.index_add_(0, plan.order, ys.to(dtype))
         return
