@@ -177,7 +177,9 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
         stack = x.index_select(0, plan.source).to(dtype=dtype).view(plan.slots, plan.depth, x.shape[1])
-        ys = torch.bmm(stack, plan.stacked(w)).view(-1, width).index_select(0, plan.placed)
+        ys = torch.bmm(stack, plan.stacked(w)).view(-1, width)
+        if plan.depth > 1:  # with one row a slot, the products already come in `order`
+            ys = ys.index_select(0, plan.placed)
     else:
         xs = x.index_select(0, plan.order).to(dtype=dtype)
         ys = xs.new_zeros(xs.shape[0], width)
