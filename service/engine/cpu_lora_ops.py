@@ -37,8 +37,12 @@ class Plan:
     groups: tuple[tuple[int, slice], ...] = ()
     source: torch.Tensor | None = None
     placed: torch.Tensor | None = None
-    slots: int = 0  # the stack's first dimension: the slots used
     depth: int = 0
+
+    @property
+    def slots(self) -> int:
+        """The stack's first dimension: the slots the gathered rows use."""
+        return len(self.groups)
 
     def stacked(self, weights: torch.Tensor) -> torch.Tensor:
         """The used slots' matrices, in the stack's order: a view where they are consecutive, else a copy."""
@@ -84,7 +88,7 @@ def _gathered(rows: torch.Tensor, slots: torch.Tensor, spans: tuple[tuple[int, s
     placed = at * depth + torch.arange(order.numel(), device=order.device) - first_row[at]
     source = order[:1].repeat(used.numel() * depth)
     source[placed] = order
-    return Plan(spans, order, tuple(groups), source, placed, used.numel(), depth)
+    return Plan(spans, order, tuple(groups), source, placed, depth)
 
 
 def token_plan(indices: torch.Tensor) -> Plan:
