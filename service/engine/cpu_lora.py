@@ -182,9 +182,7 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
         h = torch.bmm(stack, plan.stacked(fused.a))
         if scale != 1.0:
             h.mul_(scale)
-        ys = torch.bmm(h, plan.stacked(fused.b)).view(-1, width)
-        if plan.depth > 1:  # with one row a slot, the products already come in `order`
-            ys = ys.index_select(0, plan.placed)
+        ys = plan.in_order(torch.bmm(h, plan.stacked(fused.b)).view(-1, width))
         out.index_add_(0, plan.order, ys.to(dtype))
         return
     xs = x.index_select(0, plan.order).to(dtype)

@@ -51,6 +51,14 @@ class Plan:
             return weights[first : last + 1]
         return weights.index_select(0, self.slot_index)
 
+    def in_order(self, products: torch.Tensor) -> torch.Tensor:
+        """The batched matmul's products (the flattened stack) as the rows of `order`: with one row a slot they
+        already are, so nothing is read again."""
+        if self.depth == 1:
+            return products
+        assert self.placed is not None
+        return products.index_select(0, self.placed)
+
     @functools.cached_property
     def slot_index(self) -> torch.Tensor:
         """The used slots in the stack's order, for `stacked` to gather."""
@@ -181,9 +189,7 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         return
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
         stack = x.index_select(0, plan.source).to(dtype=dtype).view(plan.slots, plan.depth, x.shape[1])
-        ys = torch.bmm(stack, plan.stacked(w)).view(-1, width)
-        if plan.depth > 1:  # with one row a slot, the products already come in `order`
-            ys = ys.index_select(0, plan.placed)
+        ys = plan.in_order(torch.bmm(stack, plan.stacked(w)).view(-1, width))
     else:
         xs = x.index_select(0, plan.order).to(dtype=dtype)
         ys = xs.new_zeros(xs.shape[0], width)
