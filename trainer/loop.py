@@ -588,9 +588,18 @@ def build_run(
     world = distributed.world()
     # `batch_size` is examples per optimizer step, across all ranks; each rank takes its share (rounded up).
     device_batch = math.ceil(hp.batch_size / world.size)
-    dtype, dtype_reason = resolve_dtype(hp.dtype, torch.cuda.is_available(), "training")
+    on_gpu = torch.cuda.is_available()
+    dtype, dtype_reason = resolve_dtype(hp.dtype, on_gpu, "training")
+    if dtype == "bfloat16" and not on_gpu:
+        # Only the frozen products in bf16: a whole bf16 base rounds the LoRA's small change away (precision.py).
+        from trainer.precision import bf16_products
+
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        layers = bf16_products(model)
+        dtype_reason += f"; the base's {layers} linear layers multiply in bf16, the rest stays float32"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     hooks.note(JobEvent(message=f"base weights in {dtype}: {dtype_reason}"))
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     lora = LoraConfig(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
