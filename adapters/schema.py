@@ -131,8 +131,8 @@ class Hyperparameters(BaseModel):
         2, ge=0, le=100, description="stop after this many evaluations without a better held-out loss; 0 = never"
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="the frozen base's dtype (the LoRA weights and optimizer stay float32); auto = "
-        "adapters/hardware.py's choice for training on this machine"
+        "auto", description="the frozen base's dtype (the LoRA weights and optimizer stay float32; on CPU bfloat16 "
+        "is the base's products only, the rest float32); auto = adapters/hardware.py's choice for training here"
     )
 
 
