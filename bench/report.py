@@ -394,7 +394,9 @@ def training_section(r: dict[str, Any]) -> list[str]:
             *(
                 f"- {label} >= 2.0x baseline (float32) tokens/s: {_f(t[key]['value'], 3)}: {_met(t[key])}"
                 for label, key in (("bf16", "bf16_tokens_per_second_ratio"),
-                                   ("bf16 padding_free", "bf16_padding_free_tokens_per_second_ratio"))
+                                   ("bf16 padding_free", "bf16_padding_free_tokens_per_second_ratio"),
+                                   ("bf16 padding_free without gradient checkpointing",
+                                    "bf16_padding_free_no_gradient_checkpointing_tokens_per_second_ratio"))
                 if key in t
             ),  # fmt: skip
             *(
