@@ -46,7 +46,7 @@ def test_every_linear_layer_multiplies_in_bf16_and_the_tied_head_keeps_the_embed
     assert (logits - exact).abs().max() < 0.05 * exact.abs().max()
 
 
-def test_a_lora_change_under_bf16s_spacing_reaches_the_output_it_is_lost_in_with_a_bf16_base(
+def test_a_lora_change_under_bf16s_spacing_reaches_the_output_and_is_lost_over_a_bf16_base(
     converted: tuple[torch.nn.Module, int],
 ) -> None:
     """A fresh LoRA's first steps change a layer's output by well under bf16's 0.39%: the gradient of the next step
