@@ -25,7 +25,7 @@ Use = Literal["serving", "training"]
 # (docs/performance.md, "bfloat16 on CPU"). A use absent here keeps float32 even there.
 NATIVE_BF16_USES: dict[str, str] = {
     "training": "the frozen products in bf16, the LoRA and the rest in float32: 1.2x float32's tokens/s at the same "
-    "held-out loss (within 0.1%) in the training benchmark",
+    "losses (within 0.5%, three seeds) in the training benchmark",
 }
 
 
