@@ -1,8 +1,8 @@
 """Training with the frozen base in bfloat16 (`hyperparameters.dtype`, issue 30; on CPU its products only,
 trainer/precision.py): every method trains, the LoRA weights it saves are float32, and after one step its loss,
 NEFTune, held-out evaluation and forgetting figure read as in float32, to within bf16's rounding. After 12 steps the
-training benchmark's losses are within 0.5% of float32's (three seeds) (docs/performance.md). Runs on any CPU (bf16 is emulated
-where the units are missing, only slower)."""
+training benchmark's losses are within 0.5% of float32's on three seeds (docs/performance.md). Runs on any CPU (bf16
+is emulated where the units are missing, only slower)."""
 
 from __future__ import annotations
 
