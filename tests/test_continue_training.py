@@ -142,6 +142,10 @@ def test_every_methods_trainer_starts_from_the_parents_lora_weights(
         torch.testing.assert_close(reference, policy)
         assert (reference - base).abs().max() > 1e-3  # the parent moves the logits: the reference is not the base
         assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # the active one is back
+        # trl reads the reference in training mode, in the step: it must give the same logits each time.
+        model.train()
+        with torch.no_grad(), use_adapter(model, adapter_name=REFERENCE_ADAPTER):
+            assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
     save_adapter(model, tmp_path / "out", {})
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "adapter_config.json",
                                                                      "adapter_model.safetensors"]  # fmt: skip

@@ -646,10 +646,15 @@ def reference_is_the_parent(peft_model: Any) -> None:
     """Hold a run that continues a skill near that skill: a frozen copy of the LoRA weights just loaded, as the
     adapter named "ref", which trl's DPO and GRPO trainers take a peft model's reference from (without it, the
     base: the adapter switched off). A fine-tuned model fine-tuned again keeps its own as the reference, as
-    supervised then reinforcement needs: against the base, the KL term pulls the skill it starts from back out."""
+    supervised then reinforcement needs: against the base, the KL term pulls the skill it starts from back out.
+    The copy has no dropout: trl reads the reference in the training step, in training mode, and a reference that
+    drops different inputs on each read puts noise in the loss."""
+    import dataclasses
+
     import torch
 
-    peft_model.add_adapter(REFERENCE_ADAPTER, peft_model.peft_config["default"])
+    config = dataclasses.replace(peft_model.peft_config["default"], lora_dropout=0.0)
+    peft_model.add_adapter(REFERENCE_ADAPTER, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if ".default." in name:
