@@ -17,7 +17,7 @@ from bench.servers import REPO
 
 BENCHMARKS = (
     "serving", "lora_ops", "loading", "training", "calibration", "serving_bf16", "quality", "facts_forms",
-    "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16", "products",
+    "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16", "products", "train_step",
 )  # fmt: skip
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of "
         + ", ".join(BENCHMARKS)
         + " (default: all but calibration, serving_bf16, quality, facts_forms, facts_knobs, facts_rft, rft_tasks, "
-        "quality_bf16 and products)",
+        "quality_bf16, products and train_step)",
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 ORDER = (
-    "serving", "calibration", "serving_bf16", "products", "lora_ops", "loading", "training", "quality", "facts_forms",
-    "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16",
+    "serving", "calibration", "serving_bf16", "products", "lora_ops", "loading", "training", "train_step", "quality",
+    "facts_forms", "facts_knobs", "facts_rft", "rft_tasks", "quality_bf16",
 )  # fmt: skip
 
 
@@ -258,6 +258,28 @@ def products_section(r: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
     header = ["rows", "float32 us", "bf16 us", "bf16 speed-up", "float32 weight GB/s", "GFLOP/s (float32 / bf16)"]
     return [*lines, *_table(header, rows), ""]
+
+
+def train_step_section(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    profile = r["float32_profile"]
+    rows = [[kind, _f(share, 3), _f(share * profile["self_cpu_s"], 2)] for kind, share in profile["shares"].items()]
+    return [
+        "## A training step's time by kind of work: what bf16 can give it (issue 30)",
+        "",
+        f"Command: `python -m bench --only train_step`. One step of {s['step']}, {s['threads']} torch threads; "
+        f"{s['timing']}. Native bf16: {_f(s['native_bf16'])} ({s['native_bf16_why']}).",
+        "",
+        f"Step: float32 {_f(r['step_s']['float32'], 3)} s, bf16 products {_f(r['step_s']['bfloat16'], 3)} s: "
+        f"**{_f(r['bf16_speedup'], 3)}x**. bf16 shortens the base's products only; with them "
+        f"{_f(profile['shares']['products'], 3)} of float32's step, no product speed-up gives the step more than "
+        f"**{_f(r['bf16_speedup_bound'], 3)}x** at these settings.",
+        "",
+        f"float32's profiled step: {_f(profile['step_s'], 3)} s, {_f(profile['self_cpu_s'], 3)} s of self time.",
+        "",
+        *_table(["kind of work", "share of float32's step", "self s"], rows),
+        "",
+    ]
 
 
 def lora_ops_section(r: dict[str, Any]) -> list[str]:
@@ -733,6 +755,7 @@ SECTIONS = {
     "calibration": serving_section,
     "serving_bf16": serving_bf16_section,
     "products": products_section,
+    "train_step": train_step_section,
     "lora_ops": lora_ops_section,
     "loading": loading_section,
     "training": training_section,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench import report
 from bench.bf16 import fact_prompts
 from bench.parity import first_difference
@@ -119,3 +121,20 @@ def test_the_products_view_times_both_dtypes_on_the_same_rows_and_renders() -> N
         assert abs(case["bf16_speedup"] - case["float32_us"] / case["bfloat16_us"]) < 0.02  # the figures are rounded
     text = "\n".join(report.products_section(result))
     assert "bf16 speed-up" in text and f"| 16 | {result['cases'][1]['float32_us']:.1f} |" in text
+
+
+@pytest.mark.slow
+def test_the_train_step_view_splits_each_step_by_kind_and_bounds_what_bf16s_products_can_give() -> None:
+    from bench import train_step
+
+    result = train_step.run("tiny")
+    shares = result["float32_profile"]["shares"]
+    assert abs(sum(shares.values()) - 1) < 0.01 and min(shares.values()) >= 0
+    # The base's products and the LoRA's (a side of the LoRA's rank) are told apart by their shapes.
+    assert shares["products"] > 0 and shares["LoRA products"] > 0
+    products = shares["products"]
+    assert result["bf16_speedup_bound"] == round(1 / (1 - products), 3)
+    step_s = result["step_s"]
+    assert abs(result["bf16_speedup"] - step_s["float32"] / step_s["bfloat16"]) < 0.01
+    text = "\n".join(report.train_step_section(result))
+    assert f"more than **{result['bf16_speedup_bound']:.3f}x**" in text and "| LoRA products |" in text
