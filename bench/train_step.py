@@ -48,7 +48,7 @@ KINDS = {
 }  # fmt: skip
 
 
-def _model(dtype: str) -> tuple[Any, Any, torch.Tensor]:
+def _model(dtype: str) -> tuple[Any, Any, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -132,7 +132,7 @@ def run(size_name: str, workdir: Any = None) -> dict[str, Any]:
         "benchmark": "train_step",
         "size": size_name,
         "settings": {
-            "step": f"{size['rows']} rows x {size['tokens']} tokens, LoRA all-linear r=8 dropout 0.05, gradient "
+            "step": f"{size['rows']} rows x {size['tokens']} tokens, LoRA all-linear r={RANK} dropout 0.05, gradient "
             "checkpointing on, AdamW",
             "threads": torch.get_num_threads(),
             "timing": f"median of {size['rounds']} steps per dtype, alternating, after a warm-up step each; then one "
