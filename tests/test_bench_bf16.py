@@ -63,6 +63,9 @@ def test_the_serving_view_gives_bf16_over_float32_and_judges_both_targets() -> N
     assert "| base | 1 | 16 | 10.0 / 25.0 | 2.500 | 200.0 / 100.0 | 0.500 |" in table
     assert "| one-adapter | 0.950 / 0.960 | 0.950 / 0.864 |" in table
     assert "worst 2.200: **met**" in table and "worst 0.864: **missed**" in table
+    # The same added time a step in both dtypes: 0.95 in float32 is 1 / 0.95 - 1 = 0.0526 of the base's step, so
+    # 1 / (1 + 0.0526 x 2.5) = 0.884 in bf16 at c=1, where 0.9 allows 0.1111 / 2.5 = 0.0444: 16% of it cut.
+    assert "| one-adapter | 0.884 / 0.960, 16% | 0.896 / 0.864, 4% |" in table
 
 
 def test_a_machine_without_native_bf16_gets_a_line_saying_why_the_view_did_not_run() -> None:
