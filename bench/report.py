@@ -266,10 +266,12 @@ def adapter_vs_base_section(r: dict[str, Any]) -> list[str]:
 
 
 def products_section(r: dict[str, Any]) -> list[str]:
+    heading = ["## A decode step's products: bfloat16 / float32 by rows (issue 30)", ""]
+    if "skipped" in r:
+        return [*heading, f"Not run: {r['skipped']}.", ""]
     s = r["settings"]
     lines = [
-        "## A decode step's products: bfloat16 / float32 by rows (issue 30)",
-        "",
+        *heading,
         f"Command: `python -m bench --only products`. One product ({s['product']}), {s['threads']} torch thread; "
         f"{s['timing']}. Native bf16: {_f(s['native_bf16'])} ({s['native_bf16_why']}). A decode step at concurrency "
         "c multiplies c rows; a prompt of n tokens, n rows.",
