@@ -34,13 +34,13 @@ def _round(mm: Any, handles: list[Any], x: torch.Tensor) -> float:
 
 
 def run(size_name: str, workdir: Any = None) -> dict[str, Any]:
-    from vllm import _custom_ops as ops
-
     from adapters.hardware import native_bf16
 
     native, why = native_bf16()
     if not native:  # vLLM's oneDNN kernel has no bf16 matmul on a CPU without the units (an AVX2-only EPYC, say)
         return {"benchmark": "products", "size": size_name, "skipped": f"no native bf16 here: {why}"}
+    from vllm import _custom_ops as ops
+
     size = SIZES[size_name]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
