@@ -794,12 +794,38 @@ SECTIONS = {
 }
 
 
+def _load(results_dir: Path) -> list[dict[str, Any]]:
+    """The results in `results_dir`, in the report's order."""
+    paths = (results_dir / f"{name}.json" for name in ORDER)
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+def _sections(results: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines += [f"## {r['benchmark']}", "", f"Failed: `{r['error']}`", ""]
+            continue
+        lines += SECTIONS[r["benchmark"]](r)
+    return lines
+
+
+def other_machine_section(name: str, results: list[dict[str, Any]]) -> list[str]:
+    """Views run again on another kind of machine, from a folder of their own beside the main results."""
+    return [
+        f"# Another machine: {name}",
+        "",
+        f"From `bench/results/{name}/*.json`: the views below, run on this other kind of machine with",
+        "`python -m bench --only ... --results-dir bench/results/" + name + "`. The sections above are the",
+        "project's own runs; these show what changes where the CPU differs.",
+        "",
+        *machine_section(results),
+        *_sections(results),
+    ]
+
+
 def render(results_dir: Path) -> str:
-    results = []
-    for name in ORDER:
-        path = results_dir / f"{name}.json"
-        if path.exists():
-            results.append(json.loads(path.read_text()))
+    results = _load(results_dir)
     lines = [
         "# Benchmarks",
         "",
@@ -817,14 +843,11 @@ def render(results_dir: Path) -> str:
             "> work, not how fast anything is. Run `make bench` on an idle machine for figures.",
             "",
         ]
-    lines += [
-        *machine_section(results),
-    ]
-    for r in results:
-        if "error" in r:
-            lines += [f"## {r['benchmark']}", "", f"Failed: `{r['error']}`", ""]
-            continue
-        lines += SECTIONS[r["benchmark"]](r)
+    lines += [*machine_section(results), *_sections(results)]
+    for other in sorted(path for path in results_dir.iterdir() if path.is_dir()):
+        more = _load(other)
+        if more:
+            lines += other_machine_section(other.name, more)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,6 +3,8 @@ targets, and the tables BENCHMARKS.md gets from them. The measured runs are in d
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +160,19 @@ def test_the_train_step_view_splits_each_step_by_kind_and_bounds_what_bf16s_prod
     assert abs(result["bf16_speedup"] - step_s["float32"] / step_s["bfloat16"]) < 0.01
     text = "\n".join(report.train_step_section(result))
     assert f"more than **{result['bf16_speedup_bound']:.3f}x**" in text and "| LoRA products |" in text
+
+
+def test_another_machines_views_render_after_the_main_ones_under_their_folders_name(tmp_path: Path) -> None:
+    main = {"benchmark": "products", "size": "full", "skipped": "no native bf16 here: a CPU without the units",
+            "machine": {"cpu_model": "CPU one", "bf16_units": []}}
+    other = {**main, "skipped": "no native bf16 here: another reason", "machine": {"cpu_model": "CPU two",
+                                                                                   "bf16_units": ["avx512_bf16"]}}
+    (tmp_path / "amd-epyc").mkdir()
+    (tmp_path / "products.json").write_text(json.dumps(main))
+    (tmp_path / "amd-epyc" / "products.json").write_text(json.dumps(other))
+    (tmp_path / "empty").mkdir()  # a folder without results adds nothing
+    text = report.render(tmp_path)
+    first, _, second = text.partition("# Another machine: amd-epyc\n")
+    assert "CPU one" in first and "a CPU without the units" in first and "CPU two" not in first
+    assert "| CPU two | avx512_bf16 |" in second and "another reason" in second and "CPU one" not in second
+    assert "empty" not in text
