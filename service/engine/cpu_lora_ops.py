@@ -70,6 +70,21 @@ class Plan:
         return tuple({slot for slot, _ in self.spans} | {slot for slot, _ in self.groups})
 
     @functools.cached_property
+    def few(self) -> torch.Tensor:
+        """(row, slot) pairs, one per row the decode kernel takes (service/engine/cpu_lora_kernel.py): the rows of
+        spans of at most `BATCHED_DEPTH` rows, and the gathered rows where no slot has more than that."""
+        pairs = [
+            (row, slot)
+            for slot, span in self.spans
+            if span.stop - span.start <= BATCHED_DEPTH
+            for row in range(span.start, span.stop)
+        ]
+        if self.order is not None and self.depth <= BATCHED_DEPTH:
+            order = self.order.tolist()
+            pairs += [(row, slot) for slot, rows in self.groups for row in order[rows]]
+        return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
+
+    @functools.cached_property
     def rows(self) -> int:
         return sum(span.stop - span.start for _, span in self.spans) + sum(g.stop - g.start for _, g in self.groups)
 

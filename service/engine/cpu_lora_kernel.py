@@ -1,0 +1,113 @@
+"""The decode step's LoRA kernel (service/engine/lora_rows.c), built for this CPU with the system C compiler.
+
+A decode step multiplies a few rows, each on its own adapter. In PyTorch that is about ten op calls per layer
+(gather the rows and their slots' weights, two batched products, scatter back), and their fixed costs are most of
+the time: in bf16 they are what keeps several adapters under 0.9x of the base (docs/performance.md). The kernel
+does a layer's rows in one call, reading each row's slot's weights once.
+
+It is compiled on first use with `-march=native` into a directory keyed by the source, the flags and the CPU, so a
+shared temporary directory never hands one CPU's build to another; processes that build at once each write their own
+file and rename it into place. Without a compiler, or if the build fails, `kernel()` is None, the reason is logged
+once, and the ops keep their PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adapters.hardware import cpu_flags
+
+log = logging.getLogger("vllm.plugins.skillserve_cpu_lora")
+
+SOURCE = Path(__file__).with_name("lora_rows.c")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+# The kernel keeps a row's shrink and expand on the stack: rank columns plus output columns, in float32.
+MAX_COLUMNS = 65536
+# Set to 0 in the gateway's environment (its engine processes inherit it) to decode with PyTorch's products.
+SWITCH = "SKILLSERVE_LORA_KERNEL"
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_ARGS = [_P, _P, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, ctypes.c_float]
+
+
+def compiler() -> str | None:
+    """The C compiler Python was built with (its first word), else `cc`, where either is on PATH."""
+    configured = (sysconfig.get_config_var("CC") or "").split()
+    for name in (*configured[:1], "cc", "gcc"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def build_dir() -> Path:
+    """Under the temporary directory (TMPDIR), one per user: a container's /tmp is writable where nothing else is."""
+    return Path(tempfile.gettempdir()) / f"skillserve-kernels-{os.getuid()}"
+
+
+def build(cc: str | None = None, directory: Path | None = None) -> Path:
+    """The shared library for this CPU, compiled unless a build of the same source, flags and CPU is there."""
+    cc = cc or compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler on PATH (cc or gcc)")
+    source = SOURCE.read_bytes()
+    facts = [source, " ".join(FLAGS).encode(), platform.machine().encode(), *sorted(f.encode() for f in cpu_flags())]
+    key = hashlib.sha256(b"\0".join(facts)).hexdigest()[:16]
+    directory = directory or build_dir()
+    target = directory / f"lora_rows-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        command = [cc, *FLAGS, "-o", str(partial), str(SOURCE)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{Path(cc).name} failed: {done.stderr.strip()[-500:]}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+Kernel = dict[torch.dtype, Callable[..., None]]
+
+
+def load(path: Path) -> Kernel:
+    lib = ctypes.CDLL(str(path))
+    kernels: Kernel = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        fn = getattr(lib, f"lora_rows_{str(dtype).removeprefix('torch.')}")
+        fn.argtypes, fn.restype = _ARGS, None
+        kernels[dtype] = fn
+    return kernels
+
+
+@functools.cache
+def kernel() -> Kernel | None:
+    """The kernel by the rows' dtype (float32, bfloat16), built on first use; None where it cannot be built."""
+    if os.environ.get(SWITCH, "1") == "0":
+        log.info("LoRA decode kernel off (%s=0): the PyTorch path decodes", SWITCH)
+        return None
+    try:
+        path = build()
+        kernels = load(path)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("LoRA decode kernel not built, the PyTorch path decodes: %s", exc)
+        return None
+    log.info("LoRA decode kernel for this CPU: %s", path)
+    return kernels
