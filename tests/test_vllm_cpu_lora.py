@@ -289,18 +289,35 @@ def layer_weights(dtype: torch.dtype, seed: int) -> tuple[tuple[torch.Tensor, ..
     return a, b
 
 
-@pytest.mark.parametrize("kernel", ["built", "off"])
+@pytest.fixture(scope="module")
+def portable_kernel(tmp_path_factory: pytest.TempPathFactory) -> cpu_lora_kernel.Kernel:
+    """The image's build of the kernel (one clone per x86-64 level), made here as its build stage makes it."""
+    if cpu_lora_kernel.compiler() is None:
+        pytest.skip("no C compiler on PATH to make the portable build with")
+    return cpu_lora_kernel.load(cpu_lora_kernel.build_portable(target=tmp_path_factory.mktemp("k") / "portable.so"))
+
+
+@pytest.mark.parametrize("kernel", ["built", "portable", "off"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("prefill", [True, False])
 def test_a_whole_layer_matches_the_oracle(
-    case: str, dtype: torch.dtype, prefill: bool, kernel: str, monkeypatch: pytest.MonkeyPatch
+    case: str,
+    dtype: torch.dtype,
+    prefill: bool,
+    kernel: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """`add_lora_linear`, every slice in one shrink and one expand: each row gets its own adapter's delta
     on every slice, base rows nothing, and the output's columns past the slices are left alone. Short runs of
-    rows go through the decode kernel where it is built, and through PyTorch's products where it is off."""
+    rows go through the decode kernel where it is built (for this CPU, or the image's portable build), and
+    through PyTorch's products where it is off."""
     if kernel == "off":
         monkeypatch.setattr(cpu_lora_kernel, "kernel", lambda: None)
+    elif kernel == "portable":
+        kernels = request.getfixturevalue("portable_kernel")
+        monkeypatch.setattr(cpu_lora_kernel, "kernel", lambda: kernels)
     elif cpu_lora_kernel.kernel() is None:
         pytest.skip(f"no decode kernel here (no C compiler: {cpu_lora_kernel.compiler()})")
     idx = token_indices(case)

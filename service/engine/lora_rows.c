@@ -2,9 +2,17 @@
    out[row] += (scale * x[row] @ a[slot]) @ b[slot] for each (row, slot) pair, over the block diagonal of b only.
    a is (slots, in, rr) and b (slots, rr, width), both contiguous and in the rows' dtype: the layer's `Fused` weights
    (service/engine/cpu_lora.py), whose bf16 copies are exactly vLLM's bf16 weights. Each row's sums are float32 and
-   reach `out` with one rounding. Built by service/engine/cpu_lora_kernel.py for the CPU it runs on. */
+   reach `out` with one rounding. Built by service/engine/cpu_lora_kernel.py for the CPU it runs on, or, for an image
+   whose CPU is not known when it is built, with SKILLSERVE_CLONES: one copy per x86-64 level, the best the CPU has
+   chosen when the library loads. */
 #include <stdint.h>
 #include <string.h>
+
+#ifdef SKILLSERVE_CLONES
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
 
 static inline float from_bf16(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
@@ -24,7 +32,7 @@ static inline uint16_t to_bf16(float f) {
 
 /* blocks: n_blocks x (rank start, rank stop, column start, column stop); rows: n x (row, slot). */
 #define LORA_ROWS(NAME, T, LOAD, ADD)                                                                                  \
-    void NAME(const T *a, const T *b, int64_t in, int64_t rr, int64_t width, const int64_t *blocks,                    \
+    CLONES void NAME(const T *a, const T *b, int64_t in, int64_t rr, int64_t width, const int64_t *blocks,             \
               int64_t n_blocks, const int64_t *rows, int64_t n, const T *x, int64_t x_stride, T *out,                  \
               int64_t out_stride, float scale) {                                                                       \
         float h[rr], y[width];                                                                                         \
