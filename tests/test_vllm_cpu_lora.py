@@ -392,6 +392,32 @@ def test_a_layer_every_slot_leaves_out_is_skipped_without_a_copy() -> None:
     assert torch.equal(out, start)
 
 
+@pytest.mark.parametrize("kernel", ["built", "off"])
+def test_a_bf16_layer_keeps_float32_copies_only_where_pytorch_decodes(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fp32 forms of a bf16 layer's fused weights are made on first read: the decode kernel reads the bf16 ones,
+    so with it they never are; PyTorch's decode path makes them, exactly the bf16 weights widened."""
+    if kernel == "off":
+        monkeypatch.setattr(cpu_lora_kernel, "kernel", lambda: None)
+    elif cpu_lora_kernel.kernel() is None:
+        pytest.skip(f"no decode kernel here (no C compiler: {cpu_lora_kernel.compiler()})")
+    idx = token_indices("decode: one row per request")
+    a, b = layer_weights(torch.bfloat16, 80)
+    x, out = weights((idx.numel(), HIDDEN), torch.bfloat16, 81), torch.zeros(idx.numel(), sum(SLICES)).bfloat16()
+    vllm_cpu_lora.add_lora_linear(vllm_cpu_lora.cpu_wrapper(idx, prefill=False), out, x, a, b, 1.0, SLICES)
+    fused = vllm_cpu_lora.fused_weights(a, b, SLICES, torch.bfloat16)
+    assert fused is not None and fused.a_out is not None and fused.b_out is not None
+    assert fused.a_out.dtype == torch.bfloat16 and out.abs().sum() > 0
+    made = {"a", "b"} & vars(fused).keys()
+    if kernel == "built":
+        assert made == set()
+    else:
+        assert made == {"a", "b"}
+        assert fused.a is not None and fused.b is not None
+        assert torch.equal(fused.a, fused.a_out.float()) and torch.equal(fused.b, fused.b_out.float())
+
+
 def test_the_steps_plan_is_made_again_when_vllm_updates_the_metadata() -> None:
     """Every layer of a step reads one plan; vLLM's next `update_metadata` (patched) drops it."""
     punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")

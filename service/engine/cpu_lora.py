@@ -45,12 +45,12 @@ import torch
 
 from service.engine import cpu_lora_kernel
 from service.engine.cpu_lora_ops import (
-    BATCHED_DEPTH,
     NOTHING,
     OPS,
     Plan,
     empty_slots,
     segment_plan,
+    short,
     token_plan,
 )
 
@@ -80,27 +80,34 @@ _upstream: dict[str, Callable[..., None]] = {}
 class Fused:
     """A layer's LoRA slices (q, k, v of a fused QKV projection; gate and up) as one shrink and one expand.
 
-    `a` is every slice's A side by side, (slots, in, slices * rank), and `b` the slices' B on a block
+    `a_out` is every slice's A side by side, (slots, in, slices * rank), and `b_out` the slices' B on a block
     diagonal, (slots, slices * rank, width): the zeros off the diagonal add nothing, and one matmul then
     writes every slice's columns. `blocks` are the diagonal's (rank rows, output columns) per slice, for
-    long runs of rows in fp32, where the zeros would cost more arithmetic than the calls they save (in bf16
-    the matrix units multiply them for less than a call costs: docs/performance.md). `empty` is, per
-    slot, whether the slot leaves the whole layer out; where every slot does, no copy is made (`a` and `b`
-    are None).
+    long runs of rows in fp32 and for the decode kernel, where the zeros would cost more arithmetic than the
+    calls they save (in bf16 the matrix units multiply them for less than a call costs: docs/performance.md).
+    `empty` is, per slot, whether the slot leaves the whole layer out; where every slot does, no copy is made
+    (`a_out` and `b_out` are None).
 
-    Each comes in two dtypes. `a` and `b` are fp32, as vLLM's shrink buffer is: short runs of rows (decode
-    steps) multiply in fp32 and add into the output once, since a bf16 matmul of a few rows costs about
-    25 us of fixed overhead on these CPUs against 5 for fp32 (docs/performance.md, "In bfloat16"). `a_out` and
-    `b_out` are in the output's dtype (the same tensors where that is fp32): long runs (prompts) multiply
-    in it, where bf16's matrix units pay for the call.
+    Both are in the output's dtype: long runs (prompts) multiply in it, where bf16's matrix units
+    pay for the call, and the decode kernel reads them (bf16's are exactly vLLM's own weights). `a` and `b` are
+    their fp32 forms (the same tensors where the output is fp32), made only when first read: PyTorch's decode path
+    multiplies short runs of rows in fp32 and adds into the output once, since a bf16 matmul of a few rows costs
+    about 25 us of fixed overhead on these CPUs against 5 for fp32 (docs/performance.md, "In bfloat16"). Where the
+    kernel decodes in bf16, they are never made.
     """
 
-    a: torch.Tensor | None
-    b: torch.Tensor | None
     a_out: torch.Tensor | None
     b_out: torch.Tensor | None
     blocks: tuple[tuple[slice, slice], ...]
     empty: tuple[bool, ...]
+
+    @functools.cached_property
+    def a(self) -> torch.Tensor | None:
+        return None if self.a_out is None else self.a_out.to(torch.float32)
+
+    @functools.cached_property
+    def b(self) -> torch.Tensor | None:
+        return None if self.b_out is None else self.b_out.to(torch.float32)
 
     @functools.cached_property
     def bounds(self) -> torch.Tensor:
@@ -144,14 +151,13 @@ def fused_weights(
         for stack, row, rank, col, width in zip(b_stacks, starts, ranks, offsets, slices, strict=True)
     )
     empty = tuple(all(flags) for flags in zip(*(empty_slots(stack) for stack in a_stacks), strict=True))
-    a = b = a_out = b_out = None
+    a = b = None
     if not all(empty):
-        a = torch.cat([stack[:, 0].to(torch.float32).transpose(1, 2) for stack in a_stacks], dim=2).contiguous()
-        b = torch.zeros(a.shape[0], sum(ranks), sum(slices), dtype=torch.float32)
+        a = torch.cat([stack[:, 0].to(dtype).transpose(1, 2) for stack in a_stacks], dim=2).contiguous()
+        b = torch.zeros(a.shape[0], sum(ranks), sum(slices), dtype=dtype)
         for stack, (rows, cols) in zip(b_stacks, blocks, strict=True):
-            b[:, rows, cols] = stack[:, 0, : cols.stop - cols.start].to(torch.float32).transpose(1, 2)
-        a_out, b_out = a.to(dtype), b.to(dtype)
-    fused = Fused(a, b, a_out, b_out, blocks, empty)
+            b[:, rows, cols] = stack[:, 0, : cols.stop - cols.start].to(dtype).transpose(1, 2)
+    fused = Fused(a, b, blocks, empty)
     if hit is None:  # the copy goes when vLLM's stacks do (an engine shut down in a long-lived process)
         weakref.finalize(a_stacks[0], _fused.pop, key, None)
     _fused[key] = (tuple(weakref.ref(t) for t in tensors), versions, fused)
@@ -166,15 +172,15 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
     In the output's dtype the scale is applied inside the expand's accumulation (`alpha`), so the shrink's
     result is rounded once, as vLLM's fp32 buffer is when its expand reads it in the output's dtype.
     """
-    assert fused.a is not None and fused.b is not None and fused.a_out is not None and fused.b_out is not None
+    assert fused.a_out is not None and fused.b_out is not None
     dtype, (n, width) = out.dtype, out.shape
     run = _kernel(x, out, fused)
     for slot, rows in plan.spans:
-        if fused.empty[slot] or (run is not None and rows.stop - rows.start <= BATCHED_DEPTH):
+        if fused.empty[slot] or (run is not None and short(rows)):  # the kernel takes short runs (`plan.few`)
             continue
         # Slicing makes a tensor (a few microseconds in a decode step): a span of every row takes them whole.
         xs, dest = (x, out) if rows.start == 0 and rows.stop == n else (x[rows], out[rows])
-        if rows.stop - rows.start > BATCHED_DEPTH:  # a prompt, in the output's dtype
+        if not short(rows):  # a prompt, in the output's dtype
             h = torch.mm(xs.to(dtype), fused.a_out[slot])
             if len(fused.blocks) > 1 and dtype == torch.float32:  # no products of zeros; bf16's units do them
                 for ranks, cols in fused.blocks:
@@ -182,8 +188,9 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             else:
                 dest.addmm_(h, fused.b_out[slot], alpha=scale)
         elif dtype == torch.float32:
-            dest.addmm_(torch.mm(xs, fused.a[slot]), fused.b[slot], alpha=scale)
+            dest.addmm_(torch.mm(xs, fused.a_out[slot]), fused.b_out[slot], alpha=scale)
         else:
+            assert fused.a is not None and fused.b is not None
             h = torch.mm(xs.to(torch.float32), fused.a[slot])
             if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
                 h.mul_(scale)
@@ -194,9 +201,10 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             pairs.data_ptr(), pairs.shape[0], x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
-    if run is not None and plan.depth <= BATCHED_DEPTH:
-        return  # the kernel took them
-    if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
+    if run is not None and plan.batched:
+        return  # the kernel took them (`plan.few`)
+    if plan.batched:
+        assert plan.source is not None and fused.a is not None and fused.b is not None
         stack = x.index_select(0, plan.source).to(torch.float32).view(plan.slots, plan.depth, x.shape[1])
         h = torch.bmm(stack, plan.stacked(fused.a))
         if scale != 1.0:
@@ -218,8 +226,8 @@ def _kernel(x: torch.Tensor, out: torch.Tensor, fused: Fused) -> Callable[..., N
     kernels = cpu_lora_kernel.kernel()
     if kernels is None or x.dtype != out.dtype or x.stride(1) != 1 or out.stride(1) != 1:
         return None
-    assert fused.a is not None and fused.b is not None
-    if fused.a.shape[2] + fused.b.shape[2] > cpu_lora_kernel.MAX_COLUMNS:
+    assert fused.a_out is not None and fused.b_out is not None
+    if fused.a_out.shape[2] + fused.b_out.shape[2] > cpu_lora_kernel.MAX_COLUMNS:
         return None
     return kernels.get(x.dtype)
 
@@ -270,7 +278,7 @@ def add_lora_linear(
     fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, y.dtype)
     if fused is None:
         upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
-    elif fused.a is not None and not all(fused.empty[slot] for slot in plan.used):
+    elif fused.a_out is not None and not all(fused.empty[slot] for slot in plan.used):
         # Views only where needed: each costs a few microseconds, 120 layers a step.
         out = y if y.dim() == 2 else y.view(-1, y.shape[-1])
         width = sum(output_slices)

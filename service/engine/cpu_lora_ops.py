@@ -18,6 +18,11 @@ import torch
 BATCHED_DEPTH = 32
 
 
+def short(rows: slice) -> bool:
+    """A run of at most `BATCHED_DEPTH` rows: a decode step's or a short chunk's, not a prompt's."""
+    return rows.stop - rows.start <= BATCHED_DEPTH
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which rows each adapter slot multiplies, made once per batch and shared by every op call of a step.
@@ -69,17 +74,19 @@ class Plan:
         """The slots this step's rows use."""
         return tuple({slot for slot, _ in self.spans} | {slot for slot, _ in self.groups})
 
+    @property
+    def batched(self) -> bool:
+        """Whether the gathered rows go through one batched matmul (or the decode kernel): there are some, and no
+        slot has more than `BATCHED_DEPTH` of them."""
+        return self.source is not None and self.placed is not None and self.depth <= BATCHED_DEPTH
+
     @functools.cached_property
     def few(self) -> torch.Tensor:
         """(row, slot) pairs, one per row the decode kernel takes (service/engine/cpu_lora_kernel.py): the rows of
-        spans of at most `BATCHED_DEPTH` rows, and the gathered rows where no slot has more than that."""
-        pairs = [
-            (row, slot)
-            for slot, span in self.spans
-            if span.stop - span.start <= BATCHED_DEPTH
-            for row in range(span.start, span.stop)
-        ]
-        if self.order is not None and self.depth <= BATCHED_DEPTH:
+        `short` spans, and the gathered rows where they are `batched`."""
+        pairs = [(row, slot) for slot, span in self.spans if short(span) for row in range(span.start, span.stop)]
+        if self.batched:
+            assert self.order is not None
             order = self.order.tolist()
             pairs += [(row, slot) for slot, rows in self.groups for row in order[rows]]
         return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
@@ -140,12 +147,12 @@ def segment_plan(seq_starts: torch.Tensor, seq_lens: torch.Tensor, lora_indices:
         return _last_segments[1]
     runs = [(slot, start, n) for start, n, slot in zip(*key, strict=True) if slot >= 0 and n > 0]
     long = tuple((slot, slice(start, start + n)) for slot, start, n in runs if n > BATCHED_DEPTH or len(runs) == 1)
-    short = [(slot, start, n) for slot, start, n in runs if not (n > BATCHED_DEPTH or len(runs) == 1)]
-    if not short:
+    few = [(slot, start, n) for slot, start, n in runs if not (n > BATCHED_DEPTH or len(runs) == 1)]
+    if not few:
         plan = Plan(long)
     else:
-        starts, lens = torch.tensor([r[1] for r in short]), torch.tensor([r[2] for r in short])
-        slots = torch.repeat_interleave(torch.tensor([r[0] for r in short]), lens)
+        starts, lens = torch.tensor([r[1] for r in few]), torch.tensor([r[2] for r in few])
+        slots = torch.repeat_interleave(torch.tensor([r[0] for r in few]), lens)
         offsets = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
         plan = _gathered(torch.repeat_interleave(starts, lens) + offsets, slots, long)
     _last_segments = (key, plan)
@@ -202,7 +209,8 @@ def _apply(plan: Plan, x: torch.Tensor, weights: torch.Tensor, dest: torch.Tenso
         if not add:
             dest.index_fill_(0, plan.order, 0)
         return
-    if plan.source is not None and plan.placed is not None and plan.depth <= BATCHED_DEPTH:
+    if plan.batched:
+        assert plan.source is not None
         stack = x.index_select(0, plan.source).to(dtype=dtype).view(plan.slots, plan.depth, x.shape[1])
         ys = plan.in_order(torch.bmm(stack, plan.stacked(w)).view(-1, width))
     else:
