@@ -4,6 +4,7 @@ logged reason where it cannot be built. What it computes is checked against the 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def test_the_kernel_is_built_once_and_then_found(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial file left beside it
     kernels = cpu_lora_kernel.load(first)
     assert set(kernels) == {torch.float32, torch.bfloat16}
+    # Called as Python API functions, which keep the GIL: a call of microseconds that let it go would wait to take
+    # it back behind any other busy thread of the engine's process.
+    assert all(fn._flags_ & ctypes._FUNCFLAG_PYTHONAPI for fn in kernels.values())
 
 
 @needs_cc
