@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import AlreadyExists, ChecksumMismatch, Conflict, InvalidAdapter, InvalidName, NotFound
-from adapters.registry import Registry, file_key
+from adapters.registry import Registry, file_key, records
 from adapters.schema import AliasTarget, JobRecord, JobSpec, JobStatus, LoraInfo, Manifest
 from adapters.store import ObjectStore
 
@@ -306,6 +306,41 @@ def test_jobs_are_stored_updated_and_listed_newest_first(registry: Registry) -> 
     assert [r.id for r in registry.list_jobs()] == [new.id, old.id]
     with pytest.raises(NotFound, match="job"):
         registry.get_job("0" * 32)
+
+
+def test_an_update_that_keeps_losing_the_race_waits_and_tries_again_up_to_its_limit(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try of `update_job` is beaten by another write between its read and its conditional write (here the
+    change itself makes that write). One that loses more often than the old limit of 8 still lands, after a random
+    wait each time; one that always loses is a Conflict after UPDATE_ATTEMPTS tries, with the record as the last
+    rival left it."""
+    monkeypatch.setattr(records, "BACKOFF_MAX_S", 0.01)
+    waits: list[float] = []
+    monkeypatch.setattr(records, "sleep", waits.append)
+    record = job("shout", 100.0)
+    registry.put_job(record)
+
+    def rival_then(losses: int) -> Callable[[JobRecord], JobRecord]:
+        tries = [0]
+
+        def change(current: JobRecord) -> JobRecord:
+            tries[0] += 1
+            if tries[0] <= losses:  # another writer lands first
+                registry.put_job(current.model_copy(update={"error": f"rival {tries[0]}"}))
+            return current.model_copy(update={"status": JobStatus.running})
+
+        return change
+
+    written = registry.update_job(record.id, rival_then(10))
+    assert written is not None and written.status is JobStatus.running and written.error == "rival 10"
+    assert registry.get_job(record.id) == written
+    assert len(waits) == 10 and all(0 <= w <= 0.01 for w in waits)
+    waits.clear()
+    with pytest.raises(Conflict, match=f"{records.UPDATE_ATTEMPTS} writes in a row lost the race"):
+        registry.update_job(record.id, rival_then(records.UPDATE_ATTEMPTS))
+    assert registry.get_job(record.id).error == f"rival {records.UPDATE_ATTEMPTS}"
+    assert len(waits) == records.UPDATE_ATTEMPTS
 
 
 def test_datasets_are_content_addressed_and_verified(registry: Registry, store: ObjectStore) -> None:

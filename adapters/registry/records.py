@@ -4,8 +4,10 @@ under a prefix, a change by compare-and-swap through a table of allowed status m
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping
 from enum import Enum
+from time import sleep
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -15,8 +17,13 @@ from adapters.store import ObjectStore
 
 log = logging.getLogger("skillserve.registry")
 
-# A record's writers (its executor after each row or line, a cancel) write a few times a second at most.
-UPDATE_ATTEMPTS = 8
+# A record's writers (its executors' workers after each row or line, a cancel) write a few times a second each, but
+# writers that finish lines together meet: four workers of two replicas lost 8 tries in a row in 1 of 10 runs of
+# tests/test_batches.py when they tried again at once. So a writer that lost waits a random time, up to a bound that
+# doubles with each loss (from BACKOFF_S to BACKOFF_MAX_S), and the writers spread out.
+UPDATE_ATTEMPTS = 16
+BACKOFF_S = 0.002
+BACKOFF_MAX_S = 0.25
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S", bound=Enum)
 
@@ -54,10 +61,10 @@ class RecordShelf:
         return True
 
     def _swap(self, key: str, model: type[M], change: Callable[[M], M | None], missing: str) -> M | None:
-        """`change` applied by compare-and-swap: read, change, write if unchanged since, else again; None when
-        `change` declines."""
+        """`change` applied by compare-and-swap: read, change, write if unchanged since, else again after a random
+        wait; None when `change` declines. Blocking: the gateway calls it off the event loop."""
         try:
-            for _ in range(UPDATE_ATTEMPTS):
+            for attempt in range(UPDATE_ATTEMPTS):
                 data, tag = self.store.get_tagged(key)
                 written = change(model.model_validate_json(data))
                 if written is None:
@@ -66,6 +73,7 @@ class RecordShelf:
                     self.store.put_bytes(key, written.model_dump_json(indent=2).encode(), if_match=tag)
                 except Conflict:
                     log.info("%s changed while it was being written; reading it again", key)
+                    sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)))
                     continue
                 return written
         except NotFound:
