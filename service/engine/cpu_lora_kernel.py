@@ -157,5 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = [str(dtype).removeprefix("torch.") for dtype in load(target)]  # one that does not load fails here
     print(f"{target}: {', '.join(dtypes)}")
 
+
 if __name__ == "__main__":
     main()
