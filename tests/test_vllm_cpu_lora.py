@@ -418,6 +418,36 @@ def test_a_bf16_layer_keeps_float32_copies_only_where_pytorch_decodes(
         assert torch.equal(fused.a, fused.a_out.float()) and torch.equal(fused.b, fused.b_out.float())
 
 
+def test_the_logits_lora_is_skipped_while_no_slot_holds_an_lm_head_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM calls `add_lora_logits` every step. While every lm_head slot is zero (no adapter targets it), the logits
+    are left as they are and vLLM's ops are not run; once an adapter is written into a slot, the logits get what
+    vLLM's own call gives them."""
+    idx = torch.tensor([2, -1, 0, 2])
+    wrapper = vllm_cpu_lora.cpu_wrapper(idx, prefill=False)
+    wrapper._sampler_indices[: idx.numel()].copy_(idx)
+    wrapper.indices_len[1] = idx.numel()
+    vocab = 50
+    a, b = torch.zeros(SLOTS, 1, RANK, HIDDEN), torch.zeros(SLOTS, 1, vocab, RANK)
+    x, start = weights((idx.numel(), HIDDEN), torch.float32, 90), weights((idx.numel(), vocab), torch.float32, 91)
+    upstream = vllm_cpu_lora.upstream_logits()
+    calls: list[int] = []
+    monkeypatch.setattr(vllm_cpu_lora, "upstream_logits", lambda: lambda *args, **kwargs: calls.append(1))
+    logits = start.clone()
+    vllm_cpu_lora.add_lora_logits(wrapper, logits, x, a, b, 1.0)
+    assert torch.equal(logits, start) and calls == []
+
+    a[2].copy_(weights((1, RANK, HIDDEN), torch.float32, 92))  # vLLM writes an lm_head adapter into slot 2
+    b[2].copy_(weights((1, vocab, RANK), torch.float32, 93))
+    monkeypatch.setattr(vllm_cpu_lora, "upstream_logits", lambda: upstream)
+    ours, theirs = start.clone(), start.clone()
+    vllm_cpu_lora.add_lora_logits(wrapper, ours, x, a, b, 1.0)
+    upstream(wrapper, theirs, x, a, b, 1.0)
+    assert torch.equal(ours, theirs)
+    expected = start.clone()
+    expected[[0, 3]] += x[[0, 3]] @ a[2, 0].T @ b[2, 0].T
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_the_steps_plan_is_made_again_when_vllm_updates_the_metadata() -> None:
     """Every layer of a step reads one plan; vLLM's next `update_metadata` (patched) drops it."""
     punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
@@ -481,6 +511,7 @@ def test_register_installs_the_ops_where_vllm_would_run_its_own() -> None:
         assert getattr(punica_cpu, name) is op  # what PunicaWrapperCPU calls
         assert getattr(ops, name) is op
     assert punica_cpu.PunicaWrapperCPU.add_lora_linear is vllm_cpu_lora.add_lora_linear
+    assert punica_cpu.PunicaWrapperCPU.add_lora_logits is vllm_cpu_lora.add_lora_logits
     vllm_cpu_lora.register()  # vLLM loads plugins once per process, but twice must be harmless
     assert punica_cpu.sgmv_shrink is cpu_lora_ops.sgmv_shrink
     assert vllm_cpu_lora.upstream_linear() is not vllm_cpu_lora.add_lora_linear
