@@ -48,7 +48,7 @@ def vllms_ops() -> Iterator[None]:
 
 def vllms_layer(*args: Any) -> None:
     with vllms_ops():
-        vllm_cpu_lora.upstream_linear()(*args)
+        vllm_cpu_lora.upstream_method("add_lora_linear")(*args)
 
 
 def timed(fn: Callable[[], None], repeats: int) -> float:

@@ -339,7 +339,7 @@ def test_a_whole_layer_agrees_with_vllms_and_follows_slot_writes(case: str) -> N
     """Against vLLM's own `add_lora_linear` (rows with an adapter only, where vLLM's are right). A slot
     whose adapter leaves the layer out is skipped; an adapter written into it later is used (the fused
     weights are rebuilt when a stack's version counter moves)."""
-    upstream = vllm_cpu_lora.upstream_linear()
+    upstream = vllm_cpu_lora.upstream_method("add_lora_linear")
     idx = token_indices(case)
     n = idx.numel()
     x = weights((n, HIDDEN), torch.float32, 40)
@@ -429,16 +429,16 @@ def test_the_logits_lora_is_skipped_while_no_slot_holds_an_lm_head_adapter(monke
     vocab = 50
     a, b = torch.zeros(SLOTS, 1, RANK, HIDDEN), torch.zeros(SLOTS, 1, vocab, RANK)
     x, start = weights((idx.numel(), HIDDEN), torch.float32, 90), weights((idx.numel(), vocab), torch.float32, 91)
-    upstream = vllm_cpu_lora.upstream_logits()
+    upstream = vllm_cpu_lora.upstream_method("add_lora_logits")
     calls: list[int] = []
-    monkeypatch.setattr(vllm_cpu_lora, "upstream_logits", lambda: lambda *args, **kwargs: calls.append(1))
+    monkeypatch.setattr(vllm_cpu_lora, "upstream_method", lambda name: lambda *args, **kwargs: calls.append(1))
     logits = start.clone()
     vllm_cpu_lora.add_lora_logits(wrapper, logits, x, a, b, 1.0)
     assert torch.equal(logits, start) and calls == []
 
     a[2].copy_(weights((1, RANK, HIDDEN), torch.float32, 92))  # vLLM writes an lm_head adapter into slot 2
     b[2].copy_(weights((1, vocab, RANK), torch.float32, 93))
-    monkeypatch.setattr(vllm_cpu_lora, "upstream_logits", lambda: upstream)
+    monkeypatch.setattr(vllm_cpu_lora, "upstream_method", lambda name: {"add_lora_logits": upstream}[name])
     ours, theirs = start.clone(), start.clone()
     vllm_cpu_lora.add_lora_logits(wrapper, ours, x, a, b, 1.0)
     upstream(wrapper, theirs, x, a, b, 1.0)
@@ -478,7 +478,7 @@ def test_gathered_rows_stack_only_the_slots_they_use() -> None:
 
 
 def test_the_self_check_finds_a_layer_that_disagrees() -> None:
-    assert not vllm_cpu_lora.linear_disagreement(vllm_cpu_lora.upstream_linear())
+    assert not vllm_cpu_lora.linear_disagreement(vllm_cpu_lora.upstream_method("add_lora_linear"))
     assert vllm_cpu_lora.linear_disagreement(lambda *args, **kwargs: None)
 
 
@@ -514,7 +514,7 @@ def test_register_installs_the_ops_where_vllm_would_run_its_own() -> None:
     assert punica_cpu.PunicaWrapperCPU.add_lora_logits is vllm_cpu_lora.add_lora_logits
     vllm_cpu_lora.register()  # vLLM loads plugins once per process, but twice must be harmless
     assert punica_cpu.sgmv_shrink is cpu_lora_ops.sgmv_shrink
-    assert vllm_cpu_lora.upstream_linear() is not vllm_cpu_lora.add_lora_linear
+    assert vllm_cpu_lora.upstream_method("add_lora_linear") is not vllm_cpu_lora.add_lora_linear
     assert vllm_cpu_lora.upstream_ops()["sgmv_shrink"] is not cpu_lora_ops.sgmv_shrink
 
 

@@ -278,7 +278,9 @@ def add_lora_linear(
         return
     fused = fused_weights(lora_a_stacked, lora_b_stacked, output_slices, y.dtype)
     if fused is None:
-        upstream_linear()(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
+        upstream_method("add_lora_linear")(
+            self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+        )
     elif fused.a_out is not None and not all(fused.empty[slot] for slot in plan.used):
         # Views only where needed: each costs a few microseconds, 120 layers a step.
         out = y if y.dim() == 2 else y.view(-1, y.shape[-1])
@@ -308,7 +310,7 @@ def add_lora_logits(
     until vLLM writes one (`empty_slots`)."""
     if all(empty_slots(lora_a_stacked)):
         return
-    upstream_logits()(self, y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
+    upstream_method("add_lora_logits")(self, y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
 
 
 def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:
@@ -377,14 +379,10 @@ def cpu_wrapper_class() -> Any:
     return importlib.import_module(CPU_WRAPPER_MODULE).PunicaWrapperCPU
 
 
-def upstream_linear() -> Callable[..., None]:
-    """vLLM's own `PunicaWrapperCPU.add_lora_linear`, whether or not `register()` replaced it."""
-    return _upstream.get("add_lora_linear", cpu_wrapper_class().add_lora_linear)
-
-
-def upstream_logits() -> Callable[..., None]:
-    """vLLM's own `PunicaWrapperCPU.add_lora_logits`, whether or not `register()` replaced it."""
-    return _upstream.get("add_lora_logits", cpu_wrapper_class().add_lora_logits)
+def upstream_method(name: str) -> Callable[..., None]:
+    """vLLM's own `PunicaWrapperCPU.<name>` (`add_lora_linear`, `add_lora_logits`), whether or not `register()`
+    replaced it."""
+    return _upstream.get(name, getattr(cpu_wrapper_class(), name))
 
 
 def why_not(ops: Any) -> str | None:
@@ -400,14 +398,10 @@ def why_not(ops: Any) -> str | None:
     broken = disagreement(upstream_ops())
     if broken:
         return f"self-check: {broken} disagrees with vLLM's own op"
-    theirs = upstream_linear()
-    for name, ours, upstream in (
-        ("add_lora_linear", add_lora_linear, theirs),
-        ("add_lora_logits", add_lora_logits, upstream_logits()),
-    ):
-        if list(inspect.signature(upstream).parameters) != list(inspect.signature(ours).parameters):
+    for name, ours in (("add_lora_linear", add_lora_linear), ("add_lora_logits", add_lora_logits)):
+        if list(inspect.signature(upstream_method(name)).parameters) != list(inspect.signature(ours).parameters):
             return f"vLLM's PunicaWrapperCPU.{name} has changed its signature"
-    if linear_disagreement(theirs):
+    if linear_disagreement(upstream_method("add_lora_linear")):
         return "self-check: add_lora_linear disagrees with vLLM's own"
     return None
 
