@@ -313,6 +313,11 @@ def add_lora_logits(
     upstream_method("add_lora_logits")(self, y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
 
 
+# The methods of vLLM's `PunicaWrapperCPU` that ours replace with vLLM's own signature (`why_not` checks it);
+# `register()` installs these and `update_metadata`.
+SAME_SIGNATURE = (("add_lora_linear", add_lora_linear), ("add_lora_logits", add_lora_logits))
+
+
 def disagreement(upstream: dict[str, Callable[..., None]]) -> str | None:
     """Run each op and vLLM's on one small batch where every row has an adapter; the first that differs."""
     gen = torch.Generator().manual_seed(0)
@@ -398,7 +403,7 @@ def why_not(ops: Any) -> str | None:
     broken = disagreement(upstream_ops())
     if broken:
         return f"self-check: {broken} disagrees with vLLM's own op"
-    for name, ours in (("add_lora_linear", add_lora_linear), ("add_lora_logits", add_lora_logits)):
+    for name, ours in SAME_SIGNATURE:
         if list(inspect.signature(upstream_method(name)).parameters) != list(inspect.signature(ours).parameters):
             return f"vLLM's PunicaWrapperCPU.{name} has changed its signature"
     if linear_disagreement(upstream_method("add_lora_linear")):
@@ -425,11 +430,7 @@ def register() -> None:
             if hasattr(module, name):
                 setattr(module, name, op)
     wrapper = cpu_wrapper_class()
-    for name, method in (
-        ("add_lora_linear", add_lora_linear),
-        ("add_lora_logits", add_lora_logits),
-        ("update_metadata", update_metadata),
-    ):
+    for name, method in (*SAME_SIGNATURE, ("update_metadata", update_metadata)):
         _upstream[name] = getattr(wrapper, name)
         setattr(wrapper, name, method)
     ops._skillserve_grouped = True
