@@ -71,33 +71,42 @@ def test_the_kernel_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_lora_kernel.kernel.__wrapped__() is None
 
 
-def random_layer(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
-    """Four slots of a fused layer (three slices of rank 4, 24 inputs, 10 + 6 + 6 columns) and six rows on slots."""
+# (inputs, each slice's rank, each slice's columns): the kernel adds four inputs, and four ranks, at a time; the
+# second shape leaves a remainder of each (lora_rows.c).
+SHAPES = {"in fours": (24, (4, 4, 4), (10, 6, 6)), "with remainders": (27, (5, 3, 6), (9, 7, 4))}
+
+
+def random_layer(dtype: torch.dtype, seed: int, shape: str = "in fours") -> tuple[torch.Tensor, ...]:
+    """Four slots of a fused layer (`SHAPES`: three slices side by side) and six rows on slots."""
+    inputs, ranks, widths = SHAPES[shape]
     gen = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(4, 24, 12, generator=gen), torch.zeros(4, 12, 22)
-    bounds = torch.tensor([[0, 4, 0, 10], [4, 8, 10, 16], [8, 12, 16, 22]])
+    a, b = torch.randn(4, inputs, sum(ranks), generator=gen), torch.zeros(4, sum(ranks), sum(widths))
+    bounds = torch.tensor([[sum(ranks[:i]), sum(ranks[: i + 1]), sum(widths[:i]), sum(widths[: i + 1])]
+                           for i in range(len(ranks))])  # fmt: skip
     for r0, r1, c0, c1 in bounds.tolist():
         b[:, r0:r1, c0:c1] = torch.randn(4, r1 - r0, c1 - c0, generator=gen)
-    x, out = torch.randn(7, 24, generator=gen), torch.randn(7, 22, generator=gen)
+    x, out = torch.randn(7, inputs, generator=gen), torch.randn(7, sum(widths), generator=gen)
     pairs = torch.tensor([[0, 3], [1, 0], [2, 0], [4, 2], [5, 1], [6, 3]])  # row 3 has no adapter
     return a.to(dtype), b.to(dtype), bounds, x.to(dtype), out.to(dtype), pairs
 
 
 def run_layer(kernels: cpu_lora_kernel.Kernel, layer: tuple[torch.Tensor, ...]) -> torch.Tensor:
     a, b, bounds, x, out, pairs = (t.clone() for t in layer)
-    kernels[a.dtype](a.data_ptr(), b.data_ptr(), 24, 12, 22, bounds.data_ptr(), 3, pairs.data_ptr(), 6,
-                     x.data_ptr(), 24, out.data_ptr(), 22, 0.5)
+    (_, inputs, rr), width = a.shape, b.shape[2]
+    kernels[a.dtype](a.data_ptr(), b.data_ptr(), inputs, rr, width, bounds.data_ptr(), bounds.shape[0],
+                     pairs.data_ptr(), pairs.shape[0], x.data_ptr(), inputs, out.data_ptr(), width, 0.5)
     return out
 
 
 @needs_cc
-def test_the_portable_build_computes_what_the_build_for_this_cpu_computes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_portable_build_computes_what_the_build_for_this_cpu_computes(tmp_path: Path, shape: str) -> None:
     """The image's build (one clone per x86-64 level, the CPU's best chosen at load) against this CPU's own build
     and against the layer worked in float64: they differ at most by where a multiply-add is fused."""
     native = cpu_lora_kernel.load(cpu_lora_kernel.build(directory=tmp_path / "native"))
     portable = cpu_lora_kernel.load(cpu_lora_kernel.build_portable(target=tmp_path / "portable.so"))
     for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1.6e-2)):
-        layer = random_layer(dtype, 7)
+        layer = random_layer(dtype, 7, shape)
         a, b, _, x, out, pairs = (t.double() for t in layer)
         expected = out.clone()
         for row, slot in pairs.long().tolist():

@@ -30,7 +30,21 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* blocks: n_blocks x (rank start, rank stop, column start, column stop); rows: n x (row, slot). */
+/* How far ahead of its reads the kernel asks for the weights it reads next, in bytes. A step reads each row's
+   adapter once, from memory (the base's weights between two layers push them out of the caches), and the processor's
+   own prefetching did not keep up (docs/performance.md, "The decode kernel's reads"). */
+#define AHEAD 2048
+#define LINE 64
+
+/* Asks for `bytes` bytes from `p` on, a cache line at a time; an address past an array's end is harmless. */
+static inline void ask(const void *p, int64_t bytes) {
+    for (int64_t i = 0; i < bytes; i += LINE) __builtin_prefetch((const char *)p + i);
+}
+
+/* blocks: n_blocks x (rank start, rank stop, column start, column stop); rows: n x (row, slot).
+   The shrink adds four of A's rows (four k) into the running sums h at once, and the expand four of B's (four ranks)
+   into y: the sums are read and written a quarter as often as one row at a time, which kept them waiting on their
+   own stores. Each is float32, so the order is a float32 reduction's, within its rounding. */
 #define LORA_ROWS(NAME, T, LOAD, ADD)                                                                                  \
     CLONES void NAME(const T *a, const T *b, int64_t in, int64_t rr, int64_t width, const int64_t *blocks,             \
               int64_t n_blocks, const int64_t *rows, int64_t n, const T *x, int64_t x_stride, T *out,                  \
@@ -41,7 +55,15 @@ static inline uint16_t to_bf16(float f) {
             const T *xr = x + row * x_stride;                                                                          \
             const T *as = a + slot * in * rr, *bs = b + slot * rr * width;                                             \
             for (int64_t r = 0; r < rr; r++) h[r] = 0.f;                                                               \
-            for (int64_t k = 0; k < in; k++) {                                                                         \
+            int64_t k = 0;                                                                                             \
+            for (; k + 4 <= in; k += 4) {                                                                              \
+                float x0 = LOAD(xr[k]), x1 = LOAD(xr[k + 1]), x2 = LOAD(xr[k + 2]), x3 = LOAD(xr[k + 3]);              \
+                const T *a0 = as + k * rr, *a1 = a0 + rr, *a2 = a1 + rr, *a3 = a2 + rr;                                \
+                ask((const char *)a0 + AHEAD, 4 * rr * (int64_t)sizeof(T));                                            \
+                for (int64_t r = 0; r < rr; r++)                                                                       \
+                    h[r] += (x0 * LOAD(a0[r]) + x1 * LOAD(a1[r])) + (x2 * LOAD(a2[r]) + x3 * LOAD(a3[r]));             \
+            }                                                                                                          \
+            for (; k < in; k++) {                                                                                      \
                 float xk = LOAD(xr[k]);                                                                                \
                 const T *ak = as + k * rr;                                                                             \
                 for (int64_t r = 0; r < rr; r++) h[r] += xk * LOAD(ak[r]);                                             \
@@ -49,10 +71,18 @@ static inline uint16_t to_bf16(float f) {
             for (int64_t c = 0; c < width; c++) y[c] = 0.f;                                                            \
             for (int64_t j = 0; j < n_blocks; j++) {                                                                   \
                 const int64_t *blk = blocks + 4 * j;                                                                   \
-                for (int64_t r = blk[0]; r < blk[1]; r++) {                                                            \
+                int64_t r = blk[0], c0 = blk[2], c1 = blk[3], cols = (c1 - c0) * (int64_t)sizeof(T);                   \
+                for (; r + 4 <= blk[1]; r += 4) {                                                                      \
+                    float h0 = h[r] * scale, h1 = h[r + 1] * scale, h2 = h[r + 2] * scale, h3 = h[r + 3] * scale;      \
+                    const T *b0 = bs + r * width, *b1 = b0 + width, *b2 = b1 + width, *b3 = b2 + width;                \
+                    for (int64_t next = 1; next <= 4; next++) ask(b3 + next * width + c0, cols);                       \
+                    for (int64_t c = c0; c < c1; c++)                                                                  \
+                        y[c] += (h0 * LOAD(b0[c]) + h1 * LOAD(b1[c])) + (h2 * LOAD(b2[c]) + h3 * LOAD(b3[c]));         \
+                }                                                                                                      \
+                for (; r < blk[1]; r++) {                                                                              \
                     float hr = h[r] * scale;                                                                           \
                     const T *br = bs + r * width;                                                                      \
-                    for (int64_t c = blk[2]; c < blk[3]; c++) y[c] += hr * LOAD(br[c]);                                \
+                    for (int64_t c = c0; c < c1; c++) y[c] += hr * LOAD(br[c]);                                        \
                 }                                                                                                      \
             }                                                                                                          \
             T *o = out + row * out_stride;                                                                             \
