@@ -37,6 +37,7 @@ import functools
 import importlib
 import inspect
 import logging
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,22 @@ class Fused:
         """`blocks` as (rank start, rank stop, column start, column stop) rows, for the decode kernel."""
         return torch.tensor([[r.start, r.stop, c.start, c.stop] for r, c in self.blocks], dtype=torch.int64)
 
+    @functools.cached_property
+    def held(self) -> frozenset[int]:
+        """The slots whose adapter targets the layer (not `empty`)."""
+        return frozenset(slot for slot, empty in enumerate(self.empty) if not empty)
+
+    @functools.cached_property
+    def kernel_weights(self) -> tuple[int, int, int, int]:
+        """The decode kernel's first arguments, which depend on the weights only: A, B, inputs, ranks of every slice."""
+        assert self.a_out is not None and self.b_out is not None
+        return self.a_out.data_ptr(), self.b_out.data_ptr(), self.a_out.shape[1], self.a_out.shape[2]
+
+    @functools.cached_property
+    def kernel_blocks(self) -> tuple[int, int]:
+        """The decode kernel's `blocks` arguments."""
+        return self.bounds.data_ptr(), len(self.blocks)
+
 
 # (id of the layer's first A stack, dtype) -> (the stacks, weakly; their version counters; their fused form)
 _fused: dict[tuple[int, torch.dtype], tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[int, ...], Fused]] = {}
@@ -123,9 +140,14 @@ _fused: dict[tuple[int, torch.dtype], tuple[tuple[weakref.ref[torch.Tensor], ...
 def _versions(tensors: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
     """The tensors' version counters, or None where one is an inference tensor (which has none)."""
     try:
-        return tuple(t._version for t in tensors)
+        return tuple([t._version for t in tensors])
     except RuntimeError:
         return None
+
+
+def _same(refs: tuple[weakref.ref[torch.Tensor], ...], tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether the weak references are to these very tensors (no generator: this runs for every layer, every step)."""
+    return len(refs) == len(tensors) and all(map(operator.is_, [ref() for ref in refs], tensors))
 
 
 def fused_weights(
@@ -142,7 +164,7 @@ def fused_weights(
         return None
     key = (id(a_stacks[0]), dtype)
     hit = _fused.get(key)
-    if hit is not None and hit[1] == versions and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
+    if hit is not None and hit[1] == versions and _same(hit[0], tensors):
         return hit[2]
     ranks = [stack.shape[-2] for stack in a_stacks]
     starts = [sum(ranks[:i]) for i in range(len(ranks))]
@@ -174,8 +196,12 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
     result is rounded once, as vLLM's fp32 buffer is when its expand reads it in the output's dtype.
     """
     assert fused.a_out is not None and fused.b_out is not None
-    dtype, (n, width) = out.dtype, out.shape
     run = _kernel(x, out, fused)
+    if run is not None and plan.kernel_only:  # a decode step: every row in one call, nothing else to do
+        run(*fused.kernel_weights, out.shape[1], *fused.kernel_blocks, *plan.kernel_rows,
+            x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)  # fmt: skip
+        return
+    dtype, (n, width) = out.dtype, out.shape
     for slot, rows in plan.spans:
         if fused.empty[slot] or (run is not None and short(rows)):  # the kernel takes short runs (`plan.few`)
             continue
@@ -196,10 +222,9 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
                 h.mul_(scale)
             dest.add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
-    if run is not None and plan.few.shape[0]:
-        pairs, a, b = plan.few, fused.a_out, fused.b_out  # in the rows' dtype: bf16's are vLLM's own weights
-        run(a.data_ptr(), b.data_ptr(), a.shape[1], a.shape[2], width, fused.bounds.data_ptr(), len(fused.blocks),
-            pairs.data_ptr(), pairs.shape[0], x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)
+    if run is not None and plan.few.shape[0]:  # in the rows' dtype: bf16's weights are vLLM's own
+        run(*fused.kernel_weights, width, *fused.kernel_blocks, *plan.kernel_rows,
+            x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)  # fmt: skip
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
     if run is not None and plan.batched:
@@ -281,7 +306,7 @@ def add_lora_linear(
         upstream_method("add_lora_linear")(
             self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
         )
-    elif fused.a_out is not None and not all(fused.empty[slot] for slot in plan.used):
+    elif fused.a_out is not None and not fused.held.isdisjoint(plan.used):
         # Views only where needed: each costs a few microseconds, 120 layers a step.
         out = y if y.dim() == 2 else y.view(-1, y.shape[-1])
         width = sum(output_slices)

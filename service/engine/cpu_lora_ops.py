@@ -92,6 +92,16 @@ class Plan:
         return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
 
     @functools.cached_property
+    def kernel_rows(self) -> tuple[int, int]:
+        """The decode kernel's `rows` arguments: `few` and its length."""
+        return self.few.data_ptr(), self.few.shape[0]
+
+    @functools.cached_property
+    def kernel_only(self) -> bool:
+        """Whether the decode kernel, where it is built, takes every row this plan has (a decode step's)."""
+        return all(short(span) for _, span in self.spans) and (self.order is None or self.batched)
+
+    @functools.cached_property
     def rows(self) -> int:
         return sum(span.stop - span.start for _, span in self.spans) + sum(g.stop - g.start for _, g in self.groups)
 
