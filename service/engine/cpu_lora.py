@@ -198,8 +198,7 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
     assert fused.a_out is not None and fused.b_out is not None
     run = _kernel(x, out, fused)
     if run is not None and plan.kernel_only:  # a decode step: every row in one call, nothing else to do
-        run(*fused.kernel_weights, out.shape[1], *fused.kernel_blocks, *plan.kernel_rows,
-            x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)  # fmt: skip
+        _run_kernel(run, plan, x, fused, out, scale)
         return
     dtype, (n, width) = out.dtype, out.shape
     for slot, rows in plan.spans:
@@ -222,9 +221,8 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
             if scale != 1.0:  # vLLM folds the scale into B when it loads an adapter, so it passes 1.0
                 h.mul_(scale)
             dest.add_(torch.mm(h, fused.b[slot]))  # one rounding, into the output
-    if run is not None and plan.few.shape[0]:  # in the rows' dtype: bf16's weights are vLLM's own
-        run(*fused.kernel_weights, width, *fused.kernel_blocks, *plan.kernel_rows,
-            x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)  # fmt: skip
+    if run is not None and plan.few.shape[0]:
+        _run_kernel(run, plan, x, fused, out, scale)
     if plan.order is None or all(fused.empty[slot] for slot, _ in plan.groups):
         return
     if run is not None and plan.batched:
@@ -244,6 +242,14 @@ def _apply_fused(plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, s
         if not fused.empty[slot]:
             ys[rows].addmm_(torch.mm(xs[rows], fused.a_out[slot]), fused.b_out[slot], alpha=scale)
     out.index_add_(0, plan.order, ys)
+
+
+def _run_kernel(
+    run: Callable[..., None], plan: Plan, x: torch.Tensor, fused: Fused, out: torch.Tensor, scale: float
+) -> None:
+    """The decode kernel over the plan's `few` rows, in the rows' dtype (bf16's weights are vLLM's own)."""
+    run(*fused.kernel_weights, out.shape[1], *fused.kernel_blocks, *plan.kernel_rows,
+        x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), scale)  # fmt: skip
 
 
 def _kernel(x: torch.Tensor, out: torch.Tensor, fused: Fused) -> Callable[..., None] | None:
