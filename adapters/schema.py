@@ -109,8 +109,9 @@ class Hyperparameters(BaseModel):
     seed: int = Field(
         42, ge=0, le=2**32 - 1, description="seed for the split, initialisation and data order (as numpy takes it)"
     )
-    gradient_checkpointing: bool = Field(
-        True, description="recompute activations in the backward pass: far less memory for one more forward pass"
+    gradient_checkpointing: Auto[bool] = Field(
+        None, description="recompute activations in the backward pass: far less memory for one more forward pass; "
+        "null = off where the largest batch's activations fit in half the memory free"
     )
     eval_interval: int = Field(
         0, ge=0, le=100_000, description="optimizer steps between held-out evaluations; 0 = twice an epoch"
@@ -121,8 +122,9 @@ class Hyperparameters(BaseModel):
     min_score: float | None = Field(
         None, ge=0.0, le=1.0, description="publish only if held-out ROUGE-L reaches this; null = no guard"
     )
-    padding_free: bool = Field(
-        False, description="train each batch as one unpadded row, attention kept per example (faster on mixed lengths)"
+    padding_free: Auto[bool] = Field(
+        None, description="train each batch as one unpadded row, attention kept per example (faster on mixed "
+        "lengths); null = where the rows' lengths make it less work"
     )
     keep: Literal["best", "last"] = Field(
         "best", description="publish the checkpoint with the lowest held-out loss (best) or the last step's (last)"

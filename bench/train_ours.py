@@ -124,6 +124,9 @@ def main(config_path: str) -> None:
         "lora_change": change,
         "wall_seconds": round(wall, 2),
         "peak_rss_mib": peak_rss_mib,
+        # How the batches were laid out, as given or as the trainer chose (trainer/layout.py)
+        "padding_free": result.hyperparameters.get("padding_free"),
+        "gradient_checkpointing": result.hyperparameters.get("gradient_checkpointing"),
     }
     print("RESULT " + json.dumps(figures), flush=True)
 

@@ -121,24 +121,30 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
         workdir / "baseline.json",
     )
     runs: dict[str, dict[str, Any]] = {"baseline": baseline}
-    variants = {
-        "ours": {},
-        "ours_padding_free": {"padding_free": True},
-        # Checkpointing is on by default (as in trl): what turning it off gains in speed and costs in memory.
-        "ours_no_gradient_checkpointing": {"gradient_checkpointing": False},
+    # "ours" lays its batches out as the baseline does (padded, activations recomputed: trl's defaults), so the two
+    # compare at equal settings; the variants change one or both, and "ours_defaults" leaves both to the trainer
+    # (trainer/layout.py), as a request that does not set them does.
+    trl_layout = {"padding_free": False, "gradient_checkpointing": True}
+    variants: dict[str, dict[str, Any]] = {
+        "ours": trl_layout,
+        "ours_padding_free": {**trl_layout, "padding_free": True},
+        "ours_no_gradient_checkpointing": {**trl_layout, "gradient_checkpointing": False},
+        "ours_defaults": {"padding_free": None, "gradient_checkpointing": None},
     }
     # float32 vs bf16 on the same machine in one run (issue 30): the frozen base in bf16, the LoRA weights and AdamW
     # state in float32. Only where the CPU multiplies bf16 in hardware; elsewhere bf16 is emulated and `auto` keeps
     # float32, so there is nothing to compare.
     native, bf16_why = native_bf16()
     if native:
-        variants["ours_bf16"] = {"dtype": "bfloat16"}
+        variants["ours_bf16"] = {**trl_layout, "dtype": "bfloat16"}
         if size_name == "full":  # the two together: the smoke size runs each of them on its own only
-            variants["ours_bf16_padding_free"] = {"dtype": "bfloat16", "padding_free": True}
-            # Both speed-ups off the defaults at once, for the memory it costs.
+            variants["ours_bf16_padding_free"] = {**trl_layout, "dtype": "bfloat16", "padding_free": True}
+            # Both speed-ups at once, for the memory it costs.
             variants["ours_bf16_padding_free_no_gradient_checkpointing"] = {
                 "dtype": "bfloat16", "padding_free": True, "gradient_checkpointing": False,
             }
+            # Everything a request leaves out, as `auto` decides it on this CPU: bf16, and the trainer's layout.
+            variants["ours_bf16_defaults"] = {"dtype": "auto", "padding_free": None, "gradient_checkpointing": None}
     for label, extra in variants.items():
         config = {"model": model, "rows": str(workdir / "rows.jsonl"), "hyperparameters": {**hp_fields, **extra}}
         runs[label] = _run("bench.train_ours", config, workdir / f"{label}.json")
@@ -200,7 +206,8 @@ def run(size_name: str, workdir: Path) -> dict[str, Any]:
             "hyperparameters": hp_fields,
             "lora_targets": "all-linear",
             "gradient_checkpointing": {
-                "ours": getattr(hp, "gradient_checkpointing", "trl default"),
+                "ours": "as the baseline's in ours (on), as each variant sets it, and the trainer's choice in the "
+                "defaults runs (each run's layout is in its row)",
                 "baseline": "trl default",
             },
             "train_rows": len(train_rows),

@@ -101,7 +101,15 @@ def test_training_runs_ours_and_the_baseline_on_the_same_work(tiny_run: Any) -> 
     runs = training["runs"]
     # ours_bf16 where the CPU multiplies bf16 in hardware (adapters/hardware.py), float32 only elsewhere
     bf16 = {"ours_bf16"} if native_bf16()[0] else set()
-    assert set(runs) == {"baseline", "ours", "ours_padding_free", "ours_no_gradient_checkpointing", *bf16}
+    assert set(runs) == {
+        "baseline", "ours", "ours_padding_free", "ours_no_gradient_checkpointing", "ours_defaults", *bf16,
+    }
+    # Each run trained with the layout it asked for; the defaults' is the trainer's: packed, as these rows (47-118
+    # tokens in batches of 4) make it 0.78x padding's work (trainer/layout.py).
+    layouts = {label: (run.get("padding_free"), run.get("gradient_checkpointing")) for label, run in runs.items()}
+    assert layouts["ours"] == (False, True) and layouts["ours_padding_free"] == (True, True)
+    assert layouts["ours_no_gradient_checkpointing"] == (False, False)
+    assert layouts["ours_defaults"][0] is True and isinstance(layouts["ours_defaults"][1], bool)
     for run in runs.values():
         assert set(run) >= TRAINING_FIGURES
     # Same rows, same template text, same steps: the loss is taken over the same tokens on each side.

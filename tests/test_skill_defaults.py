@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from adapters.auto import AUTO_FIELDS, METHOD_AUTO_FIELDS, RULES, choose, chosen_fields
+from adapters.auto import AUTO_FIELDS, METHOD_AUTO_FIELDS, RULES, TRAINER_AUTO_FIELDS, choose, chosen_fields
 from adapters.schema import Hyperparameters
 from trainer.loop import MIN_ROWS_TO_STOP_EARLY, BestCheckpoint, eval_every, kept_record, patience
 
@@ -33,7 +33,7 @@ def test_a_value_the_user_sets_is_kept() -> None:
     chosen = choose(asked, 50)
     assert (chosen.learning_rate, chosen.batch_size, chosen.rank) == (1e-3, 2, 4)
     assert chosen.alpha == 8 and chosen.epochs == 3.0  # alpha follows the rank the user chose
-    assert chosen_fields(asked) == ["alpha", "epochs"]
+    assert chosen_fields(asked) == ["alpha", "epochs", *TRAINER_AUTO_FIELDS]
     assert choose(Hyperparameters(epochs=1, alpha=64), 50).model_dump(include={"epochs", "alpha"}) == {
         "epochs": 1.0, "alpha": 64,
     }
@@ -42,14 +42,14 @@ def test_a_value_the_user_sets_is_kept() -> None:
 def test_auto_and_null_mean_the_same_and_bad_values_still_fail() -> None:
     as_auto = Hyperparameters.model_validate({"epochs": "auto", "learning_rate": None}, strict=True)
     assert as_auto.epochs is None and as_auto.learning_rate is None
-    assert chosen_fields(as_auto) == list(AUTO_FIELDS)
+    assert chosen_fields(as_auto) == list(AUTO_FIELDS + TRAINER_AUTO_FIELDS)
     for bad in ({"rank": 0}, {"epochs": "many"}, {"learning_rate": -1.0}, {"batch_size": "8"}):
         with pytest.raises(ValidationError):
             Hyperparameters.model_validate(bad, strict=True)
 
 
 def test_every_rule_is_documented_with_its_reason() -> None:
-    assert {rule.field for rule in RULES} == set(AUTO_FIELDS) | set(METHOD_AUTO_FIELDS)
+    assert {rule.field for rule in RULES} == set(AUTO_FIELDS) | set(METHOD_AUTO_FIELDS) | set(TRAINER_AUTO_FIELDS)
     assert all(rule.rule and len(rule.reason) > 20 for rule in RULES)
 
 

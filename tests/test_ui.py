@@ -270,6 +270,8 @@ def trained(browser: Any, gateway: GatewayServer) -> dict[str, Any]:
     page.get_by_label("Dataset (JSONL, one example per line)").fill("\n".join(json.dumps(r) for r in shout_rows(40)))
     for name, value in TRAINING.items():
         page.get_by_label(name, exact=True).fill(value)
+    # A field the trainer decides unless set: "off" is sent as false, "auto" (left as it is) not at all.
+    page.get_by_label("gradient_checkpointing", exact=True).select_option("false")
     page.get_by_role("button", name="Train").click()
     chart = page.locator("#loss-chart")
     chart.wait_for()
@@ -286,6 +288,7 @@ def trained(browser: Any, gateway: GatewayServer) -> dict[str, Any]:
     outcome.wait_for()
     result = {
         "job_id": job_id,
+        "hyperparameters": gateway.registry.get_job(job_id).hyperparameters,
         "status": status,
         "points_seen": points_seen,
         "curve_paths": page.locator("#loss-chart canvas").count(),
@@ -308,6 +311,10 @@ def test_a_skill_trained_from_the_page_draws_its_loss_curve_as_it_trains(trained
     assert 2 < points[-1] <= int(TRAINING["max_steps"])  # one point per step the stream showed
     assert trained["curve_paths"] >= 1
     assert not trained["problems"], trained["problems"]
+    # The one boolean set on the page is the user's; the one left at auto is the trainer's choice.
+    chosen = trained["hyperparameters"]
+    assert chosen["gradient_checkpointing"] is False and "gradient_checkpointing" not in chosen["auto_chosen"]
+    assert isinstance(chosen["padding_free"], bool) and "padding_free" in chosen["auto_chosen"]
 
 
 @pytest.mark.slow

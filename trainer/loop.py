@@ -26,6 +26,7 @@ from adapters.schema import Checkpoint, Hyperparameters, JobEvent, Phase, Progre
 from adapters.templates import ChatTemplate
 from trainer import distributed, forgetting
 from trainer.evaluate import evaluate_generations
+from trainer.layout import lay_out
 
 ProgressFn = Callable[[Progress], None]
 # The step figures a job's metrics events carry, when the method logs them (reinforcement: reward, its spread, KL
@@ -91,6 +92,7 @@ class TrainerParts:
     train_data: Any  # a datasets.Dataset of the method's encoded columns
     eval_data: Any  # the same of the held-out examples, or None
     callbacks: list[Any]  # progress, cancel and best-kept: pass them on
+    neftune_scale: float = 1.0  # NEFTune's alpha multiplier on packed rows (trainer/layout.py)
 
 
 @dataclass(frozen=True)
@@ -600,6 +602,12 @@ def build_run(
     else:
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     hooks.note(JobEvent(message=f"base weights in {dtype}: {dtype_reason}"))
+    lengths = [len(ids) for ids in data.train_data["input_ids"]] if method.name == "supervised" else []
+    layout = lay_out(hp, method.name, model, lengths, device_batch)
+    hp = layout.hp
+    assert hp.rank and hp.alpha  # as auto.choose set them
+    for reason in layout.reasons:
+        hooks.note(JobEvent(message=reason))
     lora = LoraConfig(
         r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=hp.target_modules, task_type="CAUSAL_LM"
     )
@@ -629,7 +637,9 @@ def build_run(
         return distributed.any_rank(hooks.should_stop())
 
     progress = _progress_callback(hooks.report, stop_together, data.tokens_per_epoch, plan, hooks.note)
-    parts = TrainerParts(model, tokenizer, lora, data.train_data, data.eval_data, [progress, keep_best])
+    parts = TrainerParts(
+        model, tokenizer, lora, data.train_data, data.eval_data, [progress, keep_best], layout.neftune_scale
+    )
     trainer = method.build_trainer(hp, trainer_args(hp, scratch, device_batch, eval_steps, hooks.progress_bar), parts)
     float32_adapter(trainer.model)
     if start_from is not None:

@@ -56,10 +56,11 @@ class Supervised:
             max_length=None if hp.padding_free else hp.max_seq_length,
             # One unpadded row per batch; position ids restart per example, and transformers turns them into a
             # block-diagonal mask on sdpa/eager too, so no example attends to another (tests/test_padding_free.py).
-            padding_free=hp.padding_free,
+            padding_free=bool(hp.padding_free),  # decided by now (trainer/layout.py)
             # Noisy embeddings while training (NEFTune): on the quality benchmark, alpha 5 scored as well or better
-            # than none on every task (BENCHMARKS.md), at no cost in time. Off for 0.
-            neftune_noise_alpha=hp.neftune_noise_alpha or None,
+            # than none on every task (BENCHMARKS.md), at no cost in time. Off for 0. Its noise shrinks with the row's
+            # length, so packed rows get a larger alpha (trainer/layout.py `neftune_scale`).
+            neftune_noise_alpha=hp.neftune_noise_alpha * parts.neftune_scale or None,
         )
         return SFTTrainer(
             model=parts.model, args=config, train_dataset=parts.train_data, eval_dataset=parts.eval_data,

@@ -31,6 +31,13 @@ function hyperField(name, prop) {
   const common = { id, name, "aria-describedby": `${id}-help` };
   let input;
   let read;
+  if (main.type === "boolean" && nullable) {
+    // Left to the trainer unless set (x-auto): a checkbox could not say "auto".
+    input = h("select", common, [["", "auto: chosen by the trainer"], ["true", "on"], ["false", "off"]]
+      .map(([value, label]) => h("option", { value }, label)));
+    read = () => (input.value === "" ? null : input.value === "true");
+    return { name, prop, read, reset: () => { input.value = ""; }, node: h("div", { class: "field" }, h("label", { for: id }, name), input, help) };
+  }
   if (main.type === "boolean") {
     input = h("input", { ...common, type: "checkbox", checked: Boolean(prop.default) });
     read = () => input.checked;
