@@ -101,3 +101,20 @@ def test_early_stopping_needs_enough_held_out_rows_to_mean_something() -> None:
     assert patience(hp, MIN_ROWS_TO_STOP_EARLY) == 3
     assert patience(hp, MIN_ROWS_TO_STOP_EARLY - 1) == 0  # too few rows: one odd row would decide; best still kept
     assert patience(hp.model_copy(update={"keep": "last"}), 100) == 0
+
+
+def test_the_train_command_takes_each_hyperparameter_as_its_type_and_leaves_the_rest_to_the_data() -> None:
+    from trainer.__main__ import command_line
+
+    args = vars(command_line().parse_args([
+        "train", "rows.jsonl", "--out", "out", "--no-padding-free", "--gradient-checkpointing", "--rank", "4",
+        "--dtype", "bfloat16", "--keep", "last", "--min-score", "0.5",
+    ]))
+    given = {k: v for k, v in args.items() if k in Hyperparameters.model_fields and v is not None}
+    assert given == {"padding_free": False, "gradient_checkpointing": True, "rank": 4, "dtype": "bfloat16",
+                     "keep": "last", "min_score": 0.5}
+    hp = Hyperparameters(**given)
+    assert chosen_fields(hp) == ["alpha", "epochs", "learning_rate", "batch_size"]
+    with pytest.raises(SystemExit):  # a choice outside the field's own is refused by the parser
+        command_line().parse_args(["train", "rows.jsonl", "--out", "out", "--keep", "first"])
+

@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 from adapters.dataset import parse_dataset
 from adapters.errors import SkillserveError
@@ -17,6 +18,15 @@ from adapters.templates import TEMPLATE_NAMES
 from trainer.job import load_template, run_job, trained_manifest
 from trainer.loop import train
 from trainer.methods import METHODS, method_for
+
+
+def _plain(field: Any) -> Any:
+    """A field's type without the None an `Auto` or optional field allows."""
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = [kind for kind in get_args(annotation) if kind is not type(None)]
+        return kinds[0] if len(kinds) == 1 else annotation
+    return annotation
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -50,7 +60,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
+    """The two commands; `train` takes every hyperparameter as a flag of its own type (a boolean as --x/--no-x, a
+    choice as its choices), and one left out is the default or, for an `Auto` field, chosen from the data."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a stored training job: <store-uri>/jobs/<id>.json")
@@ -71,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "target_modules":
             train.add_argument("--target-modules", nargs="+", help=field.description)
             continue
-        flag, help_text = f"--{name.replace('_', '-')}", f"{field.description} (default {field.default})"
-        if field.annotation is bool:
+        automatic = (field.json_schema_extra or {}).get("x-auto")  # type: ignore[union-attr]
+        default = "auto: chosen from the data" if automatic else field.default
+        flag, help_text, kind = f"--{name.replace('_', '-')}", f"{field.description} (default {default})", _plain(field)
+        if kind is bool:
             train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            continue
-        kind: Any = field.annotation if field.annotation in (int, float) else float
-        train.add_argument(flag, type=kind, help=help_text)
-    args = parser.parse_args(argv)
+        elif get_origin(kind) is Literal:
+            train.add_argument(flag, choices=get_args(kind), help=help_text)
+        else:
+            train.add_argument(flag, type=kind if kind in (int, float) else float, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return run_job(args.job_uri) if args.command == "run" else _train(args)
