@@ -20,6 +20,7 @@ from trainer.layout import (
     largest_batch_tokens,
     lay_out,
     neftune_scale,
+    saved_bytes,
     work,
 )
 
@@ -39,22 +40,12 @@ def model() -> Any:
 
 
 def _saved_bytes_per_token(model: Any, tokens: int) -> float:
-    """Bytes of every tensor autograd keeps for the backward pass of one training forward (weights apart)."""
+    """What autograd keeps for the backward pass of one training forward of `model` as it is, per token."""
     import torch
-
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in weights:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
 
     ids = torch.arange(tokens).unsqueeze(0)
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        model(input_ids=ids, labels=ids, use_cache=False)
-    return sum(saved.values()) / tokens
+    return saved_bytes(model, lambda: model(input_ids=ids, labels=ids, use_cache=False)) / tokens
 
 
 @pytest.mark.parametrize(

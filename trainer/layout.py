@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,16 +115,6 @@ def activation_bytes_per_token(model: Any, targets: Sequence[str] | str, dropout
     model with its LoRA in place (tests/test_training_layout.py)."""
     import torch
 
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    saved: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     adapted = [module for name, module in model.named_modules() if _adapted(name, module, model, targets)]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
@@ -138,9 +128,9 @@ def activation_bytes_per_token(model: Any, targets: Sequence[str] | str, dropout
             for module in adapted:
                 module.weight.requires_grad_(True)
         model.train()
-        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        with torch.random.fork_rng(devices=[]):
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-            model(inputs_embeds=embeds, labels=ids, use_cache=False)
+            saved = saved_bytes(model, lambda: model(inputs_embeds=embeds, labels=ids, use_cache=False))
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
@@ -148,7 +138,27 @@ def activation_bytes_per_token(model: Any, targets: Sequence[str] | str, dropout
     # With dropout, each LoRA keeps a dropped copy of its input and the dropout's noise (float32 on the CPU), and
     # every LoRA keeps its rank-wide middle.
     lora = sum(module.in_features * (8 if dropout else 0) + 4 * rank for module in adapted)
-    return sum(saved.values()) / PROBE_TOKENS + lora
+    return saved / PROBE_TOKENS + lora
+
+
+def saved_bytes(model: Any, forward: Callable[[], Any]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while `forward` runs, each storage counted once and
+    the model's own weights and buffers left out (they are there whether saved or not)."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        forward()
+    return sum(saved.values())
 
 
 def _adapted(name: str, module: Any, model: Any, targets: Sequence[str] | str) -> bool:
