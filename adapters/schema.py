@@ -75,6 +75,11 @@ def _auto(value: Any) -> Any:
 Auto = Annotated[T | None, BeforeValidator(_auto), Field(json_schema_extra={"x-auto": True})]
 
 
+def is_auto(field: Any) -> bool:
+    """Whether a model field (pydantic's FieldInfo) is `Auto`: chosen from the data when left out."""
+    return bool((field.json_schema_extra or {}).get("x-auto"))
+
+
 class Hyperparameters(BaseModel):
     """LoRA and optimisation settings of one training run; the fields typed `Auto` are chosen from the data when
     not given (adapters/auto.py `choose`), before a job is planned or trained."""

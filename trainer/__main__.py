@@ -13,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from adapters.dataset import parse_dataset
 from adapters.errors import SkillserveError
 from adapters.models import DEFAULT_MODEL, resolve_model
-from adapters.schema import Hyperparameters, Method, check_name, new_version
+from adapters.schema import Hyperparameters, Method, check_name, is_auto, new_version
 from adapters.templates import TEMPLATE_NAMES
 from trainer.job import load_template, run_job, trained_manifest
 from trainer.loop import train
@@ -83,8 +83,7 @@ def command_line() -> argparse.ArgumentParser:
         if name == "target_modules":
             train.add_argument("--target-modules", nargs="+", help=field.description)
             continue
-        automatic = (field.json_schema_extra or {}).get("x-auto")  # type: ignore[union-attr]
-        default = "auto: chosen from the data" if automatic else field.default
+        default = "auto: chosen from the data" if is_auto(field) else field.default
         flag, help_text, kind = f"--{name.replace('_', '-')}", f"{field.description} (default {default})", _plain(field)
         if kind is bool:
             train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
