@@ -119,23 +119,23 @@ def test_a_grammar_worker_over_its_memory_cap_fails_that_request_not_the_gateway
         workers.shutdown()
 
 
-def _spawned_children(expected: int) -> list[Any]:
-    """This process's multiprocessing-spawned children (the grammar workers; not the resource tracker), once there
-    are `expected` of them or after 10 s: a child just forked shows its command line only once it has exec'd, and
-    one just killed leaves the list once reaped."""
+def _grammar_workers(expected: int) -> list[Any]:
+    """The grammar workers this process started: the children of its multiprocessing fork server, once there are
+    `expected` of them or after 60 s (the server imports the workers' code before it forks the first; one just
+    killed leaves the list once reaped)."""
     import time
 
     import psutil
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
-        children = []
-        for child in psutil.Process().children():
+        workers = []
+        for server in psutil.Process().children():
             with contextlib.suppress(psutil.Error):
-                if any("spawn_main" in part for part in child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    children.append(child)
-        if len(children) == expected or time.monotonic() > deadline:
-            return children
+                if any("forkserver" in part for part in server.cmdline()):
+                    workers += [c for c in server.children() if c.status() != psutil.STATUS_ZOMBIE]
+        if len(workers) == expected or time.monotonic() > deadline:
+            return workers
         time.sleep(0.05)
 
 
@@ -152,17 +152,20 @@ def test_grammar_workers_launched_before_the_engine_load_meanwhile_and_none_outl
     try:
         workers.launch()  # returns at once: the engine starts while they import
         workers.launch()  # twice is still two
-        assert workers.pids() == [] and len(_spawned_children(2)) == 2
+        assert workers.pids() == [] and len(_grammar_workers(2)) == 2
         workers.start()  # waits for the two launched, starts none
         assert len(workers.pids()) == 2 and all(psutil.pid_exists(pid) for pid in workers.pids())
-        assert {p.pid for p in _spawned_children(2)} == set(workers.pids())
+        assert {p.pid for p in _grammar_workers(2)} == set(workers.pids())
+        server = {p.ppid() for p in _grammar_workers(2)}  # one fork server, which imported their code once
+        assert len(server) == 1
         verified = asyncio.run(workers.verify({"choice": ["yes", "no"]}))
         assert verified["grammar"] == 'root ::= "yes" | "no"'
     finally:
         workers.shutdown()
-    assert _spawned_children(0) == []
-    # Launched and never waited for (an engine that failed to start): shutdown still stops them.
+    assert _grammar_workers(0) == []
+    # Launched and never waited for (an engine that failed to start): shutdown still stops them. They are forked
+    # from the same server, whose imports they do not repeat.
     workers.launch()
-    assert len(_spawned_children(2)) == 2
+    assert len(_grammar_workers(2)) == 2 and {p.ppid() for p in _grammar_workers(2)} == server
     workers.shutdown()
-    assert _spawned_children(0) == []
+    assert _grammar_workers(0) == []

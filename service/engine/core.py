@@ -115,11 +115,13 @@ class Engine:
 
     def start(self) -> None:
         """Start the engine (its core runs in a spawned subprocess); blocks until the model is loaded."""
+        # First: the grammar workers' fork server imports their code while this process and then the engine's
+        # processes import vLLM, one after the other.
+        self.grammar.launch()
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if self.settings.kv_cache_space_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_space_gb)
-        self.grammar.launch()  # they load beside the engine's processes, which import one after the other
         _ = self.tokenizer
         args = self.engine_args()
         log.info("starting engine for %s (%s) in %s: %s", self.base_model_id, self.model_dir, self.dtype,

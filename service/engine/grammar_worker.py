@@ -17,6 +17,11 @@ spends about a second per distinct bounded string), so the gateway never runs a 
 
 Outcomes are remembered by the constraint's hash (bounded), and concurrent requests for one constraint
 share one compile, so eight copies of a costly schema cost one compile, not eight.
+
+The workers are forked from a server process that imported their code once (multiprocessing's forkserver, never
+the gateway itself): a worker's imports (xgrammar, transformers, vLLM's grammar code) take about 5 s of a core, so
+each worker spawned on its own paid them again, at start-up while the engine's processes import beside them on a
+small CPU, and after every worker a runaway constraint had killed. A fork of the server loads only the tokenizer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -40,6 +46,24 @@ log = logging.getLogger("skillserve.grammar")
 
 READY_TIMEOUT_S = 300.0  # a worker loads the tokenizer and vLLM's grammar code once (seconds on a busy CPU)
 REMEMBERED = 256  # constraints whose outcome is kept (each at most max_grammar_bytes)
+# What the fork server imports once for every worker: `_worker_main`'s imports, and this module.
+PRELOAD = [
+    "xgrammar",
+    "transformers",
+    "vllm.sampling_params",
+    "vllm.v1.structured_output.backend_xgrammar",
+    "vllm.v1.structured_output.request",
+    __name__,
+]
+
+
+def _context() -> Any:
+    """multiprocessing's forkserver, with the workers' imports preloaded. The server is started from a clean
+    interpreter (not forked from the gateway, whose threads and engine client must not be copied) on first use
+    and ends when the gateway does; an import it cannot preload is left to each worker."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
 
 
 class GrammarRefused(Exception):
@@ -121,7 +145,7 @@ def _address_space() -> int:
 
 class _Worker:
     def __init__(self, model_dir: Path, memory_bytes: int):
-        ctx = multiprocessing.get_context("spawn")  # never fork the gateway (threads, the engine client)
+        ctx = _context()
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_worker_main, args=(child, str(model_dir), memory_bytes), name="skillserve-grammar", daemon=True
@@ -181,36 +205,53 @@ class GrammarWorkers:
         self.metrics = metrics
         self._idle: list[_Worker] = []
         self._loading: list[_Worker] = []  # launched, not yet waited for
+        self._lock = threading.Lock()  # over `_loading`, which the launching thread fills
+        self._launcher: threading.Thread | None = None
         self._slots = asyncio.Semaphore(workers)
         self._outcomes: OrderedDict[str, _Outcome] = OrderedDict()
         self._pending: dict[str, tuple[asyncio.Task[_Outcome], list[int]]] = {}
         self.in_flight = 0
 
     def launch(self) -> None:
-        """Spawn the missing workers without waiting for them: they load (seconds each, mostly imports) on the
-        cores the engine leaves idle while its processes start one after the other."""
+        """Start the missing workers without waiting for them. A thread starts them, since the first start waits
+        for the fork server's imports (seconds); they load on the cores the engine leaves idle while its
+        processes start one after the other."""
+        with self._lock:
+            if self._launcher is None or not self._launcher.is_alive():
+                self._launcher = threading.Thread(target=self._fill, name="skillserve-grammar-launch", daemon=True)
+                self._launcher.start()
+
+    def _fill(self) -> None:
         try:
             while len(self._idle) + len(self._loading) < self.size:
-                self._loading.append(_Worker(self.model_dir, self.memory_bytes))
+                worker = _Worker(self.model_dir, self.memory_bytes)
+                with self._lock:
+                    self._loading.append(worker)
         except Exception:  # serving goes on; a constrained request tries again and is told if it cannot
             log.exception("a grammar worker did not start")
+
+    def _launched(self) -> list[_Worker]:
+        """The launched workers not yet waited for, once the launching thread is done."""
+        if self._launcher is not None:
+            self._launcher.join(READY_TIMEOUT_S)
+        with self._lock:
+            loading, self._loading = self._loading, []
+        return loading
 
     def start(self) -> None:
         """Launch any missing workers and wait until they are loaded, so the first constrained request does not
         wait."""
         self.launch()
-        loading, self._loading = self._loading, []
-        for worker in loading:
+        for worker in self._launched():
             try:
                 self._idle.append(worker.wait_ready())
             except Exception:
                 log.exception("a grammar worker did not start")
 
     def shutdown(self) -> None:
-        for worker in self._idle + self._loading:
+        for worker in self._idle + self._launched():
             worker.kill()
         self._idle.clear()
-        self._loading.clear()
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._idle]
