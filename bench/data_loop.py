@@ -60,7 +60,7 @@ def train(client: httpx.Client, rows: list[dict[str, Any]], steps: int, parent: 
     job = r.json()
     started = time.monotonic()
     while job["status"] not in ("succeeded", "failed", "cancelled"):
-        time.sleep(2)
+        time.sleep(0.5)
         job = client.get(f"/jobs/{job['id']}").json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"training job {job['id']} {job['status']}: {job.get('error')}")

@@ -190,7 +190,7 @@ def _wait(http: httpx.Client, job_ids: list[str], timeout_s: float) -> dict[str,
             raise RuntimeError(
                 f"training jobs still running after {timeout_s:.0f} s: {sorted(set(job_ids) - set(done))}"
             )
-        time.sleep(3)
+        time.sleep(0.5)
     return done
 
 

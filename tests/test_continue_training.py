@@ -303,7 +303,7 @@ def test_sft_then_a_job_on_its_ft_model_publishes_a_version_naming_its_parent(ga
         deadline = time.monotonic() + 1800
         while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
             assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
-            time.sleep(3)
+            time.sleep(0.5)
         assert job.status == "succeeded", f"{job.error}\n{gateway.log_tail()}"
         return job
 

@@ -379,7 +379,7 @@ def poll(client: openai.OpenAI, eval_id: str, run_id: str, timeout: float = 900)
         if run.status in ("completed", "failed", "canceled"):
             return run
         assert time.monotonic() < deadline, f"run {run_id} still {run.status}"
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

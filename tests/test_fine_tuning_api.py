@@ -310,7 +310,7 @@ def wait_for(client: openai.OpenAI, job_id: str, timeout: float = 1200) -> list[
         if job.status in ("succeeded", "failed", "cancelled"):
             return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=3)]
         assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

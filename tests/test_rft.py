@@ -264,7 +264,7 @@ def test_a_reinforcement_job_made_with_the_sdk_trains_toward_its_grader_and_serv
     deadline = time.monotonic() + 1800
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job {job.id} still {job.status}"
-        time.sleep(3)
+        time.sleep(0.5)
     assert job.status == "succeeded", f"{job.error}\n{gateway.log_tail()}"
     assert job.method is not None and job.method.type == "reinforcement"
     hyper = (job.method.model_extra or {}).get("reinforcement") or job.method.reinforcement.model_dump()  # type: ignore[union-attr]
